@@ -1,0 +1,1 @@
+"""The command-line interface: a thin Typer shell over the tfkit library."""

@@ -1,0 +1,123 @@
+"""Command-line options generated from the config dataclasses.
+
+Every config field marked `cli=True` becomes an option of the same name
+(`num_heads` -> `--num-heads`) with the field's help text, grouped in help panels by
+section. A command decorated with `@config_options()` receives the options the user
+actually gave as `options: dict[str, Any]` keyed `section.field`; defaults stay in
+the dataclasses, so a YAML file is overridden only by what was typed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import typer
+
+from tfkit.config import SECTIONS
+
+PANELS = {"model": "Model", "optim": "Optimizer", "data": "Data", "train": "Training", "log": "Logging"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CliField:
+    section: str
+    name: str
+    hint: Any  # the field's type without None
+    help: str
+    default: Any
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def cli_fields() -> list[CliField]:
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("cli"):
+                continue
+            hint = hints[f.name]
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):
+                hint = next(a for a in typing.get_args(hint) if a is not type(None))
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append(CliField(section, f.name, hint, f.metadata.get("help", ""), default))
+    return out
+
+
+@functools.cache
+def _choice_enum(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    return enum.StrEnum(name, {v: v for v in values})  # type: ignore[return-value]
+
+
+def _parameter(field: CliField, multi: bool) -> inspect.Parameter:
+    hint = field.hint
+    decls: list[str] = [field.flag]
+    if typing.get_origin(hint) is Literal:
+        hint = _choice_enum(field.name.title().replace("_", ""), typing.get_args(hint))
+    elif hint is bool and not multi:
+        decls = [f"{field.flag}/--no-{field.flag[2:]}"]
+    default_text = "" if field.default is None else f" (default: {field.default})"
+    option = typer.Option(
+        *decls,
+        help=field.help + default_text,
+        rich_help_panel=PANELS[field.section],
+        show_default=False,
+    )
+    annotation = list[hint] if multi else hint  # type: ignore[valid-type]
+    return inspect.Parameter(
+        field.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[annotation | None, option],
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_options(multi: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one option per CLI config field to a command that takes `options`.
+
+    With `multi=True` each option takes one or several values (for `ablate`).
+    """
+    fields = cli_fields()
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for name, p in signature.parameters.items() if name != "options"]
+        taken = {p.name for p in own}
+        generated = [_parameter(f, multi) for f in fields if f.name not in taken]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            options = {}
+            for f in fields:
+                value = kwargs.pop(f.name, None)
+                if value is not None and value != []:
+                    options[f.key] = _plain(value)
+            return fn(options=options, **kwargs)
+
+        del wrapper.__wrapped__  # typer must read the signature below, not fn's
+        wrapper.__signature__ = signature.replace(parameters=own + generated)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + generated}
+        return wrapper
+
+    return decorate

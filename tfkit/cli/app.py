@@ -1,0 +1,50 @@
+"""The root `tfkit` command: registers each command group and maps errors to exit codes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import tfkit
+from tfkit.cli._errors import INTERRUPTED, USER_ERROR
+from tfkit.cli._output import print_error
+from tfkit.cli.data import data_app
+from tfkit.cli.train import train_app
+from tfkit.errors import TfkitError
+
+app = typer.Typer(
+    name="tfkit",
+    help="Small-transformer research: data, tokenizers, training, ablations, plots and storage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tfkit {tfkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """tfkit: small-transformer research from the terminal."""
+
+
+def main() -> None:
+    try:
+        app()
+    except TfkitError as e:  # errors raised outside a command body (e.g. in a callback)
+        print_error(str(e))
+        raise SystemExit(USER_ERROR) from None
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        raise SystemExit(INTERRUPTED) from None

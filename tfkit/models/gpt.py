@@ -1,0 +1,354 @@
+"""A small, configurable GPT, in one file (after nanoGPT's model.py).
+
+The model is built from a `tfkit.config.ModelConfig` and maps token ids to next-token
+logits: `GPT(config)(idx)` with `idx` of shape (B, T) returns float32 logits of shape
+(B, T, vocab_size). There is no loss inside; the trainer owns the objective.
+
+What the config chooses:
+
+- block `sequential` (GPT-2): x = x + attn(norm_1(x)); x = x + mlp(norm_2(x)).
+- block `parallel` (after hlb-gpt v0.4.1): one norm, ONE fused input linear that yields
+  q, k, v and the MLP hidden units, GELU on the values (unless `linear_value`), and ONE
+  fused output linear over concat(mlp, attention) added to the residual stream.
+- activation gelu | relu | relu2 (relu squared) | swiglu. SwiGLU has three matrices
+  instead of two, so its hidden size is 2/3 * mlp_ratio * width rounded up to a multiple
+  of 8, which keeps its parameter count (nearly) equal to the others at the same ratio.
+- norm layernorm | rmsnorm; `bias` adds biases to linears and LayerNorms (nn.RMSNorm has
+  no bias).
+- positions learned (a `wpe` table added to the token embeddings) | rotary (applied to
+  q and k in every attention layer, base `rope_base`).
+- qk_norm: RMSNorm over the head dimension of q and k, before rotary.
+- dropout: on the attention weights (through sdpa's dropout_p, training only) and on
+  every residual branch.
+
+Causal attention always goes through F.scaled_dot_product_attention(is_causal=True), so
+PyTorch picks the fused kernel. The forward has no data-dependent Python branching and
+no .item(), so it traces cleanly under torch.compile.
+
+KV-cache seam (not implemented): every attention path splits into "make q, k, v in head
+layout" (`SelfAttention.qkv`, `ParallelBlock.project`, both via `Attention.heads`) and
+"attend" (`Attention.attend`). A cache would append k, v between the two and would need
+a position offset for rotary and a non-causal/offset mask for the single-query step.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from tfkit.config import ModelConfig
+
+RMS_EPS = 1e-6  # fixed rather than nn.RMSNorm's dtype-dependent default
+
+
+def mlp_hidden_size(config: ModelConfig) -> int:
+    """Width of the MLP hidden layer (for swiglu: of each of its two input branches)."""
+    if config.activation == "swiglu":
+        # Three (width x hidden) matrices instead of two: take 2/3 of the hidden size so the
+        # parameter count matches, rounded up to a multiple of 8 for matmul-friendly shapes.
+        # Fraction keeps e.g. 2/3 * 4.0 * 768 exactly 2048 instead of 2048.0000000000002.
+        exact = Fraction(config.mlp_ratio) * config.width * 2 / 3
+        return math.ceil(exact / 8) * 8
+    return max(1, round(config.mlp_ratio * config.width))
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=RMS_EPS)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """The MLP nonlinearity; for swiglu `h` holds [value, gate] and the result is half as wide."""
+    if activation == "gelu":
+        return F.gelu(h)
+    if activation == "relu":
+        return F.relu(h)
+    if activation == "relu2":
+        return F.relu(h).square()
+    if activation == "swiglu":
+        value, gate = h.chunk(2, dim=-1)
+        return value * F.silu(gate)
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoFormer), half-split pairing as in GPT-NeoX / LLaMA."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float):
+        super().__init__()
+        # float64 for the tables, so long positions keep their precision before the cast
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hs/2,)
+        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_T, hs/2)
+        # not persistent: they are a pure function of the config, so checkpoints stay lean
+        self.register_buffer("cos", freqs.cos().float(), persistent=False)
+        self.register_buffer("sin", freqs.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.size(-2)
+        cos = self.cos[:T].to(x.dtype)  # (T, hs/2)
+        sin = self.sin[:T].to(x.dtype)  # (T, hs/2)
+        x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, nh, T, hs)
+
+
+class Attention(nn.Module):
+    """Multi-head causal attention without projections: heads, qk-norm, rotary and sdpa.
+
+    Both block kinds own their projections and share this core, so q/k/v handling is
+    written once.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.width // config.num_heads
+        self.dropout = config.dropout
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if config.qk_norm else None
+        self.rotary = (
+            Rotary(self.head_dim, config.max_seq_len, config.rope_base) if config.positions == "rotary" else None
+        )
+
+    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """(B, T, C) q, k, v -> (B, nh, T, hs) each, with qk-norm and rotary applied."""
+        B, T, C = q.size()
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            # before rotary: the norm's per-dimension gain should act on content features,
+            # not on coordinates that rotary has already mixed by position
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, nh, T, hs) q, k, v -> (B, T, C) causal attention output."""
+        B, _, T, _ = q.size()
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, nh, T, hs)
+        return y.transpose(1, 2).contiguous().view(B, T, self.num_heads * self.head_dim)  # (B, T, C)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.attend(*self.heads(q, k, v))
+
+
+class SelfAttention(nn.Module):
+    """Causal self-attention with its own q/k/v and output projections (sequential block)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.width = config.width
+        self.c_attn = nn.Linear(config.width, 3 * config.width, bias=config.bias)
+        self.c_proj = nn.Linear(config.width, config.width, bias=config.bias)
+        self.attn = Attention(config)
+
+    def qkv(self, x: torch.Tensor):
+        """(B, T, C) -> q, k, v of shape (B, nh, T, hs), ready to attend (the KV-cache seam)."""
+        q, k, v = self.c_attn(x).split(self.width, dim=2)  # (B, T, C) each
+        return self.attn.heads(q, k, v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attn.attend(*self.qkv(x))  # (B, T, C)
+        return self.c_proj(y)  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.activation = config.activation
+        hidden = mlp_hidden_size(config)
+        fan_out = 2 * hidden if config.activation == "swiglu" else hidden  # swiglu: value and gate
+        self.c_fc = nn.Linear(config.width, fan_out, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.width, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = activate(self.c_fc(x), self.activation)  # (B, T, hidden)
+        return self.c_proj(h)  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Sequential (GPT-2) block: attention, then MLP, each pre-norm and residual."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = make_norm(config, config.width)
+        self.attn = SelfAttention(config)
+        self.ln_2 = make_norm(config, config.width)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x)))  # (B, T, C)
+        x = x + self.drop(self.mlp(self.ln_2(x)))  # (B, T, C)
+        return x
+
+
+class ParallelBlock(nn.Module):
+    """Parallel block after hlb-gpt v0.4.1: attention and MLP share one norm, one fused
+    input linear and one fused output linear.
+
+    h = norm(x); [q, k, v, u] = c_fc(h); v = gelu(v) unless linear_value;
+    x = x + c_proj(concat(act(u), attention(q, k, v))).
+    Two matmuls per block instead of four; the parameter count equals a sequential
+    block's minus one norm.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        C = config.width
+        self.activation = config.activation
+        self.linear_value = config.linear_value
+        hidden = mlp_hidden_size(config)
+        mlp_in = 2 * hidden if config.activation == "swiglu" else hidden  # swiglu: value and gate
+        self.split_sizes = [C, C, C, mlp_in]
+        self.ln = make_norm(config, C)
+        self.c_fc = nn.Linear(C, 3 * C + mlp_in, bias=config.bias)
+        self.c_proj = nn.Linear(hidden + C, C, bias=config.bias)
+        self.attn = Attention(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def project(self, h: torch.Tensor):
+        """(B, T, C) normed input -> (q, k, v in head layout (B, nh, T, hs), MLP pre-activation)."""
+        q, k, v, u = self.c_fc(h).split(self.split_sizes, dim=-1)  # (B, T, C) x3, (B, T, mlp_in)
+        if not self.linear_value:
+            # hlb-gpt's nonlinear values: the attention path gets its own nonlinearity
+            v = F.gelu(v)
+        return *self.attn.heads(q, k, v), u
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, u = self.project(self.ln(x))
+        a = self.attn.attend(q, k, v)  # (B, T, C)
+        m = activate(u, self.activation)  # (B, T, hidden)
+        return x + self.drop(self.c_proj(torch.cat([m, a], dim=-1)))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set to build a GPT")
+        if config.max_seq_len is None:
+            raise ValueError("ModelConfig.max_seq_len must be set to build a GPT")
+        if config.max_seq_len < 1:
+            raise ValueError(f"ModelConfig.max_seq_len must be at least 1, got {config.max_seq_len}")
+        self.config = config
+        block = ParallelBlock if config.block == "parallel" else Block
+
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.width),
+                h=nn.ModuleList([block(config) for _ in range(config.depth)]),
+                ln_f=make_norm(config, config.width),
+            )
+        )
+        if config.positions == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.max_seq_len, config.width)
+        self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            # one matrix for both; parameters() and state_dict share its storage
+            self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream: with
+        # 2 * depth such writes the stream's variance stays O(1) at init. A parallel block
+        # writes once but its c_proj sums the attention and MLP contributions, so it also
+        # counts as two.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.depth))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, vocab_size), float32."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+        B, T = idx.size()
+        if T > self.config.max_seq_len:
+            raise ValueError(f"cannot forward a sequence of length {T}: max_seq_len is {self.config.max_seq_len}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        # float32 whatever autocast did, so the loss and its softmax are computed in fp32
+        return self.lm_head(x).float()  # (B, T, V)
+
+    def _embedding_params(self) -> list[nn.Parameter]:
+        """The token (and learned position) tables; with tying, wte is also the lm_head."""
+        params = [self.transformer.wte.weight]
+        if "wpe" in self.transformer:
+            params.append(self.transformer.wpe.weight)
+        return params
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters, each shared tensor counted once.
+
+        non_embedding=True leaves out the token embedding and the learned position
+        embedding (Kaplan et al.'s N). A tied lm_head is the token embedding, so it is left
+        out too; an untied lm_head is an ordinary matrix and counts.
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() skips duplicates
+        if non_embedding:
+            n -= sum(p.numel() for p in self._embedding_params())
+        return n
+
+    def param_groups(
+        self,
+        weight_decay: float,
+        *,
+        decay_embeddings: bool = False,
+        decay_norms_and_biases: bool = False,
+    ) -> list[dict]:
+        """Parameter groups for torch.optim.AdamW: [decayed, not decayed], empty ones left out.
+
+        Decayed: matrices (2-D+) of the linear layers, an untied lm_head included.
+        Not decayed unless asked: embeddings (wte, wpe; with tying the shared matrix counts
+        as an embedding) and every 1-D parameter (norm gains, biases).
+        Every parameter lands in exactly one group, a tied one once.
+        """
+        embedding_ids = {id(p) for p in self._embedding_params()}
+        decay, no_decay = [], []
+        for p in self.parameters():  # unique parameters, in a stable order
+            if id(p) in embedding_ids:
+                wanted = decay_embeddings
+            elif p.dim() < 2:
+                wanted = decay_norms_and_biases
+            else:
+                wanted = True
+            (decay if wanted else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward) per token at context length `seq_len`.
+
+        The PaLM (appendix B) / nanoGPT MFU estimate: 6 * N + 12 * depth * seq_len * width,
+        where N counts the weights of every matmul: all linear layers, the lm_head included
+        even when tied (its matmul runs either way); embedding lookups, norms and biases
+        are not matmuls. 6 = 2 (multiply-add) * 3 (forward + two backward matmuls); the
+        second term is the attention scores and weighted sum, counted without the causal
+        mask's saving, as in the original formula.
+        """
+        n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        cfg = self.config
+        return float(6 * n_matmul + 12 * cfg.depth * seq_len * cfg.width)

@@ -1,0 +1,40 @@
+"""The `Tracker` interface every logger implements, and a fan-out over several of them."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Tracker(Protocol):
+    """Receives rows as the trainer logs them. Keys are the CSV column names."""
+
+    def log_train(self, row: dict[str, Any]) -> None: ...
+
+    def log_val(self, row: dict[str, Any]) -> None: ...
+
+    def log_summary(self, summary: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TrackerGroup:
+    """Sends every call to each tracker in turn (CSV first, so it is written even if wandb fails)."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+
+    def log_train(self, row: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.log_train(row)
+
+    def log_val(self, row: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.log_val(row)
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.log_summary(summary)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
