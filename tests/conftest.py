@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny run configuration that trains in about a second on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tfkit.config import RunConfig
+
+TINY = {
+    "model.depth": 2,
+    "model.width": 32,
+    "model.num_heads": 2,
+    "data.data": "mess3",
+    "data.seq_len": 8,
+    "data.batch_size": 16,
+    "data.train_sequences": 1024,
+    "data.val_sequences": 256,
+    "train.max_steps": 20,
+    "train.eval_every": 10,
+    "train.device": "cpu",
+    "log.log_every": 5,
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> RunConfig:
+    return RunConfig().with_updates({**TINY, "log.out": str(tmp_path / "run")})
+
+
+def tiny_cli_args(out: Path) -> list[str]:
+    """The TINY config as `tfkit train pretrain` options (`--set` for fields with no option)."""
+    from tfkit.cli._options import cli_fields
+
+    flags = {f.key: f.flag for f in cli_fields()}
+    args = []
+    for key, value in TINY.items():
+        args += [flags[key], str(value)] if key in flags else ["--set", f"{key}={value}"]
+    return args + ["--out", str(out)]
