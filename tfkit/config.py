@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,9 +27,16 @@ from tfkit.errors import ConfigError
 DEFAULT_MAX_STEPS = 1000
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = True, **kw: Any) -> Any:
-    """A dataclass field with help text; `cli=True` makes it a first-class CLI option."""
-    return field(default=default, metadata={"help": help, "cli": cli}, **kw)
+def opt(
+    default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = True, sweep: bool = True, **kw: Any
+) -> Any:
+    """A dataclass field with help text.
+
+    `cli=True` makes it a first-class CLI option (several values at once in `tfkit ablate`);
+    `sweep=False` marks fields that describe where or how a run is executed rather than
+    what is trained (seed, device, output paths), which `ablate` never sweeps.
+    """
+    return field(default=default, metadata={"help": help, "cli": cli, "sweep": sweep}, **kw)
 
 
 def option_label(name: str) -> str:
@@ -60,6 +68,13 @@ class ModelConfig:
     bias: bool = opt(False, "Biases in linear and norm layers.", cli=False)
     rope_base: float = opt(10000.0, "Rotary position base frequency.", cli=False)
     init_std: float = opt(0.02, "Standard deviation of the weight initialisation.", cli=False)
+    model_scale: float | None = opt(
+        None,
+        "Derive --depth and --width from one scale factor, as hlb-gpt does: "
+        "width = nearest multiple of 64 to 384*log2(1+scale), depth = round(8*log2(1+scale)).",
+    )
+    scale_base_depth: int = opt(8, "Depth of the --model-scale 1 model.", cli=False)
+    scale_base_width: int = opt(384, "Width of the --model-scale 1 model.", cli=False)
 
     def __post_init__(self) -> None:
         for name in ("depth", "width", "num_heads"):
@@ -80,6 +95,34 @@ class ModelConfig:
             raise ConfigError("--linear-value only applies to --block parallel")
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ConfigError(f"vocab_size must be at least 2, got {self.vocab_size}")
+        if self.model_scale is not None:
+            depth, width = scaled_shape(self.model_scale, self.scale_base_depth, self.scale_base_width)
+            if (depth, width) != (self.depth, self.width):
+                raise ConfigError(
+                    f"--model-scale {self.model_scale:g} gives --depth {depth} --width {width}, "
+                    f"not --depth {self.depth} --width {self.width}"
+                )
+
+    @property
+    def true_model_scale(self) -> float:
+        """The scale whose unrounded shape has this model's depth * width^2 (its parameter count)."""
+        return true_model_scale(self.depth, self.width, self.scale_base_depth, self.scale_base_width)
+
+
+def scaled_shape(scale: float, base_depth: int, base_width: int) -> tuple[int, int]:
+    """(depth, width) at `scale`: both grow with log2(1 + scale); width rounded to a multiple of 64."""
+    if not scale > 0:
+        raise ConfigError(f"--model-scale must be positive, got {scale}")
+    factor = math.log2(1.0 + scale)
+    width = max(64, round(base_width * factor / 64) * 64)
+    depth = max(1, round(base_depth * factor))
+    return depth, width
+
+
+def true_model_scale(depth: int, width: int, base_depth: int, base_width: int) -> float:
+    """Inverse of `scaled_shape` without rounding, matched on depth * width^2."""
+    factor = ((depth / base_depth) * (width / base_width) ** 2) ** (1.0 / 3.0)
+    return 2.0**factor - 1.0
 
 
 @dataclass(kw_only=True)
@@ -153,8 +196,8 @@ class TrainConfig:
     eval_every: int = opt(100, "Evaluate every N steps (and always at the end).")
     max_epochs_between_evals: float | None = opt(None, "Evaluate at least this often, in epochs.")
     checkpoint_every: int | None = opt(None, "Save a checkpoint every N steps (always at the end).")
-    seed: int = opt(0, "Seed for python, numpy and torch.")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.")
+    seed: int = opt(0, "Seed for python, numpy and torch.", sweep=False)
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.", sweep=False)
     compile: Literal["auto", "on", "off"] = opt("auto", "torch.compile the model (auto: on CUDA only).")
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "auto: bf16 autocast on CUDA, fp32 elsewhere.")
     max_bad_steps: int = opt(10, "Consecutive non-finite steps that fail the run.", cli=False)
@@ -180,10 +223,11 @@ class TrainConfig:
 class LogConfig:
     """Where the run directory goes and what it logs to."""
 
-    out: str | None = opt(None, "Run directory (default runs/<data>-<timestamp>).")
-    log_every: int = opt(10, "Log a train row every N steps.")
-    wandb_project: str | None = opt(None, "Also log to this wandb project.")
-    wandb_entity: str | None = opt(None, "wandb entity (user or team).", cli=False)
+    out: str | None = opt(None, "Run directory (default runs/<data>-<timestamp>).", sweep=False)
+    log_every: int = opt(10, "Log a train row every N steps.", sweep=False)
+    wandb_project: str | None = opt(None, "Also log to this wandb project.", sweep=False)
+    wandb_entity: str | None = opt(None, "wandb entity (user or team).", cli=False, sweep=False)
+    wandb_group: str | None = opt(None, "wandb group of the run (ablate: one per ablation).", cli=False, sweep=False)
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
@@ -232,17 +276,19 @@ class RunConfig:
     def with_updates(self, data: dict[str, Any], *, source: str = "config") -> RunConfig:
         """A copy with values replaced; keys are section dicts, bare field names or `section.field`."""
         nested = self.to_dict()
+        touched: set[str] = set()
         for key, value in data.items():
             if key in SECTIONS and isinstance(value, dict):
                 for name, sub in value.items():
-                    _assign(nested, key, name, sub, source)
+                    touched.add(_assign(nested, key, name, sub, source))
             elif "." in key:
                 section, name = key.split(".", 1)
                 if section not in SECTIONS:
                     raise ConfigError(f"unknown section {section!r} in {source}: expected one of {', '.join(SECTIONS)}")
-                _assign(nested, section, name, value, source)
+                touched.add(_assign(nested, section, name, value, source))
             else:
-                _assign(nested, section_of(key, source), key, value, source)
+                touched.add(_assign(nested, section_of(key, source), key, value, source))
+        _apply_model_scale(nested["model"], touched)
         return _build(nested)
 
     @classmethod
@@ -301,7 +347,7 @@ def section_of(name: str, source: str = "config") -> str:
     raise ConfigError(f"unknown option {name!r} in {source}{suffix}")
 
 
-def _assign(nested: dict[str, dict[str, Any]], section: str, name: str, value: Any, source: str) -> None:
+def _assign(nested: dict[str, dict[str, Any]], section: str, name: str, value: Any, source: str) -> str:
     cls = SECTIONS[section]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if name not in fields:
@@ -310,6 +356,21 @@ def _assign(nested: dict[str, dict[str, Any]], section: str, name: str, value: A
         raise ConfigError(f"unknown option {section}.{name} in {source}{suffix}")
     hints = typing.get_type_hints(cls)
     nested[section][name] = coerce(value, hints[name], f"{section}.{name}")
+    return name
+
+
+def _apply_model_scale(model: dict[str, Any], touched: set[str]) -> None:
+    """A newly given --model-scale sets depth and width; an explicit different one conflicts."""
+    if model["model_scale"] is None or not touched & {"model_scale", "scale_base_depth", "scale_base_width"}:
+        return
+    depth, width = scaled_shape(model["model_scale"], model["scale_base_depth"], model["scale_base_width"])
+    for name, derived in (("depth", depth), ("width", width)):
+        if name in touched and model[name] != derived:
+            raise ConfigError(
+                f"--model-scale {model['model_scale']:g} gives {option_label(name)} {derived}, "
+                f"which conflicts with {option_label(name)} {model[name]}"
+            )
+        model[name] = derived
 
 
 def _build(nested: dict[str, dict[str, Any]]) -> RunConfig:

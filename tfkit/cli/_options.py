@@ -13,12 +13,14 @@ import dataclasses
 import enum
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand
 
 from tfkit.config import SECTIONS
 
@@ -32,6 +34,7 @@ class CliField:
     hint: Any  # the field's type without None
     help: str
     default: Any
+    sweep: bool = True
 
     @property
     def key(self) -> str:
@@ -53,7 +56,8 @@ def cli_fields() -> list[CliField]:
             if typing.get_origin(hint) in (typing.Union, types.UnionType):
                 hint = next(a for a in typing.get_args(hint) if a is not type(None))
             default = f.default if f.default is not dataclasses.MISSING else None
-            out.append(CliField(section, f.name, hint, f.metadata.get("help", ""), default))
+            help_text = f.metadata.get("help", "")
+            out.append(CliField(section, f.name, hint, help_text, default, f.metadata.get("sweep", True)))
     return out
 
 
@@ -93,18 +97,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def config_options(multi: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def config_options(
+    multi: bool = False, exclude: tuple[str, ...] = ()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per CLI config field to a command that takes `options`.
 
-    With `multi=True` each option takes one or several values (for `ablate`).
+    With `multi=True` each sweepable option takes one or several values (for `ablate`:
+    the command's values are then lists); `exclude` names fields the command leaves out.
     """
-    fields = cli_fields()
+    fields = [f for f in cli_fields() if f.name not in exclude]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn, eval_str=True)
         own = [p for name, p in signature.parameters.items() if name != "options"]
         taken = {p.name for p in own}
-        generated = [_parameter(f, multi) for f in fields if f.name not in taken]
+        generated = [_parameter(f, multi and f.sweep) for f in fields if f.name not in taken]
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
@@ -121,3 +128,41 @@ def config_options(multi: bool = False) -> Callable[[Callable[..., Any]], Callab
         return wrapper
 
     return decorate
+
+
+_NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def expand_multi_values(args: list[str], multi_flags: set[str]) -> list[str]:
+    """Rewrite `--depth 4 8` as `--depth 4 --depth 8` for the options in `multi_flags`.
+
+    A multi-valued option takes every following token up to the next option (negative
+    numbers are values), so the space-separated and the repeated forms mean the same.
+    `--depth=4 8` works too; everything after `--` is left alone.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            out.extend(args[i:])
+            break
+        flag = token.split("=", 1)[0]
+        out.append(token)
+        i += 1
+        if flag not in multi_flags:
+            continue
+        has_value = "=" in token
+        while i < len(args) and not (args[i].startswith("-") and not _NUMBER.match(args[i])):
+            out.extend([flag, args[i]] if has_value else [args[i]])
+            has_value = True
+            i += 1
+    return out
+
+
+class MultiValueCommand(TyperCommand):
+    """A command whose repeatable options also accept several space-separated values."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}
+        return super().parse_args(ctx, expand_multi_values(args, multi))

@@ -7,7 +7,10 @@ from typing import Annotated
 import typer
 
 import tfkit
-from tfkit.cli._errors import INTERRUPTED, USER_ERROR
+from tfkit.cli._errors import INTERRUPTED, USER_ERROR, command
+from tfkit.cli._options import MultiValueCommand, config_options
+from tfkit.cli.ablate import HELP as ABLATE_HELP
+from tfkit.cli.ablate import ablate
 from tfkit.cli._output import print_error
 from tfkit.cli.data import data_app
 from tfkit.cli.train import train_app
@@ -22,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
+command(app, "ablate", cls=MultiValueCommand, help=ABLATE_HELP)(config_options(multi=True, exclude=("out",))(ablate))
 
 
 def _version(value: bool) -> None:

@@ -17,6 +17,7 @@ class WandbTracker:
         project: str,
         entity: str | None,
         name: str,
+        group: str | None = None,
         config: dict[str, Any],
         run_dir: str | Path,
     ) -> None:
@@ -29,6 +30,7 @@ class WandbTracker:
             project=project,
             entity=entity,
             name=name,
+            group=group,
             config=config,
             dir=str(run_dir),
             reinit="finish_previous",

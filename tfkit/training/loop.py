@@ -189,6 +189,22 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+TRAIN_COLUMNS = ("step", "tokens_seen", "epoch", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm", "skipped_steps")
+VAL_COLUMNS = ("step", "tokens_seen", "epoch", "time_s", "val_loss", "val_acc", "val_pplx")
+
+
+def log_columns(seq_len: int, has_optimum: bool) -> tuple[list[str], list[str]]:
+    """The columns of `train_log.csv` and `val_log.csv` for a run, in file order."""
+    train_cols, val_cols = list(TRAIN_COLUMNS), list(VAL_COLUMNS)
+    if has_optimum:
+        positions = range(1, seq_len + 1)
+        train_cols += [f"relative_loss_{i}" for i in positions]
+        val_cols += ["optimal_loss", "excess_loss"]
+        for prefix in ("val_loss", "optimal_loss", "val_relative_loss"):
+            val_cols += [f"{prefix}_{i}" for i in positions]
+    return train_cols, val_cols
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -296,12 +312,15 @@ def train(
                 project=config.log.wandb_project,
                 entity=config.log.wandb_entity,
                 name=run_dir.name,
+                group=config.log.wandb_group,
                 config={**config.to_flat_dict(), **{k: meta[k] for k in ("num_params", "num_params_non_embedding")}},
                 run_dir=run_dir,
             )
         )
     tracker = TrackerGroup(trackers)
-    callback.on_start({"run_dir": str(run_dir), "total_steps": horizon, "device": str(device), **meta})
+    callback.on_start(
+        {"run_dir": str(run_dir), "total_steps": horizon, "config": config.to_flat_dict(), **meta, "device": str(device)}
+    )
 
     progress = _Progress()
     flag = _Flag()

@@ -1,0 +1,148 @@
+"""Settings grids: the cartesian product of swept values, invalid combinations, seeds and ids.
+
+A *setting* is one full `RunConfig`; an ablation trains every setting `num_runs` times,
+run `r` (0-based) with seed `seed + r`, so settings can be compared run by run. Every
+sweepable config field (`sweep=True` in its `opt()`) can be swept: first-class options
+(`--depth 4 8`) and any other field (`--sweep optim.beta2=0.95,0.99`) alike.
+
+Ids are content hashes, so the same command always gives the same ids:
+`setting_id` hashes what is trained (the config without seed, device and output
+fields) and `run_id` is `<setting_id>-s<seed>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tfkit.config import SECTIONS, RunConfig, section_of
+from tfkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the grid."""
+
+    setting_id: str
+    values: dict[str, Any]  # the swept fields (bare names) and their values at this point
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A combination of swept values that makes no valid config, and why."""
+
+    values: dict[str, Any]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an ablation."""
+
+    setting: Setting
+    run_num: int
+    seed: int
+    run_id: str
+    config: RunConfig  # the setting's config with this run's seed and run directory
+
+
+def sweepable_fields() -> dict[str, str]:
+    """Bare field name -> section, for every field an ablation may sweep."""
+    return {
+        f.name: section
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("sweep", True)
+    }
+
+
+def sweep_key(name: str) -> str:
+    """`section.field` for a bare or dotted field name; refuses fields that are not sweepable."""
+    section, _, field = name.rpartition(".")
+    field = field.strip()
+    owner = section_of(field, "--sweep")
+    if section and section != owner:
+        raise ConfigError(f"--sweep {name}: {field} belongs to section {owner!r}, not {section!r}")
+    if field not in sweepable_fields():
+        hint = " (seeds come from --seed and --num-runs)" if field == "seed" else ""
+        raise ConfigError(f"--sweep {name}: {field} describes how runs are executed and cannot be swept{hint}")
+    return f"{owner}.{field}"
+
+
+def parse_sweeps(items: list[str]) -> dict[str, list[str]]:
+    """`--sweep section.field=v1,v2` strings -> {"section.field": ["v1", "v2"]}."""
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        parts = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not name.strip() or not parts:
+            raise ConfigError(f"--sweep expects section.field=v1,v2,..., got {item!r}")
+        key = sweep_key(name.strip())
+        axes.setdefault(key, []).extend(parts)
+    return axes
+
+
+def setting_id(config: RunConfig) -> str:
+    """A stable short hash of what a config trains (not where, how fast, or with which seed)."""
+    content = config.to_dict()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("sweep", True):
+                content[section].pop(f.name)
+    text = json.dumps(content, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def expand(base: RunConfig, axes: dict[str, list[Any]]) -> tuple[list[Setting], list[Skipped]]:
+    """All settings of the grid, in the order the values were given, and the skipped ones.
+
+    Args:
+        base: the config every setting starts from (defaults, YAML, single-valued options).
+        axes: `section.field` -> values (strings or typed); repeated values count once.
+    """
+    keys = list(axes)
+    value_lists = [list(dict.fromkeys(axes[k])) for k in keys]
+    settings: list[Setting] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*value_lists):
+        try:
+            config = base.with_updates(dict(zip(keys, combo, strict=True)), source="the grid")
+        except ConfigError as e:
+            raw = {k.split(".", 1)[1]: v for k, v in zip(keys, combo, strict=True)}
+            skipped.append(Skipped(values=raw, reason=str(e)))
+            continue
+        flat = config.to_flat_dict()
+        values = {k.split(".", 1)[1]: flat[k.split(".", 1)[1]] for k in keys}
+        sid = setting_id(config)
+        if sid in seen:  # e.g. two scales that round to the same shape
+            skipped.append(Skipped(values=values, reason="same model as an earlier setting"))
+            continue
+        seen.add(sid)
+        settings.append(Setting(setting_id=sid, values=values, config=config))
+    return settings, skipped
+
+
+def plan_runs(settings: list[Setting], num_runs: int, seed: int, runs_dir: str | Path) -> list[RunSpec]:
+    """Every (setting, run) pair, run-major: all settings' first runs come before any second run.
+
+    So an ablation that stops early has compared every setting on the same seeds first.
+    """
+    if num_runs < 1:
+        raise ConfigError(f"--num-runs must be at least 1, got {num_runs}")
+    specs = []
+    for run_num in range(num_runs):
+        for setting in settings:
+            run_seed = seed + run_num
+            run_id = f"{setting.setting_id}-s{run_seed}"
+            config = setting.config.with_updates(
+                {"train.seed": run_seed, "log.out": str(Path(runs_dir) / run_id)}, source="the grid"
+            )
+            specs.append(RunSpec(setting=setting, run_num=run_num, seed=run_seed, run_id=run_id, config=config))
+    return specs

@@ -1,0 +1,316 @@
+"""`tfkit ablate`: every combination of several values per option, each trained with several seeds."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tfkit.cli._errors import INTERRUPTED
+from tfkit.cli._options import config_options
+from tfkit.cli._output import console, format_value, is_interactive, print_error
+from tfkit.cli.train import build_config
+from tfkit.config import DEFAULT_MAX_STEPS
+from tfkit.errors import ConfigError
+
+HELP = (
+    "Train every combination of the given values (a *setting*), each --num-runs times.\n\n"
+    "Model, optimizer, data and stop options take one or several values: `--depth 4 8` or "
+    "`--depth 4 --depth 8`; any other field with `--sweep section.field=v1,v2`. "
+    "Run r of every setting uses seed --seed + r. With -c, one row per evaluation of every run "
+    "goes to --logfile; re-running the same command with --append trains only what is missing."
+)
+
+
+def ablate(
+    options: dict[str, Any],
+    num_runs: Annotated[int, typer.Option("--num-runs", "-n", help="Runs (seeds) per setting.")] = 1,
+    sweeps: Annotated[
+        list[str] | None,
+        typer.Option("--sweep", help="Sweep any config field: section.field=v1,v2,... (repeatable)."),
+    ] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="YAML file of fixed options.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Fixed config field: section.field=value.")] = None,
+    params: Annotated[list[str] | None, typer.Option("--param", help="Process parameter name=value.")] = None,
+    log_csv: Annotated[bool, typer.Option("--log-csv", "-c", help="Write the results file (--logfile).")] = False,
+    log_wandb: Annotated[bool, typer.Option("--log-wandb", "-w", help="Log every run to wandb.")] = False,
+    logfile: Annotated[Path, typer.Option("--logfile", help="Results CSV, one row per evaluation.")] = Path(
+        "results.csv"
+    ),
+    append: Annotated[bool, typer.Option(help="Add to an existing --logfile; skip runs it has finished.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --logfile and run directories.")] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where each run's directory goes.")] = Path(
+        "runs/ablate"
+    ),
+    name: Annotated[
+        str | None, typer.Option("--name", help="Ablation name: the wandb group (default: the logfile's stem).")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once, as separate processes.")] = 1,
+    devices: Annotated[
+        str | None, typer.Option("--devices", help="Comma-separated devices for the jobs, e.g. cuda:0,cuda:1.")
+    ] = None,
+    review: Annotated[bool, typer.Option("--review-settings", help="Show the settings and ask to proceed.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (with --review-settings).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the settings and runs, then exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+) -> None:
+    """Train every combination of several values per option, with seeds repeated per setting."""
+    from tfkit.ablate.grid import parse_sweeps
+    from tfkit.ablate.plan import plan_ablation
+    from tfkit.ablate.results import ResultsFile
+    from tfkit.ablate.runner import run_ablation
+
+    base = build_config({k: v for k, v in options.items() if not isinstance(v, list)}, config_file, sets or [], [])
+    base = _with_params(base, params or [])
+    axes = {k: v for k, v in options.items() if isinstance(v, list)}
+    for key, values in parse_sweeps(sweeps or []).items():
+        axes.setdefault(key, []).extend(values)
+    wandb_project = base.log.wandb_project or ("tfkit" if log_wandb else None)
+    group = name or logfile.stem
+    base = base.with_updates({"log.wandb_project": wandb_project, "log.wandb_group": group if wandb_project else None})
+    device_list = _parse_devices(devices)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if device_list and jobs == 1 and len(device_list) > 1:
+        jobs = len(device_list)
+    if append and not log_csv:
+        raise ConfigError("--append resumes from the results file: add -c/--log-csv")
+
+    plan = plan_ablation(base, axes, num_runs=num_runs, seed=base.train.seed, runs_dir=runs_dir)
+    results = None
+    done: set[str] = set()
+    statuses: dict[str, str] = {}
+    if log_csv:
+        results = ResultsFile.check(logfile, plan.columns, append=append, overwrite=overwrite)
+        statuses = results.run_statuses() if append else {}
+        done = {s.run_id for s in plan.specs if statuses.get(s.run_id) in ("completed", "failed")}
+    todo = [s for s in plan.specs if s.run_id not in done]
+    if not (append or overwrite):
+        taken = [s for s in todo if (Path(s.config.log.out) / "train_config.json").exists()]
+        if taken:
+            raise ConfigError(
+                f"{taken[0].config.log.out} already holds a run; pass --append (with -c) to resume, "
+                "--overwrite to replace, or another --runs-dir"
+            )
+
+    _print_skipped(plan)
+    if review or dry_run:
+        console.print(_settings_table(plan, num_runs, done))
+    if dry_run:
+        console.print(f"{len(todo)} of {len(plan.specs)} runs to train (dry run: nothing trained or written).")
+        return
+    if review and not yes and is_interactive() and not typer.confirm(f"Train {len(todo)} runs?", default=True):
+        raise typer.Exit(1)
+
+    if results is not None:
+        results = ResultsFile.open(logfile, plan.columns, append=append, overwrite=overwrite)
+        stale = {s.run_id for s in todo if s.run_id in statuses}
+        if stale:
+            removed = results.drop_runs(stale)
+            console.print(f"Re-running {len(stale)} unfinished runs (their {removed} partial rows are replaced).")
+    if not todo:
+        console.print(f"All {len(plan.specs)} runs are done in {logfile}; nothing to train.")
+    else:
+        console.print(
+            f"Training {len(todo)} runs ({len(plan.settings)} settings x {num_runs} seeds"
+            + (f", {len(done)} already done" if done else "")
+            + (f", {jobs} at a time" if jobs > 1 else "")
+            + ")"
+        )
+    display = AblationDisplay(len(todo), plan.varying, quiet)
+    with display:
+        outcome = run_ablation(todo, results, jobs=jobs, devices=device_list, callback=display)
+    _print_results(plan, results, outcome.outcomes, num_runs)
+
+    errors = [o for o in outcome.outcomes if o.status == "error"]
+    for o in errors:
+        print_error(f"run {o.run_id} failed: {o.message}")
+    if outcome.interrupted:
+        print_error(f"interrupted; resume with: {_resume_command(log_csv)}")
+        raise typer.Exit(INTERRUPTED)
+    if errors:
+        raise typer.Exit(1)
+
+
+def _with_params(base: Any, params: list[str]) -> Any:
+    if not params:
+        return base
+    merged = dict(base.data.process_params)
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param expects name=value, got {item!r}")
+        merged[key.strip()] = value.strip()
+    return base.with_updates({"data.process_params": merged}, source="--param")
+
+
+def _parse_devices(devices: str | None) -> list[str] | None:
+    if not devices:
+        return None
+    from tfkit.config import TrainConfig
+
+    out = [d.strip() for d in devices.split(",") if d.strip()]
+    for device in out:
+        TrainConfig(device=device)  # validates the spelling
+    return out
+
+
+def _resume_command(log_csv: bool) -> str:
+    args = [a for a in sys.argv[1:] if a not in ("--overwrite", "--append")]
+    if Path(sys.argv[0]).name not in ("tfkit", "__main__.py"):
+        return "the same command with --append" + ("" if log_csv else " -c")
+    return shlex.join(["tfkit", *args, "--append"] + ([] if log_csv else ["-c"]))
+
+
+def _values_text(values: dict[str, Any], varying: list[str]) -> list[str]:
+    return [format_value(values[name]) for name in varying]
+
+
+def _print_skipped(plan: Any) -> None:
+    for skip in plan.skipped:
+        shown = " ".join(f"{k}={v}" for k, v in skip.values.items() if k in plan.varying) or "setting"
+        console.print(f"[yellow]skipped[/] {shown}: {skip.reason}", highlight=False, soft_wrap=True)
+
+
+def _settings_table(plan: Any, num_runs: int, done: set[str]) -> Table:
+    table = Table(title=f"{len(plan.settings)} settings x {num_runs} runs", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("setting_id")
+    for name in plan.varying:
+        table.add_column(name, justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("done", justify="right")
+    for i, setting in enumerate(plan.settings, 1):
+        runs = [s for s in plan.specs if s.setting.setting_id == setting.setting_id]
+        finished = sum(s.run_id in done for s in runs)
+        params = plan.params[setting.setting_id][0]
+        table.add_row(
+            str(i), setting.setting_id, *_values_text(setting.values, plan.varying), f"{params:,}", f"{finished}/{len(runs)}"
+        )
+    return table
+
+
+def _print_results(plan: Any, results: Any, outcomes: list[Any], num_runs: int) -> None:
+    from tfkit.ablate.summary import best_setting, final_rows, summarize
+
+    ids = [s.setting_id for s in plan.settings]
+    if results is not None:
+        mine = {s.run_id for s in plan.specs}
+        finals = final_rows([r for r in results.read() if r["run_id"] in mine])
+    else:
+        by_run = {s.run_id: s for s in plan.specs}
+        finals = [
+            {**o.summary, "run_status": o.status, "setting_id": by_run[o.run_id].setting.setting_id,
+             "run_id": o.run_id, "time_s": o.summary.get("wall_time_s")}
+            for o in outcomes if o.status in ("completed", "failed")
+        ]  # fmt: skip
+    summaries = summarize(finals, ids)
+    best = best_setting(summaries)
+    has_excess = any("excess_loss" in s.stats for s in summaries)
+    table = Table(title="Results (mean ± std over seeds, final evaluation)", title_justify="left")
+    for name in plan.varying or ["setting_id"]:
+        table.add_column(name, justify="right")
+    table.add_column("runs", justify="right")
+    table.add_column("val_loss", justify="right")
+    if has_excess:
+        table.add_column("excess_loss", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("time (s)", justify="right")
+    by_id = {s.setting_id: s for s in plan.settings}
+    for summary in summaries:
+        setting = by_id[summary.setting_id]
+        values = _values_text(setting.values, plan.varying) if plan.varying else [setting.setting_id]
+        runs = f"{summary.runs}/{num_runs}" + (f" ({summary.failed} failed)" if summary.failed else "")
+        row = [*values, runs, _mean_std(summary.stats.get("val_loss"))]
+        if has_excess:
+            row.append(_mean_std(summary.stats.get("excess_loss")))
+        params = summary.num_params or plan.params[summary.setting_id][0]
+        time_s = summary.stats.get("time_s")
+        row += [f"{params:,}", "-" if time_s is None else f"{time_s[0]:.1f}"]
+        table.add_row(*row, style="bold green" if summary.setting_id == best else None)
+    console.print(table)
+    if results is not None:
+        console.print(f"Results: {results.path}", highlight=False)
+
+
+def _mean_std(stat: tuple[float, float] | None) -> str:
+    if stat is None:
+        return "-"
+    mean, std = stat
+    return f"{mean:.5f} ± {std:.5f}" if abs(mean) >= 1e-3 or mean == 0 else f"{mean:.3e} ± {std:.1e}"
+
+
+class AblationDisplay:
+    """Progress over runs (with ETA) and of the current run on a terminal; a line per run otherwise."""
+
+    def __init__(self, total: int, varying: list[str], quiet: bool) -> None:
+        from tfkit.ablate.runner import AblationCallback  # noqa: F401  (the protocol implemented)
+        from tfkit.training.loop import TrainCallback
+
+        self.total, self.varying, self.quiet = total, varying, quiet
+        self.finished = 0
+        self.progress: Any = None
+        display = self
+
+        class RunProgress(TrainCallback):
+            def on_start(self, info: dict[str, Any]) -> None:
+                if display.progress is not None:
+                    steps = info.get("total_steps") or DEFAULT_MAX_STEPS
+                    display.progress.reset(display.run_task, total=steps, status="")
+
+            def on_log(self, row: dict[str, Any]) -> None:
+                if display.progress is not None:
+                    status = f"loss {row['train_loss']:.4f}"
+                    display.progress.update(display.run_task, completed=row["step"], status=status)
+
+        self.train = RunProgress()
+
+    def __enter__(self) -> AblationDisplay:
+        if self.quiet or not is_interactive() or self.total == 0:
+            return self
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:>6}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.all_task = self.progress.add_task("runs", total=self.total, status="")
+        self.run_task = self.progress.add_task("run", total=1, status="")
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def on_run_start(self, spec: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(self.all_task, status=self._label(spec))
+
+    def on_run_end(self, spec: Any, outcome: Any) -> None:
+        self.finished += 1
+        if self.progress is not None:
+            self.progress.update(self.all_task, completed=self.finished)
+        if self.quiet:
+            return
+        result = outcome.status
+        if outcome.summary.get("val_loss") is not None:
+            result += f"  val_loss {outcome.summary['val_loss']:.5f}"
+        if outcome.summary.get("excess_loss") is not None:
+            result += f"  excess {outcome.summary['excess_loss']:.5f}"
+        line = f"[{self.finished}/{self.total}] {self._label(spec)}  {result}  ({outcome.seconds:.1f} s)"
+        (self.progress.console if self.progress is not None else console).print(line, highlight=False, soft_wrap=True)
+
+    def _label(self, spec: Any) -> str:
+        values = " ".join(f"{k}={format_value(spec.setting.values[k])}" for k in self.varying)
+        return f"{values} seed={spec.seed}".strip()
