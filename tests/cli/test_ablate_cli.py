@@ -1,0 +1,156 @@
+"""`tfkit ablate` end to end: multi-value parsing, the grid, results file, resume, jobs, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from tfkit.cli.app import app
+
+runner = CliRunner()
+
+# small and fast: every run trains for a fraction of a second on CPU
+FAST = ["--seq-len", "8", "--batch-size", "16", "--set", "data.val_sequences=256", "--set", "data.train_sequences=1024"]
+GRID = ["--depth", "1", "2", "--width", "32", "48", "--num-heads", "1", "3", "--num-runs", "2", "--max-steps", "30"]
+
+
+def ablate(tmp_path: Path, *args: str):
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return runner.invoke(app, ["ablate", *args, *FAST])
+    finally:
+        os.chdir(cwd)
+
+
+def test_space_separated_and_repeated_values_mean_the_same(tmp_path):
+    spaced = ablate(tmp_path, "--depth", "4", "8", "--width", "192", "--seed", "5", "--num-runs", "2", "--dry-run")
+    repeated = ablate(tmp_path, "--depth", "4", "--depth", "8", "--width=192", "--num-runs", "2", "--seed", "5", "--dry-run")
+    assert spaced.exit_code == 0, spaced.output
+    assert spaced.output == repeated.output
+    assert "2 settings x 2 runs" in spaced.output and "4 of 4 runs to train" in spaced.output
+    # single-valued options before and after multi-valued ones, and several values in one --sweep
+    mixed = ablate(
+        tmp_path, "--num-runs", "1", "--lr", "1e-3", "3e-3", "--seed", "2", "--sweep", "optim.beta2=0.95,0.99",
+        "--width", "64", "--dry-run",
+    )  # fmt: skip
+    assert mixed.exit_code == 0, mixed.output
+    assert "4 settings x 1 runs" in mixed.output
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_grid_results_file_and_resume(tmp_path):
+    result = ablate(tmp_path, *GRID, "-c", "--logfile", "r.csv")
+    assert result.exit_code == 0, result.output
+    assert "skipped depth=1 width=32 num_heads=3: --num-heads (3) must divide --width (32)" in result.output
+    assert "skipped depth=2 width=32 num_heads=3" in result.output
+    df = pl.read_csv(tmp_path / "r.csv")
+    assert df["run_id"].n_unique() == 12 and df["setting_id"].n_unique() == 6
+    assert df.filter(pl.col("width") == 32)["num_heads"].unique().to_list() == [1]
+    seeds = df.group_by("setting_id").agg(pl.col("seed").unique().sort())["seed"].to_list()
+    assert all(s == [0, 1] for s in seeds)
+    finals = df.filter(pl.col("run_status") == "completed")
+    assert finals.height == 12 and (finals["step"] == 30).all()
+    for column in ("val_loss", "train_loss", "excess_loss", "num_params", "lr", "grad_norm", "tokens_seen", "val_loss_8"):
+        assert finals[column].null_count() == 0, column
+    assert (tmp_path / finals["run_dir"][0] / "summary.json").exists()
+
+    again = ablate(tmp_path, *GRID, "-c", "--logfile", "r.csv", "--append")
+    assert again.exit_code == 0, again.output
+    assert "All 12 runs are done" in again.output
+    assert pl.read_csv(tmp_path / "r.csv").equals(df)
+
+    # delete one run's rows: exactly that run is trained again, with the same result
+    gone = df["run_id"][5]
+    (tmp_path / "r.csv").write_text(
+        "".join(line for line in (tmp_path / "r.csv").read_text().splitlines(keepends=True) if not line.startswith(gone))
+    )
+    resumed = ablate(tmp_path, *GRID, "-c", "--logfile", "r.csv", "--append")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Training 1 runs" in resumed.output and "11 already done" in resumed.output
+    after = pl.read_csv(tmp_path / "r.csv")
+    assert after["run_id"].n_unique() == 12
+    assert after.filter(pl.col("run_id") == gone)["val_loss"].to_list() == df.filter(pl.col("run_id") == gone)["val_loss"].to_list()
+
+
+def test_existing_results_are_never_overwritten_unasked(tmp_path):
+    (tmp_path / "r.csv").write_text("a,b\n1,2\n")
+    before = (tmp_path / "r.csv").read_bytes()
+    result = ablate(tmp_path, "--depth", "1", "--max-steps", "5", "-c", "--logfile", "r.csv")
+    assert result.exit_code == 2
+    assert "r.csv already exists; pass --append" in result.output
+    appended = ablate(tmp_path, "--depth", "1", "--max-steps", "5", "-c", "--logfile", "r.csv", "--append")
+    assert appended.exit_code == 2 and "its columns differ" in appended.output
+    assert (tmp_path / "r.csv").read_bytes() == before
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--width", "33", "--num-heads", "2"], "no valid setting to train"),
+        (["--append"], "--append resumes from the results file: add -c"),
+        (["--model-scale", "0.5", "--depth", "8"], "conflicts with --depth 8"),
+        (["--sweep", "train.seed=1,2"], "seeds come from --seed and --num-runs"),
+        (["--data", "nope"], "unknown dataset 'nope'"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--devices", "gpu0"], "--device must be"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = ablate(tmp_path, *args, "--max-steps", "5")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_run_directories_are_not_replaced_unasked(tmp_path):
+    first = ablate(tmp_path, "--depth", "1", "--max-steps", "5")
+    assert first.exit_code == 0, first.output
+    second = ablate(tmp_path, "--depth", "1", "--max-steps", "5")
+    assert second.exit_code == 2 and "already holds a run" in second.output
+    assert ablate(tmp_path, "--depth", "1", "--max-steps", "5", "--overwrite").exit_code == 0
+
+
+def test_parallel_jobs_give_the_same_runs(tmp_path):
+    args = ["--width", "32", "48", "--num-runs", "2", "--max-steps", "20", "-c"]
+    one = ablate(tmp_path, *args, "--logfile", "one.csv", "--runs-dir", "runs/one")
+    two = ablate(tmp_path, *args, "--logfile", "two.csv", "--runs-dir", "runs/two", "--jobs", "2")
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    a = pl.read_csv(tmp_path / "one.csv").sort("run_id").select("run_id", "val_loss")
+    b = pl.read_csv(tmp_path / "two.csv").sort("run_id").select("run_id", "val_loss")
+    assert a["run_id"].to_list() == b["run_id"].to_list() and a.height == 4
+    assert b["val_loss"].to_list() == pytest.approx(a["val_loss"].to_list(), rel=1e-4)
+
+
+def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
+    args = [sys.executable, "-m", "tfkit", "ablate", "--depth", "1", "2", "--max-steps", "1500", "--eval-every", "20",
+            "--device", "cpu", "-c", "--logfile", "r.csv", *FAST]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = tmp_path / "r.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "interrupted; resume with: tfkit ablate --depth 1 2" in err and "--append" in err
+    df = pl.read_csv(results)
+    assert df["run_id"].n_unique() == 1  # the second run never started
+    assert df["run_status"][-1] == "interrupted" and set(df["run_status"][:-1]) == {"running"}
+
+    resumed = subprocess.run([*args, "--append"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Re-running 1 unfinished runs" in resumed.stdout and "Training 2 runs" in resumed.stdout
+    after = pl.read_csv(results)
+    assert after["run_id"].n_unique() == 2
+    assert after.filter(pl.col("run_status") != "running")["run_status"].to_list() == ["completed", "completed"]
+    assert (after.group_by("run_id").len()["len"] == 1500 // 20).all()  # one row per eval, no partial rows
