@@ -154,3 +154,22 @@ def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
     assert after["run_id"].n_unique() == 2
     assert after.filter(pl.col("run_status") != "running")["run_status"].to_list() == ["completed", "completed"]
     assert (after.group_by("run_id").len()["len"] == 1500 // 20).all()  # one row per eval, no partial rows
+
+
+def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from tests.tracking.test_wandb import read_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = ablate(tmp_path, "--width", "32", "64", "--max-steps", "5", "-cw", "--wandb-project", "abl", "--logfile", "grid.csv")
+    assert result.exit_code == 0, result.output
+    files = sorted(tmp_path.glob("runs/ablate/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    widths = set()
+    for path in files:
+        run = next(r.run for r in read_records(path) if r.WhichOneof("record_type") == "run")
+        assert (run.project, run.run_group) == ("abl", "grid")
+        config = {item.key: item.value_json for item in run.config.update}
+        widths.add(config["width"])
+    assert widths == {"32", "64"}

@@ -121,7 +121,7 @@ def ablate(
             + (f", {jobs} at a time" if jobs > 1 else "")
             + ")"
         )
-    display = AblationDisplay(len(todo), plan.varying, quiet)
+    display = AblationDisplay(len(todo), plan.varying, quiet, one_at_a_time=jobs == 1)
     with display:
         outcome = run_ablation(todo, results, jobs=jobs, devices=device_list, callback=display)
     _print_results(plan, results, outcome.outcomes, num_runs)
@@ -180,7 +180,8 @@ def _settings_table(plan: Any, num_runs: int, done: set[str]) -> Table:
     table = Table(title=f"{len(plan.settings)} settings x {num_runs} runs", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("setting_id")
-    for name in plan.varying:
+    derived = [n for n in ("depth", "width") if "model_scale" in plan.varying and n not in plan.varying]
+    for name in plan.varying + derived:
         table.add_column(name, justify="right")
     table.add_column("params", justify="right")
     table.add_column("done", justify="right")
@@ -188,9 +189,9 @@ def _settings_table(plan: Any, num_runs: int, done: set[str]) -> Table:
         runs = [s for s in plan.specs if s.setting.setting_id == setting.setting_id]
         finished = sum(s.run_id in done for s in runs)
         params = plan.params[setting.setting_id][0]
-        table.add_row(
-            str(i), setting.setting_id, *_values_text(setting.values, plan.varying), f"{params:,}", f"{finished}/{len(runs)}"
-        )
+        shape = [str(getattr(setting.config.model, n)) for n in derived]
+        values = _values_text(setting.values, plan.varying)
+        table.add_row(str(i), setting.setting_id, *values, *shape, f"{params:,}", f"{finished}/{len(runs)}")
     return table
 
 
@@ -247,11 +248,12 @@ def _mean_std(stat: tuple[float, float] | None) -> str:
 class AblationDisplay:
     """Progress over runs (with ETA) and of the current run on a terminal; a line per run otherwise."""
 
-    def __init__(self, total: int, varying: list[str], quiet: bool) -> None:
+    def __init__(self, total: int, varying: list[str], quiet: bool, one_at_a_time: bool = True) -> None:
         from tfkit.ablate.runner import AblationCallback  # noqa: F401  (the protocol implemented)
         from tfkit.training.loop import TrainCallback
 
         self.total, self.varying, self.quiet = total, varying, quiet
+        self.one_at_a_time = one_at_a_time
         self.finished = 0
         self.progress: Any = None
         display = self
@@ -285,7 +287,8 @@ class AblationDisplay:
             console=console,
         )
         self.all_task = self.progress.add_task("runs", total=self.total, status="")
-        self.run_task = self.progress.add_task("run", total=1, status="")
+        # worker processes report only when a run ends: then there is no current-run bar
+        self.run_task = self.progress.add_task("run", total=1, status="", visible=self.one_at_a_time)
         self.progress.start()
         return self
 
