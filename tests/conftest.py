@@ -8,6 +8,9 @@ import pytest
 
 from tfkit.config import RunConfig
 
+# S3 fixtures (a moto server on 127.0.0.1, clean credentials, a bucket, a fault-injecting proxy)
+pytest_plugins = ["tests.storage.s3_fixtures"]
+
 TINY = {
     "model.depth": 2,
     "model.width": 32,

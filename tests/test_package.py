@@ -20,7 +20,14 @@ def test_import_and_help_do_not_import_torch():
         "assert r.exit_code == 0, r.output\n"
         "r = CliRunner().invoke(tfkit.cli.app.app, ['train', 'pretrain', '--help'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "heavy = [m for m in ('torch', 'numpy', 'wandb', 'yaml') if m in sys.modules]\n"
+        "r = CliRunner().invoke(tfkit.cli.app.app, ['s3', 'push', '--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "for cmd in ('data download', 'data list', 'tokenizer train', 'tokenizer tokenize',\n"
+        "            'tokenizer inspect', 'tokenizer count'):\n"
+        "    r = CliRunner().invoke(tfkit.cli.app.app, [*cmd.split(), '--help'])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('torch', 'numpy', 'wandb', 'yaml', 'boto3', 'botocore', 'datasets', 'tokenizers',\n"
+        "                     'pyarrow') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     out = run(sys.executable, "-c", code)
@@ -31,7 +38,7 @@ def test_import_and_help_do_not_import_torch():
 def test_help_lists_command_groups():
     out = run("tfkit", "--help")
     assert out.returncode == 0
-    for group in ("data", "train"):
+    for group in ("data", "tokenizer", "train", "s3"):
         assert group in out.stdout
 
 

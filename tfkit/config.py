@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from tfkit.errors import ConfigError
 
@@ -164,7 +164,11 @@ class OptimConfig:
 class DataConfig:
     """What to train on and in which shape."""
 
-    data: str = opt("mess3", "A built-in process (mess3, rrxor, ...; see `tfkit data processes`).")
+    data: str = opt(
+        "mess3",
+        "A built-in process (mess3, rrxor, ...; see `tfkit data processes`) or a folder of token shards "
+        "(`tfkit tokenizer tokenize`).",
+    )
     process_params: dict[str, float] = opt(
         help="Parameters of a built-in process (--param x=0.2).", cli=False, default_factory=dict
     )
@@ -228,10 +232,22 @@ class LogConfig:
     wandb_project: str | None = opt(None, "Also log to this wandb project.", sweep=False)
     wandb_entity: str | None = opt(None, "wandb entity (user or team).", cli=False, sweep=False)
     wandb_group: str | None = opt(None, "wandb group of the run (ablate: one per ablation).", cli=False, sweep=False)
+    s3_uri: str | None = opt(
+        None, "Push the run directory to <this prefix>/<run name> at the end (s3://bucket/prefix).", sweep=False
+    )
+    s3_every_checkpoint: bool = opt(
+        False, "With --s3-uri: also push after each --checkpoint-every checkpoint, in the background.", sweep=False
+    )
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
             raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
+        if self.s3_uri is not None:
+            from tfkit.storage.s3 import parse_s3_uri
+
+            parse_s3_uri(self.s3_uri, "--s3-uri")
+        if self.s3_every_checkpoint and self.s3_uri is None:
+            raise ConfigError("--s3-every-checkpoint needs --s3-uri")
 
 
 SECTIONS: dict[str, type] = {
@@ -243,15 +259,15 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass(kw_only=True)
-class RunConfig:
-    """Everything one training run needs; saved as `train_config.json` in the run directory."""
+class SectionedConfig:
+    """The API shared by run configs made of named sections (`RunConfig`, the icl config).
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    A subclass is a dataclass with one field per section and names its sections in the
+    class attribute `SECTIONS` (field names unique across them); `train` (a `TrainConfig`)
+    and `log` (a `LogConfig`) are always among them.
+    """
+
+    SECTIONS: ClassVar[dict[str, type]]
 
     def has_stop_criterion(self) -> bool:
         t = self.train
@@ -269,34 +285,36 @@ class RunConfig:
         return flat
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Self:
         """Build from a nested ({"model": {"width": 64}}) or flat ({"width": 64}) dict."""
         return cls().with_updates(data, source=source)
 
-    def with_updates(self, data: dict[str, Any], *, source: str = "config") -> RunConfig:
+    def with_updates(self, data: dict[str, Any], *, source: str = "config") -> Self:
         """A copy with values replaced; keys are section dicts, bare field names or `section.field`."""
+        sections = self.SECTIONS
         nested = self.to_dict()
         touched: set[str] = set()
         for key, value in data.items():
-            if key in SECTIONS and isinstance(value, dict):
+            if key in sections and isinstance(value, dict):
                 for name, sub in value.items():
-                    touched.add(_assign(nested, key, name, sub, source))
+                    touched.add(_assign(nested, key, name, sub, source, sections))
             elif "." in key:
                 section, name = key.split(".", 1)
-                if section not in SECTIONS:
-                    raise ConfigError(f"unknown section {section!r} in {source}: expected one of {', '.join(SECTIONS)}")
-                touched.add(_assign(nested, section, name, value, source))
+                if section not in sections:
+                    raise ConfigError(f"unknown section {section!r} in {source}: expected one of {', '.join(sections)}")
+                touched.add(_assign(nested, section, name, value, source, sections))
             else:
-                touched.add(_assign(nested, section_of(key, source), key, value, source))
-        _apply_model_scale(nested["model"], touched)
-        return _build(nested)
+                touched.add(_assign(nested, section_of(key, source, sections), key, value, source, sections))
+        if "model" in nested:
+            _apply_model_scale(nested["model"], touched)
+        return type(self)(**{section: sections[section](**values) for section, values in nested.items()})
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> RunConfig:
+    def from_yaml(cls, path: str | Path) -> Self:
         """Load a YAML file (nested by section, or flat field names)."""
         return cls().with_yaml(path)
 
-    def with_yaml(self, path: str | Path) -> RunConfig:
+    def with_yaml(self, path: str | Path) -> Self:
         import yaml
 
         path = Path(path)
@@ -312,7 +330,7 @@ class RunConfig:
             raise ConfigError(f"{path} must hold a mapping of options, got {type(data).__name__}")
         return self.with_updates(data, source=str(path))
 
-    def with_overrides(self, assignments: list[str]) -> RunConfig:
+    def with_overrides(self, assignments: list[str]) -> Self:
         """Apply `--set section.field=value` strings, each converted by the field's type."""
         updates: dict[str, Any] = {}
         for item in assignments:
@@ -328,27 +346,42 @@ class RunConfig:
         write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load_json(cls, path: str | Path) -> RunConfig:
+    def load_json(cls, path: str | Path) -> Self:
         return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
 
 
-def field_names(section: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(SECTIONS[section])]
+@dataclass(kw_only=True)
+class RunConfig(SectionedConfig):
+    """Everything one training run needs; saved as `train_config.json` in the run directory."""
+
+    SECTIONS: ClassVar[dict[str, type]] = SECTIONS
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
-def section_of(name: str, source: str = "config") -> str:
+def field_names(section: str, sections: dict[str, type] = SECTIONS) -> list[str]:
+    return [f.name for f in dataclasses.fields(sections[section])]
+
+
+def section_of(name: str, source: str = "config", sections: dict[str, type] = SECTIONS) -> str:
     """The section that owns a bare field name."""
-    for section in SECTIONS:
-        if name in field_names(section):
+    for section in sections:
+        if name in field_names(section, sections):
             return section
-    every = [n for s in SECTIONS for n in field_names(s)]
+    every = [n for s in sections for n in field_names(s, sections)]
     hint = difflib.get_close_matches(name, every, n=1)
     suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
     raise ConfigError(f"unknown option {name!r} in {source}{suffix}")
 
 
-def _assign(nested: dict[str, dict[str, Any]], section: str, name: str, value: Any, source: str) -> str:
-    cls = SECTIONS[section]
+def _assign(
+    nested: dict[str, dict[str, Any]], section: str, name: str, value: Any, source: str, sections: dict[str, type]
+) -> str:
+    cls = sections[section]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if name not in fields:
         hint = difflib.get_close_matches(name, list(fields), n=1)
@@ -371,10 +404,6 @@ def _apply_model_scale(model: dict[str, Any], touched: set[str]) -> None:
                 f"which conflicts with {option_label(name)} {model[name]}"
             )
         model[name] = derived
-
-
-def _build(nested: dict[str, dict[str, Any]]) -> RunConfig:
-    return RunConfig(**{section: SECTIONS[section](**values) for section, values in nested.items()})
 
 
 def coerce(value: Any, hint: Any, name: str) -> Any:

@@ -1,13 +1,23 @@
-"""Small file helpers shared by the library: atomic writes."""
+"""Small file helpers shared by the library: atomic writes of files and folders."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+@functools.cache
+def current_umask() -> int:
+    """The process umask (temp files are created private; finished files get the usual mode)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -21,6 +31,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -36,3 +47,29 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
             os.fsync(f.fileno())
 
     write_atomic(path, write)
+
+
+def write_dir_atomic(path: str | Path, write: Callable[[Path], None], *, replace: bool = False) -> None:
+    """Call `write(tmp_dir)` on an empty temp folder beside `path`, then move it into place.
+
+    An interrupted or failed write leaves nothing at `path` (or the old folder, untouched).
+    With `replace`, an existing `path` is swapped out only after the new folder is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        write(tmp)
+        if path.exists():
+            if not replace and any(path.iterdir()):
+                raise FileExistsError(f"{path} is not empty")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "dir")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

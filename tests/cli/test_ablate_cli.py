@@ -59,7 +59,7 @@ def test_grid_results_file_and_resume(tmp_path):
     assert all(s == [0, 1] for s in seeds)
     finals = df.filter(pl.col("run_status") == "completed")
     assert finals.height == 12 and (finals["step"] == 30).all()
-    for column in ("val_loss", "train_loss", "excess_loss", "num_params", "lr", "grad_norm", "tokens_seen", "val_loss_8"):
+    for column in ("val_loss", "train_loss", "excess_loss", "num_params", "current_lr", "grad_norm", "tokens_seen", "val_loss_8"):
         assert finals[column].null_count() == 0, column
     assert (tmp_path / finals["run_dir"][0] / "summary.json").exists()
 

@@ -1,6 +1,7 @@
 """Settings grids: the cartesian product of swept values, invalid combinations, seeds and ids.
 
-A *setting* is one full `RunConfig`; an ablation trains every setting `num_runs` times,
+A *setting* is one full config (a `RunConfig`, or that of another experiment kind: see
+`tfkit.ablate.kinds`); an ablation trains every setting `num_runs` times,
 run `r` (0-based) with seed `seed + r`, so settings can be compared run by run. Every
 sweepable config field (`sweep=True` in its `opt()`) can be swept: first-class options
 (`--depth 4 8`) and any other field (`--sweep optim.beta2=0.95,0.99`) alike.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfkit.config import SECTIONS, RunConfig, section_of
+from tfkit.config import SECTIONS, SectionedConfig, section_of
 from tfkit.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ class Setting:
 
     setting_id: str
     values: dict[str, Any]  # the swept fields (bare names) and their values at this point
-    config: RunConfig
+    config: SectionedConfig  # a RunConfig, or the config of another experiment kind
 
 
 @dataclass(frozen=True)
@@ -49,33 +50,33 @@ class RunSpec:
     run_num: int
     seed: int
     run_id: str
-    config: RunConfig  # the setting's config with this run's seed and run directory
+    config: SectionedConfig  # the setting's config with this run's seed and run directory
 
 
-def sweepable_fields() -> dict[str, str]:
+def sweepable_fields(sections: dict[str, type] = SECTIONS) -> dict[str, str]:
     """Bare field name -> section, for every field an ablation may sweep."""
     return {
         f.name: section
-        for section, cls in SECTIONS.items()
+        for section, cls in sections.items()
         for f in dataclasses.fields(cls)
         if f.metadata.get("sweep", True)
     }
 
 
-def sweep_key(name: str) -> str:
+def sweep_key(name: str, sections: dict[str, type] = SECTIONS) -> str:
     """`section.field` for a bare or dotted field name; refuses fields that are not sweepable."""
     section, _, field = name.rpartition(".")
     field = field.strip()
-    owner = section_of(field, "--sweep")
+    owner = section_of(field, "--sweep", sections)
     if section and section != owner:
         raise ConfigError(f"--sweep {name}: {field} belongs to section {owner!r}, not {section!r}")
-    if field not in sweepable_fields():
+    if field not in sweepable_fields(sections):
         hint = " (seeds come from --seed and --num-runs)" if field == "seed" else ""
         raise ConfigError(f"--sweep {name}: {field} describes how runs are executed and cannot be swept{hint}")
     return f"{owner}.{field}"
 
 
-def parse_sweeps(items: list[str]) -> dict[str, list[str]]:
+def parse_sweeps(items: list[str], sections: dict[str, type] = SECTIONS) -> dict[str, list[str]]:
     """`--sweep section.field=v1,v2` strings -> {"section.field": ["v1", "v2"]}."""
     axes: dict[str, list[str]] = {}
     for item in items:
@@ -83,15 +84,15 @@ def parse_sweeps(items: list[str]) -> dict[str, list[str]]:
         parts = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not name.strip() or not parts:
             raise ConfigError(f"--sweep expects section.field=v1,v2,..., got {item!r}")
-        key = sweep_key(name.strip())
+        key = sweep_key(name.strip(), sections)
         axes.setdefault(key, []).extend(parts)
     return axes
 
 
-def setting_id(config: RunConfig) -> str:
+def setting_id(config: SectionedConfig) -> str:
     """A stable short hash of what a config trains (not where, how fast, or with which seed)."""
     content = config.to_dict()
-    for section, cls in SECTIONS.items():
+    for section, cls in config.SECTIONS.items():
         for f in dataclasses.fields(cls):
             if not f.metadata.get("sweep", True):
                 content[section].pop(f.name)
@@ -99,7 +100,7 @@ def setting_id(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def expand(base: RunConfig, axes: dict[str, list[Any]]) -> tuple[list[Setting], list[Skipped]]:
+def expand(base: SectionedConfig, axes: dict[str, list[Any]]) -> tuple[list[Setting], list[Skipped]]:
     """All settings of the grid, in the order the values were given, and the skipped ones.
 
     Args:

@@ -4,7 +4,7 @@ One row per evaluation of every run, with the run's ids, its whole setting (swep
 fixed config fields), parameter counts and the metrics. The header is fixed when the
 file is created; appending rows with another set of columns is refused.
 
-Concurrency: every write takes an exclusive `flock` on `<file>.lock`, opens the file,
+Concurrency: every write takes an exclusive `flock` on `.<file>.lock`, opens the file,
 appends whole rows with one `write`, fsyncs and closes it. Rewrites (dropping the rows of
 a run about to be re-run) hold the same lock and replace the file atomically. So neither
 an interrupted ablation nor several ablations appending at once can tear or interleave
@@ -57,7 +57,7 @@ class ResultsFile:
     def __init__(self, path: str | Path, columns: list[str]) -> None:
         self.path = Path(path)
         self.columns = list(columns)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
 
     @classmethod
     def open(cls, path: str | Path, columns: list[str], *, append: bool, overwrite: bool) -> ResultsFile:

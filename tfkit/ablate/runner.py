@@ -2,7 +2,7 @@
 
 `run_ablation` trains the runs of a plan in order, in this process (`jobs=1`) or in
 `jobs` worker processes (`python -m tfkit.ablate.worker`), each run through the same
-`train()` as `tfkit train pretrain`. Rows go to the results file as the run evaluates
+train function as its `tfkit train` command (`tfkit.ablate.kinds`). Rows go to the results file as the run evaluates
 (see `tfkit.ablate.results`). Nothing here prints: progress goes to an
 `AblationCallback`.
 """
@@ -24,42 +24,39 @@ from pathlib import Path
 from typing import Any
 
 from tfkit.ablate.grid import RunSpec, Setting
+from tfkit.ablate.kinds import KINDS, ExperimentKind, kind_of
 from tfkit.ablate.results import ID_COLUMNS, ResultsFile
-from tfkit.config import SECTIONS, RunConfig
 from tfkit.training.loop import TrainCallback
 
-# train-row metrics carried into each results row (the latest logged values)
-TRAIN_METRICS = ("lr", "train_loss", "grad_norm", "skipped_steps")
+# train-row metrics carried into each results row (the latest logged values). The
+# scheduled learning rate is `current_lr` there: `lr` is the setting's (peak) value.
+TRAIN_METRICS = ("current_lr", "train_loss", "grad_norm", "skipped_steps")
 PARAM_COLUMNS = ("num_params", "num_params_non_embedding")
 # config fields that are not setting columns: the seed is an id column; the rest say
 # where the run goes and how it is logged
 NOT_SETTING = ("seed", "out", "wandb_project", "wandb_entity", "wandb_group")
 
 
-def setting_columns() -> list[str]:
+def setting_columns(kind: ExperimentKind = KINDS["lm"]) -> list[str]:
     """Every config field but the output ones, in section order: the setting of a row."""
-    return [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.name not in NOT_SETTING]
+    return [f.name for cls in kind.sections.values() for f in dataclasses.fields(cls) if f.name not in NOT_SETTING]
 
 
-def results_columns(settings: list[Setting], has_optimum: dict[str, bool]) -> list[str]:
-    """The results file header for these settings (per-position columns up to the longest seq_len).
+def results_columns(settings: list[Setting], val_columns: list[str]) -> list[str]:
+    """The results file header: ids, the setting, sizes, then the counters, train metrics and `val_columns`.
 
     Args:
-        has_optimum: setting_id -> whether its data has a known optimal loss.
+        val_columns: the `val_log.csv` columns of the settings (per-position columns up to the longest).
     """
-    from tfkit.training.loop import log_columns
-
-    columns = list(ID_COLUMNS) + setting_columns() + ["true_model_scale", *PARAM_COLUMNS]
+    columns = list(ID_COLUMNS) + setting_columns(kind_of(settings[0].config)) + ["true_model_scale", *PARAM_COLUMNS]
     seen = set(columns)
-    val_columns: list[str] = []
-    longest = max(settings, key=lambda s: (has_optimum[s.setting_id], s.config.data.seq_len))
-    _, val_cols = log_columns(longest.config.data.seq_len, has_optimum[longest.setting_id])
-    metrics = ["step", "tokens_seen", "epoch", "time_s", *TRAIN_METRICS]
-    for name in metrics + val_cols:
+    metrics: list[str] = []
+    counters = [c for c in ("step", "tokens_seen", "epoch", "time_s") if c in val_columns]
+    for name in counters + list(TRAIN_METRICS) + val_columns:
         if name not in seen:
             seen.add(name)
-            val_columns.append(name)
-    return columns + val_columns
+            metrics.append(name)
+    return columns + metrics
 
 
 @dataclass
@@ -95,24 +92,26 @@ class RowRecorder(TrainCallback):
         self.latest_train: dict[str, Any] = {}
         config = spec.config
         flat = config.to_flat_dict()
+        self.setting_columns = setting_columns(kind_of(config))
         self.base: dict[str, Any] = {
             "run_id": spec.run_id,
             "setting_id": spec.setting.setting_id,
             "run_num": spec.run_num,
             "seed": spec.seed,
             "run_dir": config.log.out,
-            **{name: flat[name] for name in setting_columns()},
+            **{name: flat[name] for name in self.setting_columns},
             "true_model_scale": config.model.true_model_scale if config.model.model_scale is not None else None,
         }
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.base.update({name: info[name] for name in PARAM_COLUMNS})
         # the resolved config: what the data decided (vocab, context) and the default stop
-        self.base.update({name: info["config"][name] for name in setting_columns()})
+        self.base.update({name: info["config"][name] for name in self.setting_columns})
         self.forward.on_start(info)
 
     def on_log(self, row: dict[str, Any]) -> None:
         self.latest_train = {k: row[k] for k in TRAIN_METRICS if k in row}
+        self.latest_train["current_lr"] = row["lr"]
         self.forward.on_log(row)
 
     def on_eval(self, row: dict[str, Any]) -> None:
@@ -134,8 +133,7 @@ class RowRecorder(TrainCallback):
 
 def run_one(spec: RunSpec, results: ResultsFile | None, callback: TrainCallback | None = None) -> RunOutcome:
     """Train one run of an ablation and record its rows; never raises for a failed run."""
-    from tfkit.training.loop import train
-
+    train = kind_of(spec.config).train()
     recorder = RowRecorder(spec, results, callback)
     start = time.perf_counter()
     try:
@@ -225,6 +223,7 @@ def _run_workers(
                     spec = _with_device(pending.popleft(), devices[slot % len(devices)] if devices else None)
                     outcome_path = Path(tmp) / f"{spec.run_id}.json"
                     job = {
+                        "kind": kind_of(spec.config).name,
                         "config": spec.config.to_dict(),
                         "setting": {"setting_id": spec.setting.setting_id, "values": spec.setting.values},
                         "run": {"run_num": spec.run_num, "seed": spec.seed, "run_id": spec.run_id},
@@ -269,7 +268,7 @@ def _run_workers(
 
 def spec_from_job(job: dict[str, Any]) -> RunSpec:
     """Rebuild a RunSpec from a worker's job file."""
-    config = RunConfig.from_dict(job["config"], source="job file")
+    config = KINDS[job["kind"]].config_class.from_dict(job["config"], source="job file")
     setting = Setting(setting_id=job["setting"]["setting_id"], values=job["setting"]["values"], config=config)
     run = job["run"]
     return RunSpec(setting=setting, run_num=run["run_num"], seed=run["seed"], run_id=run["run_id"], config=config)

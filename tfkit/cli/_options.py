@@ -20,11 +20,14 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from tfkit.config import SECTIONS
 
-PANELS = {"model": "Model", "optim": "Optimizer", "data": "Data", "train": "Training", "log": "Logging"}
+PANELS = {
+    "model": "Model", "optim": "Optimizer", "data": "Data", "train": "Training", "log": "Logging",
+    "task": "Task", "curriculum": "Curriculum", "loop": "Looped model",
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +48,9 @@ class CliField:
         return "--" + self.name.replace("_", "-")
 
 
-def cli_fields() -> list[CliField]:
+def cli_fields(sections: dict[str, type] = SECTIONS) -> list[CliField]:
     out = []
-    for section, cls in SECTIONS.items():
+    for section, cls in sections.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if not f.metadata.get("cli"):
@@ -77,7 +80,7 @@ def _parameter(field: CliField, multi: bool) -> inspect.Parameter:
     option = typer.Option(
         *decls,
         help=field.help + default_text,
-        rich_help_panel=PANELS[field.section],
+        rich_help_panel=PANELS.get(field.section, field.section.title()),
         show_default=False,
     )
     annotation = list[hint] if multi else hint  # type: ignore[valid-type]
@@ -98,14 +101,15 @@ def _plain(value: Any) -> Any:
 
 
 def config_options(
-    multi: bool = False, exclude: tuple[str, ...] = ()
+    multi: bool = False, exclude: tuple[str, ...] = (), sections: dict[str, type] = SECTIONS
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per CLI config field to a command that takes `options`.
 
     With `multi=True` each sweepable option takes one or several values (for `ablate`:
-    the command's values are then lists); `exclude` names fields the command leaves out.
+    the command's values are then lists); `exclude` names fields the command leaves out;
+    `sections` are the config sections the options come from (default: `RunConfig`'s).
     """
-    fields = [f for f in cli_fields() if f.name not in exclude]
+    fields = [f for f in cli_fields(sections) if f.name not in exclude]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn, eval_str=True)
@@ -162,6 +166,14 @@ def expand_multi_values(args: list[str], multi_flags: set[str]) -> list[str]:
 
 class MultiValueCommand(TyperCommand):
     """A command whose repeatable options also accept several space-separated values."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}
+        return super().parse_args(ctx, expand_multi_values(args, multi))
+
+
+class MultiValueGroup(TyperGroup):
+    """A command group whose own repeatable options accept several values, like `MultiValueCommand`."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}

@@ -1,32 +1,50 @@
-"""`tfkit ablate`: every combination of several values per option, each trained with several seeds."""
+"""`tfkit ablate`: every combination of several values per option, each trained with several seeds.
+
+`tfkit ablate ...` sweeps `tfkit train pretrain` runs; `tfkit ablate icl ...` sweeps
+`tfkit train icl` runs with the same options, results file and resume. Both are the one
+`ablate` function below, bound to an experiment kind of `tfkit.ablate.kinds`.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tfkit.cli._errors import INTERRUPTED
-from tfkit.cli._options import config_options
+from tfkit.cli._errors import INTERRUPTED, callback, command
+from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options
 from tfkit.cli._output import console, format_value, is_interactive, print_error
+from tfkit.cli.icl import EXCLUDED as ICL_EXCLUDED
 from tfkit.cli.train import build_config
 from tfkit.config import DEFAULT_MAX_STEPS
 from tfkit.errors import ConfigError
+from tfkit.training.icl_config import ICL_SECTIONS
 
 HELP = (
     "Train every combination of the given values (a *setting*), each --num-runs times.\n\n"
     "Model, optimizer, data and stop options take one or several values: `--depth 4 8` or "
     "`--depth 4 --depth 8`; any other field with `--sweep section.field=v1,v2`. "
     "Run r of every setting uses seed --seed + r. With -c, one row per evaluation of every run "
-    "goes to --logfile; re-running the same command with --append trains only what is missing."
+    "goes to --logfile; re-running the same command with --append trains only what is missing.\n\n"
+    "`tfkit ablate icl ...` (icl right after ablate) sweeps `tfkit train icl` runs the same way."
+)
+ICL_HELP = (
+    "Sweep `tfkit train icl` runs: every combination of the given values, each --num-runs times.\n\n"
+    "Every option of `tfkit train icl` takes one or several values (`--n-loops 10 20 30`, "
+    "`--model gpt looped`); any other field with `--sweep section.field=v1,v2`. Seeds, the results "
+    "file, --append and --jobs work as in `tfkit ablate`."
 )
 
 
 def ablate(
+    ctx: typer.Context,
     options: dict[str, Any],
     num_runs: Annotated[int, typer.Option("--num-runs", "-n", help="Runs (seeds) per setting.")] = 1,
     sweeps: Annotated[
@@ -57,17 +75,24 @@ def ablate(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (with --review-settings).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the settings and runs, then exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+    *,
+    kind: str = "lm",
 ) -> None:
     """Train every combination of several values per option, with seeds repeated per setting."""
+    if ctx.invoked_subcommand is not None:  # `tfkit ablate icl ...`: the subcommand does the work
+        return
     from tfkit.ablate.grid import parse_sweeps
+    from tfkit.ablate.kinds import KINDS
     from tfkit.ablate.plan import plan_ablation
     from tfkit.ablate.results import ResultsFile
     from tfkit.ablate.runner import run_ablation
 
-    base = build_config({k: v for k, v in options.items() if not isinstance(v, list)}, config_file, sets or [], [])
+    experiment = KINDS[kind]
+    fixed = {k: v for k, v in options.items() if not isinstance(v, list)}
+    base = build_config(fixed, config_file, sets or [], [], config_class=experiment.config_class)
     base = _with_params(base, params or [])
     axes = {k: v for k, v in options.items() if isinstance(v, list)}
-    for key, values in parse_sweeps(sweeps or []).items():
+    for key, values in parse_sweeps(sweeps or [], experiment.sections).items():
         axes.setdefault(key, []).extend(values)
     wandb_project = base.log.wandb_project or ("tfkit" if log_wandb else None)
     group = name or logfile.stem
@@ -134,6 +159,31 @@ def ablate(
         raise typer.Exit(INTERRUPTED)
     if errors:
         raise typer.Exit(1)
+
+
+def _for_kind(fn: Callable[..., Any], kind: str, drop: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """`fn` with `kind` fixed; `drop` names parameters the command does not offer (they keep their defaults)."""
+
+    @functools.wraps(fn)
+    def bound(**kwargs: Any) -> Any:
+        return fn(**kwargs, kind=kind)
+
+    signature = inspect.signature(fn, eval_str=True)
+    kept = [p for name, p in signature.parameters.items() if name != "kind" and name not in drop]
+    del bound.__wrapped__  # the signature below is the command's, not fn's
+    bound.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
+    return bound
+
+
+ablate_app = typer.Typer(add_completion=False)
+callback(ablate_app, cls=MultiValueGroup, invoke_without_command=True, help=HELP)(
+    config_options(multi=True, exclude=("out",))(_for_kind(ablate, "lm"))
+)
+command(ablate_app, "icl", cls=MultiValueCommand, help=ICL_HELP)(
+    config_options(multi=True, exclude=("out", *ICL_EXCLUDED), sections=ICL_SECTIONS)(
+        _for_kind(ablate, "icl", drop=("params",))
+    )
+)
 
 
 def _with_params(base: Any, params: list[str]) -> Any:

@@ -8,11 +8,13 @@ import typer
 
 import tfkit
 from tfkit.cli._errors import INTERRUPTED, USER_ERROR, command
-from tfkit.cli._options import MultiValueCommand, config_options
-from tfkit.cli.ablate import HELP as ABLATE_HELP
-from tfkit.cli.ablate import ablate
+from tfkit.cli.ablate import ablate_app
 from tfkit.cli._output import print_error
 from tfkit.cli.data import data_app
+from tfkit.cli.icl import icl
+from tfkit.cli.plot import plot
+from tfkit.cli.s3 import s3_app
+from tfkit.cli.tokenizer import tokenizer_app
 from tfkit.cli.train import train_app
 from tfkit.errors import TfkitError
 
@@ -24,8 +26,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data_app, name="data")
+app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(train_app, name="train")
-command(app, "ablate", cls=MultiValueCommand, help=ABLATE_HELP)(config_options(multi=True, exclude=("out",))(ablate))
+app.add_typer(s3_app, name="s3")
+command(train_app, "icl")(icl)
+app.add_typer(ablate_app, name="ablate")
+command(app, "plot")(plot)
 
 
 def _version(value: bool) -> None:

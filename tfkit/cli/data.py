@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tfkit.cli._errors import command
-from tfkit.cli._output import console, print_json
+from tfkit.cli._output import console, err_console, is_interactive, print_json
 from tfkit.errors import ConfigError
 
 data_app = typer.Typer(
-    help="Datasets: built-in hidden Markov processes with their exact Bayes-optimal losses.",
+    help="Datasets: download from the Hugging Face Hub or read local files; built-in hidden Markov processes "
+    "with their exact Bayes-optimal losses.",
     no_args_is_help=True,
 )
 
@@ -114,3 +116,114 @@ def optimal_loss(
     console.print(table)
     kind = "exact" if exact else "estimated"
     console.print(f"entropy rate ({kind}): {rate:.8f} nats = {rate / math.log(2):.8f} bits per token")
+
+
+@command(data_app, "download")
+def download(
+    names: Annotated[
+        list[str],
+        typer.Argument(
+            help="Presets (see `tfkit data list`), Hub ids (user/name), local files or folders.", show_default=False
+        ),
+    ],
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", help="Folder for the combined dataset.", show_default=False)
+    ],
+    subset: Annotated[str | None, typer.Option("--subset", help="Hub configuration name, for Hub ids.")] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Load only this split; slices work (train[:1000], train[:5%]).")
+    ] = None,
+    text_field: Annotated[
+        str | None, typer.Option("--text-field", help="Column holding the text, for Hub ids and local files.")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of train carved out as validation when a source has none.")
+    ] = 0.01,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="Share of train carved out as test when a source has none.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the carved splits.")] = 0,
+    sample_by: Annotated[
+        str, typer.Option("--sample-by", help=".txt files: one document per line, paragraph or document (file).")
+    ] = "line",
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Hugging Face datasets cache (default: HF_DATASETS_CACHE).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --output-dir.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Download or read datasets and save them, split by split, as one dataset on disk.
+
+    Text sources get one `text` column; instruction sets keep instruction/input/output and
+    preference sets prompt/chosen/rejected.
+    """
+    import datasets
+
+    from tfkit.data.sources import download as download_sources
+
+    if quiet or json_output or not is_interactive():
+        datasets.disable_progress_bars()
+    say = None if quiet or json_output else (lambda message: console.print(f"[dim]{message}[/]", highlight=False))
+    result = download_sources(
+        names, output_dir, subset=subset, split=split, text_field=text_field, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, sample_by=sample_by, overwrite=overwrite,
+        cache_dir=str(cache_dir) if cache_dir else None, progress=say,
+    )  # fmt: skip
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
+    if json_output:
+        print_json({"output_dir": str(result.output_dir), "kind": result.kind, "splits": result.splits,
+                    "sources": result.sources, "warnings": result.warnings})  # fmt: skip
+        return
+    if quiet:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{result.kind} dataset in {result.output_dir}", title_justify="left")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    for name, rows in result.splits.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    for info in result.sources:
+        carved = f", carved {' and '.join(info['carved'])} (seed {seed})" if info.get("carved") else ""
+        dropped = f", dropped {info['dropped_blank']:,} blank" if info.get("dropped_blank") else ""
+        rows = ", ".join(f"{k} {v:,}" for k, v in info["rows"].items())
+        console.print(f"  {info['name']}: {rows}{carved}{dropped}", highlight=False)
+
+
+@command(data_app, "list")
+def list_data(
+    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Dataset presets for `tfkit data download` and the built-in synthetic processes."""
+    from rich.table import Table
+
+    from tfkit.data.processes import list_processes
+    from tfkit.data.sources import PRESETS
+
+    presets = [
+        {"name": p.name, "hub_id": p.hub_id, "subset": p.subset, "kind": p.kind, "description": p.description}
+        for p in PRESETS.values()
+    ]
+    processes = [
+        {"name": p.name, "params": p.params, "vocab_size": p.vocab_size, "description": p.description}
+        for p in list_processes()
+    ]
+    if json_output:
+        print_json({"presets": presets, "processes": processes})
+        return
+    table = Table(title="Presets (tfkit data download NAME --output-dir DIR)", title_justify="left")
+    for col in ("name", "hub id", "subset", "kind", "description"):
+        table.add_column(col)
+    for p in presets:
+        table.add_row(p["name"], p["hub_id"], p["subset"] or "-", p["kind"], p["description"])
+    console.print(table)
+    table = Table(title="Built-in processes (tfkit train pretrain --data NAME)", title_justify="left")
+    for col in ("name", "parameters", "tokens", "description"):
+        table.add_column(col)
+    for p in processes:
+        params = ", ".join(f"{k}={v:g}" for k, v in p["params"].items()) or "-"
+        table.add_row(p["name"], params, str(p["vocab_size"]), p["description"])
+    console.print(table)

@@ -19,9 +19,11 @@ train_app = typer.Typer(
 )
 
 
-def build_config(options: dict[str, Any], config_file: Path | None, sets: list[str], params: list[str]) -> RunConfig:
-    """Defaults, then the YAML file, then the options typed, then --set and --param."""
-    config = RunConfig()
+def build_config(
+    options: dict[str, Any], config_file: Path | None, sets: list[str], params: list[str], config_class: type = RunConfig
+) -> Any:
+    """Defaults of `config_class`, then the YAML file, then the options typed, then --set and --param."""
+    config = config_class()
     if config_file is not None:
         config = config.with_yaml(config_file)
     config = config.with_updates(options, source="the command line")
@@ -129,11 +131,15 @@ def pretrain(
     display = ProgressDisplay(quiet or json_output)
     result = train(config, callback=display, overwrite=overwrite)  # type: ignore[arg-type]
     summary = {**result.summary, "run_dir": str(result.run_dir)}
+    if result.pushed is not None:
+        summary["s3"] = result.pushed
     if json_output:
         print_json(summary)
     elif not quiet:
         rows = [(label, summary[key]) for key, label in SUMMARY_ROWS if summary.get(key) is not None]
         console.print(key_value_table(f"Run {result.run_dir}", rows))
+        if result.pushed is not None:
+            console.print(f"Pushed to {result.pushed['uri']} ({result.pushed['uploaded']} files uploaded)", highlight=False)
     if result.status == "failed":
         print_error(f"run failed: {result.message}")
         raise typer.Exit(1)

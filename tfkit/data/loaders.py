@@ -3,13 +3,14 @@
 A source yields numpy token windows of shape (B, seq_len + 1): inputs are `[:, :-1]`,
 targets `[:, 1:]`. Sources with a known optimum (built-in processes) also give the
 Bayes-optimal loss of every target token, so a model is scored against the optimum on
-the very same tokens.
+the very same tokens. Token shards (`ShardSource`) are read through a memory map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -66,14 +67,104 @@ class ProcessSource:
         return self.process.token_losses(windows)[:, 1:]
 
 
-def open_source(config: DataConfig, seed: int) -> ProcessSource:
-    """The data source named by `--data`."""
+class _EpochWindows:
+    """One epoch of shard windows, gathered lazily: `windows[a:b]` is a (b - a, seq_len + 1) int64 array."""
+
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> None:
+        self.tokens = tokens
+        self.starts = starts
+        self.offsets = np.arange(seq_len + 1)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        starts = self.starts[index]
+        return self.tokens[starts[:, None] + self.offsets].astype(np.int64)  # (B, T+1)
+
+
+class ShardSource:
+    """Pretraining token shards (`tfkit tokenizer tokenize`), memory-mapped.
+
+    An epoch is one pass over the train shard in windows of `seq_len + 1` tokens that
+    overlap by one token (the last target of a window is the first input of the next).
+    Epoch `e` shifts the window grid by a random offset and visits the windows in a random
+    order, both drawn from `(seed, e)`. Validation uses the first `val_sequences`
+    consecutive windows of the validation shard, the same for every run.
+    """
+
+    has_optimum = False
+
+    def __init__(self, config: DataConfig, seed: int) -> None:
+        from tfkit.data.shards import list_splits, read_shard, shard_paths
+
+        self.config = config
+        self.directory = Path(config.data)
+        self.seed = seed
+        self.seq_len = config.seq_len
+        splits = list_splits(self.directory)
+        if "train" not in splits:
+            raise DataError(f"{self.directory} holds no train shard (train.bin); run `tfkit tokenizer tokenize`")
+        val_split = next((s for s in ("validation", "test") if s in splits), None)
+        if val_split is None:
+            raise DataError(
+                f"{self.directory} holds no validation shard; download with --val-fraction > 0 and tokenize again"
+            )
+        self.train = read_shard(shard_paths(self.directory, "train")[0])
+        val = read_shard(shard_paths(self.directory, val_split)[0])
+        if val.meta["tokenizer_sha256"] != self.train.meta["tokenizer_sha256"]:
+            raise DataError(f"the train and {val_split} shards of {self.directory} come from different tokenizers")
+        self.vocab_size = self.train.vocab_size
+        self.tokenizer_sha256 = self.train.meta["tokenizer_sha256"]
+        seq_len = self.seq_len
+        # windows start at offset + k * seq_len with offset < seq_len, and end within the shard
+        self.sequences_per_epoch = self.train.num_tokens // seq_len - 1
+        if self.sequences_per_epoch < 1:
+            raise DataError(
+                f"the train shard holds {self.train.num_tokens:,} tokens, too few for --seq-len {seq_len} "
+                f"(it needs at least {2 * seq_len:,})"
+            )
+        num_val = min(config.val_sequences, (val.num_tokens - 1) // seq_len)
+        if num_val < 1:
+            raise DataError(f"the {val_split} shard holds {val.num_tokens:,} tokens, too few for --seq-len {seq_len}")
+        starts = np.arange(num_val) * seq_len
+        self.val_tokens = _EpochWindows(val.tokens, starts, seq_len)[:]  # (Nv, T+1)
+        self._epoch_cache: tuple[int, _EpochWindows] | None = None
+
+    @property
+    def description(self) -> str:
+        return f"{self.directory} ({self.train.num_tokens:,} train tokens, vocab {self.vocab_size:,})"
+
+    def epoch_tokens(self, epoch: int) -> _EpochWindows:
+        """The windows of one epoch, in this epoch's order (gathered when sliced)."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        rng = np.random.default_rng([self.seed, epoch])
+        offset = int(rng.integers(self.seq_len))
+        starts = offset + rng.permutation(self.sequences_per_epoch).astype(np.int64) * self.seq_len
+        windows = _EpochWindows(self.train.tokens, starts, self.seq_len)
+        self._epoch_cache = (epoch, windows)
+        return windows
+
+
+DataSource = ProcessSource | ShardSource
+
+
+def open_source(config: DataConfig, seed: int) -> DataSource:
+    """The data source named by `--data`: a built-in process or a folder of token shards."""
     from tfkit.data.processes import PROCESSES
 
     if config.data in PROCESSES:
         return ProcessSource(config, seed)
+    path = Path(config.data)
+    if path.is_dir():
+        if not any(path.glob("*.bin")):
+            raise DataError(f"{path} holds no token shards (*.bin); make them with `tfkit tokenizer tokenize`")
+        return ShardSource(config, seed)
     names = ", ".join(PROCESSES)
-    raise DataError(f"unknown dataset {config.data!r}: built-in processes are {names}")
+    raise DataError(
+        f"unknown dataset {config.data!r}: not a folder of token shards, and built-in processes are {names}"
+    )
 
 
 @dataclass
@@ -84,7 +175,7 @@ class BatchCursor:
     batch: int = 0
 
 
-def train_batches(source: ProcessSource, batch_size: int, cursor: BatchCursor) -> Iterator[np.ndarray]:
+def train_batches(source: DataSource, batch_size: int, cursor: BatchCursor) -> Iterator[np.ndarray]:
     """Endless micro-batches (B, T+1), advancing `cursor` as they are taken.
 
     An epoch's last partial batch is dropped so every batch has the same shape

@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 
 import tfkit
-from tfkit.config import DEFAULT_MAX_STEPS, RunConfig
+from tfkit.config import DEFAULT_MAX_STEPS, RunConfig, SectionedConfig, TrainConfig
 from tfkit.data.loaders import BatchCursor, ProcessSource, open_source, train_batches
 from tfkit.errors import ConfigError
 from tfkit.io import write_json_atomic
 from tfkit.models.gpt import GPT
+from tfkit.storage.uploader import RunPusher
 from tfkit.tracking import CsvTracker, Tracker, TrackerGroup
 from tfkit.training.checkpoint import checkpoint_path, rng_state, save_checkpoint
 from tfkit.training.optim import build_optimizer
@@ -63,6 +64,7 @@ class RunResult:
     status: str  # completed | interrupted | failed
     summary: dict[str, Any]
     message: str | None = None
+    pushed: dict[str, Any] | None = None  # the final push to --s3-uri, if any
 
 
 @dataclass
@@ -123,7 +125,7 @@ def resolve_config(config: RunConfig, source: ProcessSource) -> RunConfig:
         updates["train.max_steps"] = DEFAULT_MAX_STEPS
     if config.log.out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        updates["log.out"] = f"runs/{config.data.data}-{stamp}"
+        updates["log.out"] = f"runs/{Path(config.data.data).name}-{stamp}"
     return config.with_updates(updates) if updates else config
 
 
@@ -160,6 +162,48 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def run_meta(device: torch.device, compiled: bool) -> dict[str, Any]:
+    """Versions, device and commit: the `meta` every train_config.json starts with."""
+    return {
+        "tfkit_version": tfkit.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "compiled": compiled,
+        "git_commit": _git_commit(),
+    }
+
+
+def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) -> TrackerGroup:
+    """CSV logs in the run directory, and wandb when the config names a project."""
+    trackers: list[Tracker] = [CsvTracker(run_dir)]
+    if config.log.wandb_project:
+        from tfkit.tracking.wandb import WandbTracker
+
+        trackers.append(
+            WandbTracker(
+                project=config.log.wandb_project,
+                entity=config.log.wandb_entity,
+                name=run_dir.name,
+                group=config.log.wandb_group,
+                config={**config.to_flat_dict(), **{k: meta[k] for k in ("num_params", "num_params_non_embedding")}},
+                run_dir=run_dir,
+            )
+        )
+    return TrackerGroup(trackers)
+
+
+def stop_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float, elapsed: float) -> bool:
+    """Whether any stop criterion of `t` is met."""
+    return (
+        (t.max_steps is not None and step >= t.max_steps)
+        or (t.max_tokens is not None and tokens_seen >= t.max_tokens)
+        or (t.max_epochs is not None and epoch >= t.max_epochs)
+        or (t.max_time_seconds is not None and elapsed >= t.max_time_seconds)
+    )
 
 
 @contextlib.contextmanager
@@ -264,13 +308,16 @@ def train(
 
     Returns a `RunResult` whose status is `completed`, `interrupted` (Ctrl-C: stopped at a
     step boundary with a checkpoint) or `failed` (too many non-finite steps in a row).
-    Raises `TfkitError` for bad input before anything is written.
+    Raises `TfkitError` for bad input before anything is written. With `log.s3_uri` the
+    run directory is pushed to `<s3_uri>/<run name>/` at the end (described in
+    `RunResult.pushed`); a push that fails then raises `StorageError`, the run saved on disk.
     """
     callback = callback or TrainCallback()
     device = resolve_device(config.train.device)
     source = open_source(config.data, config.train.seed)
     config = resolve_config(config, source)
     run_dir = Path(config.log.out)  # type: ignore[arg-type]
+    pusher = RunPusher.open(run_dir, config.log.s3_uri, overwrite=overwrite) if config.log.s3_uri else None
     prepare_run_dir(run_dir, overwrite)
 
     seed_everything(config.train.seed)
@@ -282,19 +329,13 @@ def train(
     step_model = torch.compile(model) if use_compile else model
     optimizer = build_optimizer(model, config.optim, device)
 
-    per_epoch = config.data.train_sequences // config.data.batch_size
+    per_epoch = source.sequences_per_epoch // config.data.batch_size
     steps_per_epoch = max(1, per_epoch // config.optim.grad_accum_steps)
     horizon = total_steps(config, steps_per_epoch)
     num_params = model.num_params()
     num_params_ne = model.num_params(non_embedding=True)
     meta = {
-        "tfkit_version": tfkit.__version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "compiled": use_compile,
-        "git_commit": _git_commit(),
+        **run_meta(device, use_compile),
         "data_source": source.description,
         "num_params": num_params,
         "num_params_non_embedding": num_params_ne,
@@ -303,21 +344,7 @@ def train(
     }
     write_json_atomic(run_dir / "train_config.json", {**config.to_dict(), "meta": meta})
 
-    trackers: list[Tracker] = [CsvTracker(run_dir)]
-    if config.log.wandb_project:
-        from tfkit.tracking.wandb import WandbTracker
-
-        trackers.append(
-            WandbTracker(
-                project=config.log.wandb_project,
-                entity=config.log.wandb_entity,
-                name=run_dir.name,
-                group=config.log.wandb_group,
-                config={**config.to_flat_dict(), **{k: meta[k] for k in ("num_params", "num_params_non_embedding")}},
-                run_dir=run_dir,
-            )
-        )
-    tracker = TrackerGroup(trackers)
+    tracker = open_trackers(config, run_dir, meta)
     callback.on_start(
         {"run_dir": str(run_dir), "total_steps": horizon, "config": config.to_flat_dict(), **meta, "device": str(device)}
     )
@@ -350,7 +377,7 @@ def train(
         with _interrupt_flag(flag):
             status, message = _run_steps(
                 config, model, step_model, optimizer, source, device, horizon,
-                tracker, callback, progress, flag, t0, bad_total,
+                tracker, callback, progress, flag, t0, bad_total, pusher,
             )  # fmt: skip
             if status == "completed" and progress.last_eval_step != progress.step:
                 _eval_and_log(config, step_model, source, device, tracker, callback, progress, t0)
@@ -363,13 +390,16 @@ def train(
             write_json_atomic(run_dir / "summary.json", summary())
         with contextlib.suppress(Exception):
             tracker.close()
+        if pusher is not None:
+            pusher.abandon()
         raise
     final = summary()
     write_json_atomic(run_dir / "summary.json", final)
     tracker.log_summary(final)
     tracker.close()
     callback.on_end(final)
-    return RunResult(run_dir=run_dir, status=status, summary=final, message=message)
+    pushed = pusher.finish() if pusher is not None else None  # waits for the final push
+    return RunResult(run_dir=run_dir, status=status, summary=final, message=message, pushed=pushed)
 
 
 def _run_steps(
@@ -386,6 +416,7 @@ def _run_steps(
     flag: _Flag,
     t0: float,
     bad_total: torch.Tensor,
+    pusher: RunPusher | None = None,
 ) -> tuple[str, str | None]:
     """The step loop. Returns (status, message) once a stop criterion, Ctrl-C or failure ends it."""
     t = config.train
@@ -407,13 +438,7 @@ def _run_steps(
     while True:
         if flag.requested:
             return "interrupted", "interrupted by Ctrl-C"
-        elapsed = time.perf_counter() - t0
-        if (
-            (t.max_steps is not None and progress.step >= t.max_steps)
-            or (t.max_tokens is not None and progress.tokens_seen >= t.max_tokens)
-            or (t.max_epochs is not None and progress.epoch >= t.max_epochs)
-            or (t.max_time_seconds is not None and elapsed >= t.max_time_seconds)
-        ):
+        if stop_reached(t, progress.step, progress.tokens_seen, progress.epoch, time.perf_counter() - t0):
             return "completed", None
 
         lr = lr_at(progress.step, config.optim, horizon)
@@ -496,6 +521,8 @@ def _run_steps(
             _eval_and_log(config, step_model, source, device, tracker, callback, progress, t0)
         if t.checkpoint_every is not None and progress.step % t.checkpoint_every == 0:
             _save(run_dir, config, model, optimizer, progress)
+            if pusher is not None and config.log.s3_every_checkpoint:
+                pusher.push_soon()  # background thread: training goes on
 
 
 def _eval_and_log(

@@ -1,0 +1,145 @@
+"""`tfkit.data.sources`: local files through HF datasets, kinds, carved splits, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.textdata import instruction_records, preference_records, write_jsonl, write_stories
+from tfkit.data.sources import download, load_raw
+from tfkit.errors import DataError
+
+
+def _download(tmp_path: Path, names: list, out: str = "out", **kw):
+    return download([str(n) for n in names], tmp_path / out, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def test_local_sources_are_concatenated_per_split(tmp_path):
+    a = write_stories(tmp_path / "a.txt", 40, seed=1, extra=["", "   "])  # blank lines are dropped
+    folder = tmp_path / "folder"
+    write_jsonl(folder / "train.jsonl", [{"text": f"train {i}", "id": i} for i in range(30)])
+    write_jsonl(folder / "wiki-valid.jsonl", [{"text": f"valid {i}", "id": i} for i in range(5)])
+    result = _download(tmp_path, [tmp_path / "a.txt", folder], val_fraction=0.1, seed=3)
+    assert result.kind == "text"
+    # a.txt has no validation split: 10% of its 40 stories are carved out; the folder brings its own
+    assert result.splits == {"train": 36 + 30, "validation": 4 + 5}
+    assert result.sources[0]["dropped_blank"] == 2 and result.sources[0]["carved"] == ["validation"]
+    assert "carved" not in result.sources[1]
+    raw = load_raw(tmp_path / "out")
+    assert raw.kind == "text"
+    assert raw.splits["train"].column_names == ["text"]
+    train = raw.splits["train"]["text"][:]
+    valid = raw.splits["validation"]["text"][:]
+    # the first source comes first and keeps its order; no story is lost or duplicated
+    assert sorted(train[:36] + valid[:4]) == sorted(a[:40])
+    assert train[:36] == [t for t in a[:40] if t in set(train[:36])]
+    assert train[36:] == [f"train {i}" for i in range(30)]
+    assert valid[4:] == [f"valid {i}" for i in range(5)]
+    manifest = json.loads((tmp_path / "out" / "tfkit_dataset.json").read_text())
+    assert manifest["splits"] == result.splits and manifest["seed"] == 3
+
+
+def test_carved_validation_is_reproducible_by_seed(tmp_path):
+    write_stories(tmp_path / "a.txt", 200, seed=0)
+    vals = {}
+    for out, seed in (("s1", 1), ("s1b", 1), ("s2", 2)):
+        _download(tmp_path, [tmp_path / "a.txt"], out=out, val_fraction=0.05, seed=seed)
+        vals[out] = load_raw(tmp_path / out).splits["validation"]["text"][:]
+    assert len(vals["s1"]) == 10
+    assert vals["s1"] == vals["s1b"]
+    assert vals["s1"] != vals["s2"]
+
+
+def test_csv_parquet_and_text_field(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d.csv").write_text("body,n\nfirst row,1\nsecond row,2\nthird row,3\n")
+    pq.write_table(pa.table({"body": ["p one", "p two"], "n": [1, 2]}), tmp_path / "d.parquet")
+    result = _download(tmp_path, [tmp_path / "d.csv", tmp_path / "d.parquet"], text_field="body", val_fraction=0)
+    assert result.splits == {"train": 5}
+    assert load_raw(tmp_path / "out").splits["train"]["text"][:] == [
+        "first row",
+        "second row",
+        "third row",
+        "p one",
+        "p two",
+    ]
+    with pytest.raises(DataError, match="--text-field 'content' is not a column of .*columns: body, n"):
+        _download(tmp_path, [tmp_path / "d.csv"], out="o2", text_field="content")
+    with pytest.raises(DataError, match="has no 'text' column .*pass --text-field"):
+        _download(tmp_path, [tmp_path / "d.csv"], out="o3")
+
+
+def test_instruction_and_preference_sets_keep_their_fields(tmp_path):
+    records = instruction_records(20)
+    del records[3]["input"]  # a missing input becomes ""
+    write_jsonl(tmp_path / "sft.jsonl", records)
+    result = _download(tmp_path, [tmp_path / "sft.jsonl"], out="sft", val_fraction=0.1)
+    assert result.kind == "instruction"
+    train = load_raw(tmp_path / "sft").splits["train"]
+    assert train.column_names == ["instruction", "input", "output"]
+    assert "" in train["input"][:]
+    write_jsonl(tmp_path / "dpo.jsonl", preference_records(10))
+    assert _download(tmp_path, [tmp_path / "dpo.jsonl"], out="dpo").kind == "preference"
+    assert load_raw(tmp_path / "dpo").splits["train"].column_names == ["prompt", "chosen", "rejected"]
+    write_stories(tmp_path / "a.txt", 10)
+    with pytest.raises(DataError, match="cannot combine different kinds"):
+        _download(tmp_path, [tmp_path / "a.txt", tmp_path / "sft.jsonl"], out="mixed")
+    assert not (tmp_path / "mixed").exists()
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"good line\nbad \xff\xfe bytes\nend \xc3\n")
+    result = _download(tmp_path, [tmp_path / "bad.txt"], val_fraction=0)
+    assert result.sources[0]["invalid_utf8"] == 3
+    assert result.warnings == [f"{tmp_path / 'bad.txt'}: replaced 3 invalid UTF-8 sequence(s) with U+FFFD"]
+    assert load_raw(tmp_path / "out").splits["train"]["text"][:] == [
+        "good line",
+        "bad \ufffd\ufffd bytes",
+        "end \ufffd",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("nosuch-preset", "unknown dataset 'nosuch-preset': presets are tinystories"),
+        ("someone/no-such-dataset", "could not reach the Hugging Face Hub for 'someone/no-such-dataset'"),
+        ("tinystories", "could not reach the Hugging Face Hub for 'tinystories'"),
+        ("{tmp}/missing", "no such file or folder"),
+        ("{tmp}/missing.jsonl", "no such file or folder"),
+        ("{tmp}/empty.txt", "empty.txt is empty"),
+        ("{tmp}/blank.txt", "holds no documents \\(only blank ones\\)"),
+        ("{tmp}/broken.jsonl", "could not read"),
+        ("{tmp}/nothing", "holds no .txt"),
+    ],
+)
+def test_bad_sources_raise_one_line_and_write_nothing(tmp_path, name, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match=message) as info:
+        _download(tmp_path, [name.format(tmp=tmp_path)])
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_existing_dataset_is_kept_until_a_new_one_is_complete(tmp_path):
+    write_stories(tmp_path / "a.txt", 20)
+    _download(tmp_path, [tmp_path / "a.txt"], val_fraction=0)
+    with pytest.raises(DataError, match="already holds a dataset; pass --overwrite"):
+        _download(tmp_path, [tmp_path / "a.txt"])
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        _download(tmp_path, [tmp_path / "empty.txt"], overwrite=True)
+    assert load_raw(tmp_path / "out").splits["train"].num_rows == 20
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.md").write_text("mine")
+    with pytest.raises(DataError, match="holds no dataset; choose another folder"):
+        _download(tmp_path, [tmp_path / "a.txt"], out="other", overwrite=True)
+    assert (tmp_path / "other" / "notes.md").read_text() == "mine"

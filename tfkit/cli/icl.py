@@ -1,0 +1,79 @@
+"""`tfkit train icl`: in-context regression (Garg et al.'s tasks) with curricula and looped models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tfkit.cli._errors import INTERRUPTED
+from tfkit.cli._options import config_options
+from tfkit.cli._output import console, key_value_table, print_error, print_json
+from tfkit.cli.train import ProgressDisplay, build_config
+from tfkit.training.icl_config import ICL_SECTIONS, UNUSED_MODEL_FIELDS, UNUSED_TRAIN_FIELDS, IclRunConfig
+
+# options of the shared sections that icl runs have no use for
+EXCLUDED = UNUSED_MODEL_FIELDS + UNUSED_TRAIN_FIELDS
+
+
+class IclProgressDisplay(ProgressDisplay):
+    """`ProgressDisplay` with the model's error at the last position next to the baselines'."""
+
+    def on_eval(self, row: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        last = max(int(k.rsplit("_", 1)[1]) for k in row if k.startswith("zero_loss_"))
+        text = (
+            f"step {row['step']:>6}  val_loss {row['val_loss']:.4f}  at point {last}: "
+            f"model {row[f'val_loss_{last}']:.4f}  least squares {row[f'least_squares_loss_{last}']:.4f}  "
+            f"averaging {row[f'averaging_loss_{last}']:.4f}  knn {row[f'knn_loss_{last}']:.4f}"
+        )
+        console.print(text, highlight=False)
+
+
+SUMMARY_ROWS = (
+    ("status", "status"),
+    ("val_loss", "val loss (normalised squared error)"),
+    ("step", "steps"),
+    ("tokens_seen", "examples (prompts x points)"),
+    ("curriculum_dims", "dims at the end"),
+    ("curriculum_points", "points at the end"),
+    ("curriculum_loops", "loops at the end"),
+    ("num_params", "parameters"),
+    ("wall_time_s", "wall time (s)"),
+    ("skipped_steps", "skipped steps"),
+)
+
+
+@config_options(sections=ICL_SECTIONS, exclude=EXCLUDED)
+def icl(
+    options: dict[str, Any],
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="YAML file of options (nested by section or flat).")
+    ] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="Any config field: section.field=value (repeatable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train a GPT or looped transformer to regress in context (linear, sparse, noisy, relu_2nn, decision_tree)."""
+    config = build_config(options, config_file, sets or [], [], config_class=IclRunConfig)
+    from tfkit.training.icl import train_icl
+
+    result = train_icl(config, callback=IclProgressDisplay(quiet or json_output), overwrite=overwrite)
+    summary = {**result.summary, "run_dir": str(result.run_dir)}
+    if result.pushed is not None:
+        summary["s3"] = result.pushed
+    if json_output:
+        print_json(summary)
+    elif not quiet:
+        rows = [(label, summary[key]) for key, label in SUMMARY_ROWS if summary.get(key) is not None]
+        console.print(key_value_table(f"Run {result.run_dir}", rows))
+    if result.status == "failed":
+        print_error(f"run failed: {result.message}")
+        raise typer.Exit(1)
+    if result.status == "interrupted":
+        raise typer.Exit(INTERRUPTED)

@@ -1,0 +1,252 @@
+"""Token shards: one flat binary stream of token ids per split, memory-mapped for training.
+
+A shard `<split>.bin` is a 64-byte header followed by the token ids, little-endian:
+
+    offset  size  field
+    0       8     magic b"TFKSHARD"
+    8       4     format version (uint32, currently 1)
+    12      4     bytes per token (uint32: 2 = uint16, 4 = uint32)
+    16      8     token count (uint64)
+    24      40    zero
+
+Beside it, `<split>.json` (the sidecar) records the tokenizer's SHA-256, the vocabulary
+size, the end-of-text id, the token and document counts and where the text came from;
+`<split>.docs.npy` holds the document offsets (uint64, documents + 1 entries): document
+`i` is `tokens[offsets[i] : offsets[i + 1] - 1]`, followed by one end-of-text token.
+
+Ids are stored as uint16 when the vocabulary has at most 65,536 ids, uint32 otherwise.
+A writer refuses any id that does not fit its vocabulary, so nothing wraps around.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfkit.errors import DataError
+
+MAGIC = b"TFKSHARD"
+VERSION = 1
+HEADER_SIZE = 64
+_HEADER = struct.Struct("<8sIIQ")
+DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+SHARD_SUFFIX = ".bin"
+SIDECAR_SUFFIX = ".json"
+DOCS_SUFFIX = ".docs.npy"
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id of the vocabulary fits in 16 bits, uint32 otherwise."""
+    if vocab_size < 1:
+        raise DataError(f"vocabulary size must be positive, got {vocab_size}")
+    if vocab_size <= 1 << 16:
+        return DTYPES[2]
+    if vocab_size <= 1 << 32:
+        return DTYPES[4]
+    raise DataError(f"vocabulary of {vocab_size:,} ids does not fit in uint32 token shards")
+
+
+def shard_paths(directory: str | Path, split: str) -> tuple[Path, Path, Path]:
+    """(tokens, sidecar, document offsets) paths of one split."""
+    directory = Path(directory)
+    return (
+        directory / f"{split}{SHARD_SUFFIX}",
+        directory / f"{split}{SIDECAR_SUFFIX}",
+        directory / f"{split}{DOCS_SUFFIX}",
+    )
+
+
+def list_splits(directory: str | Path) -> list[str]:
+    """Splits with a shard in `directory`: train, validation, test first, then any others."""
+    names = sorted(p.name[: -len(SHARD_SUFFIX)] for p in Path(directory).glob(f"*{SHARD_SUFFIX}"))
+    first = [s for s in ("train", "validation", "test") if s in names]
+    return first + [s for s in names if s not in first]
+
+
+class ShardWriter:
+    """Stream token ids into a shard; the file appears at `path` only when `close()` succeeds.
+
+    Use as a context manager: on an exception the temporary file is removed and nothing
+    is left at `path`.
+    """
+
+    def __init__(self, path: str | Path, vocab_size: int) -> None:
+        self.path = Path(path)
+        self.vocab_size = vocab_size
+        self.dtype = shard_dtype(vocab_size)
+        self.num_tokens = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(bytes(HEADER_SIZE))
+
+    def write(self, ids: np.ndarray | list[int]) -> None:
+        """Append ids; any id outside [0, vocab_size) is refused before anything is written."""
+        array = np.asarray(ids)
+        if array.size == 0:
+            return
+        if array.dtype.kind not in "iu":
+            raise DataError(f"token ids must be integers, got {array.dtype}")
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise DataError(
+                f"token id {bad} is outside the vocabulary of {self.vocab_size:,} ids "
+                f"(a {self.dtype.name} shard would not store it faithfully)"
+            )
+        self._file.write(array.astype(self.dtype, copy=False).tobytes())
+        self.num_tokens += array.size
+
+    def append_shard(self, source: str | Path) -> None:
+        """Append the tokens of another shard of the same dtype, copied as bytes."""
+        dtype, count = read_header(source)
+        if dtype != self.dtype:
+            raise DataError(f"{source} stores {dtype.name} ids, this shard {self.dtype.name}")
+        with open(source, "rb") as f:
+            f.seek(HEADER_SIZE)
+            while chunk := f.read(1 << 24):
+                self._file.write(chunk)
+        self.num_tokens += count
+
+    def close(self) -> None:
+        self._file.seek(0)
+        self._file.write(_HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self.num_tokens))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        from tfkit.io import current_umask
+
+        os.chmod(self._tmp, 0o666 & ~current_umask())
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass
+class Shard:
+    """A shard opened for reading; `tokens` is a read-only memory map."""
+
+    path: Path
+    dtype: np.dtype
+    num_tokens: int
+    tokens: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def document_offsets(self) -> np.ndarray:
+        """Start of every document plus the end of the stream, (documents + 1,) uint64."""
+        docs = self.path.with_name(self.path.name[: -len(SHARD_SUFFIX)] + DOCS_SUFFIX)
+        if not docs.is_file():
+            raise DataError(f"{docs} is missing: the document offsets of {self.path.name}")
+        offsets = np.load(docs, mmap_mode="r")
+        if offsets.ndim != 1 or len(offsets) < 1 or int(offsets[-1]) != self.num_tokens:
+            raise DataError(f"{docs} does not match {self.path.name} ({self.num_tokens:,} tokens)")
+        return offsets
+
+
+def read_header(path: str | Path) -> tuple[np.dtype, int]:
+    """Check a shard's header and size; returns (dtype, token count)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"token shard not found: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(HEADER_SIZE)
+    if len(head) < HEADER_SIZE or head[:8] != MAGIC:
+        raise DataError(f"{path} is not a tfkit token shard (bad magic)")
+    _, version, itemsize, count = _HEADER.unpack_from(head)
+    if version != VERSION:
+        raise DataError(f"{path} is shard format version {version}; this tfkit reads version {VERSION}")
+    if itemsize not in DTYPES:
+        raise DataError(f"{path} has an unknown token dtype ({itemsize} bytes per token; expected 2 or 4)")
+    expected = HEADER_SIZE + count * itemsize
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        raise DataError(
+            f"{path} is {state}: the header says {count:,} tokens ({expected:,} bytes), the file has {size:,} bytes"
+        )
+    return DTYPES[itemsize], count
+
+
+def read_shard(path: str | Path) -> Shard:
+    """Open a shard and its sidecar, checking that they agree."""
+    path = Path(path)
+    dtype, count = read_header(path)
+    sidecar = path.with_suffix(SIDECAR_SUFFIX)
+    if not sidecar.is_file():
+        raise DataError(f"{sidecar} is missing: the sidecar of {path.name}")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{sidecar} is not valid JSON: {e}") from None
+    for key in ("vocab_size", "tokenizer_sha256", "num_tokens"):
+        if key not in meta:
+            raise DataError(f"{sidecar} has no {key!r}")
+    if int(meta["num_tokens"]) != count:
+        raise DataError(f"{sidecar} says {meta['num_tokens']:,} tokens, {path.name} holds {count:,}")
+    if shard_dtype(int(meta["vocab_size"])) != dtype:
+        raise DataError(f"{path.name} stores {dtype.name} ids, but its vocabulary of {meta['vocab_size']:,} needs "
+                        f"{shard_dtype(int(meta['vocab_size'])).name}")  # fmt: skip
+    tokens = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(count,)) if count else np.zeros(0, dtype)
+    return Shard(path, dtype, count, tokens, meta)
+
+
+def write_shard(
+    directory: str | Path,
+    split: str,
+    ids: np.ndarray,
+    vocab_size: int,
+    meta: dict[str, Any] | None = None,
+    document_offsets: np.ndarray | None = None,
+) -> Path:
+    """Write a whole split at once (tokens, sidecar, offsets); returns the shard path."""
+    path, sidecar, docs = shard_paths(directory, split)
+    ids = np.asarray(ids)
+    offsets = np.asarray([0, ids.size] if document_offsets is None else document_offsets, dtype=np.uint64)
+    with ShardWriter(path, vocab_size) as writer:
+        writer.write(ids)
+    write_sidecar(sidecar, {**(meta or {}), "vocab_size": vocab_size, "num_tokens": int(ids.size),
+                            "num_documents": len(offsets) - 1, "dtype": writer.dtype.name})  # fmt: skip
+    save_offsets(docs, offsets)
+    return path
+
+
+def write_sidecar(path: str | Path, meta: dict[str, Any]) -> None:
+    from tfkit.io import write_json_atomic
+
+    meta = {"format": "tfkit-token-shard", "version": VERSION, **meta}
+    meta.setdefault("tokenizer_sha256", None)
+    write_json_atomic(path, meta)
+
+
+def save_offsets(path: str | Path, offsets: np.ndarray) -> None:
+    from tfkit.io import write_atomic
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(offsets, dtype=np.uint64))
+
+    write_atomic(path, write)

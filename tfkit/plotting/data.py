@@ -1,0 +1,138 @@
+"""Reading what `tfkit plot` draws: ablation results files and run directories, into one frame.
+
+Every row belongs to a run (`run_id`) of a setting (`setting_id`) with a `seed`; the
+setting's config fields are columns. An ablation's `results.csv` already has that shape;
+a run directory is turned into it from `train_config.json` and its `val_log.csv` (or
+`train_log.csv`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tfkit.errors import ConfigError, DataError
+
+ID_COLUMNS = ("run_id", "setting_id", "run_num", "seed", "run_status", "run_dir")
+_ABLATE_RUN = re.compile(r"^([0-9a-f]{10})-s-?\d+$")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Paths and globs -> existing CSV files and run directories, in the order given."""
+    paths: list[Path] = []
+    for item in inputs:
+        matches = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+        if not matches:
+            raise DataError(f"{item} matches no file or run directory")
+        paths += [Path(m) for m in matches]
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"{path} does not exist")
+    return paths
+
+
+def load_runs(inputs: list[str], source: str = "val") -> Any:
+    """One polars frame of every row of every input (columns missing in some inputs are null)."""
+    import polars as pl
+
+    frames = []
+    for path in expand_inputs(inputs):
+        if path.is_dir():
+            frames.append(_run_dir_frame(path, source))
+        else:
+            frames.append(_csv_frame(path))
+    frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    if frame.height == 0:
+        raise DataError(f"{', '.join(inputs)}: no rows to plot")
+    return frame
+
+
+def _csv_frame(path: Path) -> Any:
+    import polars as pl
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty")
+    try:
+        frame = pl.read_csv(path, infer_schema_length=None)
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as e:
+        raise DataError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
+    if frame.height == 0:
+        raise DataError(f"{path} has a header but no rows")
+    if "run_id" not in frame.columns:  # a single run's log file: one run, one setting
+        name = path.parent.name or path.stem
+        frame = frame.with_columns(pl.lit(name).alias("run_id"), pl.lit(name).alias("setting_id"), pl.lit(0).alias("seed"))
+    return frame
+
+
+def _run_dir_frame(path: Path, source: str) -> Any:
+    import polars as pl
+
+    from tfkit.ablate.grid import setting_id
+    from tfkit.config import RunConfig
+
+    log = path / f"{source}_log.csv"
+    config_path = path / "train_config.json"
+    if not log.is_file() or not config_path.is_file():
+        raise DataError(f"{path} is not a run directory: it needs train_config.json and {log.name}")
+    frame = _csv_frame(log).drop("run_id", "setting_id", "seed", strict=False)
+    if "lr" in frame.columns:  # the scheduled value; `lr` is the setting's peak, as in results.csv
+        frame = frame.rename({"lr": "current_lr"})
+    nested = json.loads(config_path.read_text())
+    nested.pop("meta", None)
+    try:
+        config = RunConfig.from_dict(nested, source=str(config_path))
+    except ConfigError:  # a config of another kind of run: keep its fields as they are
+        config = None
+    flat: dict[str, Any] = {}
+    for section in nested.values():
+        if isinstance(section, dict):
+            flat.update(section)
+    # an ablation names run directories <setting_id>-s<seed>; other runs get the id of their
+    # config, so runs that differ only in seed still form one setting
+    named = _ABLATE_RUN.match(path.name)
+    extra = {
+        "run_id": path.name,
+        "setting_id": named.group(1) if named else (setting_id(config) if config is not None else path.name),
+        **{k: v for k, v in flat.items() if k not in frame.columns and k not in ("out",)},
+    }
+    columns = [pl.lit(_cell(v)).alias(k) for k, v in extra.items()]
+    return frame.with_columns(columns)
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def setting_columns(frame: Any) -> tuple[list[str], dict[str, Any]]:
+    """(swept, fixed): config columns that vary between runs, and fixed first-class options.
+
+    Fixed values are those of command-line options that differ from their defaults (and the
+    data), which is what a title needs to say.
+    """
+    import dataclasses
+
+    from tfkit.config import SECTIONS
+
+    swept: list[str] = []
+    fixed: dict[str, Any] = {}
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            if f.name not in frame.columns or f.name in ID_COLUMNS or not f.metadata.get("sweep", True):
+                continue
+            values = frame.get_column(f.name).unique(maintain_order=True).to_list()
+            if len(values) > 1:
+                swept.append(f.name)
+            elif f.metadata.get("cli") and (f.name == "data" or values[0] != f.default):
+                if values[0] is not None:
+                    fixed[f.name] = values[0]
+    return swept, fixed
+
+
+def position_columns(frame: Any, prefix: str) -> list[tuple[int, str]]:
+    """[(i, "prefix_i"), ...] sorted by i."""
+    pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)$")
+    found = [(int(m.group(1)), c) for c in frame.columns if (m := pattern.match(c))]
+    return sorted(found)

@@ -1,0 +1,720 @@
+"""Run directories to and from S3 and S3-compatible stores (MinIO, R2, ...).
+
+    store = S3Store.connect(endpoint_url="http://localhost:9000")
+    store.push("runs/ts", "s3://my-bucket/tfkit/ts")      # sync up, sha256 manifest last
+    store.pull("s3://my-bucket/tfkit/ts", "runs/ts-copy")  # verified against the manifest
+    store.list_runs("s3://my-bucket/tfkit/")               # one `RunListing` per run
+
+Credentials come from boto3's usual chain (environment, `~/.aws`, a profile) plus the
+`AWS_*` variables of a `.env` file in the working directory, which never override
+variables already set. Requests use boto3's standard retry mode. Errors a user can fix
+(no credentials, missing bucket, access denied, unreachable endpoint) raise
+`StorageError` with one line that never contains a secret. boto3 is imported only when
+a store is connected. Progress goes to an optional `TransferCallback`; nothing prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tfkit.errors import StorageError
+from tfkit.storage.manifest import (
+    MANIFEST_NAME,
+    BoundedReader,
+    FileEntry,
+    local_path,
+    manifest_bytes,
+    never_pushed,
+    parse_manifest,
+    scan_directory,
+    selected,
+    sha256_file,
+    sha256_of,
+)
+
+DEFAULT_JOBS = 8
+MULTIPART_THRESHOLD = 16 * 1024 * 1024  # files above this go up and down in parts
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+MAX_ATTEMPTS = 5  # per request, in boto3's standard retry mode
+
+NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+    "(in the environment or in ./.env), or pass --profile"
+)
+
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
+_CHECKPOINT = re.compile(r"checkpoints/(\d+)\.(?:pt|safetensors)")
+_MD5 = re.compile(r"[0-9a-f]{32}")
+_REJECTED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired")
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    """`s3://bucket/prefix`; the prefix is empty or ends with `/` (it names a folder)."""
+
+    bucket: str
+    prefix: str = ""
+
+    def key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def child(self, name: str) -> S3Uri:
+        return S3Uri(self.bucket, f"{self.prefix}{name.strip('/')}/")
+
+    def url(self, rel: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{rel}"
+
+    def __str__(self) -> str:
+        return self.url()
+
+
+def parse_s3_uri(uri: str, what: str = "S3 URI") -> S3Uri:
+    """Parse `s3://bucket[/prefix]`; raise `StorageError` naming `what` if it is not one."""
+    text = str(uri).strip()
+    if not text.startswith("s3://"):
+        raise StorageError(f"{what} must look like s3://bucket/prefix, got {uri!r}")
+    bucket, _, prefix = text[5:].partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise StorageError(f"{what} has no valid bucket name: {uri!r}")
+    prefix = "/".join(part for part in prefix.split("/") if part)
+    return S3Uri(bucket, prefix + "/" if prefix else "")
+
+
+def load_dotenv(path: str | Path = ".env") -> list[str]:
+    """Set the `AWS_*` variables of a `.env` file that are not already set; return their names.
+
+    Lines are `NAME=value`, optionally `export NAME=value`, with `#` comments and single
+    or double quotes around values. A missing file is not an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    loaded = []
+    for raw in path.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name.startswith("AWS_") or not name.isidentifier():
+            continue
+        if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].rstrip()
+        if name not in os.environ:
+            os.environ[name] = value
+            loaded.append(name)
+    return loaded
+
+
+class TransferCallback:
+    """Progress hooks; every method is optional. `on_bytes` is called from worker threads."""
+
+    def on_start(self, total_bytes: int, total_files: int) -> None: ...
+
+    def on_bytes(self, count: int) -> None: ...
+
+    def on_file(self, path: str, action: str) -> None: ...
+
+
+@dataclass
+class PushResult:
+    uri: str
+    uploaded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    bytes_uploaded: int = 0
+    manifest_uploaded: bool = False
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PullResult:
+    uri: str
+    dest: str
+    downloaded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    bytes_downloaded: int = 0
+    verified: bool = False  # every file checked against the manifest's sha256
+    unlisted: list[str] = field(default_factory=list)  # objects the manifest does not list (left out)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunListing:
+    name: str  # the folder under the listed prefix; "." for files directly under it
+    uri: str
+    files: int
+    size: int
+    latest_checkpoint: int | None  # tokens trained of the newest checkpoints/<tokens>.pt
+    manifest: bool
+    last_modified: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Object:
+    size: int
+    etag: str
+    last_modified: Any
+
+
+class _Subscriber:
+    """s3transfer subscriber: forwards progress and hands over a size already known."""
+
+    def __init__(self, callback: TransferCallback, size: int | None = None) -> None:
+        self.callback = callback
+        self.size = size
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        if self.size is not None:
+            future.meta.provide_transfer_size(self.size)
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        self.callback.on_bytes(bytes_transferred)
+
+    def on_done(self, future: Any, **kwargs: Any) -> None: ...
+
+
+def _plain_endpoint(url: str | None) -> str | None:
+    """The endpoint without any user:password part, fit to print."""
+    if not url:
+        return url
+    return re.sub(r"//[^/@]*@", "//", url).rstrip("/")
+
+
+def _is_aws(url: str | None) -> bool:
+    host = urlsplit(url or "").hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn")) or host == "amazonaws.com"
+
+
+class S3Store:
+    """A connected S3 client with tfkit's push / pull / list operations.
+
+    Create with `S3Store.connect(...)`; the instance is safe to use from several threads.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        endpoint_url: str | None = None,
+        secrets: Iterable[str] = (),
+        jobs: int = DEFAULT_JOBS,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        multipart_chunksize: int = MULTIPART_CHUNKSIZE,
+    ) -> None:
+        self.client = client
+        self.endpoint_url = _plain_endpoint(endpoint_url)
+        self.jobs = max(1, jobs)
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunksize = multipart_chunksize
+        self._secrets = [s for s in secrets if s and len(s) >= 4]
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        profile: str | None = None,
+        endpoint_url: str | None = None,
+        env_file: str | Path | None = ".env",
+        jobs: int = DEFAULT_JOBS,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        multipart_chunksize: int = MULTIPART_CHUNKSIZE,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> S3Store:
+        """Resolve credentials and build the client; nothing is sent yet.
+
+        Args:
+            profile: an AWS profile from `~/.aws/config` / `~/.aws/credentials`.
+            endpoint_url: an S3-compatible endpoint; default `AWS_ENDPOINT_URL_S3`, then
+                `AWS_ENDPOINT_URL`, then AWS itself. Custom endpoints get path-style
+                addressing and checksums only where the operation requires them, which
+                stores that do not implement recent AWS checksums need.
+            env_file: a `.env` file whose `AWS_*` variables fill in unset ones (None: skip).
+            jobs: files transferred at once (and parts per file in flight).
+        """
+        if env_file is not None:
+            load_dotenv(env_file)
+        import boto3
+        from botocore import exceptions as bx
+        from botocore.config import Config
+
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        if endpoint is not None:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                shown = _plain_endpoint(endpoint)
+                raise StorageError(f"the S3 endpoint URL must start with http:// or https://, got {shown!r}")
+        try:
+            session = boto3.Session(profile_name=profile)
+        except bx.ProfileNotFound:
+            raise StorageError(f"AWS profile {profile!r} not found in the AWS config files") from None
+        secrets = [os.environ.get(n, "") for n in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")]
+        try:
+            credentials = session.get_credentials()
+            frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        except bx.BotoCoreError as e:
+            raise StorageError(_redact(f"could not load AWS credentials: {e}", secrets)) from None
+        if frozen is None or not frozen.access_key or not frozen.secret_key:
+            raise StorageError(NO_CREDENTIALS)
+        secrets += [frozen.secret_key, frozen.token or ""]
+
+        config = Config(
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            max_pool_connections=max(10, 2 * jobs),
+            connect_timeout=10,
+            read_timeout=120,
+        )
+        custom_options: dict[str, Any] = {"s3": {"addressing_style": "path"}}
+        if "request_checksum_calculation" in Config.OPTION_DEFAULTS:  # botocore >= 1.36 checksums by default
+            custom_options.update(
+                request_checksum_calculation="when_required", response_checksum_validation="when_required"
+            )
+        custom = Config(**custom_options)
+        region = session.region_name
+        if endpoint is not None:
+            client = session.client(
+                "s3", endpoint_url=endpoint, region_name=region or "us-east-1", config=config.merge(custom)
+            )
+        else:
+            client = session.client("s3", region_name=region, config=config)
+            if not _is_aws(client.meta.endpoint_url):  # an endpoint_url from the AWS config file
+                client = session.client("s3", region_name=region, config=config.merge(custom))
+        return cls(
+            client,
+            endpoint_url=endpoint or (None if _is_aws(client.meta.endpoint_url) else client.meta.endpoint_url),
+            secrets=secrets,
+            jobs=jobs,
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+        )
+
+    # ---------------------------------------------------------------- operations
+
+    def push(
+        self,
+        local_dir: str | Path,
+        uri: str | S3Uri,
+        *,
+        include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        dry_run: bool = False,
+        callback: TransferCallback | None = None,
+        mirror: bool = False,
+        hash_cache: dict[str, tuple[tuple[int, int, int], str]] | None = None,
+    ) -> PushResult:
+        """Upload the files of `local_dir` under `uri` that differ from the remote manifest.
+
+        Files whose sha256 and size match the manifest (and whose object is still there)
+        are not sent again. The manifest goes up last, listing every file pushed now plus
+        the earlier entries whose objects remain (`mirror=True`: only the files pushed now).
+
+        Args:
+            include, exclude: globs on the relative path (or on the file name, for
+                patterns without `/`); exclude wins.
+            hash_cache: reused between pushes of a growing directory, so unchanged files
+                (same inode, size and mtime) are not hashed again.
+        """
+        target = uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise StorageError(f"{root} is not a directory")
+        include, exclude = list(include), list(exclude)
+        rels = scan_directory(root, include, exclude)
+        if not rels:
+            filtered = " that match --include/--exclude" if include or exclude else ""
+            raise StorageError(f"no files{filtered} to push in {root}")
+        callback = callback or TransferCallback()
+        result = PushResult(uri=str(target), dry_run=dry_run)
+        with self._errors(target):
+            remote = self._list(target)
+            old = self._read_manifest(target, remote, strict=False)
+            sizes = {}
+            for rel in rels:
+                with contextlib.suppress(FileNotFoundError):
+                    sizes[rel] = (root / rel).stat().st_size
+            callback.on_start(sum(sizes.values()), len(sizes))
+            lock = threading.Lock()
+            entries: dict[str, FileEntry] = {}
+
+            def push_one(manager: Any, rel: str) -> None:
+                try:
+                    f = open(root / rel, "rb")  # noqa: SIM115  (closed by the `with f` below)
+                except FileNotFoundError:  # removed since the scan (a temp file renamed away)
+                    return
+                except OSError as e:
+                    raise StorageError(f"cannot read {root / rel}: {e.strerror or e}") from None
+                with f:
+                    st = os.fstat(f.fileno())
+                    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+                    cached = hash_cache.get(rel) if hash_cache is not None else None
+                    digest = cached[1] if cached and cached[0] == stamp else sha256_of(f, st.st_size)
+                    if hash_cache is not None:
+                        with lock:
+                            hash_cache[rel] = (stamp, digest)
+                    entry = FileEntry(st.st_size, digest)
+                    obj = remote.get(rel)
+                    same = old is not None and old.get(rel) == entry and obj is not None and obj.size == entry.size
+                    if not same and not dry_run:
+                        reader = BoundedReader(f, entry.size)
+                        manager.upload(
+                            reader, target.bucket, target.key(rel), subscribers=[_Subscriber(callback)]
+                        ).result()
+                    elif entry.size:
+                        callback.on_bytes(entry.size)
+                with lock:
+                    entries[rel] = entry
+                    if same:
+                        result.unchanged.append(rel)
+                    else:
+                        result.uploaded.append(rel)
+                        result.bytes_uploaded += entry.size
+                action = "unchanged" if same else ("would upload" if dry_run else "uploaded")
+                callback.on_file(rel, action)
+
+            self._run_parallel(push_one, list(sizes))
+            result.uploaded.sort()
+            result.unchanged.sort()
+
+            files: dict[str, FileEntry] = {}
+            if old is not None and not mirror:
+                still_there = {rel for rel, obj in remote.items() if rel in old and obj.size == old[rel].size}
+                files = {rel: e for rel, e in old.items() if rel in still_there and not never_pushed(rel)}
+            files.update(entries)
+            if not dry_run and (result.uploaded or files != old):
+                self.client.put_object(
+                    Bucket=target.bucket,
+                    Key=target.key(MANIFEST_NAME),
+                    Body=manifest_bytes(files),
+                    ContentType="application/json",
+                )
+                result.manifest_uploaded = True
+        return result
+
+    def pull(
+        self,
+        uri: str | S3Uri,
+        dest: str | Path,
+        *,
+        include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        dry_run: bool = False,
+        callback: TransferCallback | None = None,
+    ) -> PullResult:
+        """Download the files under `uri` into `dest`, verified against the manifest.
+
+        With a manifest, exactly the files it lists are pulled and each must match its
+        sha256 (objects it does not list are left out and reported); without one, every
+        object is pulled and checked against its listed size. Files already present and
+        identical are skipped. Each file is written to a temp file beside its target and
+        renamed into place only once verified, so a failed or interrupted pull never
+        leaves a partial or bad file under a real name. Keys that would land outside
+        `dest` are refused before anything is downloaded.
+        """
+        source = uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
+        dest = Path(dest)
+        if dest.exists() and not dest.is_dir():
+            raise StorageError(f"{dest} exists and is not a directory")
+        include, exclude = list(include), list(exclude)
+        callback = callback or TransferCallback()
+        result = PullResult(uri=str(source), dest=str(dest), dry_run=dry_run)
+        with self._errors(source):
+            remote = self._list(source)
+            if not remote:
+                raise StorageError(f"nothing found at {source}")
+            manifest = self._read_manifest(source, remote, strict=True)
+            result.verified = manifest is not None
+            wanted: dict[str, tuple[int, FileEntry | None]] = {}
+            if manifest is not None:
+                for rel, entry in manifest.items():
+                    if selected(rel, include, exclude):
+                        if rel not in remote:
+                            raise StorageError(f"the manifest lists {source.url(rel)}, but the object is missing")
+                        wanted[rel] = (entry.size, entry)
+                extra = [rel for rel in remote if rel != MANIFEST_NAME and rel not in manifest]
+                result.unlisted = sorted(rel for rel in extra if selected(rel, include, exclude))
+            else:
+                for rel, obj in remote.items():
+                    if rel != MANIFEST_NAME and selected(rel, include, exclude):
+                        wanted[rel] = (obj.size, None)
+            if not wanted:
+                raise StorageError(f"no files at {source} match --include/--exclude")
+            targets: dict[str, Path] = {}
+            seen: dict[Path, str] = {}
+            for rel in sorted(wanted):
+                path = local_path(dest, rel, source.url(rel))
+                if path in seen:
+                    both = f"{source.url(rel)} and {source.url(seen[path])}"
+                    raise StorageError(f"{both} would both be written to {path}")
+                seen[path] = rel
+                targets[rel] = path
+
+            callback.on_start(sum(size for size, _ in wanted.values()), len(wanted))
+            lock = threading.Lock()
+            bad: list[str] = []
+
+            def pull_one(manager: Any, rel: str) -> None:
+                size, entry = wanted[rel]
+                path = targets[rel]
+                try:
+                    identical = path.is_file() and path.stat().st_size == size
+                    identical = identical and self._identical(path, entry, remote[rel])
+                except OSError:  # unreadable: download it again (the rename reports any problem)
+                    identical = False
+                if identical:
+                    callback.on_bytes(size)
+                    with lock:
+                        result.unchanged.append(rel)
+                    callback.on_file(rel, "unchanged")
+                    return
+                if dry_run:
+                    callback.on_bytes(size)
+                    with lock:
+                        result.downloaded.append(rel)
+                        result.bytes_downloaded += size
+                    callback.on_file(rel, "would download")
+                    return
+                problem = self._download(manager, source, rel, path, size, entry, callback)
+                with lock:
+                    if problem:
+                        bad.append(f"{rel} ({problem})")
+                    else:
+                        result.downloaded.append(rel)
+                        result.bytes_downloaded += size
+                callback.on_file(rel, "corrupt" if problem else "downloaded")
+
+            self._run_parallel(pull_one, sorted(wanted))
+            result.downloaded.sort()
+            result.unchanged.sort()
+            if bad:
+                what = "the manifest" if manifest is not None else "the listing"
+                raise StorageError(
+                    f"{len(bad)} file(s) from {source} did not match {what} and were not written: "
+                    + "; ".join(sorted(bad))
+                )
+        return result
+
+    def list_runs(self, uri: str | S3Uri) -> list[RunListing]:
+        """One entry per folder directly under `uri` (and "." for files right at it).
+
+        A `uri` that is itself a run (a manifest or `train_config.json` at its top) is
+        listed as the single entry ".".
+        """
+        base = uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
+        with self._errors(base):
+            remote = self._list(base)
+        groups: dict[str, dict[str, _Object]] = {}
+        if MANIFEST_NAME in remote or "train_config.json" in remote:
+            groups["."] = remote
+        else:
+            for rel, obj in remote.items():
+                head, sep, rest = rel.partition("/")
+                name, inner = (head, rest) if sep else (".", rel)
+                groups.setdefault(name, {})[inner] = obj
+        runs = []
+        for name in sorted(groups, key=lambda n: (n != ".", n)):
+            objects = groups[name]
+            files = {rel: obj for rel, obj in objects.items() if rel.rsplit("/", 1)[-1] != MANIFEST_NAME}
+            tokens = [int(m.group(1)) for rel in files if (m := _CHECKPOINT.fullmatch(rel))]
+            stamps = [obj.last_modified for obj in objects.values() if obj.last_modified is not None]
+            runs.append(
+                RunListing(
+                    name=name,
+                    uri=str(base) if name == "." else str(base.child(name)),
+                    files=len(files),
+                    size=sum(obj.size for obj in files.values()),
+                    latest_checkpoint=max(tokens) if tokens else None,
+                    manifest=MANIFEST_NAME in objects,
+                    last_modified=max(stamps).isoformat(timespec="seconds") if stamps else None,
+                )
+            )
+        return runs
+
+    def has_objects(self, uri: str | S3Uri) -> bool:
+        """Whether anything is stored under `uri` (checks the bucket and the credentials too)."""
+        target = uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
+        with self._errors(target):
+            page = self.client.list_objects_v2(Bucket=target.bucket, Prefix=target.prefix, MaxKeys=1)
+        return bool(page.get("KeyCount") or page.get("Contents"))
+
+    # ---------------------------------------------------------------- internals
+
+    def _list(self, uri: S3Uri) -> dict[str, _Object]:
+        """Objects under the prefix, keyed by their path relative to it (folder markers left out)."""
+        out = {}
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=uri.bucket, Prefix=uri.prefix):
+            for item in page.get("Contents", []):
+                rel = item["Key"][len(uri.prefix) :]
+                if rel and not rel.endswith("/"):
+                    out[rel] = _Object(item["Size"], item.get("ETag", "").strip('"'), item.get("LastModified"))
+        return out
+
+    def _read_manifest(self, uri: S3Uri, remote: dict[str, _Object], strict: bool) -> dict[str, FileEntry] | None:
+        if MANIFEST_NAME not in remote:
+            return None
+        body = self.client.get_object(Bucket=uri.bucket, Key=uri.key(MANIFEST_NAME))["Body"].read()
+        try:
+            return parse_manifest(body, uri.url(MANIFEST_NAME))
+        except StorageError:
+            if strict:
+                raise
+            return None  # push writes a fresh one
+
+    def _transfer_manager(self) -> Any:
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        config = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_request_concurrency=self.jobs,
+        )
+        return TransferManager(self.client, config)
+
+    def _run_parallel(self, work: Callable[[Any, str], None], items: list[str]) -> None:
+        """Run `work(manager, item)` for every item on `jobs` threads; the first error stops the rest."""
+        stop = threading.Event()
+
+        def guarded(manager: Any, item: str) -> None:
+            if not stop.is_set():
+                work(manager, item)
+
+        # the manager closes first: on an error or Ctrl-C it cancels the transfers in flight
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="tfkit-s3") as pool, self._transfer_manager() as manager:
+            futures: list[Future] = [pool.submit(guarded, manager, item) for item in items]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+            except BaseException:
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _identical(self, path: Path, entry: FileEntry | None, obj: _Object) -> bool:
+        """Whether a local file already holds the remote content (size checked by the caller)."""
+        if entry is not None:
+            return sha256_file(path) == entry.sha256
+        if _MD5.fullmatch(obj.etag):  # single-part uploads: the ETag is the MD5
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1024 * 1024), b""):
+                    digest.update(chunk)
+            return digest.hexdigest() == obj.etag
+        return False
+
+    def _download(
+        self,
+        manager: Any,
+        source: S3Uri,
+        rel: str,
+        path: Path,
+        size: int,
+        entry: FileEntry | None,
+        callback: TransferCallback,
+    ) -> str | None:
+        """Download one object through a temp file; rename it into place if it verifies.
+
+        Returns None on success, or what was wrong (the temp file is then removed).
+        """
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                manager.download(source.bucket, source.key(rel), f, subscribers=[_Subscriber(callback, size)]).result()
+                f.flush()
+                os.fsync(f.fileno())
+            got = tmp.stat().st_size
+            if entry is not None:
+                digest = sha256_file(tmp)
+                if got != entry.size or digest != entry.sha256:
+                    tmp.unlink()
+                    return f"sha256 {digest[:12]}..., {got} bytes; expected {entry.sha256[:12]}..., {entry.size} bytes"
+            elif got != size:
+                tmp.unlink()
+                return f"{got} bytes, listed as {size}"
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+            return None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _redact(self, text: str) -> str:
+        return _redact(text, self._secrets)
+
+    @contextlib.contextmanager
+    def _errors(self, uri: S3Uri) -> Iterator[None]:
+        """Turn botocore errors a user can fix into one-line `StorageError`s."""
+        from botocore import exceptions as bx
+        from s3transfer.exceptions import RetriesExceededError
+
+        at = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        try:
+            yield
+        except StorageError as e:
+            raise StorageError(self._redact(str(e))) from None
+        except bx.ClientError as e:
+            raise StorageError(self._redact(self._client_error(e, uri, at))) from None
+        except (bx.NoCredentialsError, bx.PartialCredentialsError):
+            raise StorageError(NO_CREDENTIALS) from None
+        except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as e:
+            raise StorageError(self._redact(f"cannot reach the S3 endpoint{at}: {e}")) from None
+        except (bx.BotoCoreError, RetriesExceededError) as e:
+            raise StorageError(self._redact(f"S3 transfer with {uri} failed{at}: {e}")) from None
+
+    def _client_error(self, e: Any, uri: S3Uri, at: str) -> str:
+        error = e.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        operation = getattr(e, "operation_name", "request")
+        if code == "NoSuchBucket" or (code in ("404", "NotFound") and operation == "HeadBucket"):
+            return f"bucket {uri.bucket!r} does not exist{at}"
+        if code in _REJECTED:
+            return (
+                f"the S3 credentials were rejected{at} ({code}); check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY, ./.env or --profile"
+            )
+        if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
+            return f"access denied to {uri}{at} ({operation}); check the permissions of these credentials"
+        if code in ("NoSuchKey", "404") or status == 404:
+            return f"not found under {uri}{at} ({operation})"
+        message = error.get("Message") or ""
+        return f"S3 {operation} on {uri} failed{at}: {code or status} {message}".rstrip()
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "****")
+    return text

@@ -1,0 +1,219 @@
+"""Typed configuration of `tfkit train icl`: in-context regression with curricula and looped models.
+
+`IclRunConfig` has the API of `tfkit.config.RunConfig` (both are `SectionedConfig`s) and
+reuses its `model`, `optim`, `train` and `log` sections; it adds
+
+- `task`: which function class the prompts come from (Garg et al.'s tasks) and their size,
+- `curriculum`: how the input dimension, the number of in-context points and the number
+  of loops grow during training (start, increment, interval; the end is the value of
+  `--n-dims`, `--n-points` and `--n-loops`),
+- `loop`: the model kind (`gpt`: the blocks applied once; `looped`: applied `--n-loops`
+  times with input injection) and the loop window of the loss.
+
+This module imports no torch, so the CLI can build options from it at `--help` time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from tfkit.config import (
+    DEFAULT_MAX_STEPS,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    SectionedConfig,
+    TrainConfig,
+    option_label,
+    opt,
+)
+from tfkit.errors import ConfigError
+
+TASKS = ("linear_regression", "sparse_linear_regression", "noisy_linear_regression", "relu_2nn", "decision_tree")
+DEFAULT_N_LOOPS = 10
+# ModelConfig fields that mean nothing for vector inputs (no token table, no tied output)
+UNUSED_MODEL_FIELDS = ("tie_embeddings",)
+# TrainConfig fields that need epochs: prompts are drawn fresh every step, so there are none
+UNUSED_TRAIN_FIELDS = ("max_epochs", "max_epochs_between_evals")
+
+
+@dataclass(kw_only=True)
+class TaskConfig:
+    """The function class prompts are drawn from; x ~ N(0, I) in --n-dims dimensions."""
+
+    task: str = opt(
+        "linear_regression",
+        "In-context task, the function class f of the prompts (x_1, f(x_1), ..., x_n, f(x_n)): " + ", ".join(TASKS) + ".",
+    )
+    n_dims: int = opt(5, "Dimension of the inputs x (the end of the dims curriculum).")
+    n_points: int = opt(11, "In-context examples per prompt (the end of the points curriculum).")
+    batch_size: int = opt(64, "Prompts per micro-batch.")
+    noise_std: float = opt(1.0, "noisy_linear_regression: standard deviation of the label noise.")
+    sparsity: int = opt(3, "sparse_linear_regression: non-zero weights per prompt.")
+    relu_hidden: int = opt(100, "relu_2nn: hidden units of the random two-layer network.", cli=False)
+    tree_depth: int = opt(4, "decision_tree: depth of the random tree.", cli=False)
+    knn_neighbours: int = opt(3, "Neighbours of the k-nearest-neighbours baseline.", cli=False)
+    val_prompts: int = opt(1024, "Prompts in the validation set (drawn once, at the final dims and points).", cli=False)
+    val_seed: int = opt(1234, "Seed of the validation set (the same for every run).", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
+        for name in ("n_dims", "n_points", "batch_size", "sparsity", "relu_hidden", "tree_depth",
+                     "knn_neighbours", "val_prompts"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
+        if self.noise_std < 0:
+            raise ConfigError(f"--noise-std must be >= 0, got {self.noise_std}")
+        if self.task == "sparse_linear_regression" and self.sparsity > self.n_dims:
+            raise ConfigError(f"--sparsity {self.sparsity} exceeds --n-dims {self.n_dims}")
+
+
+@dataclass(kw_only=True)
+class CurriculumConfig:
+    """Values that grow during training: start, then + inc every interval steps, up to the end.
+
+    The ends are --n-dims, --n-points and --n-loops; a start left unset is the end (no curriculum).
+    """
+
+    dims_start: int | None = opt(None, "Dims curriculum: input dimension at step 0 (default --n-dims).")
+    dims_inc: int = opt(1, "Dims curriculum: increase per interval.")
+    dims_interval: int = opt(2000, "Dims curriculum: steps between increases.")
+    points_start: int | None = opt(None, "Points curriculum: in-context examples at step 0 (default --n-points).")
+    points_inc: int = opt(2, "Points curriculum: increase per interval.")
+    points_interval: int = opt(2000, "Points curriculum: steps between increases.")
+    loops_start: int | None = opt(None, "Loops curriculum (--model looped): loops at step 0 (default --n-loops).")
+    loops_inc: int = opt(2, "Loops curriculum: increase per interval.")
+    loops_interval: int = opt(500, "Loops curriculum: steps between increases.")
+
+    def __post_init__(self) -> None:
+        for name in ("dims_start", "points_start", "loops_start"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
+        for name in ("dims_inc", "points_inc", "loops_inc"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{option_label(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("dims_interval", "points_interval", "loops_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    """The model kind and, for looped models, how often the blocks run and where the loss is taken."""
+
+    model: Literal["gpt", "looped"] = opt(
+        "looped", "gpt: the --depth blocks applied once; looped: applied --n-loops times, the prompt re-injected each time."
+    )
+    n_loops: int | None = opt(
+        None, f"Looped model: times the blocks are applied (the end of the loops curriculum; default {DEFAULT_N_LOOPS})."
+    )
+    loop_window: int | None = opt(
+        None, "Looped model: the loss covers the last N loops; earlier loops run without gradients (default: all)."
+    )
+    eval_loops: int | None = opt(
+        None, "Looped model: evaluate the loss after each of 1..N loops (default twice --n-loops).", cli=False
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("n_loops", "loop_window", "eval_loops"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
+        if self.model == "gpt":
+            given = [option_label(n) for n in ("n_loops", "loop_window", "eval_loops") if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(f"{given[0]} applies to --model looped only (--model gpt runs its blocks once)")
+        if self.loop_window is not None and self.loop_window > self.loops:
+            raise ConfigError(f"--loop-window {self.loop_window} is larger than --n-loops {self.loops}")
+
+    @property
+    def loops(self) -> int:
+        """Loops at the end of training: 1 for gpt."""
+        if self.model == "gpt":
+            return 1
+        return self.n_loops if self.n_loops is not None else DEFAULT_N_LOOPS
+
+    @property
+    def window(self) -> int:
+        """Loops the loss covers at the end of training."""
+        return self.loop_window if self.loop_window is not None else self.loops
+
+    @property
+    def scored_loops(self) -> int:
+        """Loop counts scored at evaluation (1 for gpt)."""
+        if self.model == "gpt":
+            return 1
+        return self.eval_loops if self.eval_loops is not None else 2 * self.loops
+
+
+ICL_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "task": TaskConfig,
+    "curriculum": CurriculumConfig,
+    "loop": LoopConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "log": LogConfig,
+}
+
+
+@dataclass(kw_only=True)
+class IclRunConfig(SectionedConfig):
+    """Everything one `tfkit train icl` run needs; saved as `train_config.json`."""
+
+    SECTIONS: ClassVar[dict[str, type]] = ICL_SECTIONS
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        c = self.curriculum
+        ends = (
+            ("dims_start", c.dims_start, "n_dims", self.task.n_dims),
+            ("points_start", c.points_start, "n_points", self.task.n_points),
+            ("loops_start", c.loops_start, "n_loops", self.loop.loops),
+        )
+        for start_name, start, end_name, end in ends:
+            if start is not None and end < start:
+                raise ConfigError(
+                    f"{option_label(end_name)} {end} (the end of the curriculum) is below "
+                    f"{option_label(start_name)} {start}"
+                )
+        if self.loop.model == "gpt" and c.loops_start is not None:
+            raise ConfigError("--loops-start applies to --model looped only (--model gpt runs its blocks once)")
+        for name in UNUSED_TRAIN_FIELDS:
+            if getattr(self.train, name) is not None:
+                raise ConfigError(
+                    f"{option_label(name)}: icl prompts are drawn fresh every step, so there are no epochs; "
+                    "use --max-steps, --max-tokens or --max-time-seconds"
+                )
+        if self.model.max_seq_len is not None and self.model.max_seq_len < 2 * self.task.n_points:
+            raise ConfigError(
+                f"max_seq_len {self.model.max_seq_len} is shorter than a prompt of --n-points {self.task.n_points} "
+                f"({2 * self.task.n_points} tokens: x and y interleaved)"
+            )
+
+    def resolved(self) -> IclRunConfig:
+        """Fill what the options imply: the prompt length, the loop counts, the default stop and --out."""
+        updates: dict[str, object] = {}
+        if self.model.max_seq_len is None:
+            updates["model.max_seq_len"] = 2 * self.task.n_points
+        if self.loop.model == "looped":
+            updates["loop.n_loops"] = self.loop.loops
+            updates["loop.loop_window"] = self.loop.window
+            updates["loop.eval_loops"] = self.loop.scored_loops
+        if not self.has_stop_criterion():
+            updates["train.max_steps"] = DEFAULT_MAX_STEPS
+        if self.log.out is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            updates["log.out"] = f"runs/icl-{self.task.task}-{stamp}"
+        return self.with_updates(updates) if updates else self
