@@ -20,7 +20,7 @@ from rich.table import Table
 
 from tfkit.cli._errors import INTERRUPTED, callback, command
 from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options
-from tfkit.cli._output import console, format_value, is_interactive, print_error
+from tfkit.cli._output import console, format_value, is_interactive, print_error, progress_bar
 from tfkit.cli.icl import EXCLUDED as ICL_EXCLUDED
 from tfkit.cli.train import build_config
 from tfkit.config import DEFAULT_MAX_STEPS
@@ -89,8 +89,7 @@ def ablate(
 
     experiment = KINDS[kind]
     fixed = {k: v for k, v in options.items() if not isinstance(v, list)}
-    base = build_config(fixed, config_file, sets or [], [], config_class=experiment.config_class)
-    base = _with_params(base, params or [])
+    base = build_config(fixed, config_file, sets or [], params or [], config_class=experiment.config_class)
     axes = {k: v for k, v in options.items() if isinstance(v, list)}
     for key, values in parse_sweeps(sweeps or [], experiment.sections).items():
         axes.setdefault(key, []).extend(values)
@@ -184,18 +183,6 @@ command(ablate_app, "icl", cls=MultiValueCommand, help=ICL_HELP)(
         _for_kind(ablate, "icl", drop=("params",))
     )
 )
-
-
-def _with_params(base: Any, params: list[str]) -> Any:
-    if not params:
-        return base
-    merged = dict(base.data.process_params)
-    for item in params:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param expects name=value, got {item!r}")
-        merged[key.strip()] = value.strip()
-    return base.with_updates({"data.process_params": merged}, source="--param")
 
 
 def _parse_devices(devices: str | None) -> list[str] | None:
@@ -324,18 +311,7 @@ class AblationDisplay:
     def __enter__(self) -> AblationDisplay:
         if self.quiet or not is_interactive() or self.total == 0:
             return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:>6}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        self.progress = progress_bar("{task.description:>6}")
         self.all_task = self.progress.add_task("runs", total=self.total, status="")
         # worker processes report only when a run ends: then there is no current-run bar
         self.run_task = self.progress.add_task("run", total=1, status="", visible=self.one_at_a_time)

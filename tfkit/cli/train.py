@@ -9,7 +9,7 @@ import typer
 
 from tfkit.cli._errors import INTERRUPTED, command
 from tfkit.cli._options import config_options
-from tfkit.cli._output import console, is_interactive, key_value_table, print_error, print_json
+from tfkit.cli._output import console, is_interactive, key_value_table, print_error, print_json, progress_bar
 from tfkit.config import RunConfig
 from tfkit.errors import ConfigError
 
@@ -30,6 +30,8 @@ def build_config(
     if sets:
         config = config.with_overrides(sets)
     if params:
+        if "process_params" not in config.to_flat_dict():
+            raise ConfigError("--param sets parameters of built-in processes; this command has none")
         merged = dict(config.data.process_params)
         for item in params:
             key, sep, value = item.partition("=")
@@ -56,18 +58,7 @@ class ProgressDisplay:
         console.print(f"Training [bold]{info['data_source']}[/] on {info['device']} ({params}) -> {info['run_dir']}")
         if not self.interactive:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        self.progress = progress_bar("[bold]train")
         self.task = self.progress.add_task("train", total=info["total_steps"], status="")
         self.progress.start()
 
