@@ -158,3 +158,13 @@ def test_missing_columns_and_filters_name_what_exists(ablation):
     fig = render(frame, load_template("loss_curves").with_overrides({"filter": ["depth == 2 and width >= 32"]}))
     assert legend_texts(fig.axes[0]) == ["all runs (val_loss)", "all runs (train_loss)"]
     assert "depth=2" in fig._suptitle.get_text() and "width=32" in fig._suptitle.get_text()
+
+
+def test_settings_of_every_run_kind_are_recognised():
+    from tfkit.plotting.data import setting_columns
+
+    frame = pl.DataFrame({"run_id": ["a", "b"], "n_loops": [10, 20], "task": ["linear_regression"] * 2,
+                          "depth": [1, 1], "lr": [1e-3, 1e-3]})  # fmt: skip
+    swept, fixed = setting_columns(frame)
+    assert swept == ["n_loops"]
+    assert fixed == {"depth": 1, "lr": 1e-3, "task": "linear_regression"}

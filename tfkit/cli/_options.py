@@ -27,6 +27,7 @@ from tfkit.config import SECTIONS
 PANELS = {
     "model": "Model", "optim": "Optimizer", "data": "Data", "train": "Training", "log": "Logging",
     "task": "Task", "curriculum": "Curriculum", "loop": "Looped model",
+    "sft": "Fine-tuning", "dpo": "Preference tuning (DPO)",
 }  # fmt: skip
 
 

@@ -11,6 +11,8 @@ from tfkit.cli._errors import INTERRUPTED, USER_ERROR, command
 from tfkit.cli.ablate import ablate_app
 from tfkit.cli._output import print_error
 from tfkit.cli.data import data_app
+from tfkit.cli.finetune import dpo, sft
+from tfkit.cli.generate import generate
 from tfkit.cli.icl import icl
 from tfkit.cli.plot import plot
 from tfkit.cli.s3 import s3_app
@@ -30,6 +32,9 @@ app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(train_app, name="train")
 app.add_typer(s3_app, name="s3")
 command(train_app, "icl")(icl)
+command(train_app, "sft")(sft)
+command(train_app, "dpo")(dpo)
+command(app, "generate")(generate)
 app.add_typer(ablate_app, name="ablate")
 command(app, "plot")(plot)
 

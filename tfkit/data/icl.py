@@ -161,7 +161,7 @@ def knn_predictions(xs: torch.Tensor, ys: torch.Tensor, k: int) -> torch.Tensor:
 
 def averaging_predictions(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """Predict y_i = x_i . w with w = mean over j < i of y_j x_j (Garg et al.'s averaging estimator)."""
-    B, n, D = xs.shape
+    n = xs.shape[1]
     weighted = (ys.unsqueeze(-1) * xs).cumsum(1)  # (B, n, D): sum over j <= i of y_j x_j
     counts = torch.arange(1, n + 1, device=xs.device, dtype=xs.dtype).view(1, n, 1)
     w = torch.zeros_like(xs)

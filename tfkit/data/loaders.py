@@ -116,6 +116,7 @@ class ShardSource:
             raise DataError(f"the train and {val_split} shards of {self.directory} come from different tokenizers")
         self.vocab_size = self.train.vocab_size
         self.tokenizer_sha256 = self.train.meta["tokenizer_sha256"]
+        self.tokenizer_path = self.train.meta.get("tokenizer_path")
         seq_len = self.seq_len
         # windows start at offset + k * seq_len with offset < seq_len, and end within the shard
         self.sequences_per_epoch = self.train.num_tokens // seq_len - 1

@@ -21,26 +21,36 @@ What the config chooses:
 - dropout: on the attention weights (through sdpa's dropout_p, training only) and on
   every residual branch.
 
-Causal attention always goes through F.scaled_dot_product_attention(is_causal=True), so
+Causal attention goes through F.scaled_dot_product_attention(is_causal=True), so
 PyTorch picks the fused kernel. The forward has no data-dependent Python branching and
 no .item(), so it traces cleanly under torch.compile.
 
-KV-cache seam (not implemented): every attention path splits into "make q, k, v in head
-layout" (`SelfAttention.qkv`, `ParallelBlock.project`, both via `Attention.heads`) and
-"attend" (`Attention.attend`). A cache would append k, v between the two and would need
-a position offset for rotary and a non-causal/offset mask for the single-query step.
+Two optional inputs of `GPT.forward` serve fine-tuning and generation:
+
+- `positions` (B, T) and `mask` (B, 1, T, T), true where a query may attend to a key:
+  several examples packed into one row each keep their own positions (from 0) and attend
+  only inside themselves (SFT `--packing`), so each gets the logits it would get alone.
+- `cache` (a `tfkit.models.generate.KVCache`): every attention path splits into "make q,
+  k, v in head layout" (`SelfAttention.qkv`, `ParallelBlock.project`, via
+  `Attention.heads`) and "attend" (`Attention.attend`); between the two the layer's cache
+  appends k, v and returns every key and value so far. Positions continue from the
+  cache's length, so rotary and learned positions match an uncached forward.
 """
 
 from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 from tfkit.config import ModelConfig
+
+if TYPE_CHECKING:
+    from tfkit.models.generate import KVCache, LayerCache
 
 RMS_EPS = 1e-6  # fixed rather than nn.RMSNorm's dtype-dependent default
 
@@ -88,10 +98,17 @@ class Rotary(nn.Module):
         self.register_buffer("cos", freqs.cos().float(), persistent=False)
         self.register_buffer("sin", freqs.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.size(-2)
-        cos = self.cos[:T].to(x.dtype)  # (T, hs/2)
-        sin = self.sin[:T].to(x.dtype)  # (T, hs/2)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is None:
+            T = x.size(-2)
+            cos = self.cos[:T].to(x.dtype)  # (T, hs/2)
+            sin = self.sin[:T].to(x.dtype)  # (T, hs/2)
+        else:
+            # (T,) or (B, T) positions; (B, T, hs/2) tables gain a head axis to broadcast
+            cos = self.cos[positions].to(x.dtype)
+            sin = self.sin[positions].to(x.dtype)
+            if positions.dim() == 2:
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hs/2)
         x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, nh, T, hs)
 
@@ -114,8 +131,8 @@ class Attention(nn.Module):
             Rotary(self.head_dim, config.max_seq_len, config.rope_base) if config.positions == "rotary" else None
         )
 
-    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """(B, T, C) q, k, v -> (B, nh, T, hs) each, with qk-norm and rotary applied."""
+    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None = None):
+        """(B, T, C) q, k, v -> (B, nh, T, hs) each, with qk-norm and rotary (at `positions`) applied."""
         B, T, C = q.size()
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -125,14 +142,35 @@ class Attention(nn.Module):
             # not on coordinates that rotary has already mixed by position
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         return q, k, v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(B, nh, T, hs) q, k, v -> (B, T, C) causal attention output."""
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        """(B, nh, T, hs) q, k, v -> (B, T, C) attention output.
+
+        Causal unless `mask` (broadcastable to (B, nh, T, T), true = may attend) is given.
+        With `cache`, k and v are appended to it and q (the last T positions) attends to
+        every cached key up to its own position.
+        """
         B, _, T, _ = q.size()
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, nh, L + T, hs)
+            S = k.size(-2)
+            if mask is None and T > 1 and S > T:
+                # query i sits at position S - T + i: it sees keys 0 .. S - T + i
+                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+            causal = mask is None and T > 1 and S == T
+        else:
+            causal = mask is None
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
         return y.transpose(1, 2).contiguous().view(B, T, self.num_heads * self.head_dim)  # (B, T, C)
 
@@ -150,13 +188,19 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.width, config.width, bias=config.bias)
         self.attn = Attention(config)
 
-    def qkv(self, x: torch.Tensor):
+    def qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None):
         """(B, T, C) -> q, k, v of shape (B, nh, T, hs), ready to attend (the KV-cache seam)."""
         q, k, v = self.c_attn(x).split(self.width, dim=2)  # (B, T, C) each
-        return self.attn.heads(q, k, v)
+        return self.attn.heads(q, k, v, positions)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.attn.attend(*self.qkv(x))  # (B, T, C)
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        y = self.attn.attend(*self.qkv(x, positions), mask, cache)  # (B, T, C)
         return self.c_proj(y)  # (B, T, C)
 
 
@@ -185,8 +229,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x)))  # (B, T, C)
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), positions, mask, cache))  # (B, T, C)
         x = x + self.drop(self.mlp(self.ln_2(x)))  # (B, T, C)
         return x
 
@@ -215,17 +265,23 @@ class ParallelBlock(nn.Module):
         self.attn = Attention(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def project(self, h: torch.Tensor):
+    def project(self, h: torch.Tensor, positions: torch.Tensor | None = None):
         """(B, T, C) normed input -> (q, k, v in head layout (B, nh, T, hs), MLP pre-activation)."""
         q, k, v, u = self.c_fc(h).split(self.split_sizes, dim=-1)  # (B, T, C) x3, (B, T, mlp_in)
         if not self.linear_value:
             # hlb-gpt's nonlinear values: the attention path gets its own nonlinearity
             v = F.gelu(v)
-        return *self.attn.heads(q, k, v), u
+        return *self.attn.heads(q, k, v, positions), u
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, u = self.project(self.ln(x))
-        a = self.attn.attend(q, k, v)  # (B, T, C)
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        q, k, v, u = self.project(self.ln(x), positions)
+        a = self.attn.attend(q, k, v, mask, cache)  # (B, T, C)
         m = activate(u, self.activation)  # (B, T, hidden)
         return x + self.drop(self.c_proj(torch.cat([m, a], dim=-1)))  # (B, T, C)
 
@@ -273,19 +329,38 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, vocab_size), float32."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, vocab_size), float32.
+
+        Args:
+            positions: (B, T) position of every token (default 0..T-1, or after the cache).
+            mask: (B, 1, T, T) bool, true where query i may attend to key j (default causal).
+            cache: keys and values of the tokens before `idx`; `idx` is appended to it.
+        """
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         B, T = idx.size()
-        if T > self.config.max_seq_len:
-            raise ValueError(f"cannot forward a sequence of length {T}: max_seq_len is {self.config.max_seq_len}")
+        start = 0 if cache is None else cache.length
+        if start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"cannot forward a sequence of length {start + T}: max_seq_len is {self.config.max_seq_len}"
+            )
+        if positions is None and cache is not None:
+            positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
-            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
+            pos = torch.arange(T, dtype=torch.long, device=idx.device) if positions is None else positions
+            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, positions, mask, None if cache is None else cache.layers[i])  # (B, T, C)
+        if cache is not None:
+            cache.length += T
         x = self.transformer.ln_f(x)  # (B, T, C)
         # float32 whatever autocast did, so the loss and its softmax are computed in fp32
         return self.lm_head(x).float()  # (B, T, V)

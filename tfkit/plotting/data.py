@@ -114,20 +114,22 @@ def setting_columns(frame: Any) -> tuple[list[str], dict[str, Any]]:
     """
     import dataclasses
 
-    from tfkit.config import SECTIONS
+    from tfkit.ablate.kinds import KINDS
 
     swept: list[str] = []
     fixed: dict[str, Any] = {}
-    for cls in SECTIONS.values():
-        for f in dataclasses.fields(cls):
-            if f.name not in frame.columns or f.name in ID_COLUMNS or not f.metadata.get("sweep", True):
-                continue
-            values = frame.get_column(f.name).unique(maintain_order=True).to_list()
-            if len(values) > 1:
-                swept.append(f.name)
-            elif f.metadata.get("cli") and (f.name == "data" or values[0] != f.default):
-                if values[0] is not None:
-                    fixed[f.name] = values[0]
+    # the config sections of every kind of run (language model, in-context regression, ...)
+    classes = list(dict.fromkeys(cls for kind in KINDS.values() for cls in kind.sections.values()))
+    seen: set[str] = set()
+    for f in (f for cls in classes for f in dataclasses.fields(cls)):
+        if f.name in seen or f.name not in frame.columns or f.name in ID_COLUMNS or not f.metadata.get("sweep", True):
+            continue
+        seen.add(f.name)
+        values = frame.get_column(f.name).unique(maintain_order=True).to_list()
+        if len(values) > 1:
+            swept.append(f.name)
+        elif f.metadata.get("cli") and values[0] is not None and (f.name in ("data", "task") or values[0] != f.default):
+            fixed[f.name] = values[0]
     return swept, fixed
 
 

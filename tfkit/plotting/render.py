@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import textwrap
 from typing import Any
 
 from tfkit.errors import DataError
@@ -128,6 +129,7 @@ def render(frame: Any, template: Template) -> Any:
     fig = draw(frame, template, hue)
     context = ", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items() if k not in hue and k != template.x)
     title = template.title or template.name.replace("_", " ")
+    context = textwrap.fill(context, width=int(fig.get_figwidth() * 11))
     fig.suptitle(f"{title}\n{context}" if context else title, fontsize=10)
     return fig
 
@@ -275,25 +277,35 @@ def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
 
 
 def _positions(frame: Any, template: Template, hue: list[str]) -> Any:
+    """Per-position columns `<prefix>_<i>` at the final evaluation: one panel per prefix with
+    `facet = "metric"`, otherwise every prefix on one axis (solid, dashed, ...)."""
     import polars as pl
 
     finals = final_rows(frame)
-    fig, axes = _subplots(len(template.y))
-    for ax, prefix in zip(axes, template.y, strict=True):
-        columns = position_columns(finals, prefix)
-        if not columns:
-            missing(finals, [f"{prefix}_1"], f"template {template.name}")
-        for color, (key, part) in enumerate(_groups(finals, hue)):
-            long = part.select(
-                pl.concat_list([pl.col(c).cast(pl.Float64) for _, c in columns]).alias("value"),
-                pl.lit([i for i, _ in columns]).alias("position"),
-            ).explode("value", "position")
-            stats = aggregate(long, ["position"], "value", template.agg, template.band)
-            x = stats["position"].to_list()
-            ax.plot(x, stats["centre"].to_list(), "o-", ms=3, color=f"C{color}", label=_label(key, hue))
-            if template.band != "none":
-                ax.fill_between(x, stats["lo"].to_list(), stats["hi"].to_list(), color=f"C{color}", alpha=0.2, lw=0)
-        if template.logy is False and prefix.endswith("relative_loss"):
+    panels = [[prefix] for prefix in template.y] if template.facet == "metric" else [template.y]
+    fig, axes = _subplots(len(panels))
+    for ax, prefixes in zip(axes, panels, strict=True):
+        for style, prefix in enumerate(prefixes):
+            columns = position_columns(finals, prefix)
+            if not columns:
+                missing(finals, [f"{prefix}_1"], f"template {template.name}")
+            groups = _groups(finals, hue)
+            for color, (key, part) in enumerate(groups):
+                if len(groups) == 1 and len(prefixes) > 1:  # one setting: a colour per metric
+                    color = style
+                long = part.select(
+                    pl.concat_list([pl.col(c).cast(pl.Float64) for _, c in columns]).alias("value"),
+                    pl.lit([i for i, _ in columns]).alias("position"),
+                ).explode("value", "position")
+                stats = aggregate(long, ["position"], "value", template.agg, template.band)
+                x = stats["position"].to_list()
+                label = _label(key, hue) + (f" ({prefix})" if len(prefixes) > 1 else "")
+                if len(groups) == 1 and len(prefixes) > 1:
+                    label = prefix
+                ax.plot(x, stats["centre"].to_list(), "o" + LINESTYLES[style % 4], ms=3, color=f"C{color}", label=label)
+                if template.band != "none":
+                    ax.fill_between(x, stats["lo"].to_list(), stats["hi"].to_list(), color=f"C{color}", alpha=0.2, lw=0)
+        if not template.logy and all(p.endswith("relative_loss") for p in prefixes):
             ax.axhline(1.0, color="k", lw=0.8, ls=":")
-        _style(ax, template, "position", prefix, "")
+        _style(ax, template, "position", prefixes[0] if len(prefixes) == 1 else "", "")
     return fig

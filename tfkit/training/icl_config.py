@@ -26,8 +26,8 @@ from tfkit.config import (
     OptimConfig,
     SectionedConfig,
     TrainConfig,
-    option_label,
     opt,
+    option_label,
 )
 from tfkit.errors import ConfigError
 

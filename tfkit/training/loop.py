@@ -337,6 +337,9 @@ def train(
     meta = {
         **run_meta(device, use_compile),
         "data_source": source.description,
+        # token shards name their tokenizer; `tfkit generate` and `train sft --init` read it here
+        "tokenizer_path": getattr(source, "tokenizer_path", None),
+        "tokenizer_sha256": getattr(source, "tokenizer_sha256", None),
         "num_params": num_params,
         "num_params_non_embedding": num_params_ne,
         "total_steps": horizon,

@@ -1,0 +1,75 @@
+"""`tfkit ablate icl`: sweeping the icl options with the results file, seeds and resume of `tfkit ablate`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from tfkit.ablate.grid import parse_sweeps
+from tfkit.ablate.kinds import kind_of
+from tfkit.ablate.plan import plan_ablation
+from tfkit.ablate.runner import spec_from_job
+from tfkit.cli.app import app
+from tfkit.training.icl_config import ICL_SECTIONS, IclRunConfig
+
+runner = CliRunner()
+
+TINY = ["--depth", "1", "--width", "16", "--num-heads", "2", "--batch-size", "8", "--max-steps", "4",
+        "--eval-every", "2", "--log-every", "2", "--device", "cpu", "--set", "task.val_prompts=32"]  # fmt: skip
+
+
+def ablate(tmp_path: Path, *args: str):
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return runner.invoke(app, ["ablate", "icl", *args, *TINY])
+    finally:
+        os.chdir(cwd)
+
+
+def test_sweeping_loops_writes_results_and_resumes(tmp_path):
+    args = ["--n-loops", "1", "2", "3", "--loop-window", "2", "--num-runs", "2", "-c", "--logfile", "icl.csv"]
+    result = ablate(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    assert "skipped n_loops=1: --loop-window 2 is larger than --n-loops 1" in result.output
+    df = pl.read_csv(tmp_path / "icl.csv")
+    finals = df.filter(pl.col("run_status") == "completed")
+    assert sorted(finals["n_loops"].to_list()) == [2, 2, 3, 3] and set(finals["seed"]) == {0, 1}
+    assert (finals["step"] == 4).all() and df.height == 8  # two evaluations per run
+    for column in ("val_loss", "train_loss", "val_loss_11", "least_squares_loss_11", "averaging_loss_11",
+                   "val_loss_loop_4", "curriculum_loops", "num_params", "task", "loop_window"):  # fmt: skip
+        assert finals[column].null_count() == 0, column
+    # eval_loops is resolved per run (2 x n_loops); the 2-loop runs have no loop 5 and 6
+    assert finals.filter(pl.col("n_loops") == 2)["val_loss_loop_5"].null_count() == 2
+    assert finals.filter(pl.col("n_loops") == 2)["eval_loops"].to_list() == [4, 4]
+    assert (tmp_path / finals["run_dir"][0] / "val_log.csv").is_file()
+
+    again = ablate(tmp_path, *args, "--append")
+    assert again.exit_code == 0, again.output
+    assert "All 4 runs are done" in again.output
+
+
+def test_icl_grid_plan_and_worker_jobs(tmp_path):
+    assert parse_sweeps(["loop.model=gpt,looped", "n_dims=5,10"], ICL_SECTIONS) == {
+        "loop.model": ["gpt", "looped"], "task.n_dims": ["5", "10"],
+    }  # fmt: skip
+    base = IclRunConfig().with_updates({"width": 16, "num_heads": 2})
+    plan = plan_ablation(base, {"task.n_points": [5, 9], "model.depth": [1, 2]}, num_runs=1, seed=0, runs_dir=tmp_path)
+    assert len(plan.settings) == 4 and plan.varying == ["n_points", "depth"]
+    assert "val_loss_9" in plan.columns and "val_loss_10" not in plan.columns and "epoch" not in plan.columns
+    one, two = (plan.params[s.setting_id][0] for s in plan.settings[:3:2])  # depth 1 vs 2, 5 points
+    assert one < two
+    spec = plan.specs[0]
+    job = {"kind": kind_of(spec.config).name, "config": spec.config.to_dict(),
+           "setting": {"setting_id": spec.setting.setting_id, "values": spec.setting.values},
+           "run": {"run_num": 0, "seed": 0, "run_id": spec.run_id}}  # fmt: skip
+    assert spec_from_job(job).config == spec.config
+
+
+def test_bad_icl_sweep_is_one_line_and_exit_2(tmp_path):
+    result = ablate(tmp_path, "--task", "nope", "linear_regression", "--points-start", "20")
+    assert result.exit_code == 2, result.output
+    assert "no valid setting to train" in result.output and "Traceback" not in result.output

@@ -1,0 +1,169 @@
+"""pretrain -> `tfkit train sft` -> `tfkit train dpo` -> `tfkit generate` through the real CLI, and user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.textdata import preference_records, write_jsonl, write_stories
+from tfkit.cli.app import app
+
+runner = CliRunner()
+# a tiny instruction set the model learns by heart (validation holds the same records)
+TAUGHT = [
+    {"instruction": "What color is the sky?", "input": "", "output": "The sky is blue."},
+    {"instruction": "Who ran to the park?", "input": "", "output": "Tom ran to the park with his dog."},
+    {"instruction": "What did lily find?", "input": "", "output": "Lily found a red ball."},
+    {"instruction": "When is bed time?", "input": "", "output": "When the moon came up."},
+]
+TINY = ("--device", "cpu", "--quiet")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """Raw data, a chat tokenizer, pretraining shards, SFT and DPO token datasets, and a short pretraining run."""
+    from tfkit.data.sources import download
+    from tfkit.tokenizer.encode import tokenize_dataset
+    from tfkit.tokenizer.train import train_tokenizer
+
+    root = tmp_path_factory.mktemp("post")
+    cache = str(root / "cache")
+    write_stories(root / "stories.txt", 300, seed=0)
+    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, cache_dir=cache)
+    for split in ("train", "validation"):
+        write_jsonl(root / "taught" / f"{split}.jsonl", TAUGHT)
+    download([str(root / "taught")], root / "sft_raw", cache_dir=cache)
+    write_jsonl(root / "prefs.jsonl", preference_records(40))
+    download([str(root / "prefs.jsonl")], root / "dpo_raw", val_fraction=0.2, cache_dir=cache)
+    train_tokenizer(root / "raw", root / "chat.json", vocab_size=320, profile="chat")
+    tokenize_dataset(root / "raw", root / "chat.json", root / "shards")
+    tokenize_dataset(root / "sft_raw", root / "chat.json", root / "sft", mode="sft")
+    tokenize_dataset(root / "dpo_raw", root / "chat.json", root / "dpo", mode="dpo")
+    pretrained = invoke(
+        "train", "pretrain", "--data", root / "shards", "--depth", "2", "--width", "64", "--num-heads", "2",
+        "--seq-len", "48", "--batch-size", "8", "--max-steps", "10", "--eval-every", "10",
+        "--set", "data.val_sequences=8", "--out", root / "pre", *TINY,
+    )  # fmt: skip
+    assert pretrained.exit_code == 0, pretrained.output
+    return root
+
+
+def test_sft_then_generate_reproduces_a_trained_response(work):
+    sft = invoke(
+        "train", "sft", "--init", work / "pre", "--data", work / "sft", "--out", work / "sft_run",
+        "--batch-size", "4", "--max-steps", "150", "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "75",
+        "--weight-decay", "0", "--json", "--device", "cpu",
+    )  # fmt: skip
+    assert sft.exit_code == 0, sft.output
+    summary = json.loads(sft.stdout)
+    assert summary["status"] == "completed" and summary["val_acc"] > 0.95
+    with open(work / "sft_run" / "train_log.csv") as f:
+        assert {"train_loss", "train_acc"} <= set(next(csv.DictReader(f)))
+    config = json.loads((work / "sft_run" / "train_config.json").read_text())
+    assert config["meta"]["tokenizer_path"] == str((work / "chat.json").resolve())
+    assert config["model"]["width"] == 64 and config["model"]["max_seq_len"] == 48  # from --init
+    for record in TAUGHT[:2]:
+        out = invoke("generate", "--run", work / "sft_run", "--prompt", record["instruction"],
+                     "--temperature", "0", "--max-new-tokens", "40", "--device", "cpu")  # fmt: skip
+        assert out.exit_code == 0, out.output
+        assert out.stdout.strip() == record["output"]
+    as_json = invoke("generate", "--run", work / "sft_run", "--prompt", TAUGHT[2]["instruction"],
+                     "--temperature", "0", "--json", "--device", "cpu")  # fmt: skip
+    reply = json.loads(as_json.stdout)
+    assert reply["text"] == TAUGHT[2]["output"] and reply["checkpoint"].endswith(".pt")
+
+
+def test_dpo_logs_the_metrics_the_plot_template_reads(work):
+    out = work / "dpo_run"
+    dpo = invoke(
+        "train", "dpo", "--init", work / "pre", "--data", work / "dpo", "--beta", "0.1", "--out", out,
+        "--batch-size", "8", "--max-steps", "4", "--log-every", "1", "--eval-every", "4", "--precompute-ref", *TINY,
+    )  # fmt: skip
+    assert dpo.exit_code == 0, dpo.output
+    with open(out / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    template = tomllib.loads(Path("plot_templates/dpo_rewards.toml").read_text())
+    assert template["source"] == "train" and set(template["y"]) <= set(rows[0])
+    assert round(float(rows[0]["train_loss"]), 4) == 0.6931
+    assert float(rows[0]["rewards_chosen"]) == pytest.approx(0, abs=1e-6)
+    with open(out / "val_log.csv") as f:
+        assert "val_rewards_accuracies" in next(csv.DictReader(f))
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["dpo"] == {"init": str(work / "pre"), "ref": None, "beta": 0.1, "label_smoothing": 0.0,
+                             "loss_type": "sigmoid", "precompute_ref": True}  # fmt: skip
+
+
+def test_generate_finds_the_pretraining_tokenizer_and_streams(work):
+    meta = json.loads((work / "pre" / "train_config.json").read_text())["meta"]
+    assert meta["tokenizer_path"] == str((work / "chat.json").resolve())
+    out = invoke("generate", "--run", work / "pre", "--prompt", "Once upon a time", "--no-chat",
+                 "--max-new-tokens", "6", "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--json", "--device", "cpu")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    reply = json.loads(out.stdout)
+    assert 1 <= len(reply["token_ids"]) <= 6
+    again = invoke("generate", "--run", work / "pre", "--prompt", "Once upon a time", "--no-chat",
+                   "--max-new-tokens", "6", "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--device", "cpu")  # fmt: skip
+    assert again.exit_code == 0 and again.stdout.strip() == reply["text"].strip()
+    override = invoke("generate", "--run", work / "pre", "--prompt", "Hi", "--tokenizer-path", work / "chat.json",
+                      "--max-new-tokens", "2", "--device", "cpu")  # fmt: skip
+    assert override.exit_code == 0, override.output
+
+
+def test_post_training_options_stay_off_pretrain():
+    pretrain = runner.invoke(app, ["train", "pretrain", "--help"], env={"COLUMNS": "300"}).output
+    dpo = runner.invoke(app, ["train", "dpo", "--help"], env={"COLUMNS": "300"}).output
+    sft = runner.invoke(app, ["train", "sft", "--help"], env={"COLUMNS": "300"}).output
+    def flags(text: str) -> set[str]:
+        return set(re.findall(r"(--[a-z0-9-]+)", text))
+
+    assert not flags(pretrain) & {"--init", "--beta", "--packing", "--ref", "--precompute-ref", "--loss-type"}
+    assert {"--init", "--ref", "--beta", "--label-smoothing", "--loss-type", "--precompute-ref", "--lr",
+            "--max-steps", "--batch-size", "--seq-len"} <= flags(dpo)  # fmt: skip
+    assert "--packing" in flags(sft) and not flags(sft) & {"--beta", "--depth", "--width", "--num-heads"}
+
+
+def _without_rejected(work: Path, tmp: Path) -> Path:
+    import datasets
+
+    splits = datasets.load_from_disk(str(work / "dpo"))
+    broken = datasets.DatasetDict({k: v.remove_columns(["rejected_input_ids", "rejected_loss_mask"])
+                                   for k, v in splits.items()})  # fmt: skip
+    broken.save_to_disk(str(tmp / "broken"))
+    shutil.copy(work / "dpo" / "tfkit_tokenized.json", tmp / "broken" / "tfkit_tokenized.json")
+    return tmp / "broken"
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (("train", "sft", "--init", "{tmp}/nothing", "--data", "{work}/sft"), "no such run directory or checkpoint"),
+        (("train", "dpo", "--init", "{work}/pre", "--data", "{broken}"), "has no rejected_input_ids"),
+        (("train", "sft", "--init", "{work}/pre", "--data", "{work}/shards"), "holds pretraining token shards"),
+        (("train", "sft", "--init", "{work}/pre", "--data", "{work}/dpo"), "holds DPO data"),
+        (("train", "sft", "--data", "{work}/sft"), "--init is required"),
+        (("train", "dpo", "--init", "{work}/pre", "--data", "{work}/dpo", "--beta", "0"), "--beta must be positive"),
+        (("generate", "--run", "{tmp}/nothing", "--prompt", "hi"), "no such run directory or checkpoint"),
+        (("generate", "--run", "{work}/pre", "--prompt", "hi", "--tokenizer-path", "{tmp}/t.json"), "tokenizer not found"),
+        (("generate", "--run", "{work}/pre", "--prompt", "hi", "--top-p", "0"), "--top-p must be in (0, 1]"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(work, tmp_path, command, message):
+    broken = _without_rejected(work, tmp_path) if "{broken}" in command else None
+    args = [a.format(tmp=tmp_path, work=work, broken=broken) for a in command]
+    result = invoke(*args, *(["--out", tmp_path / "run"] if args[0] == "train" else []))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

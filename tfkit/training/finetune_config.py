@@ -1,0 +1,149 @@
+"""Typed configuration of `tfkit train sft` and `tfkit train dpo`.
+
+`SftRunConfig` and `DpoRunConfig` have the API of `tfkit.config.RunConfig` (both are
+`SectionedConfig`s) and reuse its `optim`, `train` and `log` sections. They add
+
+- `data` (`ChatDataConfig`): the tokenized SFT or DPO folder and the batch shape,
+- `sft` (`SftConfig`): the model to start from (`--init`) and `--packing`,
+- `dpo` (`DpoConfig`): `--init`, the reference (`--ref`), `--beta`, `--label-smoothing`,
+  `--loss-type` and `--precompute-ref`.
+
+The `model` section is not an option: it is read from the `--init` checkpoint and saved
+with the run, so the run can itself be an `--init` (pretrain -> sft -> dpo).
+
+This module imports no torch, so the CLI can build options from it at `--help` time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from tfkit.config import (
+    DEFAULT_MAX_STEPS,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    SectionedConfig,
+    TrainConfig,
+    opt,
+    option_label,
+)
+from tfkit.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class ChatDataConfig:
+    """Token-id datasets written by `tfkit tokenizer tokenize --mode sft|dpo`."""
+
+    data: str | None = opt(None, "Folder written by `tfkit tokenizer tokenize --mode sft` (or --mode dpo).")
+    seq_len: int | None = opt(
+        None, "Tokens of context per sequence; longer examples are cut (default: the longest example, "
+        "at most the --init model's context; with --packing: the model's context)."
+    )
+    batch_size: int = opt(16, "Examples (packed rows with --packing; preference pairs for DPO) per micro-batch.")
+    val_examples: int = opt(1024, "Validation examples scored at each evaluation (the first N).", cli=False)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "val_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
+
+
+@dataclass(kw_only=True)
+class SftConfig:
+    """Supervised fine-tuning: next-token loss on the response tokens only."""
+
+    init: str | None = opt(None, "Run directory (its latest checkpoint) or checkpoint file to start from.", sweep=False)
+    packing: bool = opt(False, "Pack several examples per sequence; each attends only inside itself.")
+
+
+@dataclass(kw_only=True)
+class DpoConfig:
+    """Direct preference optimisation against a frozen reference model."""
+
+    init: str | None = opt(None, "Run directory (its latest checkpoint) or checkpoint file to start from.", sweep=False)
+    ref: str | None = opt(None, "Reference model: run directory or checkpoint (default: the --init model).", sweep=False)
+    beta: float = opt(0.1, "Strength of the KL penalty towards the reference (DPO's beta).")
+    label_smoothing: float = opt(0.0, "Sigmoid loss: assumed probability that a preference label is flipped.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = opt("sigmoid", "Preference loss.")
+    precompute_ref: bool = opt(
+        False, "Compute the reference log-probabilities once before training, not at every step."
+    )
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"--beta must be positive, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ConfigError(f"--label-smoothing applies to --loss-type sigmoid, not {self.loss_type}")
+
+
+# the sections a command turns into options (the model comes from --init)
+SFT_OPTION_SECTIONS: dict[str, type] = {
+    "sft": SftConfig, "data": ChatDataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig,
+}  # fmt: skip
+DPO_OPTION_SECTIONS: dict[str, type] = {
+    "dpo": DpoConfig, "data": ChatDataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig,
+}  # fmt: skip
+
+
+class _FinetuneConfig(SectionedConfig):
+    """What SFT and DPO configs share: resolution against the --init model."""
+
+    kind: ClassVar[str]
+
+    @property
+    def objective(self) -> Any:
+        return getattr(self, self.kind)
+
+    def resolved(self, model: ModelConfig, seq_len: int) -> Any:
+        """The model of --init, the sequence length the data needs, the default stop and run directory."""
+        updates: dict[str, Any] = {"model": dataclasses.asdict(model), "data.seq_len": seq_len}
+        if not self.has_stop_criterion():
+            updates["train.max_steps"] = DEFAULT_MAX_STEPS
+        if self.log.out is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            updates["log.out"] = f"runs/{self.kind}-{Path(self.data.data or 'data').name}-{stamp}"
+        return self.with_updates(updates)
+
+    def check_inputs(self) -> None:
+        if not self.objective.init:
+            raise ConfigError(f"--init is required: the run directory or checkpoint `tfkit train {self.kind}` starts from")
+        if not self.data.data:
+            raise ConfigError(f"--data is required: a folder written by `tfkit tokenizer tokenize --mode {self.kind}`")
+
+
+@dataclass(kw_only=True)
+class SftRunConfig(_FinetuneConfig):
+    """Everything one SFT run needs; saved as `train_config.json` in the run directory."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"model": ModelConfig, **SFT_OPTION_SECTIONS}
+    kind: ClassVar[str] = "sft"
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    data: ChatDataConfig = field(default_factory=ChatDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass(kw_only=True)
+class DpoRunConfig(_FinetuneConfig):
+    """Everything one DPO run needs; saved as `train_config.json` in the run directory."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"model": ModelConfig, **DPO_OPTION_SECTIONS}
+    kind: ClassVar[str] = "dpo"
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    data: ChatDataConfig = field(default_factory=ChatDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
