@@ -5,10 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tfkit.config import ModelConfig, RunConfig
+from tfkit.config import RunConfig
 
 TINY_MODEL = {"depth": 2, "width": 32, "num_heads": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and then do not fight other processes for the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_init_run(run_dir: Path, vocab_size: int, max_seq_len: int, seed: int = 0, **model: object) -> Path:

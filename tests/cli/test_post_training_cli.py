@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.chatdata import one_torch_thread  # noqa: F401  (autouse fixture)
 from tests.textdata import preference_records, write_jsonl, write_stories
 from tfkit.cli.app import app
 
@@ -124,6 +125,7 @@ def test_post_training_options_stay_off_pretrain():
     pretrain = runner.invoke(app, ["train", "pretrain", "--help"], env={"COLUMNS": "300"}).output
     dpo = runner.invoke(app, ["train", "dpo", "--help"], env={"COLUMNS": "300"}).output
     sft = runner.invoke(app, ["train", "sft", "--help"], env={"COLUMNS": "300"}).output
+
     def flags(text: str) -> set[str]:
         return set(re.findall(r"(--[a-z0-9-]+)", text))
 
@@ -154,7 +156,10 @@ def _without_rejected(work: Path, tmp: Path) -> Path:
         (("train", "sft", "--data", "{work}/sft"), "--init is required"),
         (("train", "dpo", "--init", "{work}/pre", "--data", "{work}/dpo", "--beta", "0"), "--beta must be positive"),
         (("generate", "--run", "{tmp}/nothing", "--prompt", "hi"), "no such run directory or checkpoint"),
-        (("generate", "--run", "{work}/pre", "--prompt", "hi", "--tokenizer-path", "{tmp}/t.json"), "tokenizer not found"),
+        (
+            ("generate", "--run", "{work}/pre", "--prompt", "hi", "--tokenizer-path", "{tmp}/t.json"),
+            "tokenizer not found",
+        ),
         (("generate", "--run", "{work}/pre", "--prompt", "hi", "--top-p", "0"), "--top-p must be in (0, 1]"),
     ],
 )

@@ -166,3 +166,26 @@ def test_invalid_utf8_warns(tmp_path):
                     "--cache-dir", tmp_path / "c", "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Warning:" in result.output and "replaced 1 invalid UTF-8 sequence(s)" in result.output
+
+
+def test_a_corpus_of_a_few_megabytes_through_the_cli(tmp_path):
+    """Train, tokenize with 1 and 2 processes (identical shards), count independently."""
+    from tokenizers import Tokenizer
+
+    lines = write_stories(tmp_path / "big" / "stories.txt", 24000, seed=7)
+    assert (tmp_path / "big" / "stories.txt").stat().st_size > 2_000_000
+    assert invoke("data", "download", tmp_path / "big", "--output-dir", tmp_path / "raw", "--val-fraction", "0.05",
+                  "--cache-dir", tmp_path / "cache", "-q").exit_code == 0  # fmt: skip
+    tok = tmp_path / "tokenizer.json"
+    assert invoke("tokenizer", "train", "--dataset-dir", tmp_path / "raw", "--vocab-size", "512", "--output-path", tok).exit_code == 0
+    for n in (1, 2):
+        result = invoke("tokenizer", "tokenize", "--dataset-dir", tmp_path / "raw", "--tokenizer-path", tok,
+                        "--output-dir", tmp_path / f"p{n}", "--num-proc", n, "--json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+    for name in ("train.bin", "train.docs.npy", "train.json", "validation.bin"):
+        assert (tmp_path / "p1" / name).read_bytes() == (tmp_path / "p2" / name).read_bytes(), name
+    count = json.loads(invoke("tokenizer", "count", "--tokenized-dir", tmp_path / "p2", "--json").stdout)
+    total = {r["split"]: r for r in count}["total"]
+    tokenizer = Tokenizer.from_file(str(tok))
+    assert total["documents"] == len(lines)
+    assert total["tokens"] == sum(len(e.ids) for e in tokenizer.encode_batch(lines))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.chatdata import one_torch_thread  # noqa: F401  (autouse fixture)
 from tfkit.config import ModelConfig
 from tfkit.models.generate import KVCache, generate_tokens, sample_next
 from tfkit.models.gpt import GPT

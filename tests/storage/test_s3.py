@@ -194,7 +194,9 @@ def test_transient_500s_are_retried(tmp_path, proxy, s3_server, bucket):
     assert [s.status for s in proxy.requests("PUT", "/train_log.csv")] == [500, 200]
     dest = tmp_path / "copy"
     store.pull(f"s3://{bucket}/r", dest)
-    assert [s.status for s in proxy.requests("GET", "/checkpoints/2048.pt")] == [503, 200]
+    gets = [s.status for s in proxy.requests("GET", "/checkpoints/2048.pt")]
+    # the retry may ask for the whole object (200) or resume it with a range (206), by boto3 version
+    assert len(gets) == 2 and gets[0] == 503 and gets[1] in (200, 206), gets
     assert tree(dest) == tree(run)
 
 

@@ -7,13 +7,20 @@ import math
 
 import pytest
 
-from tests.chatdata import rule_pairs, save_splits, write_init_run
+from tests.chatdata import one_torch_thread, rule_pairs, save_splits, write_init_run  # noqa: F401
 from tfkit.errors import DataError
 from tfkit.training.dpo import train_dpo
 from tfkit.training.finetune_config import DpoRunConfig
 
 VOCAB = 16
-METRICS = ["rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies", "logps_chosen", "logps_rejected"]
+METRICS = [
+    "rewards_chosen",
+    "rewards_rejected",
+    "rewards_margins",
+    "rewards_accuracies",
+    "logps_chosen",
+    "logps_rejected",
+]
 
 
 @pytest.fixture(scope="module")

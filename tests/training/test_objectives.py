@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.chatdata import one_torch_thread  # noqa: F401  (autouse fixture)
 from tfkit.training.objectives import dpo_loss, lm_loss, masked_lm_loss, sequence_logps
 
 
@@ -60,13 +61,17 @@ def test_masked_lm_loss_ignores_unmasked_targets():
     picked = [-logp[b, t, targets[b, t]].item() for b in range(4) for t in range(6) if mask[b, t]]
     assert loss.item() == pytest.approx(sum(picked) / len(picked), rel=1e-5)
     assert count.item() == len(picked)
-    assert correct.item() == sum(int(logits[b, t].argmax() == targets[b, t]) for b in range(4) for t in range(6) if mask[b, t])
+    assert correct.item() == sum(
+        int(logits[b, t].argmax() == targets[b, t]) for b in range(4) for t in range(6) if mask[b, t]
+    )
     # any change to the targets outside the mask leaves the loss as it is
     changed = torch.where(mask, targets, (targets + 1 + torch.randint(0, 9, targets.shape, generator=g)) % 11)
     assert not torch.equal(changed, targets)
     assert masked_lm_loss(logits, changed, mask)[0].item() == loss.item()
     # with every target masked in, it is the plain LM loss
-    assert masked_lm_loss(logits, targets, torch.ones_like(mask))[0].item() == pytest.approx(lm_loss(logits, targets).item())
+    assert masked_lm_loss(logits, targets, torch.ones_like(mask))[0].item() == pytest.approx(
+        lm_loss(logits, targets).item()
+    )
 
 
 def test_sequence_logps_sum_the_masked_targets():

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.chatdata import save_splits, sft_examples, write_init_run
+from tests.chatdata import one_torch_thread, save_splits, sft_examples, write_init_run  # noqa: F401
 from tfkit.config import ModelConfig
 from tfkit.data.chat import SftData, open_chat_dataset
 from tfkit.errors import ConfigError, DataError
@@ -39,10 +39,10 @@ def test_packed_examples_get_their_unpacked_logits(sft_dir, block, positions):
                             positions=positions, init_std=0.3)).eval()  # fmt: skip
     data = SftData(open_chat_dataset(sft_dir, "sft"), 24, 4, seed=0, packing=True, val_examples=16)
     batch = data.batch(0, 0)
-    rows = data._rows(0)[:4]
+    rows = data.rows(0)[:4]
     assert max(len(r) for r in rows) >= 3  # several examples share a row
     packed = tensors(batch)
-    logits, targets, scored = sft_forward(model, packed)
+    logits, _, scored = sft_forward(model, packed)
     checked = 0
     for r, examples in enumerate(rows):
         at = 0
@@ -73,7 +73,7 @@ def test_prompt_targets_get_no_gradient(sft_dir):
     # the loss is the mean over response targets only
     per_token = torch.nn.functional.cross_entropy(logits.detach().flatten(0, 1), targets.flatten(), reduction="none")
     assert loss.item() == pytest.approx(per_token[scored.flatten()].mean().item(), rel=1e-6)
-    assert count.item() == sum(int(data.mask.row(row[0])[1:].sum()) for row in data._rows(0)[:8])
+    assert count.item() == sum(int(data.mask.row(row[0])[1:].sum()) for row in data.rows(0)[:8])
 
 
 def read_csv(path):
@@ -103,16 +103,23 @@ def test_sft_run_learns_and_writes_its_run_directory(tmp_path, sft_dir, packing)
     state = load_checkpoint(latest_checkpoint(result.run_dir))
     assert state["config"]["model"]["vocab_size"] == VOCAB and state["config"]["sft"]["packing"] == packing
     # the run is itself an --init for the next stage
-    again = config.with_updates({"sft.init": str(result.run_dir), "train.max_steps": 2, "log.out": str(tmp_path / "next")})
+    again = config.with_updates(
+        {"sft.init": str(result.run_dir), "train.max_steps": 2, "log.out": str(tmp_path / "next")}
+    )
     assert train_sft(again).status == "completed"
 
 
 def test_bad_init_and_data_are_user_errors(tmp_path, sft_dir):
-    base = SftRunConfig().with_updates({"data.data": str(sft_dir), "train.device": "cpu", "log.out": str(tmp_path / "r")})
+    base = SftRunConfig().with_updates(
+        {"data.data": str(sft_dir), "train.device": "cpu", "log.out": str(tmp_path / "r")}
+    )
     with pytest.raises(ConfigError, match="--init is required"):
         train_sft(base)
     with pytest.raises(DataError, match="no such run directory or checkpoint"):
         train_sft(base.with_updates({"sft.init": str(tmp_path / "nothing")}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no checkpoint"):
+        train_sft(base.with_updates({"sft.init": str(tmp_path / "empty")}))
     small = write_init_run(tmp_path / "small", 8, 24)
     with pytest.raises(DataError, match="vocabulary of 16 ids but the --init model has 8"):
         train_sft(base.with_updates({"sft.init": str(small)}))

@@ -17,16 +17,23 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 100,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 1.0,
     top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely tokens.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Sample among the most likely tokens holding this probability.")] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Sample among the most likely tokens holding this probability.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler.")] = 0,
     tokenizer_path: Annotated[
         str | None, typer.Option(help="Tokenizer to use instead of the one the run recorded.")
     ] = None,
     chat: Annotated[
-        bool | None, typer.Option("--chat/--no-chat", help="Wrap the prompt in the chat template (default: when the tokenizer has one).")
+        bool | None,
+        typer.Option(
+            "--chat/--no-chat", help="Wrap the prompt in the chat template (default: when the tokenizer has one)."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    json_output: Annotated[bool, typer.Option("--json", help="Print the reply and its token ids as JSON at the end.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the reply and its token ids as JSON at the end.")
+    ] = False,
 ) -> None:
     """Generate a reply with a KV cache, printing tokens as they come."""
     if max_new_tokens < 1:
@@ -45,7 +52,15 @@ def generate(
     tokenizer = open_tokenizer(loaded, tokenizer_path)
     model = loaded.build(resolve_device(device))
     pieces = generate_text(
-        model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chat=chat
+        model,
+        tokenizer,
+        prompt,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        chat=chat,
     )
     ids, text = [], []
     for token, piece in pieces:

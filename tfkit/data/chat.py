@@ -170,10 +170,10 @@ class SftData:
         if self.batches_in_epoch(0) == 0:
             unit = "packed rows" if packing else "examples"
             raise DataError(
-                f"--batch-size {batch_size} is larger than one epoch ({len(self._rows(0))} {unit} in {dataset.path})"
+                f"--batch-size {batch_size} is larger than one epoch ({len(self.rows(0))} {unit} in {dataset.path})"
             )
 
-    def _rows(self, epoch: int) -> list[list[int]]:
+    def rows(self, epoch: int) -> list[list[int]]:
         """The examples of each row of an epoch, in this epoch's order."""
         if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
             return self._epoch_cache[1]
@@ -196,13 +196,13 @@ class SftData:
         return rows
 
     def batches_in_epoch(self, epoch: int) -> int:
-        return len(self._rows(epoch)) // self.batch_size
+        return len(self.rows(epoch)) // self.batch_size
 
     def tokens_per_epoch(self) -> int:
         return int(np.minimum(self.ids.lengths, self.seq_len + 1).sum())
 
     def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        rows = self._rows(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = self.rows(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         if self.packing:
             return self._packed(rows)
         return self._padded(self.ids, self.mask, [r[0] for r in rows])

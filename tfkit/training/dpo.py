@@ -31,7 +31,14 @@ from tfkit.training.load import LoadedRun, load_run
 from tfkit.training.loop import RunResult, TrainCallback, _autocast
 from tfkit.training.objectives import dpo_loss, sequence_logps
 
-METRICS = ("rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies", "logps_chosen", "logps_rejected")
+METRICS = (
+    "rewards_chosen",
+    "rewards_rejected",
+    "rewards_margins",
+    "rewards_accuracies",
+    "logps_chosen",
+    "logps_rejected",
+)
 
 
 def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

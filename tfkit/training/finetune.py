@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,6 @@ from tfkit.training.load import LoadedRun
 from tfkit.training.loop import (
     RunResult,
     TrainCallback,
-    _autocast,
     _Flag,
     _interrupt_flag,
     open_trackers,
@@ -53,7 +53,8 @@ from tfkit.training.loop import (
 from tfkit.training.optim import build_optimizer
 from tfkit.training.schedule import lr_at
 
-class Objective:
+
+class Objective(ABC):
     """Data and loss of one kind of fine-tuning; `tfkit.training.sft` and `.dpo` implement it."""
 
     #: names of the metric vector `step` returns, logged after train_loss (averaged between log points)
@@ -65,22 +66,25 @@ class Objective:
     def setup(self, model: GPT, device: torch.device, precision: str) -> None:
         """Called once the model is on its device, before the first step."""
 
+    @abstractmethod
     def batches_in_epoch(self, epoch: int) -> int:
-        raise NotImplementedError
+        """Micro-batches in epoch `epoch` (packing makes it depend on the epoch)."""
 
+    @abstractmethod
     def train_batches(self, cursor: BatchCursor) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
+        """Endless host micro-batches, advancing `cursor`."""
 
+    @abstractmethod
     def step(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
              precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """(loss with a graph, detached metric vector of len(train_metrics)) of one micro-batch."""
-        raise NotImplementedError
 
     def tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["lengths"].sum())
 
+    @abstractmethod
     def evaluate(self, model: GPT, device: torch.device, precision: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """The validation metrics (`val_loss` first), logged as one val_log.csv row."""
 
 
 def to_device(array: Any, device: torch.device) -> torch.Tensor:
@@ -163,12 +167,18 @@ def run_finetune(
         "num_params": num_params,
         "num_params_non_embedding": num_params_ne,
         "total_steps": horizon,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_json_atomic(run_dir / "train_config.json", {**config.to_dict(), "meta": meta})
     tracker = open_trackers(config, run_dir, meta)
     callback.on_start(
-        {"run_dir": str(run_dir), "total_steps": horizon, "config": config.to_flat_dict(), **meta, "device": str(device)}
+        {
+            "run_dir": str(run_dir),
+            "total_steps": horizon,
+            "config": config.to_flat_dict(),
+            **meta,
+            "device": str(device),
+        }
     )
 
     progress = _Progress()
@@ -191,7 +201,7 @@ def run_finetune(
             "num_params_non_embedding": num_params_ne,
             "skipped_steps": int(bad_total.item()),
             **progress.last_val,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
     def evaluate_and_log() -> None:

@@ -41,8 +41,9 @@ class ChatDataConfig:
 
     data: str | None = opt(None, "Folder written by `tfkit tokenizer tokenize --mode sft` (or --mode dpo).")
     seq_len: int | None = opt(
-        None, "Tokens of context per sequence; longer examples are cut (default: the longest example, "
-        "at most the --init model's context; with --packing: the model's context)."
+        None,
+        "Tokens of context per sequence; longer examples are cut (default: the longest example, "
+        "at most the --init model's context; with --packing: the model's context).",
     )
     batch_size: int = opt(16, "Examples (packed rows with --packing; preference pairs for DPO) per micro-batch.")
     val_examples: int = opt(1024, "Validation examples scored at each evaluation (the first N).", cli=False)
@@ -67,7 +68,9 @@ class DpoConfig:
     """Direct preference optimisation against a frozen reference model."""
 
     init: str | None = opt(None, "Run directory (its latest checkpoint) or checkpoint file to start from.", sweep=False)
-    ref: str | None = opt(None, "Reference model: run directory or checkpoint (default: the --init model).", sweep=False)
+    ref: str | None = opt(
+        None, "Reference model: run directory or checkpoint (default: the --init model).", sweep=False
+    )
     beta: float = opt(0.1, "Strength of the KL penalty towards the reference (DPO's beta).")
     label_smoothing: float = opt(0.0, "Sigmoid loss: assumed probability that a preference label is flipped.")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = opt("sigmoid", "Preference loss.")
@@ -114,7 +117,9 @@ class _FinetuneConfig(SectionedConfig):
 
     def check_inputs(self) -> None:
         if not self.objective.init:
-            raise ConfigError(f"--init is required: the run directory or checkpoint `tfkit train {self.kind}` starts from")
+            raise ConfigError(
+                f"--init is required: the run directory or checkpoint `tfkit train {self.kind}` starts from"
+            )
         if not self.data.data:
             raise ConfigError(f"--data is required: a folder written by `tfkit tokenizer tokenize --mode {self.kind}`")
 

@@ -99,9 +99,12 @@ def load_run(path: str | Path, option: str = "--init") -> LoadedRun:
         tok_path, tok_sha = _tokenizer_of_data(config.get("data", {}).get("data"))
     loaded = LoadedRun(model_config, state["model"], checkpoint, run_dir, tok_path, tok_sha)
     try:
-        loaded.build()
+        with torch.device("meta"):  # checks names and shapes without allocating a model
+            GPT(model_config).load_state_dict(state["model"], assign=True)
     except RuntimeError as e:
-        raise DataError(f"{option} {checkpoint}: its weights do not fit its model config ({str(e).splitlines()[0]})") from None
+        raise DataError(
+            f"{option} {checkpoint}: its weights do not fit its model config ({' '.join(str(e).split()[:20])})"
+        ) from None
     return loaded
 
 

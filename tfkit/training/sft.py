@@ -35,7 +35,9 @@ def packed_mask(doc: torch.Tensor) -> torch.Tensor:
     return (same & causal).unsqueeze(1)  # (B, 1, T, T)
 
 
-def sft_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sft_forward(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits (B, T, V), targets (B, T), scored (B, T)) of a device batch, packed or not."""
     tokens, mask = batch["tokens"], batch["mask"]
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
