@@ -158,7 +158,7 @@ def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
 
 def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from tests.tracking.test_wandb import read_records
+    from tests.tracking.test_wandb import finished_records
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -168,7 +168,7 @@ def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path
     assert len(files) == 2
     widths = set()
     for path in files:
-        run = next(r.run for r in read_records(path) if r.WhichOneof("record_type") == "run")
+        run = next(r.run for r in finished_records(path) if r.WhichOneof("record_type") == "run")
         assert (run.project, run.run_group) == ("abl", "grid")
         config = {item.key: item.value_json for item in run.config.update}
         widths.add(config["width"])

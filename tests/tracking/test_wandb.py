@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def read_records(path: Path) -> list:
         if length == 0 and kind == 0:
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         chunks += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (_FULL, _LAST):
@@ -44,6 +47,20 @@ def read_records(path: Path) -> list:
             records.append(record)
             chunks = b""
     return records
+
+
+def finished_records(path: Path, timeout: float = 30.0) -> list:
+    """The records of a finished offline run.
+
+    wandb's service process may still be writing the file when `finish()` returns, so wait
+    (up to `timeout`) for the run's `exit` record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path) if path.stat().st_size > 7 else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
 
 
 def _keys(items) -> set[str]:
@@ -59,7 +76,7 @@ def test_offline_wandb_run_gets_config_and_metrics(tiny_config, monkeypatch):
     assert result.status == "completed"
     files = list((result.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    records = read_records(files[0])
+    records = finished_records(files[0])
 
     config_keys, history_keys, summary_keys = set(), set(), set()
     project = None
