@@ -32,7 +32,7 @@ class WandbTracker:
             name=name,
             group=group,
             config=config,
-            dir=str(run_dir),
+            dir=str(Path(run_dir).resolve()),  # the wandb service may run in another directory
             reinit="finish_previous",
         )
 
