@@ -103,6 +103,9 @@ def test_existing_results_are_never_overwritten_unasked(tmp_path):
         (["--data", "nope"], "unknown dataset 'nope'"),
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--devices", "gpu0"], "--device must be"),
+        # a device this machine lacks stops the ablation before any run (not every run failing on it)
+        (["--device", "cuda:7"], "--device cuda:7: "),
+        (["--devices", "cpu,cuda:7"], "--devices cuda:7: "),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -110,6 +113,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_run_directories_are_not_replaced_unasked(tmp_path):

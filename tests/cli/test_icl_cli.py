@@ -63,6 +63,7 @@ def test_options_come_from_the_icl_config_and_pretrain_gets_none_of_them():
         (["--points-start", "20"], "--n-points 11 (the end of the curriculum) is below --points-start 20"),
         (["--loops-start", "8", "--n-loops", "4"], "--n-loops 4 (the end of the curriculum) is below --loops-start 8"),
         (["--n-loops", "5", "--loop-window", "9"], "--loop-window 9 is larger than --n-loops 5"),
+        (["--points-start", "5", "--points-inc", "0"], "--points-inc 0 never grows --points-start 5 to --n-points 11"),
         (["--model", "gpt", "--n-loops", "4"], "--n-loops applies to --model looped only"),
         (["--set", "train.max_epochs=1"], "there are no epochs"),
         (["--set", "task.nosuch=1"], "unknown option task.nosuch"),

@@ -119,6 +119,15 @@ def test_generate_finds_the_pretraining_tokenizer_and_streams(work):
     override = invoke("generate", "--run", work / "pre", "--prompt", "Hi", "--tokenizer-path", work / "chat.json",
                       "--max-new-tokens", "2", "--device", "cpu")  # fmt: skip
     assert override.exit_code == 0, override.output
+    assert "Warning" not in override.stderr  # the run's own tokenizer
+    other = work / "other.json"
+    shutil.copy(work / "chat.json", other)
+    with open(other, "a") as f:
+        f.write("\n")  # the same vocabulary, another file: not what the run recorded
+    mismatched = invoke("generate", "--run", work / "pre", "--prompt", "Hi", "--tokenizer-path", other,
+                        "--max-new-tokens", "2", "--device", "cpu")  # fmt: skip
+    assert mismatched.exit_code == 0, mismatched.output
+    assert "is not the tokenizer the run was trained with" in mismatched.stderr
 
 
 def test_post_training_options_stay_off_pretrain():
@@ -161,6 +170,7 @@ def _without_rejected(work: Path, tmp: Path) -> Path:
             "tokenizer not found",
         ),
         (("generate", "--run", "{work}/pre", "--prompt", "hi", "--top-p", "0"), "--top-p must be in (0, 1]"),
+        (("generate", "--run", "{work}/pre", "--prompt", "hi", "--device", "gpu0"), "--device must be auto, cpu"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(work, tmp_path, command, message):
@@ -172,3 +182,26 @@ def test_user_errors_are_one_line_exit_2(work, tmp_path, command, message):
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    import torch
+
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"model": {"w": torch.zeros(1000)}, "config": {}}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
+    for name, message in [
+        ("text.pt", "is not a tfkit checkpoint (torch.load cannot read it)"),
+        ("empty.pt", "is an empty file"),
+        ("cut.pt", "is not a readable tfkit checkpoint"),
+    ]:
+        for args in (
+            ("generate", "--run", tmp_path / name, "--prompt", "hi"),
+            ("train", "sft", "--init", tmp_path / name, "--data", tmp_path, "--out", tmp_path / "run"),
+        ):
+            result = invoke(*args)
+            assert result.exit_code == 2, result.output
+            assert message in result.output and "Traceback" not in result.output
+            assert len(result.output.strip().splitlines()) == 1, result.output
+            assert not (tmp_path / "run").exists()

@@ -115,6 +115,7 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
         ("{tmp}/blank.txt", "holds no documents \\(only blank ones\\)"),
         ("{tmp}/broken.jsonl", "could not read"),
         ("{tmp}/nothing", "holds no .txt"),
+        ("{tmp}/saved", "is a saved dataset"),
     ],
 )
 def test_bad_sources_raise_one_line_and_write_nothing(tmp_path, name, message):
@@ -122,6 +123,8 @@ def test_bad_sources_raise_one_line_and_write_nothing(tmp_path, name, message):
     (tmp_path / "blank.txt").write_text("\n  \n\n")
     (tmp_path / "broken.jsonl").write_text("{not json\n")
     (tmp_path / "nothing").mkdir()
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "dataset_dict.json").write_text('{"splits": ["train"]}')
     with pytest.raises(DataError, match=message) as info:
         _download(tmp_path, [name.format(tmp=tmp_path)])
     assert "\n" not in str(info.value)
@@ -143,3 +146,13 @@ def test_existing_dataset_is_kept_until_a_new_one_is_complete(tmp_path):
     with pytest.raises(DataError, match="holds no dataset; choose another folder"):
         _download(tmp_path, [tmp_path / "a.txt"], out="other", overwrite=True)
     assert (tmp_path / "other" / "notes.md").read_text() == "mine"
+
+
+def test_a_file_that_does_not_parse_logs_nothing_besides_the_error(tmp_path, capfd):
+    (tmp_path / "broken.jsonl").write_text('{"text": "a"}\n{"text": \n')
+    (tmp_path / "broken.csv").write_text('text,b\n1,2,3,4\n"x\n')
+    for name in ("broken.jsonl", "broken.csv"):
+        with pytest.raises(DataError, match=f"could not read .*{name}"):
+            _download(tmp_path, [tmp_path / name])
+    captured = capfd.readouterr()
+    assert "Failed to" not in captured.err + captured.out

@@ -168,3 +168,44 @@ def test_settings_of_every_run_kind_are_recognised():
     swept, fixed = setting_columns(frame)
     assert swept == ["n_loops"]
     assert fixed == {"depth": 1, "lr": 1e-3, "task": "linear_regression"}
+
+
+def grid_frame() -> pl.DataFrame:
+    """Final rows of a depth x width x num_heads grid, two seeds; width 8 with 1 or 2 heads has one size."""
+    rows = []
+    for depth in (1, 2):
+        for width, heads in ((4, 1), (8, 1), (8, 2)):
+            for seed in (0, 1):
+                loss = depth + width / 10 + heads / 100 + seed / 1000
+                rows.append({"run_id": f"{depth}-{width}-{heads}-{seed}", "setting_id": f"{depth}-{width}-{heads}",
+                             "seed": seed, "depth": depth, "width": width, "num_heads": heads, "step": 10,
+                             "num_params": depth * 1000 + width * 10, "val_loss": loss, "run_status": "completed"})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def test_final_vs_param_keeps_apart_settings_of_one_size():
+    fig = render(grid_frame(), load_template("final_vs_param"))
+    ax = fig.axes[0]
+    assert legend_texts(ax) == ["num_heads=1", "num_heads=2"]  # depth and width are what the size stands for
+    two_heads = next(c for c in ax.containers if c.get_label() == "num_heads=2").lines[0]
+    assert list(two_heads.get_xdata()) == [1080, 2080]
+    assert list(two_heads.get_ydata()) == pytest.approx([1.8205, 2.8205])  # mean over the two seeds only
+
+
+def test_heatmap_has_a_panel_per_value_of_a_third_swept_column():
+    fig = render(grid_frame(), load_template("heatmap"))
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["num_heads=1", "num_heads=2"]
+    assert {t.get_text() for t in panels[1].texts} == {"1.8205", "2.8205"}  # width 8, two heads: never pooled
+    assert {t.get_text() for t in panels[0].texts} == {"1.4105", "1.8105", "2.4105", "2.8105"}
+    one = render(grid_frame().filter(pl.col("num_heads") == 1), load_template("heatmap"))
+    assert len([ax for ax in one.axes if ax.get_images()]) == 1
+
+
+def test_run_directories_carry_their_train_metrics_like_results(ablation):
+    runs = load_runs([str(ablation / "runs/ablate/*")])
+    results = load_runs([str(ablation / "results.csv")])
+    columns = ["run_id", "step", "val_loss", "train_loss", "grad_norm", "current_lr"]
+    assert runs.select(columns).sort("run_id", "step").equals(results.select(columns).sort("run_id", "step"))
+    fig = render(runs, load_template("loss_curves"))  # the default picture works on run directories
+    assert "depth=1, width=16 (train_loss)" in legend_texts(fig.axes[0])

@@ -218,6 +218,10 @@ def test_errors_that_do_not_pass_end_in_one_line(tmp_path, proxy, s3_server, buc
         connect(s3_server).pull(f"s3://{bucket}/nothing-here", tmp_path / "copy")
     with pytest.raises(StorageError, match="cannot reach the S3 endpoint at http://127.0.0.1:9"):
         connect("http://127.0.0.1:9", max_attempts=1).push(run, f"s3://{bucket}/r")
+    # a password in the endpoint URL never shows, not even in the URL botocore quotes
+    with pytest.raises(StorageError, match="cannot reach the S3 endpoint at http://127.0.0.1:9") as info:
+        connect("http://me:url-password-42@127.0.0.1:9", max_attempts=1).push(run, f"s3://{bucket}/r")
+    assert "url-password-42" not in str(info.value) and "me:" not in str(info.value)
 
 
 def test_custom_endpoints_send_no_optional_checksums(tmp_path, proxy, bucket):

@@ -48,6 +48,8 @@ def test_bad_input(corpus, tmp_path):
         train_tokenizer(tmp_path / "missing", tmp_path / "t.json")
     with pytest.raises(DataError, match="no 'test' split"):
         train_tokenizer(corpus["raw"], tmp_path / "t.json", split="test")
+    with pytest.raises(DataError, match="--batch-size must be at least 1, got 0"):
+        train_tokenizer(corpus["raw"], tmp_path / "t.json", batch_size=0)
     with pytest.raises(DataError, match="not a tokenizer.json"):
         (tmp_path / "bad.json").write_text("{}")
         load_tokenizer(tmp_path / "bad.json")

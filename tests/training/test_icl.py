@@ -146,6 +146,12 @@ def test_train_writes_the_run_directory_with_curriculum_and_per_position_columns
     assert again.summary["val_loss"] == summary["val_loss"]
 
 
+def test_train_log_ends_at_the_last_step(tmp_path):
+    result = train_icl(IclRunConfig().with_updates({**TINY, "max_steps": 5, "out": str(tmp_path / "run")}))
+    assert pl.read_csv(tmp_path / "run" / "train_log.csv")["step"].to_list() == [2, 4, 5]  # log_every 2, then the last
+    assert result.summary["step"] == 5
+
+
 def test_gpt_model_and_example_budget():
     config = IclRunConfig().with_updates({**TINY, "model": "gpt", "n_loops": None, "loop_window": None})
     assert config.resolved().loop.n_loops is None and config.loop.scored_loops == 1

@@ -94,6 +94,16 @@ def test_stop_criteria_and_final_eval(tiny_config, updates, steps):
     assert result.summary["tokens_seen"] == steps * 16 * 8 * accum
 
 
+def test_train_log_ends_at_the_last_step(tiny_config):
+    # log_every 5: steps 5 and 10 by the cadence, and the last step 12 (a run shorter than log_every has one row)
+    result = train(tiny_config.with_updates({"train.max_steps": 12}))
+    rows = read_csv(result.run_dir / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [5, 10, 12]
+    assert rows[-1]["tokens_seen"] == str(result.summary["tokens_seen"]) and rows[-1]["train_loss"] != "nan"
+    short = train(tiny_config.with_updates({"train.max_steps": 3, "log.out": str(result.run_dir) + "-short"}))
+    assert [int(r["step"]) for r in read_csv(short.run_dir / "train_log.csv")] == [3]
+
+
 def test_time_limit(tiny_config):
     result = train(tiny_config.with_updates({"train.max_steps": None, "train.max_time_seconds": 0.5}))
     assert result.status == "completed"

@@ -105,6 +105,7 @@ def ablate(
         raise ConfigError("--append resumes from the results file: add -c/--log-csv")
 
     plan = plan_ablation(base, axes, num_runs=num_runs, seed=base.train.seed, runs_dir=runs_dir)
+    _check_devices(device_list or [s.config.train.device for s in plan.settings], "--devices" if device_list else "--device")
     results = None
     done: set[str] = set()
     statuses: dict[str, str] = {}
@@ -194,6 +195,17 @@ def _parse_devices(devices: str | None) -> list[str] | None:
     for device in out:
         TrainConfig(device=device)  # validates the spelling
     return out
+
+
+def _check_devices(devices: list[str], option: str) -> None:
+    """Refuse devices this machine lacks before any run starts (each run would fail on them)."""
+    from tfkit.training.loop import resolve_device
+
+    for device in dict.fromkeys(devices):
+        try:
+            resolve_device(device)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("--device ", f"{option} ", 1)) from None
 
 
 def _resume_command(log_csv: bool) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tfkit.cli._output import print_json
+from tfkit.cli._output import err_console, print_json
 from tfkit.errors import ConfigError
 
 
@@ -44,12 +44,24 @@ def generate(
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
     from tfkit.models.generate import generate_text
     from tfkit.training.load import load_run, open_tokenizer
     from tfkit.training.loop import resolve_device
 
     loaded = load_run(run, "--run")
     tokenizer = open_tokenizer(loaded, tokenizer_path)
+    if tokenizer_path is not None and loaded.tokenizer_sha256:
+        from tfkit.tokenizer.train import tokenizer_sha256
+
+        if tokenizer_sha256(tokenizer_path) != loaded.tokenizer_sha256:
+            err_console.print(
+                f"[bold yellow]Warning:[/] {tokenizer_path} is not the tokenizer the run was trained with "
+                f"({loaded.tokenizer_path}); the reply may be garbled",
+                highlight=False,
+                soft_wrap=True,
+            )
     model = loaded.build(resolve_device(device))
     pieces = generate_text(
         model,

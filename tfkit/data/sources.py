@@ -196,7 +196,28 @@ def _hub_errors(what: str) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def _quiet_loader_errors() -> Iterator[None]:
+    """Silence the json/csv loaders' own log line on a parse error: the error that follows says it, once."""
+    import logging
+
+    loggers = [logging.getLogger(f"datasets.packaged_modules.{m}.{m}") for m in ("json", "csv")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _local_files(path: Path) -> list[Path]:
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        raise DataError(
+            f"{path} is a saved dataset (save_to_disk, as `tfkit data download` writes), not a folder of "
+            f"{', '.join(LOCAL_BUILDERS)} files; give its source files instead, or use it as it is"
+        )
     if path.is_file():
         if path.suffix.lower() not in LOCAL_BUILDERS:
             raise DataError(f"{path}: unsupported file type; use {', '.join(LOCAL_BUILDERS)}")
@@ -247,7 +268,7 @@ def _load_local(
                     if bad:
                         invalid += bad
                         paths[i] = _replace_invalid_utf8(Path(name), Path(clean_dir) / key / f"{i}-{Path(name).name}")
-        with _hub_errors(str(path)):
+        with _hub_errors(str(path)), _quiet_loader_errors():
             loaded = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir, **kwargs)
     info = {"type": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
     return loaded, info, invalid

@@ -80,6 +80,8 @@ def _run_dir_frame(path: Path, source: str) -> Any:
     frame = _csv_frame(log).drop("run_id", "setting_id", "seed", strict=False)
     if "lr" in frame.columns:  # the scheduled value; `lr` is the setting's peak, as in results.csv
         frame = frame.rename({"lr": "current_lr"})
+    if source == "val":
+        frame = _with_train_metrics(frame, path / "train_log.csv")
     nested = json.loads(config_path.read_text())
     nested.pop("meta", None)
     try:
@@ -100,6 +102,26 @@ def _run_dir_frame(path: Path, source: str) -> Any:
     }
     columns = [pl.lit(_cell(v)).alias(k) for k, v in extra.items()]
     return frame.with_columns(columns)
+
+
+# train-log metrics an evaluation row carries (the latest at or before its step), as in results.csv
+TRAIN_METRICS = {"train_loss": "train_loss", "grad_norm": "grad_norm", "skipped_steps": "skipped_steps", "lr": "current_lr"}
+
+
+def _with_train_metrics(frame: Any, train_log: Path) -> Any:
+    """`frame` (val_log rows) with the latest train metrics at each step, like an ablation's results file."""
+    import polars as pl
+
+    if "step" not in frame.columns or not train_log.is_file() or train_log.stat().st_size == 0:
+        return frame
+    train = pl.read_csv(train_log, infer_schema_length=None)
+    metrics = {k: v for k, v in TRAIN_METRICS.items() if k in train.columns and v not in frame.columns}
+    if "step" not in train.columns or not metrics or train.height == 0:
+        return frame
+    train = train.select(pl.col("step").cast(pl.Int64), *[pl.col(k).alias(v) for k, v in metrics.items()]).sort("step")
+    order = frame.with_row_index("_row").with_columns(pl.col("step").cast(pl.Int64).alias("_step"))
+    joined = order.sort("_step").join_asof(train.rename({"step": "_step"}), on="_step", strategy="backward")
+    return joined.sort("_row").drop("_row", "_step")
 
 
 def _cell(value: Any) -> Any:

@@ -137,10 +137,19 @@ def render(frame: Any, template: Template) -> Any:
 def _hue(template: Template, swept: list[str], frame: Any) -> list[str]:
     if template.hue == "auto":
         if template.x.startswith("num_params") or template.x in ("model_scale", "true_model_scale"):
-            # x is the model's size: the shape options are what it stands for, not groups
+            # x is the model's size: the shape options it stands for are not groups, but one the
+            # size does not tell apart (e.g. num_heads at one width) is, or its settings would be pooled
+            import polars as pl
+
             from tfkit.config import field_names
 
-            return [c for c in swept if c != template.x and c not in field_names("model")]
+            def sized(c: str) -> bool:
+                if c not in field_names("model") or template.x not in frame.columns:
+                    return False
+                counts = frame.group_by(template.x).agg(pl.col(c).n_unique().alias("n"))
+                return counts.height == 0 or counts["n"].max() <= 1
+
+            return [c for c in swept if c != template.x and not sized(c)]
         return [c for c in swept if c != template.x]
     hue = [template.hue] if isinstance(template.hue, str) else list(template.hue)
     hue = [h for h in hue if h]
@@ -249,6 +258,8 @@ def _final(frame: Any, template: Template, hue: list[str]) -> Any:
 
 
 def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
+    """Final metric over x and the first hue column; one panel per value of the other hue columns
+    (so no setting is averaged into another), on one colour scale."""
     import numpy as np
 
     second = hue[0] if hue else None
@@ -256,23 +267,36 @@ def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
         raise DataError(f"template {template.name} needs two swept columns (x and hue); found only {template.x!r}")
     y = template.y[0]
     missing(frame, [template.x, second, y], f"template {template.name}")
-    stats = aggregate(final_rows(frame), [template.x, second], y, template.agg, "none")
+    rest = [h for h in hue[1:] if h != template.x]
+    stats = aggregate(final_rows(frame), [template.x, second, *rest], y, template.agg, "none")
     xs = stats.get_column(template.x).unique().sort().to_list()
     rows = stats.get_column(second).unique().sort().to_list()
-    grid = np.full((len(rows), len(xs)), np.nan)
-    for rec in stats.iter_rows(named=True):
-        grid[rows.index(rec[second]), xs.index(rec[template.x])] = rec["centre"]
-    fig, (ax,) = _subplots(1)
-    image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis_r")
-    ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
-    ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows])
-    for i in range(len(rows)):
-        for j in range(len(xs)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.5g}", ha="center", va="center", fontsize=8, color="w")
-    fig.colorbar(image, ax=ax, label=f"{template.agg} {y}")
-    ax.set_xlabel(template.xlabel or template.x)
-    ax.set_ylabel(template.ylabel or second)
+    panels = _groups(stats, rest)
+    grids = []
+    for _, part in panels:
+        grid = np.full((len(rows), len(xs)), np.nan)
+        for rec in part.iter_rows(named=True):
+            grid[rows.index(rec[second]), xs.index(rec[template.x])] = rec["centre"]
+        grids.append(grid)
+    finite = [g[~np.isnan(g)] for g in grids]
+    values = np.concatenate(finite) if finite else np.array([])
+    vmin, vmax = (float(values.min()), float(values.max())) if values.size else (None, None)
+    fig, axes = _subplots(len(panels))
+    for ax, (key, _), grid in zip(axes, panels, grids, strict=True):
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis_r", vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
+        ax.set_yticks(range(len(rows)), [_fmt(v) for v in rows])
+        for i in range(len(rows)):
+            for j in range(len(xs)):
+                if not np.isnan(grid[i, j]):
+                    # dark text on the light (low) end of viridis_r, white on the dark end
+                    light = vmax is None or vmax == vmin or (grid[i, j] - vmin) / (vmax - vmin) < 0.5
+                    ax.text(j, i, f"{grid[i, j]:.5g}", ha="center", va="center", fontsize=8, color="k" if light else "w")
+        ax.set_xlabel(template.xlabel or template.x)
+        ax.set_ylabel(template.ylabel or second)
+        if rest:
+            ax.set_title(_label(key, rest), fontsize=9)
+    fig.colorbar(image, ax=axes, label=f"{template.agg} {y}")
     return fig
 
 

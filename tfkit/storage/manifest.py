@@ -90,12 +90,13 @@ def selected(rel: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
 
 
 def never_pushed(rel: str) -> bool:
-    """Files push always leaves out: the manifest itself, `.env` files (they hold
-    credentials), and the `.<name>.<random>.tmp` files and folders of writes in progress."""
+    """Files push always leaves out: the manifest itself, `.env` files (`.env`, `.env.local`,
+    `prod.env`: they hold credentials), and the `.<name>.<random>.tmp` files and folders of
+    writes in progress."""
     parts = rel.split("/")
     if rel == MANIFEST_NAME:
         return True
-    if parts[-1] == ".env" or parts[-1].startswith(".env."):
+    if parts[-1] == ".env" or parts[-1].startswith(".env.") or parts[-1].endswith(".env"):
         return True
     return any(part.startswith(".") and part.endswith(".tmp") for part in parts)
 

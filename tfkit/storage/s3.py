@@ -714,6 +714,8 @@ class S3Store:
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret masked, and any `user:password@` of a URL left out."""
+    text = re.sub(r"//[^/@\s\"']*@", "//", text)
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "****")

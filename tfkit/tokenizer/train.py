@@ -131,6 +131,8 @@ def train_tokenizer(
         raise DataError(f"--vocab-size must be at least {NUM_BYTES + len(specials)} (256 bytes + special tokens)")
     if min_frequency < 1:
         raise DataError(f"--min-frequency must be at least 1, got {min_frequency}")
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     output_path = Path(output_path)
     if output_path.is_dir():
         raise DataError(f"--output-path {output_path} is a folder; give a file name such as tokenizer.json")

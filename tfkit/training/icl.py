@@ -340,11 +340,47 @@ def _run_steps(
     worst_run = torch.zeros((), dtype=torch.long, device=device)
     norm_last = torch.zeros((), dtype=torch.float32, device=device)
 
+    last_logged = 0
+
+    def log_row() -> tuple[str, str] | None:
+        """A train row for the steps since the last one; ("failed", why) after too many bad steps."""
+        nonlocal last_logged
+        n_good = int(good_steps.item())
+        row = {
+            "step": progress.step,
+            "tokens_seen": progress.tokens_seen,
+            "time_s": time.perf_counter() - t0,
+            "lr": lr,
+            "batch_size": task.batch_size * accum,
+            "seq_len": stage.points,
+            "train_loss": float(loss_sum.item()) / n_good if n_good else math.nan,
+            "grad_norm": float(norm_last.item()),
+            "skipped_steps": int(bad_total.item()),
+            "curriculum_dims": stage.dims,
+            "curriculum_points": stage.points,
+            "curriculum_loops": stage.loops,
+        }
+        tracker.log_train(row)
+        last_logged = progress.step
+        callback.on_log(row)
+        loss_sum.zero_()
+        good_steps.zero_()
+        if int(worst_run.item()) >= t.max_bad_steps:
+            return "failed", (
+                f"{int(worst_run.item())} non-finite steps in a row (loss or gradient norm); "
+                "lower --lr or raise --warmup-steps"
+            )
+        return None
+
     while True:
-        if flag.requested:
-            return "interrupted", "interrupted by Ctrl-C"
-        if stop_reached(t, progress.step, progress.tokens_seen, 0.0, time.perf_counter() - t0):
-            return "completed", None
+        stopping = "interrupted" if flag.requested else None
+        if stopping is None and stop_reached(t, progress.step, progress.tokens_seen, 0.0, time.perf_counter() - t0):
+            stopping = "completed"
+        if stopping is not None:
+            failed = log_row() if progress.step > last_logged else None  # the log ends where the run does
+            if failed is not None:
+                return failed
+            return stopping, ("interrupted by Ctrl-C" if stopping == "interrupted" else None)
 
         stage = stage_at(progress.step, config)
         progress.stage = stage
@@ -382,30 +418,9 @@ def _run_steps(
         progress.tokens_seen += task.batch_size * stage.points * accum
 
         if progress.step % config.log.log_every == 0:
-            n_good = int(good_steps.item())
-            row = {
-                "step": progress.step,
-                "tokens_seen": progress.tokens_seen,
-                "time_s": time.perf_counter() - t0,
-                "lr": lr,
-                "batch_size": task.batch_size * accum,
-                "seq_len": stage.points,
-                "train_loss": float(loss_sum.item()) / n_good if n_good else math.nan,
-                "grad_norm": float(norm_last.item()),
-                "skipped_steps": int(bad_total.item()),
-                "curriculum_dims": stage.dims,
-                "curriculum_points": stage.points,
-                "curriculum_loops": stage.loops,
-            }
-            tracker.log_train(row)
-            callback.on_log(row)
-            loss_sum.zero_()
-            good_steps.zero_()
-            if int(worst_run.item()) >= t.max_bad_steps:
-                return "failed", (
-                    f"{int(worst_run.item())} non-finite steps in a row (loss or gradient norm); "
-                    "lower --lr or raise --warmup-steps"
-                )
+            failed = log_row()
+            if failed is not None:
+                return failed
         if progress.step % t.eval_every == 0:
             evaluate_and_log()
         if t.checkpoint_every is not None and progress.step % t.checkpoint_every == 0:

@@ -178,15 +178,20 @@ class IclRunConfig(SectionedConfig):
     def __post_init__(self) -> None:
         c = self.curriculum
         ends = (
-            ("dims_start", c.dims_start, "n_dims", self.task.n_dims),
-            ("points_start", c.points_start, "n_points", self.task.n_points),
-            ("loops_start", c.loops_start, "n_loops", self.loop.loops),
+            ("dims_start", c.dims_start, "n_dims", self.task.n_dims, "dims_inc"),
+            ("points_start", c.points_start, "n_points", self.task.n_points, "points_inc"),
+            ("loops_start", c.loops_start, "n_loops", self.loop.loops, "loops_inc"),
         )
-        for start_name, start, end_name, end in ends:
+        for start_name, start, end_name, end, inc_name in ends:
             if start is not None and end < start:
                 raise ConfigError(
                     f"{option_label(end_name)} {end} (the end of the curriculum) is below "
                     f"{option_label(start_name)} {start}"
+                )
+            if start is not None and start < end and getattr(c, inc_name) == 0:
+                raise ConfigError(
+                    f"{option_label(inc_name)} 0 never grows {option_label(start_name)} {start} to "
+                    f"{option_label(end_name)} {end}; give a positive increment"
                 )
         if self.loop.model == "gpt" and c.loops_start is not None:
             raise ConfigError("--loops-start applies to --model looped only (--model gpt runs its blocks once)")

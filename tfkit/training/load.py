@@ -11,6 +11,7 @@ sidecar), so a pretraining run on token shards finds the tokenizer it was traine
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,15 @@ def load_run(path: str | Path, option: str = "--init") -> LoadedRun:
         run_dir = parent if path.parent.name == "checkpoints" and (parent / "train_config.json").is_file() else None
     else:
         raise DataError(f"{option} {path}: no such run directory or checkpoint file")
+    if checkpoint.stat().st_size == 0:
+        raise DataError(f"{option} {checkpoint} is an empty file, not a tfkit checkpoint")
     try:
         state = load_checkpoint(checkpoint)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise DataError(f"{option} {checkpoint} is not a tfkit checkpoint: {str(e).splitlines()[0]}") from None
+    except pickle.UnpicklingError:  # not a torch file, or one holding more than tensors and plain data
+        raise DataError(f"{option} {checkpoint} is not a tfkit checkpoint (torch.load cannot read it)") from None
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{option} {checkpoint} is not a readable tfkit checkpoint (truncated?): {detail}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise DataError(f"{option} {checkpoint} is not a tfkit checkpoint (no model weights and config)")
     config = state["config"]

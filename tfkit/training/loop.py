@@ -438,16 +438,56 @@ def _run_steps(
     worst_run = torch.zeros((), dtype=torch.long, device=device)
     norm_last = torch.zeros((), dtype=torch.float32, device=device)
 
+    last_logged = 0
+
+    def log_row() -> tuple[str, str] | None:
+        """A train row for the steps since the last one; ("failed", why) after too many bad steps."""
+        nonlocal last_logged
+        n_good = int(good_steps.item())
+        row: dict[str, Any] = {
+            "step": progress.step,
+            "tokens_seen": progress.tokens_seen,
+            "epoch": progress.epoch,
+            "time_s": time.perf_counter() - t0,
+            "lr": lr,
+            "batch_size": batch_size * accum,
+            "seq_len": seq_len,
+            "train_loss": float(loss_sum.item()) / n_good if n_good else math.nan,
+            "grad_norm": float(norm_last.item()),
+            "skipped_steps": int(bad_total.item()),
+        }
+        if source.has_optimum:
+            # per-position relative loss on the last micro-batch of this step
+            model_pos = per_token.detach().view_as(targets).float().mean(0).cpu().numpy()
+            optimal_pos = source.optimal_losses(window_np).mean(0)
+            for i in range(seq_len):
+                row[f"relative_loss_{i + 1}"] = float(model_pos[i] / optimal_pos[i]) if optimal_pos[i] > 0 else math.nan
+        tracker.log_train(row)
+        last_logged = progress.step
+        callback.on_log(row)
+        loss_sum.zero_()
+        good_steps.zero_()
+        if int(worst_run.item()) >= t.max_bad_steps:
+            return "failed", (
+                f"{int(worst_run.item())} non-finite steps in a row (loss or gradient norm); "
+                "lower --lr or raise --warmup-steps"
+            )
+        return None
+
     while True:
-        if flag.requested:
-            return "interrupted", "interrupted by Ctrl-C"
-        if stop_reached(t, progress.step, progress.tokens_seen, progress.epoch, time.perf_counter() - t0):
-            return "completed", None
+        stopping = "interrupted" if flag.requested else None
+        elapsed = time.perf_counter() - t0
+        if stopping is None and stop_reached(t, progress.step, progress.tokens_seen, progress.epoch, elapsed):
+            stopping = "completed"
+        if stopping is not None:
+            failed = log_row() if progress.step > last_logged else None  # the log ends where the run does
+            if failed is not None:
+                return failed
+            return stopping, ("interrupted by Ctrl-C" if stopping == "interrupted" else None)
 
         lr = lr_at(progress.step, config.optim, horizon)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        log_now = (progress.step + 1) % config.log.log_every == 0
         step_loss = torch.zeros((), dtype=torch.float32, device=device)
         for _ in range(accum):
             window_np = next(batches)  # (B, T+1)
@@ -486,35 +526,10 @@ def _run_steps(
         progress.tokens_seen += batch_size * seq_len * accum
         progress.epoch = cursor.epoch + cursor.batch / per_epoch
 
-        if log_now:
-            n_good = int(good_steps.item())
-            row: dict[str, Any] = {
-                "step": progress.step,
-                "tokens_seen": progress.tokens_seen,
-                "epoch": progress.epoch,
-                "time_s": time.perf_counter() - t0,
-                "lr": lr,
-                "batch_size": batch_size * accum,
-                "seq_len": seq_len,
-                "train_loss": float(loss_sum.item()) / n_good if n_good else math.nan,
-                "grad_norm": float(norm_last.item()),
-                "skipped_steps": int(bad_total.item()),
-            }
-            if source.has_optimum:
-                # per-position relative loss on the last micro-batch of this step
-                model_pos = per_token.detach().view_as(targets).float().mean(0).cpu().numpy()
-                optimal_pos = source.optimal_losses(window_np).mean(0)
-                for i in range(seq_len):
-                    row[f"relative_loss_{i + 1}"] = float(model_pos[i] / optimal_pos[i]) if optimal_pos[i] > 0 else math.nan
-            tracker.log_train(row)
-            callback.on_log(row)
-            loss_sum.zero_()
-            good_steps.zero_()
-            if int(worst_run.item()) >= t.max_bad_steps:
-                return "failed", (
-                    f"{int(worst_run.item())} non-finite steps in a row (loss or gradient norm); "
-                    "lower --lr or raise --warmup-steps"
-                )
+        if progress.step % config.log.log_every == 0:
+            failed = log_row()
+            if failed is not None:
+                return failed
 
         due_by_epochs = (
             t.max_epochs_between_evals is not None
