@@ -59,7 +59,8 @@ def test_globs_match_paths_and_names():
 
 
 def test_scan_leaves_out_manifest_env_and_temp_files(tmp_path):
-    for rel in ["a.txt", "sub/b.txt", MANIFEST_NAME, ".env", "sub/.env.local", "sub/prod.env", "sub/.x.pt.k3j2.tmp", ".d.k2.tmp/y"]:
+    env_files = [".env", "sub/.env.local", "sub/prod.env"]
+    for rel in ["a.txt", "sub/b.txt", MANIFEST_NAME, *env_files, "sub/.x.pt.k3j2.tmp", ".d.k2.tmp/y"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     assert scan_directory(tmp_path) == ["a.txt", "sub/b.txt"]

@@ -34,7 +34,13 @@ def missing(frame: Any, columns: list[str], what: str) -> None:
     """Raise one clear error naming the columns a picture needs that the data lacks."""
     absent = [c for c in columns if c not in frame.columns]
     if absent:
-        shown = ", ".join(frame.columns[:25]) + (f" and {len(frame.columns) - 25} more" if len(frame.columns) > 25 else "")
+        import dataclasses
+
+        from tfkit.ablate.kinds import KINDS
+
+        config = {f.name for k in KINDS.values() for cls in k.sections.values() for f in dataclasses.fields(cls)}
+        ordered = [c for c in frame.columns if c not in config] + [c for c in frame.columns if c in config]
+        shown = ", ".join(ordered[:25]) + (f" and {len(ordered) - 25} more" if len(ordered) > 25 else "")
         raise DataError(f"{what} needs column(s) {', '.join(absent)}; the data has {shown}")
 
 
@@ -210,6 +216,10 @@ def _style(ax: Any, template: Template, xlabel: str, ylabel: str, title: str) ->
         ax.set_title(title, fontsize=9)
     if template.logx:
         ax.set_xscale("log")
+    elif max((abs(v) for v in ax.get_xlim()), default=0) >= 1e5:  # token counts: 200k, not 200000
+        from matplotlib.ticker import EngFormatter
+
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     if template.logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -222,16 +232,23 @@ def _curves(frame: Any, template: Template, hue: list[str]) -> Any:
     facets = _facets(frame, template)
     fig, axes = _subplots(len(facets))
     for ax, (title, rows, ys) in zip(axes, facets, strict=True):
-        for color, (key, part) in enumerate(_groups(rows, hue)):
+        groups = _groups(rows, hue)
+        for color, (key, part) in enumerate(groups):
             for style, y in enumerate(ys):
                 stats = aggregate(part, [template.x], y, template.agg, template.band)
                 if stats.height == 0:
                     continue
-                label = _label(key, hue) + (f" ({y})" if len(ys) > 1 else "")
+                # colours name the settings, line styles the metrics (listed once, in black)
+                single = len(groups) == 1 and len(ys) > 1
+                shade = f"C{style}" if single else f"C{color}"
+                label = y if single else (_label(key, hue) if style == 0 else None)
                 x = stats.get_column(template.x).to_list()
-                ax.plot(x, stats["centre"].to_list(), LINESTYLES[style % 4], color=f"C{color}", label=label)
+                ax.plot(x, stats["centre"].to_list(), LINESTYLES[style % 4], color=shade, label=label)
                 if template.band != "none":
-                    ax.fill_between(x, stats["lo"].to_list(), stats["hi"].to_list(), color=f"C{color}", alpha=0.2, lw=0)
+                    ax.fill_between(x, stats["lo"].to_list(), stats["hi"].to_list(), color=shade, alpha=0.2, lw=0)
+        if len(ys) > 1 and len(groups) > 1:
+            for style, y in enumerate(ys):
+                ax.plot([], [], LINESTYLES[style % 4], color="k", label=y)
         _style(ax, template, template.x, ys[0] if len(ys) == 1 else ", ".join(ys), title)
     return fig
 
