@@ -273,6 +273,14 @@ class SectionedConfig:
         t = self.train
         return any(v is not None for v in (t.max_steps, t.max_tokens, t.max_epochs, t.max_time_seconds))
 
+    def grid_updates(self, updates: dict[str, Any]) -> dict[str, Any]:
+        """One grid point's `section.field` updates as this kind of run takes them.
+
+        The default takes them all; a kind may drop values that do not apply to the
+        rest of the point (so such points collapse into one setting instead of failing).
+        """
+        return updates
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict: {"model": {...}, "optim": {...}, ...}."""
         return dataclasses.asdict(self)

@@ -73,3 +73,15 @@ def test_bad_icl_sweep_is_one_line_and_exit_2(tmp_path):
     result = ablate(tmp_path, "--task", "nope", "linear_regression", "--points-start", "20")
     assert result.exit_code == 2, result.output
     assert "no valid setting to train" in result.output and "Traceback" not in result.output
+
+
+def test_looped_and_deep_models_in_one_grid(tmp_path):
+    """Loop options do not apply to --model gpt: its points collapse into one setting, trained once."""
+    args = ["--model", "gpt", "looped", "--n-loops", "2", "3", "-c", "--logfile", "both.csv"]
+    result = ablate(tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    assert "skipped model=gpt n_loops=3: same model as an earlier setting" in result.output
+    finals = pl.read_csv(tmp_path / "both.csv").filter(pl.col("run_status") == "completed")
+    assert sorted(finals.select("model", "n_loops").rows(), key=str) == [("gpt", None), ("looped", 2), ("looped", 3)]
+    gpt = finals.filter(pl.col("model") == "gpt")
+    assert gpt["val_loss_loop_1"].null_count() == 1 and finals["val_loss_loop_2"].null_count() == 1

@@ -114,7 +114,7 @@ def expand(base: SectionedConfig, axes: dict[str, list[Any]]) -> tuple[list[Sett
     seen: set[str] = set()
     for combo in itertools.product(*value_lists):
         try:
-            config = base.with_updates(dict(zip(keys, combo, strict=True)), source="the grid")
+            config = base.with_updates(base.grid_updates(dict(zip(keys, combo, strict=True))), source="the grid")
         except ConfigError as e:
             raw = {k.split(".", 1)[1]: v for k, v in zip(keys, combo, strict=True)}
             skipped.append(Skipped(values=raw, reason=str(e)))
@@ -122,8 +122,9 @@ def expand(base: SectionedConfig, axes: dict[str, list[Any]]) -> tuple[list[Sett
         flat = config.to_flat_dict()
         values = {k.split(".", 1)[1]: flat[k.split(".", 1)[1]] for k in keys}
         sid = setting_id(config)
-        if sid in seen:  # e.g. two scales that round to the same shape
-            skipped.append(Skipped(values=values, reason="same model as an earlier setting"))
+        if sid in seen:  # e.g. two scales that round to the same shape, or "1e-3" and "0.001"
+            raw = {k.split(".", 1)[1]: v for k, v in zip(keys, combo, strict=True)}
+            skipped.append(Skipped(values=raw, reason="same model as an earlier setting"))
             continue
         seen.add(sid)
         settings.append(Setting(setting_id=sid, values=values, config=config))

@@ -216,7 +216,7 @@ def _resume_command(log_csv: bool) -> str:
 
 
 def _values_text(values: dict[str, Any], varying: list[str]) -> list[str]:
-    return [format_value(values[name]) for name in varying]
+    return ["-" if values[name] is None else format_value(values[name]) for name in varying]
 
 
 def _print_skipped(plan: Any) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from tfkit.config import (
     DEFAULT_MAX_STEPS,
@@ -150,6 +150,9 @@ class LoopConfig:
         return self.eval_loops if self.eval_loops is not None else 2 * self.loops
 
 
+# options that only a looped model has
+LOOP_ONLY = ("loop.n_loops", "loop.loop_window", "loop.eval_loops", "curriculum.loops_start")
+
 ICL_SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "task": TaskConfig,
@@ -206,6 +209,15 @@ class IclRunConfig(SectionedConfig):
                 f"max_seq_len {self.model.max_seq_len} is shorter than a prompt of --n-points {self.task.n_points} "
                 f"({2 * self.task.n_points} tokens: x and y interleaved)"
             )
+
+    def grid_updates(self, updates: dict[str, Any]) -> dict[str, Any]:
+        """In a grid, loop options do not apply to `--model gpt` points: they are dropped there.
+
+        So `--model gpt looped --n-loops 10 20` gives one gpt setting and two looped ones.
+        """
+        if updates.get("loop.model", self.loop.model) != "gpt":
+            return updates
+        return {k: v for k, v in updates.items() if k not in LOOP_ONLY}
 
     def resolved(self) -> IclRunConfig:
         """Fill what the options imply: the prompt length, the loop counts, the default stop and --out."""
