@@ -156,3 +156,19 @@ def test_a_file_that_does_not_parse_logs_nothing_besides_the_error(tmp_path, cap
             _download(tmp_path, [tmp_path / name])
     captured = capfd.readouterr()
     assert "Failed to" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize(
+    "names, options, message",
+    [
+        (["{tmp}/a.txt"], {"subset": "en"}, "--subset applies to Hub ids"),
+        (["tinystories"], {"text_field": "story"}, "--text-field applies to Hub ids and local files"),
+        (["{tmp}/a.jsonl"], {"sample_by": "paragraph"}, "--sample-by applies to local .txt files"),
+    ],
+)
+def test_options_no_source_uses_are_refused(tmp_path, names, options, message):
+    write_stories(tmp_path / "a.txt", 5)
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "x"}])
+    with pytest.raises(DataError, match=message):
+        _download(tmp_path, [n.format(tmp=tmp_path) for n in names], **options)
+    assert not (tmp_path / "out").exists()

@@ -274,6 +274,20 @@ def _load_local(
     return loaded, info, invalid
 
 
+def _check_options_apply(
+    resolved: list[tuple[str, str, Any]], subset: str | None, text_field: str | None, sample_by: str
+) -> None:
+    """Refuse options that none of the sources would use, rather than ignore them."""
+    hows = {how for _, how, _ in resolved}
+    if subset is not None and "hub" not in hows:
+        raise DataError("--subset applies to Hub ids (user/name); presets name their own and local files have none")
+    if text_field is not None and hows == {"preset"}:
+        raise DataError("--text-field applies to Hub ids and local files; presets know their text columns")
+    texts = [t for _, how, t in resolved if how == "local" and (t.is_dir() or t.suffix == ".txt")]
+    if sample_by != "line" and not texts:
+        raise DataError("--sample-by applies to local .txt files (or folders of them); no source is one")
+
+
 def _load_hub(hub_id: str, subset: str | None, split: str | None, cache_dir: str | None, what: str) -> Any:
     import datasets
 
@@ -454,6 +468,7 @@ def download(
     if sample_by not in SAMPLE_BY:
         raise DataError(f"--sample-by must be one of {', '.join(SAMPLE_BY)}, got {sample_by!r}")
     resolved = [(name, *resolve_name(name)) for name in names]
+    _check_options_apply(resolved, subset, text_field, sample_by)
     _check_output_dir(output_dir, overwrite)
 
     kinds: dict[str, str] = {}
