@@ -28,8 +28,9 @@ from tfkit.models.gpt import GPT
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.finetune_config import DpoRunConfig
 from tfkit.training.load import LoadedRun, load_run
-from tfkit.training.loop import RunResult, TrainCallback, _autocast
+from tfkit.training.loop import _autocast
 from tfkit.training.objectives import dpo_loss, sequence_logps
+from tfkit.training.session import RunResult, TrainCallback
 
 METRICS = (
     "rewards_chosen",

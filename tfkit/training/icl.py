@@ -11,8 +11,8 @@ the same run directory as `tfkit train pretrain`:
 `tokens_seen` (so checkpoints are named by examples trained on), and `seq_len` in the
 train log is the current number of points. A looped model's loss is the mean over the
 last `loop_window` loops of the current loop count; the loops before run without
-gradients. The optimizer, schedule, stop criteria, checkpoints, trackers and Ctrl-C
-handling are those of `tfkit.training.loop`.
+gradients. The run lifecycle and the optimizer step (schedule, clipping, non-finite
+steps, stop criteria, cadences, trackers, Ctrl-C, S3) are `tfkit.training.session`.
 
 Evaluation uses one fixed validation set at the final dims and points and logs, per
 in-context position i (the index of the predicted y): `val_loss_<i>` (the model, after
@@ -23,12 +23,8 @@ gets `val_loss_loop_<k>`, the mean over positions after k loops, for k = 1..eval
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,26 +40,20 @@ from tfkit.data.icl import (
     sample_prompts,
     stage_at,
 )
-from tfkit.io import write_json_atomic
 from tfkit.models.looped import VectorTransformer
-from tfkit.tracking import Tracker
 from tfkit.training.checkpoint import checkpoint_path, rng_state, save_checkpoint
 from tfkit.training.icl_config import IclRunConfig
-from tfkit.training.loop import (
-    RunResult,
-    TrainCallback,
-    _autocast,
-    _Flag,
-    _interrupt_flag,
-    open_trackers,
-    prepare_run_dir,
-    resolve_device,
-    run_meta,
-    seed_everything,
-    stop_reached,
-)
+from tfkit.training.loop import _autocast, resolve_device
 from tfkit.training.optim import build_optimizer
-from tfkit.training.schedule import lr_at
+from tfkit.training.session import (
+    Progress,
+    RunResult,
+    RunSession,
+    StepHooks,
+    TrainCallback,
+    compile_enabled,
+    prepare_device,
+)
 
 TRAIN_COLUMNS = (
     "step", "tokens_seen", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm", "skipped_steps",
@@ -159,15 +149,18 @@ def evaluate_icl(
     return row
 
 
-@dataclass
-class _Progress:
-    step: int = 0
-    tokens_seen: int = 0
-    last_eval_step: int = -1
-    last_checkpoint_step: int = -1
-    eval_time: float = 0.0
-    stage: Stage | None = None
-    last_val: dict[str, Any] = field(default_factory=dict)
+@dataclass(kw_only=True)
+class _Progress(Progress):
+    """Progress through the curriculum; prompts are drawn fresh every step, so there are no epochs."""
+
+    stage: Stage  # the curriculum stage of the latest step (the first one before any step)
+
+    def stage_fields(self) -> dict[str, Any]:
+        return {
+            "curriculum_dims": self.stage.dims,
+            "curriculum_points": self.stage.points,
+            "curriculum_loops": self.stage.loops,
+        }
 
 
 def train_icl(
@@ -181,87 +174,48 @@ def train_icl(
     Returns a `RunResult` (status completed, interrupted or failed) like
     `tfkit.training.loop.train`; raises `TfkitError` for bad input before anything is written.
     """
-    from tfkit.storage.uploader import RunPusher
-
-    callback = callback or TrainCallback()
     device = resolve_device(config.train.device)
     config = config.resolved()
-    run_dir = Path(config.log.out)  # type: ignore[arg-type]
-    pusher = RunPusher.open(run_dir, config.log.s3_uri, overwrite=overwrite) if config.log.s3_uri else None
-    prepare_run_dir(run_dir, overwrite)
+    session = RunSession.open(config, callback=callback, overwrite=overwrite)
+    run_dir = session.run_dir
 
-    seed_everything(config.train.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    prepare_device(config.train.seed, device)
     model = build_model(config).to(device)
-    use_compile = config.train.compile == "on" or (config.train.compile == "auto" and device.type == "cuda")
+    use_compile = compile_enabled(config.train, device)
     if use_compile:
         model.blocks.compile_step()
     optimizer = build_optimizer(model, config.optim, device)
     val = ValSet.make(config, device)
 
-    horizon = total_steps(config)
-    num_params, num_params_ne = model.num_params(), model.num_params(non_embedding=True)
-    task = config.task
-    meta = {
-        **run_meta(device, use_compile),
-        "data_source": f"{task.task} (d={task.n_dims}, {task.n_points} points)",
-        "num_params": num_params,
-        "num_params_non_embedding": num_params_ne,
-        "total_steps": horizon,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json_atomic(run_dir / "train_config.json", {**config.to_dict(), "meta": meta})
-    tracker = open_trackers(config, run_dir, meta)
-    callback.on_start(
-        {"run_dir": str(run_dir), "total_steps": horizon, "config": config.to_flat_dict(), **meta, "device": str(device)}
+    t, task = config.train, config.task
+    accum = config.optim.grad_accum_steps
+    session.start(
+        model,
+        device,
+        compiled=use_compile,
+        horizon=total_steps(config),
+        meta={"data_source": f"{task.task} (d={task.n_dims}, {task.n_points} points)"},
     )
 
-    progress = _Progress()
-    flag = _Flag()
-    t0 = time.perf_counter()
-    status, message = "completed", None
-    bad_total = torch.zeros((), dtype=torch.long, device=device)
+    progress = _Progress(stage=stage_at(0, config))
+    generator = torch.Generator(device).manual_seed(config.train.seed)
 
-    def summary() -> dict[str, Any]:
-        wall = time.perf_counter() - t0
-        stage = progress.stage or stage_at(0, config)
-        return {
-            "status": status,
-            "message": message,
-            "step": progress.step,
-            "tokens_seen": progress.tokens_seen,
-            "wall_time_s": wall,
-            "tokens_per_s": progress.tokens_seen / max(wall - progress.eval_time, 1e-9),
-            "num_params": num_params,
-            "num_params_non_embedding": num_params_ne,
-            "skipped_steps": int(bad_total.item()),
-            "curriculum_dims": stage.dims,
-            "curriculum_points": stage.points,
-            "curriculum_loops": stage.loops,
-            **progress.last_val,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+    def step() -> tuple[torch.Tensor, None]:
+        stage = progress.stage = stage_at(progress.step, config)
+        window = min(config.loop.window, stage.loops)
+        norm = normaliser(task, stage.dims)
+        step_loss = torch.zeros((), dtype=torch.float32, device=device)
+        for _ in range(accum):
+            xs, ys = sample_prompts(task, task.batch_size, stage.points, stage.dims, generator)
+            with _autocast(device, t.precision):
+                outs = model(interleave(xs, ys), stage.loops, window)  # [(B, 2n)] for the window's loops
+            loss = window_loss(outs, ys, norm)
+            (loss / accum).backward()
+            step_loss += loss.detach() / accum
+        return step_loss, None
 
-    def evaluate_and_log() -> None:
-        start = time.perf_counter()
-        metrics = evaluate_icl(model, val, config, device)
-        progress.eval_time += time.perf_counter() - start
-        stage = progress.stage or stage_at(0, config)
-        row = {
-            "step": progress.step,
-            "tokens_seen": progress.tokens_seen,
-            "time_s": time.perf_counter() - t0,
-            "curriculum_dims": stage.dims,
-            "curriculum_points": stage.points,
-            "curriculum_loops": stage.loops,
-            **metrics,
-        }
-        progress.last_eval_step = progress.step
-        progress.last_val = {k: v for k, v in metrics.items() if not k[-1].isdigit()}
-        tracker.log_val(row)
-        callback.on_eval(row)
+    def advance() -> None:
+        progress.tokens_seen += task.batch_size * progress.stage.points * accum
 
     def save() -> None:
         state = {
@@ -275,155 +229,18 @@ def train_icl(
             "tfkit_version": tfkit.__version__,
         }
         save_checkpoint(checkpoint_path(run_dir, progress.tokens_seen), state)
-        progress.last_checkpoint_step = progress.step
 
-    generator = torch.Generator(device).manual_seed(config.train.seed)
-    try:
-        with _interrupt_flag(flag):
-            status, message = _run_steps(
-                config, model, optimizer, generator, device, horizon, tracker, callback,
-                progress, flag, t0, bad_total, evaluate_and_log, save, pusher,
-            )  # fmt: skip
-            if status == "completed" and progress.last_eval_step != progress.step:
-                evaluate_and_log()
-            if progress.last_checkpoint_step != progress.step:
-                save()
-    except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        message = message or (f"{type(exc).__name__}: {exc}" if status == "failed" else "interrupted")
-        with contextlib.suppress(Exception):
-            write_json_atomic(run_dir / "summary.json", summary())
-        with contextlib.suppress(Exception):
-            tracker.close()
-        if pusher is not None:
-            pusher.abandon()
-        raise
-    final = summary()
-    write_json_atomic(run_dir / "summary.json", final)
-    tracker.log_summary(final)
-    tracker.close()
-    callback.on_end(final)
-    pushed = pusher.finish() if pusher is not None else None
-    return RunResult(run_dir=run_dir, status=status, summary=final, message=message, pushed=pushed)
+    hooks = StepHooks(
+        step=step,
+        advance=advance,
+        shape=lambda: (task.batch_size * accum, progress.stage.points),
+        evaluate=lambda: evaluate_icl(model, val, config, device),
+        save=save,
+    )
+    return session.run(progress, optimizer, hooks)
 
 
 def window_loss(outs: list[torch.Tensor], ys: torch.Tensor, norm: float) -> torch.Tensor:
     """Mean over the window's loops of the normalised squared error at the x positions."""
     losses = [(predictions_at_x(out) - ys).square().mean() for out in outs]
     return torch.stack(losses).mean() / norm
-
-
-def _run_steps(
-    config: IclRunConfig,
-    model: VectorTransformer,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    device: torch.device,
-    horizon: int | None,
-    tracker: Tracker,
-    callback: TrainCallback,
-    progress: _Progress,
-    flag: _Flag,
-    t0: float,
-    bad_total: torch.Tensor,
-    evaluate_and_log: Any,
-    save: Any,
-    pusher: Any,
-) -> tuple[str, str | None]:
-    """The step loop. Returns (status, message) once a stop criterion, Ctrl-C or failure ends it."""
-    t, task = config.train, config.task
-    accum = config.optim.grad_accum_steps
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-    good_steps = torch.zeros((), dtype=torch.long, device=device)
-    consecutive_bad = torch.zeros((), dtype=torch.long, device=device)
-    worst_run = torch.zeros((), dtype=torch.long, device=device)
-    norm_last = torch.zeros((), dtype=torch.float32, device=device)
-
-    last_logged = 0
-
-    def log_row() -> tuple[str, str] | None:
-        """A train row for the steps since the last one; ("failed", why) after too many bad steps."""
-        nonlocal last_logged
-        n_good = int(good_steps.item())
-        row = {
-            "step": progress.step,
-            "tokens_seen": progress.tokens_seen,
-            "time_s": time.perf_counter() - t0,
-            "lr": lr,
-            "batch_size": task.batch_size * accum,
-            "seq_len": stage.points,
-            "train_loss": float(loss_sum.item()) / n_good if n_good else math.nan,
-            "grad_norm": float(norm_last.item()),
-            "skipped_steps": int(bad_total.item()),
-            "curriculum_dims": stage.dims,
-            "curriculum_points": stage.points,
-            "curriculum_loops": stage.loops,
-        }
-        tracker.log_train(row)
-        last_logged = progress.step
-        callback.on_log(row)
-        loss_sum.zero_()
-        good_steps.zero_()
-        if int(worst_run.item()) >= t.max_bad_steps:
-            return "failed", (
-                f"{int(worst_run.item())} non-finite steps in a row (loss or gradient norm); "
-                "lower --lr or raise --warmup-steps"
-            )
-        return None
-
-    while True:
-        stopping = "interrupted" if flag.requested else None
-        if stopping is None and stop_reached(t, progress.step, progress.tokens_seen, 0.0, time.perf_counter() - t0):
-            stopping = "completed"
-        if stopping is not None:
-            failed = log_row() if progress.step > last_logged else None  # the log ends where the run does
-            if failed is not None:
-                return failed
-            return stopping, ("interrupted by Ctrl-C" if stopping == "interrupted" else None)
-
-        stage = stage_at(progress.step, config)
-        progress.stage = stage
-        window = min(config.loop.window, stage.loops)
-        norm = normaliser(task, stage.dims)
-        lr = lr_at(progress.step, config.optim, horizon)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), dtype=torch.float32, device=device)
-        for _ in range(accum):
-            xs, ys = sample_prompts(task, task.batch_size, stage.points, stage.dims, generator)
-            with _autocast(device, t.precision):
-                outs = model(interleave(xs, ys), stage.loops, window)  # [(B, 2n)] for the window's loops
-            loss = window_loss(outs, ys, norm)
-            (loss / accum).backward()
-            step_loss += loss.detach() / accum
-
-        if config.optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip, foreach=True)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
-        optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]  # fused AdamW skips on device
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bad = (~finite).long()
-        bad_total += bad
-        consecutive_bad.mul_(bad).add_(bad)
-        torch.maximum(worst_run, consecutive_bad, out=worst_run)
-        loss_sum += torch.where(finite, step_loss, torch.zeros_like(step_loss))
-        good_steps += finite.long()
-        norm_last = grad_norm.detach().float()
-
-        progress.step += 1
-        progress.tokens_seen += task.batch_size * stage.points * accum
-
-        if progress.step % config.log.log_every == 0:
-            failed = log_row()
-            if failed is not None:
-                return failed
-        if progress.step % t.eval_every == 0:
-            evaluate_and_log()
-        if t.checkpoint_every is not None and progress.step % t.checkpoint_every == 0:
-            save()
-            if pusher is not None and config.log.s3_every_checkpoint:
-                pusher.push_soon()

@@ -23,8 +23,9 @@ from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.finetune_config import SftRunConfig
-from tfkit.training.loop import RunResult, TrainCallback, _autocast
+from tfkit.training.loop import _autocast
 from tfkit.training.objectives import masked_lm_loss
+from tfkit.training.session import RunResult, TrainCallback
 
 
 def packed_mask(doc: torch.Tensor) -> torch.Tensor:
