@@ -14,11 +14,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-WORDS = (
-    "once upon a time there was a little girl named lily she loved to play in the park with her dog "
-    "one day the sun was bright and the birds sang happy songs tom found a red ball under the big tree "
-    "they ran and jumped and laughed until the moon came up mom said it is time for bed"
-).split()
+WORDS = ["once", "upon", "a", "time", "there", "was", "a", "little", "girl", "named", "lily", "she", "loved", "to", "play", "in", "the", "park", "with", "her", "dog", "one", "day", "the", "sun", "was", "bright", "and", "the", "birds", "sang", "happy", "songs", "tom", "found", "a", "red", "ball", "under", "the", "big", "tree", "they", "ran", "and", "jumped", "and", "laughed", "until", "the", "moon", "came", "up", "mom", "said", "it", "is", "time", "for", "bed"]
 
 
 def story(rng: random.Random) -> str:

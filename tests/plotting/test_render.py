@@ -10,16 +10,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import polars as pl  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import polars as pl
+import pytest
+from matplotlib.collections import PolyCollection
+from typer.testing import CliRunner
 
-from tfkit.cli.app import app  # noqa: E402
-from tfkit.errors import TfkitError  # noqa: E402
-from tfkit.plotting.data import load_runs  # noqa: E402
-from tfkit.plotting.render import aggregate, render, t95  # noqa: E402
-from tfkit.plotting.templates import list_templates, load_template  # noqa: E402
+from tfkit.cli.app import app
+from tfkit.errors import TfkitError
+from tfkit.plotting.data import load_runs
+from tfkit.plotting.render import aggregate, render, t95
+from tfkit.plotting.templates import list_templates, load_template
 
 FAST = ["--seq-len", "6", "--batch-size", "16", "--set", "data.val_sequences=128", "--set", "data.train_sequences=512"]
 

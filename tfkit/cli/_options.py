@@ -17,12 +17,20 @@ import re
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from tfkit.config import SECTIONS
+
+# the options every training command shares besides the config fields
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of options (nested by section or flat).")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value (repeatable).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 PANELS = {
     "model": "Model", "optim": "Optimizer", "data": "Data", "train": "Training", "log": "Logging",

@@ -46,7 +46,14 @@ def format_value(value: Any) -> str:
 
 def progress_bar(label: str) -> Any:
     """A rich progress bar: label, bar, done/total, a `status` field, elapsed time and ETA."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn(label),

@@ -8,8 +8,8 @@ import typer
 
 import tfkit
 from tfkit.cli._errors import INTERRUPTED, USER_ERROR, command
-from tfkit.cli.ablate import ablate_app
 from tfkit.cli._output import print_error
+from tfkit.cli.ablate import ablate_app
 from tfkit.cli.data import data_app
 from tfkit.cli.finetune import dpo, sft
 from tfkit.cli.generate import generate

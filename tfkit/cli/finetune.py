@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from tfkit.cli._errors import INTERRUPTED
-from tfkit.cli._options import config_options
-from tfkit.cli._output import console, key_value_table, print_error, print_json
-from tfkit.cli.train import ProgressDisplay, build_config
+from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Sets, config_options
+from tfkit.cli._output import console
+from tfkit.cli.train import ProgressDisplay, build_config, report_run
 from tfkit.training.finetune_config import DPO_OPTION_SECTIONS, SFT_OPTION_SECTIONS, DpoRunConfig, SftRunConfig
-
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of options (nested by section or flat).")]
-Sets = Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value (repeatable).")]
-Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
 class FinetuneProgressDisplay(ProgressDisplay):
@@ -32,22 +22,6 @@ class FinetuneProgressDisplay(ProgressDisplay):
             return
         key, label = self.extra
         console.print(f"step {row['step']:>6}  val_loss {row['val_loss']:.5f}  {label} {row[key]:.4f}", highlight=False)
-
-
-def _finish(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json_output: bool) -> None:
-    summary = {**result.summary, "run_dir": str(result.run_dir)}
-    if result.pushed is not None:
-        summary["s3"] = result.pushed
-    if json_output:
-        print_json(summary)
-    elif not quiet:
-        table = [(label, summary[key]) for key, label in rows if summary.get(key) is not None]
-        console.print(key_value_table(f"Run {result.run_dir}", table))
-    if result.status == "failed":
-        print_error(f"run failed: {result.message}")
-        raise typer.Exit(1)
-    if result.status == "interrupted":
-        raise typer.Exit(INTERRUPTED)
 
 
 COMMON_ROWS = (
@@ -81,7 +55,7 @@ def sft(
     from tfkit.training.sft import train_sft
 
     display = FinetuneProgressDisplay(quiet or json_output, ("val_acc", "val_acc"))
-    _finish(train_sft(config, callback=display, overwrite=overwrite), SFT_ROWS, quiet, json_output)
+    report_run(train_sft(config, callback=display, overwrite=overwrite), SFT_ROWS, quiet, json_output)
 
 
 @config_options(sections=DPO_OPTION_SECTIONS)
@@ -98,4 +72,4 @@ def dpo(
     from tfkit.training.dpo import train_dpo
 
     display = FinetuneProgressDisplay(quiet or json_output, ("val_rewards_accuracies", "reward accuracy"))
-    _finish(train_dpo(config, callback=display, overwrite=overwrite), DPO_ROWS, quiet, json_output)
+    report_run(train_dpo(config, callback=display, overwrite=overwrite), DPO_ROWS, quiet, json_output)

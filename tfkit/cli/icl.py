@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from tfkit.cli._errors import INTERRUPTED
-from tfkit.cli._options import config_options
-from tfkit.cli._output import console, key_value_table, print_error, print_json
-from tfkit.cli.train import ProgressDisplay, build_config
+from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Sets, config_options
+from tfkit.cli._output import console
+from tfkit.cli.train import ProgressDisplay, build_config, report_run
 from tfkit.training.icl_config import ICL_SECTIONS, UNUSED_MODEL_FIELDS, UNUSED_TRAIN_FIELDS, IclRunConfig
 
 # options of the shared sections that icl runs have no use for
@@ -49,31 +45,15 @@ SUMMARY_ROWS = (
 @config_options(sections=ICL_SECTIONS, exclude=EXCLUDED)
 def icl(
     options: dict[str, Any],
-    config_file: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of options (nested by section or flat).")
-    ] = None,
-    sets: Annotated[
-        list[str] | None, typer.Option("--set", help="Any config field: section.field=value (repeatable).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    json_output: Json = False,
 ) -> None:
     """Train a GPT or looped transformer to regress in context (linear, sparse, noisy, relu_2nn, decision_tree)."""
     config = build_config(options, config_file, sets or [], [], config_class=IclRunConfig)
     from tfkit.training.icl import train_icl
 
     result = train_icl(config, callback=IclProgressDisplay(quiet or json_output), overwrite=overwrite)
-    summary = {**result.summary, "run_dir": str(result.run_dir)}
-    if result.pushed is not None:
-        summary["s3"] = result.pushed
-    if json_output:
-        print_json(summary)
-    elif not quiet:
-        rows = [(label, summary[key]) for key, label in SUMMARY_ROWS if summary.get(key) is not None]
-        console.print(key_value_table(f"Run {result.run_dir}", rows))
-    if result.status == "failed":
-        print_error(f"run failed: {result.message}")
-        raise typer.Exit(1)
-    if result.status == "interrupted":
-        raise typer.Exit(INTERRUPTED)
+    report_run(result, SUMMARY_ROWS, quiet, json_output)

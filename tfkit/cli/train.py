@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from tfkit.cli._errors import INTERRUPTED, command
-from tfkit.cli._options import config_options
+from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Sets, config_options
 from tfkit.cli._output import console, is_interactive, key_value_table, print_error, print_json, progress_bar
 from tfkit.config import RunConfig
 from tfkit.errors import ConfigError
@@ -98,37 +98,16 @@ SUMMARY_ROWS = (
 )
 
 
-@command(train_app, "pretrain")
-@config_options()
-def pretrain(
-    options: dict[str, Any],
-    config_file: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of options (nested by section or flat).")
-    ] = None,
-    sets: Annotated[
-        list[str] | None, typer.Option("--set", help="Any config field: section.field=value (repeatable).")
-    ] = None,
-    params: Annotated[
-        list[str] | None, typer.Option("--param", help="Process parameter name=value, e.g. x=0.2 (repeatable).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-) -> None:
-    """Pretrain a GPT on next-token prediction (built-in processes: --data mess3)."""
-    config = build_config(options, config_file, sets or [], params or [])
-    from tfkit.training.loop import train
-
-    display = ProgressDisplay(quiet or json_output)
-    result = train(config, callback=display, overwrite=overwrite)  # type: ignore[arg-type]
+def report_run(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json_output: bool) -> None:
+    """Print a finished run (a table of `rows`, or JSON) and exit 1 if it failed, 130 if interrupted."""
     summary = {**result.summary, "run_dir": str(result.run_dir)}
     if result.pushed is not None:
         summary["s3"] = result.pushed
     if json_output:
         print_json(summary)
     elif not quiet:
-        rows = [(label, summary[key]) for key, label in SUMMARY_ROWS if summary.get(key) is not None]
-        console.print(key_value_table(f"Run {result.run_dir}", rows))
+        table = [(label, summary[key]) for key, label in rows if summary.get(key) is not None]
+        console.print(key_value_table(f"Run {result.run_dir}", table))
         if result.pushed is not None:
             console.print(f"Pushed to {result.pushed['uri']} ({result.pushed['uploaded']} files uploaded)", highlight=False)
     if result.status == "failed":
@@ -136,3 +115,25 @@ def pretrain(
         raise typer.Exit(1)
     if result.status == "interrupted":
         raise typer.Exit(INTERRUPTED)
+
+
+@command(train_app, "pretrain")
+@config_options()
+def pretrain(
+    options: dict[str, Any],
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    params: Annotated[
+        list[str] | None, typer.Option("--param", help="Process parameter name=value, e.g. x=0.2 (repeatable).")
+    ] = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    json_output: Json = False,
+) -> None:
+    """Pretrain a GPT on next-token prediction (built-in processes: --data mess3)."""
+    config = build_config(options, config_file, sets or [], params or [])
+    from tfkit.training.loop import train
+
+    display = ProgressDisplay(quiet or json_output)
+    result = train(config, callback=display, overwrite=overwrite)  # type: ignore[arg-type]
+    report_run(result, SUMMARY_ROWS, quiet, json_output)

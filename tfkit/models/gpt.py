@@ -44,7 +44,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
 from tfkit.config import ModelConfig

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from tfkit.config import ModelConfig
 from tfkit.models.gpt import Block, ParallelBlock, make_norm
