@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tfkit.config import RunConfig
+
+# tables are laid out at the terminal's width: every test sees the same one, whatever the
+# terminal running the suite (messages never wrap; tests/test_package.py checks a narrow one)
+os.environ["COLUMNS"] = "200"
 
 # S3 fixtures (a moto server on 127.0.0.1, clean credentials, a bucket, a fault-injecting proxy)
 pytest_plugins = ["tests.storage.s3_fixtures"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import tfkit
+
+NARROW = {**os.environ, "COLUMNS": "40", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -36,7 +40,8 @@ def test_import_and_help_do_not_import_torch():
 
 
 def test_help_lists_command_groups():
-    out = run("tfkit", "--help")
+    # the console script this interpreter's install wrote, not whatever `tfkit` comes first on PATH
+    out = run(str(Path(sys.executable).parent / "tfkit"), "--help")
     assert out.returncode == 0
     for group in ("data", "tokenizer", "train", "s3"):
         assert group in out.stdout
@@ -46,3 +51,20 @@ def test_version_and_module_entry_point():
     out = run(sys.executable, "-m", "tfkit", "--version")
     assert out.returncode == 0
     assert out.stdout.strip() == f"tfkit {tfkit.__version__}"
+
+
+def test_messages_are_one_line_in_a_narrow_terminal(tmp_path):
+    """A warning or an error is never hard-wrapped at the terminal's width: scripts can parse it."""
+    bad = tmp_path / ("a-rather-long-folder-name-" * 3) / "bad.txt"
+    bad.parent.mkdir()
+    bad.write_bytes(b"fine\nnot \xff fine\n")
+    args = ["data", "download", str(bad), "--val-fraction", "0", "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    out = subprocess.run([sys.executable, "-m", "tfkit", *args, "--output-dir", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120, env=NARROW)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    warning = [line for line in (out.stdout + out.stderr).splitlines() if "Warning" in line]
+    assert warning == [f"Warning: {bad}: replaced 1 invalid UTF-8 sequence(s) with U+FFFD"]
+    err = subprocess.run([sys.executable, "-m", "tfkit", "train", "pretrain", "--data", str(bad.parent / "nothing"),
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=NARROW)  # fmt: skip
+    assert err.returncode == 2
+    assert len(err.stderr.strip().splitlines()) == 1 and str(bad.parent / "nothing") in err.stderr, err.stderr

@@ -104,8 +104,8 @@ def test_existing_results_are_never_overwritten_unasked(tmp_path):
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--devices", "gpu0"], "--device must be"),
         # a device this machine lacks stops the ablation before any run (not every run failing on it)
-        (["--device", "cuda:7"], "--device cuda:7: "),
-        (["--devices", "cpu,cuda:7"], "--devices cuda:7: "),
+        (["--device", "cuda:4095"], "--device cuda:4095: "),  # no machine has that many
+        (["--devices", "cpu,cuda:4095"], "--devices cuda:4095: "),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

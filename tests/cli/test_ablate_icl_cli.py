@@ -85,3 +85,27 @@ def test_looped_and_deep_models_in_one_grid(tmp_path):
     assert sorted(finals.select("model", "n_loops").rows(), key=str) == [("gpt", None), ("looped", 2), ("looped", 3)]
     gpt = finals.filter(pl.col("model") == "gpt")
     assert gpt["val_loss_loop_1"].null_count() == 1 and finals["val_loss_loop_2"].null_count() == 1
+
+
+def test_options_before_icl_are_refused_not_dropped(tmp_path):
+    """`tfkit ablate --num-runs 2 icl` and `tfkit ablate --depth 4 8 icl` name what they would lose, write nothing."""
+    for before, named in ((["--num-runs", "2"], "--num-runs"), (["--depth", "4", "8"], "--depth"),
+                          (["-c", "--logfile", "x.csv"], "--log-csv, --logfile")):  # fmt: skip
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            result = runner.invoke(app, ["ablate", *before, "icl", *TINY], env={"COLUMNS": "300"})
+        finally:
+            os.chdir(cwd)
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output
+        assert f"{named} before `icl` would not apply to it" in result.output
+        assert not any(tmp_path.iterdir())
+    # a value that happens to be "icl" for a one-value option is still a value
+    named = ablate(tmp_path, "--name", "icl", "--dry-run")
+    assert named.exit_code == 0, named.output
+    # the multi-value form before no subcommand keeps working
+    plain = runner.invoke(app, ["ablate", "--depth", "1", "2", "--width", "16", "--num-heads", "1", "2", "--num-runs",
+                                "5", "--dry-run"])  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    assert "4 settings x 5 runs" in plain.output

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.chatdata import one_torch_thread  # noqa: F401  (autouse fixture)
-from tests.textdata import preference_records, write_jsonl, write_stories
+from tests.textdata import WORDS, preference_records, write_jsonl, write_stories
 from tfkit.cli.app import app
 
 runner = CliRunner()
@@ -47,10 +47,14 @@ def work(tmp_path_factory) -> Path:
     download([str(root / "taught")], root / "sft_raw", cache_dir=cache)
     write_jsonl(root / "prefs.jsonl", preference_records(40))
     download([str(root / "prefs.jsonl")], root / "dpo_raw", val_fraction=0.2, cache_dir=cache)
+    write_jsonl(root / "yes_no" / "train.jsonl", yes_no_pairs(64, seed=0))
+    write_jsonl(root / "yes_no" / "valid.jsonl", yes_no_pairs(32, seed=1))
+    download([str(root / "yes_no")], root / "yes_no_raw", cache_dir=cache)
     train_tokenizer(root / "raw", root / "chat.json", vocab_size=320, profile="chat")
     tokenize_dataset(root / "raw", root / "chat.json", root / "shards")
     tokenize_dataset(root / "sft_raw", root / "chat.json", root / "sft", mode="sft")
     tokenize_dataset(root / "dpo_raw", root / "chat.json", root / "dpo", mode="dpo")
+    tokenize_dataset(root / "yes_no_raw", root / "chat.json", root / "yes_no_dpo", mode="dpo")
     pretrained = invoke(
         "train", "pretrain", "--data", root / "shards", "--depth", "2", "--width", "64", "--num-heads", "2",
         "--seq-len", "48", "--batch-size", "8", "--max-steps", "10", "--eval-every", "10",
@@ -58,6 +62,49 @@ def work(tmp_path_factory) -> Path:
     )  # fmt: skip
     assert pretrained.exit_code == 0, pretrained.output
     return root
+
+
+def yes_no_pairs(count: int, seed: int) -> list[dict]:
+    """Preference pairs with a rule a small model picks up: the chosen reply starts "yes", the rejected "no"."""
+    import random
+
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        subject = " ".join(rng.choice(WORDS) for _ in range(3))
+        pairs.append({"prompt": f"Is it {subject}?", "chosen": f"yes it is {subject}.", "rejected": f"no it is {subject}."})
+    return pairs
+
+
+def test_pretrain_sft_dpo_from_init_learns_and_keeps_the_model(work, tmp_path):
+    """The whole chain through the CLI, DPO with a live reference: preferences are learned, the model stays one model."""
+    sft = invoke(
+        "train", "sft", "--init", work / "pre", "--data", work / "sft", "--out", tmp_path / "sft", "--batch-size", "4",
+        "--max-steps", "10", "--eval-every", "10", *TINY,
+    )  # fmt: skip
+    assert sft.exit_code == 0, sft.output
+    dpo = invoke(
+        "train", "dpo", "--init", tmp_path / "sft", "--data", work / "yes_no_dpo", "--out", tmp_path / "dpo",
+        "--beta", "0.1", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "0", "--max-steps", "30",
+        "--log-every", "10", "--eval-every", "30", *TINY,
+    )  # fmt: skip
+    assert dpo.exit_code == 0, dpo.output
+    with open(tmp_path / "dpo" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["rewards_accuracies"]) > 0.5 and float(rows[-1]["rewards_margins"]) > 0
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) < 0.7
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (work / "pre", tmp_path / "sft", tmp_path / "dpo")]
+    assert summaries[2]["val_rewards_accuracies"] > 0.5 and summaries[2]["val_rewards_margins"] > 0
+    assert len({s["num_params"] for s in summaries}) == 1, [s["num_params"] for s in summaries]
+    import torch
+
+    from tfkit.training.load import load_run
+
+    for run in (tmp_path / "sft", tmp_path / "dpo"):
+        model = load_run(run).build()
+        assert model.transformer.wte.weight is model.lm_head.weight  # still tied
+        state = torch.load(load_run(run).checkpoint, weights_only=True)["model"]
+        assert torch.equal(state["transformer.wte.weight"], state["lm_head.weight"])
 
 
 def test_sft_then_generate_reproduces_a_trained_response(work):

@@ -77,7 +77,7 @@ def test_yaml_then_options_then_set(tmp_path):
         (["--set", "model.nosuch=1"], "unknown option model.nosuch"),
         (["--param", "nosuch=1"], "nosuch"),
         (["--param", "x"], "--param expects name=value"),
-        (["--device", "cuda:7"], "CUDA"),
+        (["--device", "cuda:4095"], "CUDA"),  # no machine has that many
     ],
 )
 def test_user_errors_are_one_line_exit_2(tmp_path, args, message):

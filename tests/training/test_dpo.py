@@ -20,6 +20,8 @@ METRICS = [
     "rewards_accuracies",
     "logps_chosen",
     "logps_rejected",
+    "logits_chosen",
+    "logits_rejected",
 ]
 
 
@@ -54,14 +56,34 @@ def test_first_step_loss_is_ln2_with_zero_rewards(tmp_path, pairs_dir, precomput
     assert float(first["logps_chosen"]) < 0 and float(first["logps_rejected"]) < 0
 
 
-def test_rewards_accuracies_rise_on_a_simple_preference_rule(tmp_path, pairs_dir):
+@pytest.mark.parametrize("loss_type,first_loss", [("hinge", 1.0), ("ipo", 1 / (4 * 0.1**2))])
+def test_first_step_loss_of_the_other_losses(tmp_path, pairs_dir, loss_type, first_loss):
+    config = config_for(tmp_path, pairs_dir, **{"train.max_steps": 1, "dpo.loss_type": loss_type})
+    first = read_csv(train_dpo(config).run_dir / "train_log.csv")[0]
+    assert float(first["train_loss"]) == pytest.approx(first_loss, rel=1e-5)
+    assert abs(float(first["rewards_margins"])) < 1e-6
+
+
+def test_ipo_averages_log_probabilities_over_the_response_as_trl(tmp_path, pairs_dir):
+    # every response is 4 tokens: ipo's logps are the sigmoid loss's divided by 4
+    rows = {}
+    for loss_type in ("sigmoid", "ipo"):
+        config = config_for(tmp_path / loss_type, pairs_dir, **{"train.max_steps": 1, "dpo.loss_type": loss_type})
+        rows[loss_type] = read_csv(train_dpo(config).run_dir / "train_log.csv")[0]
+    for name in ("logps_chosen", "logps_rejected"):
+        assert float(rows["ipo"][name]) == pytest.approx(float(rows["sigmoid"][name]) / 4, rel=1e-5)
+    assert float(rows["ipo"]["logits_chosen"]) == pytest.approx(float(rows["sigmoid"]["logits_chosen"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("precompute_ref", [False, True])
+def test_rewards_accuracies_rise_on_a_simple_preference_rule(tmp_path, pairs_dir, precompute_ref):
     # chosen responses use only even token ids, rejected ones only odd ids
     config = config_for(tmp_path, pairs_dir, **{"train.max_steps": 40, "train.eval_every": 20, "log.log_every": 5,
-                                                "dpo.precompute_ref": True})  # fmt: skip
+                                                "dpo.precompute_ref": precompute_ref})  # fmt: skip
     result = train_dpo(config)
     train_rows = read_csv(result.run_dir / "train_log.csv")
     val_rows = read_csv(result.run_dir / "val_log.csv")
-    assert list(train_rows[0])[8:14] == METRICS  # after train_loss, with TRL's names, "/" written "_"
+    assert list(train_rows[0])[8:16] == METRICS  # after train_loss, with TRL's names, "/" written "_"
     assert list(val_rows[0])[4:] == ["val_loss", *(f"val_{m}" for m in METRICS)]
     assert float(train_rows[-1]["rewards_accuracies"]) > 0.9
     assert float(val_rows[-1]["val_rewards_accuracies"]) > 0.9

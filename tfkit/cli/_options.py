@@ -146,12 +146,13 @@ def config_options(
 _NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
 
-def expand_multi_values(args: list[str], multi_flags: set[str]) -> list[str]:
+def expand_multi_values(args: list[str], multi_flags: set[str], stop: frozenset[str] = frozenset()) -> list[str]:
     """Rewrite `--depth 4 8` as `--depth 4 --depth 8` for the options in `multi_flags`.
 
     A multi-valued option takes every following token up to the next option (negative
-    numbers are values), so the space-separated and the repeated forms mean the same.
-    `--depth=4 8` works too; everything after `--` is left alone.
+    numbers are values) or a token in `stop` (a group's subcommand names), so the
+    space-separated and the repeated forms mean the same. `--depth=4 8` works too;
+    everything after `--` is left alone.
     """
     out: list[str] = []
     i = 0
@@ -166,7 +167,7 @@ def expand_multi_values(args: list[str], multi_flags: set[str]) -> list[str]:
         if flag not in multi_flags:
             continue
         has_value = "=" in token
-        while i < len(args) and not (args[i].startswith("-") and not _NUMBER.match(args[i])):
+        while i < len(args) and args[i] not in stop and not (args[i].startswith("-") and not _NUMBER.match(args[i])):
             out.extend([flag, args[i]] if has_value else [args[i]])
             has_value = True
             i += 1
@@ -182,8 +183,23 @@ class MultiValueCommand(TyperCommand):
 
 
 class MultiValueGroup(TyperGroup):
-    """A command group whose own repeatable options accept several values, like `MultiValueCommand`."""
+    """A command group whose own repeatable options accept several values, like `MultiValueCommand`.
+
+    A subcommand's name ends a list of values (`--depth 4 8 icl` is two depths, then
+    `icl`); the group's callback decides what to do with options typed before it
+    (`options_before_subcommand`).
+    """
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}
-        return super().parse_args(ctx, expand_multi_values(args, multi))
+        return super().parse_args(ctx, expand_multi_values(args, multi, frozenset(self.commands)))
+
+
+def options_before_subcommand(ctx: Any) -> list[str]:
+    """The options of a group typed on the command line (not defaults), as their flags."""
+    typed = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.param_type_name == "option" and source is not None and source.name == "COMMANDLINE":
+            typed.append(param.opts[0])
+    return typed

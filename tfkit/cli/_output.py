@@ -9,8 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # messages are never hard-wrapped: scripts can parse them at any width
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def is_interactive() -> bool:

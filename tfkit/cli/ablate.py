@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from tfkit.cli._errors import INTERRUPTED, callback, command
-from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options
+from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options, options_before_subcommand
 from tfkit.cli._output import console, format_value, is_interactive, print_error, progress_bar
 from tfkit.cli.icl import EXCLUDED as ICL_EXCLUDED
 from tfkit.cli.train import build_config
@@ -80,6 +80,12 @@ def ablate(
 ) -> None:
     """Train every combination of several values per option, with seeds repeated per setting."""
     if ctx.invoked_subcommand is not None:  # `tfkit ablate icl ...`: the subcommand does the work
+        typed = options_before_subcommand(ctx)
+        if typed:
+            raise ConfigError(
+                f"{', '.join(typed)} before `{ctx.invoked_subcommand}` would not apply to it: "
+                f"put every option after it (tfkit ablate {ctx.invoked_subcommand} {typed[0]} ...)"
+            )
         return
     from tfkit.ablate.grid import parse_sweeps
     from tfkit.ablate.kinds import KINDS

@@ -2,14 +2,15 @@
 
 Each step scores the chosen and rejected sequences of a batch of pairs with the policy
 (one forward over both) and the reference (the `--init` model, or `--ref`), as
-log-probabilities summed over the response tokens, and minimises `dpo_loss`
+log-probabilities summed over the response tokens (averaged for `ipo`, as TRL does), and minimises `dpo_loss`
 (tfkit.training.objectives) of the `--loss-type`. With `--precompute-ref` the reference
 scores every train and validation pair once before training and is then freed.
 
 Logged with TRL's metric names, `/` written `_` (the same in CSV and wandb):
 `rewards_chosen`, `rewards_rejected` (beta * (policy - reference) log-probability),
 `rewards_margins` (their difference), `rewards_accuracies` (share of pairs whose chosen
-reward is higher), `logps_chosen`, `logps_rejected` (policy), next to `train_loss` in
+reward is higher), `logps_chosen`, `logps_rejected` (policy), `logits_chosen`,
+`logits_rejected` (the policy's mean output logit over the response tokens), next to `train_loss` in
 train_log.csv; the same with a `val_` prefix, and `val_loss`, in val_log.csv.
 """
 
@@ -29,7 +30,7 @@ from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, t
 from tfkit.training.finetune_config import DpoRunConfig
 from tfkit.training.load import LoadedRun, load_run
 from tfkit.training.loop import _autocast
-from tfkit.training.objectives import dpo_loss, sequence_logps
+from tfkit.training.objectives import LENGTH_AVERAGED, dpo_loss, sequence_logps
 from tfkit.training.session import RunResult, TrainCallback
 
 METRICS = (
@@ -39,26 +40,46 @@ METRICS = (
     "rewards_accuracies",
     "logps_chosen",
     "logps_rejected",
+    "logits_chosen",
+    "logits_rejected",
 )
 
 
-def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) sequence log-probabilities (B,) of a device batch of 2B rows."""
-    tokens = batch["tokens"]
-    logps = sequence_logps(model(tokens[:, :-1]), tokens[:, 1:], batch["mask"][:, 1:])  # (2B,)
+def pair_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], average: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) sequence log-probabilities (B,) of a device batch of 2B rows, and the mean logits.
+
+    Args:
+        average: average the log-probabilities over the response tokens instead of summing them.
+
+    Returns (chosen, rejected, logits): `logits` (2,) is the mean output logit over the
+    response tokens of the chosen and of the rejected rows (no gradient).
+    """
+    tokens, mask = batch["tokens"], batch["mask"][:, 1:].bool()
+    logits = model(tokens[:, :-1])  # (2B, T, V)
+    logps = sequence_logps(logits, tokens[:, 1:], mask, average=average)  # (2B,)
     half = tokens.size(0) // 2
-    return logps[:half], logps[half:]
+    with torch.no_grad():
+        # mean over every vocabulary entry at every scored position, as TRL's logits/chosen
+        per_row = (logits.float().mean(-1) * mask).sum(-1)  # (2B,)
+        counts = mask.sum(-1)
+        mean_logits = torch.stack([
+            per_row[:half].sum() / counts[:half].sum().clamp(min=1),
+            per_row[half:].sum() / counts[half:].sum().clamp(min=1),
+        ])  # fmt: skip
+    return logps[:half], logps[half:], mean_logits
 
 
 def dpo_metrics(
     chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
+    policy_rejected: torch.Tensor, mean_logits: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
     """The METRICS of one batch as a vector (means over pairs)."""
     return torch.stack([
         chosen_rewards.mean(), rejected_rewards.mean(), (chosen_rewards - rejected_rewards).mean(),
         (chosen_rewards > rejected_rewards).float().mean(),
-        policy_chosen.detach().mean(), policy_rejected.detach().mean(),
+        policy_chosen.detach().mean(), policy_rejected.detach().mean(), *mean_logits.float(),
     ]).float()  # fmt: skip
 
 
@@ -71,6 +92,7 @@ class DpoObjective(Objective):
         self.batch_size = data.batch_size
         self.seq_len = data.seq_len
         self.reference_run = reference
+        self.average = config.dpo.loss_type in LENGTH_AVERAGED
         self.reference: GPT | None = None
         self.ref_train: torch.Tensor | None = None  # (N, 2) precomputed (chosen, rejected)
         self.ref_val: torch.Tensor | None = None
@@ -90,7 +112,7 @@ class DpoObjective(Objective):
         for batch in self.data.ordered_batches(part):
             on_device = {k: to_device(batch[k], device) for k in ("tokens", "mask")}
             with _autocast(device, precision):
-                chosen, rejected = pair_logps(model, on_device)
+                chosen, rejected, _ = pair_logps(model, on_device, self.average)
             scores.append(torch.stack([chosen, rejected], dim=1).float())
         return torch.cat(scores)  # (N, 2)
 
@@ -102,7 +124,8 @@ class DpoObjective(Objective):
             return rows[:, 0], rows[:, 1]
         assert self.reference is not None
         with _autocast(device, precision):
-            return pair_logps(self.reference, on_device)
+            chosen, rejected, _ = pair_logps(self.reference, on_device, self.average)
+        return chosen, rejected
 
     def batches_in_epoch(self, epoch: int) -> int:
         return self.data.batches_in_epoch(epoch)
@@ -114,13 +137,13 @@ class DpoObjective(Objective):
                 device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         on_device = {k: to_device(batch[k], device) for k in ("tokens", "mask")}
         with _autocast(device, precision):
-            policy_chosen, policy_rejected = pair_logps(model, on_device)
+            policy_chosen, policy_rejected, mean_logits = pair_logps(model, on_device, self.average)
         ref_chosen, ref_rejected = self._reference_logps(on_device, batch["index"], table, device, precision)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected,
             beta=self.dpo.beta, label_smoothing=self.dpo.label_smoothing, loss_type=self.dpo.loss_type,
         )  # fmt: skip
-        return losses, dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected)
+        return losses, dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected, mean_logits)
 
     def step(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
              precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip

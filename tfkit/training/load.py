@@ -36,9 +36,23 @@ class LoadedRun:
     tokenizer_sha256: str | None
 
     def build(self, device: torch.device | str = "cpu") -> GPT:
+        """A new model holding a copy of the weights: it shares no storage with `state` or another build.
+
+        Weights are copied into the model's own parameters (never assigned), so a tied
+        embedding stays one parameter, and the policy and reference of DPO are two models.
+        """
         model = GPT(self.model_config)
-        model.load_state_dict(self.state)
+        model.load_state_dict(_plain_state(self.state))
         return model.to(device)
+
+
+def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` as a plain dict, without the `_metadata` a saved state dict carries.
+
+    `load_state_dict` writes its `assign` flag into that metadata, so a state dict once
+    loaded with `assign=True` would make every later load assign (share) its tensors.
+    """
+    return dict(state.items())
 
 
 def _tokenizer_of_data(data: Any) -> tuple[str | None, str | None]:
@@ -106,7 +120,7 @@ def load_run(path: str | Path, option: str = "--init") -> LoadedRun:
     loaded = LoadedRun(model_config, state["model"], checkpoint, run_dir, tok_path, tok_sha)
     try:
         with torch.device("meta"):  # checks names and shapes without allocating a model
-            GPT(model_config).load_state_dict(state["model"], assign=True)
+            GPT(model_config).load_state_dict(_plain_state(state["model"]), assign=True)
     except RuntimeError as e:
         raise DataError(
             f"{option} {checkpoint}: its weights do not fit its model config ({' '.join(str(e).split()[:20])})"

@@ -3,7 +3,7 @@
 - `lm_loss`: next-token cross-entropy averaged over every target (pretraining).
 - `masked_lm_loss`: cross-entropy averaged over the targets a mask selects (SFT: the
   response tokens), with the number of correct argmax predictions among them.
-- `sequence_logps`: per-sequence log-probability, summed over the masked targets.
+- `sequence_logps`: per-sequence log-probability, summed (or averaged) over the masked targets.
 - `dpo_loss`: the preference losses of DPO (Rafailov et al. 2023) on sequence
   log-probabilities of a policy and a frozen reference, as TRL defines them:
 
@@ -12,7 +12,13 @@
       ipo:     (h - 1 / (2 beta))^2                                     (Azar et al. 2023)
       hinge:   max(0, 1 - beta h)                                       (SLiC, Zhao et al. 2023)
 
-  with implicit rewards beta (pi - ref) for the chosen and the rejected response.
+  with implicit rewards beta (pi - ref) for the chosen and the rejected response. As in
+  TRL, `ipo` scores a response by its log-probability averaged over its tokens
+  (`LENGTH_AVERAGED`), the other losses by the sum.
+
+At the first step the policy equals the reference (h = 0): the sigmoid loss starts at
+ln 2 (whatever the label smoothing), hinge at 1 and ipo at 1 / (4 beta^2); every reward
+starts at 0.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+# losses whose sequence log-probabilities are averaged over the response tokens (TRL's choice)
+LENGTH_AVERAGED = ("ipo",)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -52,10 +60,17 @@ def masked_lm_loss(
     return loss, correct, count
 
 
-def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each sequence's masked targets: logits (B, T, V) -> (B,)."""
+def sequence_logps(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, average: bool = False
+) -> torch.Tensor:
+    """Log-probability of each sequence's masked targets: logits (B, T, V) -> (B,).
+
+    With `average`, the mean over the masked targets instead of the sum (0 when none is masked).
+    """
+    mask = mask.bool()
     logps = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return (logps * mask.bool()).sum(-1)
+    total = (logps * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
 
 
 def dpo_loss(
