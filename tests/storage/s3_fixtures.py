@@ -6,6 +6,7 @@ restores os.environ afterwards; `bucket` creates a fresh bucket. `FlakyProxy` si
 between boto3 and moto: it forwards every request and can answer chosen ones with an
 injected error (a transient 500, a 403) or hold them until released, and it records
 what it saw, so the tests exercise boto3's own retries and headers over HTTP.
+`SilentServer` accepts connections and never answers (an endpoint that hangs).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import http.client
 import itertools
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,8 +116,11 @@ def make_run(root: Path) -> Path:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under root (relative POSIX path -> bytes)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under root (relative POSIX path -> bytes), but the record pulls keep there."""
+    from tfkit.storage.manifest import PULLED_NAME
+
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != PULLED_NAME]
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
 
 
 def keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
@@ -265,3 +270,44 @@ def proxy(s3_server: str) -> Iterator[FlakyProxy]:
     p = FlakyProxy(s3_server)
     yield p
     p.close()
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.sock.settimeout(0.05)
+        self.accepted: list[socket.socket] = []  # held open until close(), so none is reset
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()

@@ -95,8 +95,10 @@ def test_pull_round_trips_byte_for_byte_and_skips_identical_files(tmp_path, s3_s
     again = store.pull(f"s3://{bucket}/r", dest)
     assert again.downloaded == [] and again.unchanged == sorted(tree(run))
     (dest / "summary.json").write_text("locally edited\n")
-    third = store.pull(f"s3://{bucket}/r", dest)
-    assert third.downloaded == ["summary.json"]
+    with pytest.raises(StorageError, match="summary.json"):  # a local edit is not replaced...
+        store.pull(f"s3://{bucket}/r", dest)
+    third = store.pull(f"s3://{bucket}/r", dest, force=True)  # ...unless forced
+    assert third.downloaded == ["summary.json"] and third.overwritten == ["summary.json"]
     assert tree(dest) == tree(run)
 
 

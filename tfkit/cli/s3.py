@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from tfkit.cli._errors import command
-from tfkit.cli._output import console, is_interactive, print_json
+from tfkit.cli._output import console, err_console, is_interactive, print_json
+from tfkit.storage import DEFAULT_TIMEOUT, TIMEOUT_ATTEMPTS
 
 s3_app = typer.Typer(
     help=(
@@ -39,6 +40,14 @@ Exclude = Annotated[
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be transferred; transfer nothing.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no file list.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds to wait for the endpoint to connect, and then for each answer; "
+        f"a silent endpoint is tried {TIMEOUT_ATTEMPTS} times, then the command fails.",
+    ),
+]
 
 
 def _size(n: int) -> str:
@@ -47,10 +56,19 @@ def _size(n: int) -> str:
     return decimal(n)
 
 
-def _connect(profile: str | None, endpoint_url: str | None, jobs: int = 8) -> Any:
+def _connect(profile: str | None, endpoint_url: str | None, timeout: float, jobs: int = 8, quiet: bool = False) -> Any:
     from tfkit.storage.s3 import S3Store
 
-    return S3Store.connect(profile=profile, endpoint_url=endpoint_url, jobs=jobs)
+    def on_retry(message: str) -> None:  # on stderr: stdout stays the result (--json)
+        err_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+
+    return S3Store.connect(
+        profile=profile, endpoint_url=endpoint_url, jobs=jobs, timeout=timeout, on_retry=None if quiet else on_retry
+    )
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[bold yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 class TransferDisplay:
@@ -111,8 +129,13 @@ def push(
     include: Include = None,
     exclude: Exclude = None,
     dry_run: DryRun = False,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option("--follow-symlinks", help="Also upload the files behind symlinks that lead out of the directory."),
+    ] = False,
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
     jobs: Jobs = 8,
     quiet: Quiet = False,
     json_output: Json = False,
@@ -121,15 +144,26 @@ def push(
 
     Large files go up in parts, several files at once. A sha256 manifest
     (.tfkit-manifest.json) is uploaded last; `tfkit s3 pull` verifies against it.
+    Symlinks that lead out of the directory are skipped with a warning.
     """
-    store = _connect(profile, endpoint_url, jobs)
+    store = _connect(profile, endpoint_url, timeout, jobs, quiet)
     display = TransferDisplay("push", quiet or json_output)
     try:
         result = store.push(
-            local_dir, uri, include=include or [], exclude=exclude or [], dry_run=dry_run, callback=display
+            local_dir,
+            uri,
+            include=include or [],
+            exclude=exclude or [],
+            dry_run=dry_run,
+            callback=display,
+            follow_symlinks=follow_symlinks,
         )
     finally:
         display.close()
+    if result.skipped_symlinks:
+        names = ", ".join(result.skipped_symlinks)
+        _warn(f"skipped {len(result.skipped_symlinks)} symlink(s) that lead out of {local_dir}: {names} "
+              "(--follow-symlinks uploads the files they point to)")  # fmt: skip
     if json_output:
         print_json(result.to_dict())
         return
@@ -152,8 +186,12 @@ def pull(
     include: Include = None,
     exclude: Exclude = None,
     dry_run: DryRun = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace local files that were changed since they were pulled.")
+    ] = False,
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
     jobs: Jobs = 8,
     quiet: Quiet = False,
     json_output: Json = False,
@@ -162,13 +200,20 @@ def pull(
 
     Files already present and identical are skipped; each file is written to a temp
     file and renamed into place only once it matches, and keys that would land outside
-    the directory are refused.
+    the directory are refused. Local files that differ from the remote ones and are not
+    what an earlier pull wrote (edited since) are not replaced without --force.
     """
-    store = _connect(profile, endpoint_url, jobs)
+    store = _connect(profile, endpoint_url, timeout, jobs, quiet)
     display = TransferDisplay("pull", quiet or json_output)
     try:
         result = store.pull(
-            uri, local_dir, include=include or [], exclude=exclude or [], dry_run=dry_run, callback=display
+            uri,
+            local_dir,
+            include=include or [],
+            exclude=exclude or [],
+            dry_run=dry_run,
+            callback=display,
+            force=force,
         )
     finally:
         display.close()
@@ -189,6 +234,11 @@ def pull(
     if result.unlisted:
         left_out = f"left out {len(result.unlisted)} objects the manifest does not list"
         console.print(left_out, highlight=False, soft_wrap=True)
+    if result.overwritten and not quiet:
+        verb = "would replace" if dry_run else "replaced"
+        names = ", ".join(result.overwritten)
+        console.print(f"{verb} {len(result.overwritten)} locally changed file(s) (--force): {names}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @command(s3_app, "ls")
@@ -196,10 +246,11 @@ def ls(
     uri: Annotated[str, typer.Argument(help="Prefix holding runs, s3://bucket/prefix/.")],
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
     json_output: Json = False,
 ) -> None:
     """List the runs under a prefix: files, size, latest checkpoint, manifest."""
-    runs = _connect(profile, endpoint_url).list_runs(uri)
+    runs = _connect(profile, endpoint_url, timeout).list_runs(uri)
     if json_output:
         print_json([run.to_dict() for run in runs])
         return

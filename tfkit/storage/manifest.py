@@ -7,7 +7,9 @@ A pushed directory carries one manifest object, `.tfkit-manifest.json`, beside i
 
 It is uploaded after every file it lists, so a manifest never names an object that is
 not there yet; push compares against it to skip unchanged files, and pull verifies every
-downloaded file against it. Nothing here talks to the network.
+downloaded file against it. A pulled directory keeps a local record in the same format,
+`.tfkit-pulled.json`: what pulls wrote there, so a later pull can tell a file that is
+merely out of date from one edited since. Nothing here talks to the network.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from tfkit.errors import StorageError
 
 MANIFEST_NAME = ".tfkit-manifest.json"
+PULLED_NAME = ".tfkit-pulled.json"  # in a pulled directory: the files pulls wrote there
 MANIFEST_FORMAT = "tfkit-manifest"
 MANIFEST_VERSION = 1
 
@@ -90,23 +93,33 @@ def selected(rel: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
 
 
 def never_pushed(rel: str) -> bool:
-    """Files push always leaves out: the manifest itself, `.env` files (`.env`, `.env.local`,
-    `prod.env`: they hold credentials), and the `.<name>.<random>.tmp` files and folders of
-    writes in progress."""
+    """Files push always leaves out: the manifest itself, the records of pulls, `.env` files
+    (`.env`, `.env.local`, `prod.env`: they hold credentials), and the `.<name>.<random>.tmp`
+    files and folders of writes in progress."""
     parts = rel.split("/")
-    if rel == MANIFEST_NAME:
+    if rel == MANIFEST_NAME or parts[-1] == PULLED_NAME:
         return True
     if parts[-1] == ".env" or parts[-1].startswith(".env.") or parts[-1].endswith(".env"):
         return True
     return any(part.startswith(".") and part.endswith(".tmp") for part in parts)
 
 
-def scan_directory(root: Path, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:
+def scan_directory(
+    root: Path,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    *,
+    follow_symlinks: bool = False,
+    skipped: list[str] | None = None,
+) -> list[str]:
     """Relative POSIX paths of the regular files under `root`, sorted, after the globs.
 
-    Symlinked files are followed; symlinked folders are not entered.
+    Symlinked files that resolve inside `root` are followed; those that lead outside it
+    are left out (their paths appended to `skipped`), unless `follow_symlinks`.
+    Symlinked folders are never entered.
     """
     include, exclude = list(include), list(exclude)
+    top = root.resolve()
     out = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -118,7 +131,13 @@ def scan_directory(root: Path, include: Iterable[str] = (), exclude: Iterable[st
             rel = path.relative_to(root).as_posix()
             if never_pushed(rel) or not selected(rel, include, exclude):
                 continue
+            if not follow_symlinks and path.is_symlink() and not path.resolve().is_relative_to(top):
+                if skipped is not None:
+                    skipped.append(rel)
+                continue
             out.append(rel)
+    if skipped is not None:
+        skipped.sort()
     return sorted(out)
 
 

@@ -7,16 +7,19 @@
 
 Credentials come from boto3's usual chain (environment, `~/.aws`, a profile) plus the
 `AWS_*` variables of a `.env` file in the working directory, which never override
-variables already set. Requests use boto3's standard retry mode. Errors a user can fix
-(no credentials, missing bucket, access denied, unreachable endpoint) raise
-`StorageError` with one line that never contains a secret. boto3 is imported only when
-a store is connected. Progress goes to an optional `TransferCallback`; nothing prints.
+variables already set. Requests use boto3's standard retry mode; an endpoint that stays
+silent for `timeout` seconds (to connect or to answer) is tried `TIMEOUT_ATTEMPTS` times
+in all. Errors a user can fix (no credentials, missing bucket, access denied, unreachable
+or silent endpoint, local files a pull would replace) raise `StorageError` with one line
+that never contains a secret. boto3 is imported only when a store is connected. Progress
+goes to an optional `TransferCallback` and retries to an optional `on_retry`; nothing prints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import tempfile
@@ -29,8 +32,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tfkit.errors import StorageError
+from tfkit.io import current_umask, write_atomic
+from tfkit.storage import DEFAULT_TIMEOUT, TIMEOUT_ATTEMPTS
 from tfkit.storage.manifest import (
     MANIFEST_NAME,
+    PULLED_NAME,
     BoundedReader,
     FileEntry,
     local_path,
@@ -47,6 +53,7 @@ DEFAULT_JOBS = 8
 MULTIPART_THRESHOLD = 16 * 1024 * 1024  # files above this go up and down in parts
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 MAX_ATTEMPTS = 5  # per request, in boto3's standard retry mode
+MAX_TIMEOUT = 3600.0  # --timeout at most
 
 NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -138,6 +145,7 @@ class PushResult:
     unchanged: list[str] = field(default_factory=list)
     bytes_uploaded: int = 0
     manifest_uploaded: bool = False
+    skipped_symlinks: list[str] = field(default_factory=list)  # symlinks leading out of the directory
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +161,7 @@ class PullResult:
     bytes_downloaded: int = 0
     verified: bool = False  # every file checked against the manifest's sha256
     unlisted: list[str] = field(default_factory=list)  # objects the manifest does not list (left out)
+    overwritten: list[str] = field(default_factory=list)  # local changes replaced (force=True)
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +206,57 @@ class _Subscriber:
     def on_done(self, future: Any, **kwargs: Any) -> None: ...
 
 
+class _RetryWatch:
+    """Reports each retry and stops retrying a silent endpoint, through botocore's events.
+
+    `needs-retry` (this handler first in line) sees why an attempt failed: it notes the
+    reason for the thread, and answers False, which ends the retries, once a request got
+    no answer `timeout_attempts` times. `request-created` fires for every attempt: from
+    the second one on, `on_retry` gets one line saying why and which attempt this is.
+    """
+
+    def __init__(self, endpoint: str, timeout: float, max_attempts: int, timeout_attempts: int) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.timeout_attempts = timeout_attempts
+        self.on_retry: Callable[[str], None] | None = None
+        self._local = threading.local()
+
+    def register(self, events: Any) -> None:
+        events.register_first("needs-retry.s3", self.needs_retry)
+        events.register("request-created.s3", self.request_created)
+
+    def needs_retry(self, attempts: int, response: Any = None, caught_exception: Any = None, **kwargs: Any) -> Any:
+        from botocore import exceptions as bx
+
+        silent = isinstance(caught_exception, (bx.ReadTimeoutError, bx.ConnectTimeoutError))
+        if silent:
+            reason = f"no answer from {self.endpoint} within {self.timeout:g} s"
+        elif isinstance(caught_exception, bx.EndpointConnectionError):
+            reason = f"cannot connect to {self.endpoint}"
+        elif caught_exception is not None:
+            reason = type(caught_exception).__name__
+        elif response is not None:
+            http, parsed = response
+            code = (parsed or {}).get("Error", {}).get("Code", "")
+            reason = f"HTTP {http.status_code} {code}".rstrip()
+        else:
+            reason = "an error"
+        self._local.reason, self._local.silent = reason, silent
+        if silent and attempts >= self.timeout_attempts:
+            return False
+        return None
+
+    def request_created(self, request: Any, **kwargs: Any) -> None:
+        attempt = (getattr(request, "context", None) or {}).get("retries", {}).get("attempt", 1)
+        if attempt > 1 and self.on_retry is not None:
+            silent = getattr(self._local, "silent", False)
+            limit = self.timeout_attempts if silent else self.max_attempts
+            reason = getattr(self._local, "reason", "an error")
+            self.on_retry(f"{reason}; retrying (attempt {attempt}/{limit})")
+
+
 def _plain_endpoint(url: str | None) -> str | None:
     """The endpoint without any user:password part, fit to print."""
     if not url:
@@ -224,12 +284,16 @@ class S3Store:
         jobs: int = DEFAULT_JOBS,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         multipart_chunksize: int = MULTIPART_CHUNKSIZE,
+        timeout: float = DEFAULT_TIMEOUT,
+        timeout_attempts: int = TIMEOUT_ATTEMPTS,
     ) -> None:
         self.client = client
         self.endpoint_url = _plain_endpoint(endpoint_url)
         self.jobs = max(1, jobs)
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
+        self.timeout = timeout
+        self.timeout_attempts = timeout_attempts
         self._secrets = [s for s in secrets if s and len(s) >= 4]
 
     @classmethod
@@ -243,6 +307,8 @@ class S3Store:
         multipart_threshold: int = MULTIPART_THRESHOLD,
         multipart_chunksize: int = MULTIPART_CHUNKSIZE,
         max_attempts: int = MAX_ATTEMPTS,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_retry: Callable[[str], None] | None = None,
     ) -> S3Store:
         """Resolve credentials and build the client; nothing is sent yet.
 
@@ -254,7 +320,15 @@ class S3Store:
                 stores that do not implement recent AWS checksums need.
             env_file: a `.env` file whose `AWS_*` variables fill in unset ones (None: skip).
             jobs: files transferred at once (and parts per file in flight).
+            timeout: seconds to wait for a connection and then for each answer; a request
+                that gets none is tried `TIMEOUT_ATTEMPTS` times in all (other transient
+                errors `max_attempts` times), then fails with "no answer from ...".
+            on_retry: called with one line (why, which attempt) before every retry, from
+                whichever thread makes the request.
         """
+        if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+            limit = f"above 0 and at most {MAX_TIMEOUT:g}"
+            raise StorageError(f"--timeout must be a number of seconds {limit}, got {timeout}")
         if env_file is not None:
             load_dotenv(env_file)
         import boto3
@@ -284,8 +358,8 @@ class S3Store:
         config = Config(
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             max_pool_connections=max(10, 2 * jobs),
-            connect_timeout=10,
-            read_timeout=120,
+            connect_timeout=timeout,
+            read_timeout=timeout,
         )
         custom_options: dict[str, Any] = {"s3": {"addressing_style": "path"}}
         if "request_checksum_calculation" in Config.OPTION_DEFAULTS:  # botocore >= 1.36 checksums by default
@@ -302,6 +376,10 @@ class S3Store:
             client = session.client("s3", region_name=region, config=config)
             if not _is_aws(client.meta.endpoint_url):  # an endpoint_url from the AWS config file
                 client = session.client("s3", region_name=region, config=config.merge(custom))
+        timeout_attempts = max(1, min(TIMEOUT_ATTEMPTS, max_attempts))
+        watch = _RetryWatch(_plain_endpoint(client.meta.endpoint_url) or "", timeout, max_attempts, timeout_attempts)
+        watch.on_retry = on_retry
+        watch.register(client.meta.events)
         return cls(
             client,
             endpoint_url=endpoint or (None if _is_aws(client.meta.endpoint_url) else client.meta.endpoint_url),
@@ -309,6 +387,8 @@ class S3Store:
             jobs=jobs,
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunksize,
+            timeout=timeout,
+            timeout_attempts=timeout_attempts,
         )
 
     # ---------------------------------------------------------------- operations
@@ -324,12 +404,15 @@ class S3Store:
         callback: TransferCallback | None = None,
         mirror: bool = False,
         hash_cache: dict[str, tuple[tuple[int, int, int], str]] | None = None,
+        follow_symlinks: bool = False,
     ) -> PushResult:
         """Upload the files of `local_dir` under `uri` that differ from the remote manifest.
 
         Files whose sha256 and size match the manifest (and whose object is still there)
         are not sent again. The manifest goes up last, listing every file pushed now plus
         the earlier entries whose objects remain (`mirror=True`: only the files pushed now).
+        Symlinks that lead out of `local_dir` are left out and listed in the result's
+        `skipped_symlinks` (`follow_symlinks=True`: the files they point to are pushed).
 
         Args:
             include, exclude: globs on the relative path (or on the file name, for
@@ -342,12 +425,13 @@ class S3Store:
         if not root.is_dir():
             raise StorageError(f"{root} is not a directory")
         include, exclude = list(include), list(exclude)
-        rels = scan_directory(root, include, exclude)
+        skipped: list[str] = []
+        rels = scan_directory(root, include, exclude, follow_symlinks=follow_symlinks, skipped=skipped)
         if not rels:
             filtered = " that match --include/--exclude" if include or exclude else ""
             raise StorageError(f"no files{filtered} to push in {root}")
         callback = callback or TransferCallback()
-        result = PushResult(uri=str(target), dry_run=dry_run)
+        result = PushResult(uri=str(target), skipped_symlinks=skipped, dry_run=dry_run)
         with self._errors(target):
             remote = self._list(target)
             old = self._read_manifest(target, remote, strict=False)
@@ -422,6 +506,7 @@ class S3Store:
         exclude: Iterable[str] = (),
         dry_run: bool = False,
         callback: TransferCallback | None = None,
+        force: bool = False,
     ) -> PullResult:
         """Download the files under `uri` into `dest`, verified against the manifest.
 
@@ -429,9 +514,15 @@ class S3Store:
         sha256 (objects it does not list are left out and reported); without one, every
         object is pulled and checked against its listed size. Files already present and
         identical are skipped. Each file is written to a temp file beside its target and
-        renamed into place only once verified, so a failed or interrupted pull never
-        leaves a partial or bad file under a real name. Keys that would land outside
-        `dest` are refused before anything is downloaded.
+        renamed into place only once verified (with the mode of any new file under the
+        umask), so a failed or interrupted pull never leaves a partial or bad file under a
+        real name. Keys that would land outside `dest` are refused before anything is
+        downloaded.
+
+        Local changes are kept: `dest/.tfkit-pulled.json` records what pulls wrote there,
+        and a local file that differs from the remote one is replaced only if it is still
+        what an earlier pull wrote. Any other (edited since, or never pulled) makes the
+        pull refuse before anything is written, naming them, unless `force`.
         """
         source = uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
         dest = Path(dest)
@@ -449,7 +540,7 @@ class S3Store:
             wanted: dict[str, tuple[int, FileEntry | None]] = {}
             if manifest is not None:
                 for rel, entry in manifest.items():
-                    if selected(rel, include, exclude):
+                    if selected(rel, include, exclude) and rel != PULLED_NAME:
                         if rel not in remote:
                             raise StorageError(f"the manifest lists {source.url(rel)}, but the object is missing")
                         wanted[rel] = (entry.size, entry)
@@ -457,7 +548,7 @@ class S3Store:
                 result.unlisted = sorted(rel for rel in extra if selected(rel, include, exclude))
             else:
                 for rel, obj in remote.items():
-                    if rel != MANIFEST_NAME and selected(rel, include, exclude):
+                    if rel not in (MANIFEST_NAME, PULLED_NAME) and selected(rel, include, exclude):
                         wanted[rel] = (obj.size, None)
             if not wanted:
                 raise StorageError(f"no files at {source} match --include/--exclude")
@@ -471,22 +562,37 @@ class S3Store:
                 seen[path] = rel
                 targets[rel] = path
 
+            # every local file is looked at before anything is written
+            record = _read_record(dest)
+
+            def look(rel: str) -> tuple[str, str | None]:
+                size, entry = wanted[rel]
+                return self._local_state(targets[rel], size, entry, remote[rel], record.get(rel))
+
+            with ThreadPoolExecutor(self.jobs, thread_name_prefix="tfkit-s3") as pool:
+                states = dict(zip(sorted(wanted), pool.map(look, sorted(wanted)), strict=True))
+            changed = [rel for rel, (state, _) in states.items() if state == "changed"]
+            if changed and not force:
+                shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+                raise StorageError(
+                    f"{len(changed)} file(s) in {dest} differ from {source} and are not what an earlier pull "
+                    f"wrote (changed locally?): {shown}; nothing was pulled; pass --force to replace them"
+                )
+            result.overwritten = changed
+
             callback.on_start(sum(size for size, _ in wanted.values()), len(wanted))
             lock = threading.Lock()
             bad: list[str] = []
+            pulled: dict[str, FileEntry] = {}  # what is now on disk as the remote has it
 
             def pull_one(manager: Any, rel: str) -> None:
                 size, entry = wanted[rel]
-                path = targets[rel]
-                try:
-                    identical = path.is_file() and path.stat().st_size == size
-                    identical = identical and self._identical(path, entry, remote[rel])
-                except OSError:  # unreadable: download it again (the rename reports any problem)
-                    identical = False
-                if identical:
+                state, digest = states[rel]
+                if state == "identical":
                     callback.on_bytes(size)
                     with lock:
                         result.unchanged.append(rel)
+                        pulled[rel] = FileEntry(size, digest or "")
                     callback.on_file(rel, "unchanged")
                     return
                 if dry_run:
@@ -496,16 +602,28 @@ class S3Store:
                         result.bytes_downloaded += size
                     callback.on_file(rel, "would download")
                     return
-                problem = self._download(manager, source, rel, path, size, entry, callback)
+                problem, digest = self._download(manager, source, rel, targets[rel], size, entry, callback)
                 with lock:
                     if problem:
                         bad.append(f"{rel} ({problem})")
                     else:
                         result.downloaded.append(rel)
                         result.bytes_downloaded += size
+                        pulled[rel] = FileEntry(size, digest)
                 callback.on_file(rel, "corrupt" if problem else "downloaded")
 
-            self._run_parallel(pull_one, sorted(wanted))
+            try:
+                self._run_parallel(pull_one, sorted(wanted))
+            except BaseException:
+                if not dry_run:
+                    with contextlib.suppress(OSError):  # the error in flight says more
+                        _write_record(dest, {**record, **pulled})
+                raise
+            if not dry_run:
+                try:
+                    _write_record(dest, {**record, **pulled})
+                except OSError as e:
+                    raise StorageError(f"cannot write {dest / PULLED_NAME}: {e.strerror or e}") from None
             result.downloaded.sort()
             result.unchanged.sort()
             if bad:
@@ -615,17 +733,38 @@ class S3Store:
                     future.cancel()
                 raise
 
-    def _identical(self, path: Path, entry: FileEntry | None, obj: _Object) -> bool:
-        """Whether a local file already holds the remote content (size checked by the caller)."""
-        if entry is not None:
-            return sha256_file(path) == entry.sha256
-        if _MD5.fullmatch(obj.etag):  # single-part uploads: the ETag is the MD5
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1024 * 1024), b""):
-                    digest.update(chunk)
-            return digest.hexdigest() == obj.etag
-        return False
+    def _local_state(
+        self, path: Path, size: int, entry: FileEntry | None, obj: _Object, recorded: FileEntry | None
+    ) -> tuple[str, str | None]:
+        """What a pull finds at `path`, and its sha256 when it was read.
+
+        "missing"; "identical" to the remote file; "stale": different, but what an earlier
+        pull wrote (`recorded`), so replacing it loses nothing; "changed": neither (edited
+        since, or never pulled). An unreadable or non-regular file counts as missing:
+        downloading it again reports any real problem when the new file is renamed into place.
+        """
+        try:
+            if not path.is_file():
+                return "missing", None
+            got = path.stat().st_size
+            if got != size and (recorded is None or got != recorded.size):
+                return "changed", None
+            digest = sha256_file(path)
+            if got == size:
+                if entry is not None and digest == entry.sha256:
+                    return "identical", digest
+                if entry is None and _MD5.fullmatch(obj.etag):  # single-part uploads: the ETag is the MD5
+                    md5 = hashlib.md5(usedforsecurity=False)
+                    with open(path, "rb") as f:
+                        for chunk in iter(lambda: f.read(1024 * 1024), b""):
+                            md5.update(chunk)
+                    if md5.hexdigest() == obj.etag:
+                        return "identical", digest
+        except OSError:
+            return "missing", None
+        if recorded == FileEntry(got, digest):
+            return "stale", digest
+        return "changed", digest
 
     def _download(
         self,
@@ -636,10 +775,12 @@ class S3Store:
         size: int,
         entry: FileEntry | None,
         callback: TransferCallback,
-    ) -> str | None:
+    ) -> tuple[str | None, str]:
         """Download one object through a temp file; rename it into place if it verifies.
 
-        Returns None on success, or what was wrong (the temp file is then removed).
+        Returns (None, its sha256) on success, or (what was wrong, "") after removing the
+        temp file. The file gets the mode any new file gets under the umask (the temp
+        file was created private).
         """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -653,19 +794,21 @@ class S3Store:
                 f.flush()
                 os.fsync(f.fileno())
             got = tmp.stat().st_size
+            digest = sha256_file(tmp)
             if entry is not None:
-                digest = sha256_file(tmp)
                 if got != entry.size or digest != entry.sha256:
                     tmp.unlink()
-                    return f"sha256 {digest[:12]}..., {got} bytes; expected {entry.sha256[:12]}..., {entry.size} bytes"
+                    expected = f"expected {entry.sha256[:12]}..., {entry.size} bytes"
+                    return f"sha256 {digest[:12]}..., {got} bytes; {expected}", ""
             elif got != size:
                 tmp.unlink()
-                return f"{got} bytes, listed as {size}"
+                return f"{got} bytes, listed as {size}", ""
             try:
+                os.chmod(tmp, 0o666 & ~current_umask())
                 os.replace(tmp, path)
             except OSError as e:
                 raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
-            return None
+            return None, digest
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -688,10 +831,24 @@ class S3Store:
             raise StorageError(self._redact(self._client_error(e, uri, at))) from None
         except (bx.NoCredentialsError, bx.PartialCredentialsError):
             raise StorageError(NO_CREDENTIALS) from None
-        except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as e:
+        except (bx.ReadTimeoutError, bx.ConnectTimeoutError):
+            raise StorageError(self._no_answer()) from None
+        except RetriesExceededError as e:
+            if isinstance(e.last_exception, (bx.ReadTimeoutError, bx.ConnectTimeoutError, TimeoutError)):
+                raise StorageError(self._no_answer()) from None
+            raise StorageError(self._redact(f"S3 transfer with {uri} failed{at}: {e}")) from None
+        except bx.EndpointConnectionError as e:
             raise StorageError(self._redact(f"cannot reach the S3 endpoint{at}: {e}")) from None
         except (bx.BotoCoreError, RetriesExceededError) as e:
             raise StorageError(self._redact(f"S3 transfer with {uri} failed{at}: {e}")) from None
+
+    def _no_answer(self) -> str:
+        endpoint = self.endpoint_url or _plain_endpoint(self.client.meta.endpoint_url)
+        tries = f", tried {self.timeout_attempts} times" if self.timeout_attempts > 1 else ""
+        return self._redact(
+            f"no answer from {endpoint} within {self.timeout:g} s{tries}; "
+            "check the endpoint and the network, or raise --timeout"
+        )
 
     def _client_error(self, e: Any, uri: S3Uri, at: str) -> str:
         error = e.response.get("Error", {})
@@ -711,6 +868,20 @@ class S3Store:
             return f"not found under {uri}{at} ({operation})"
         message = error.get("Message") or ""
         return f"S3 {operation} on {uri} failed{at}: {code or status} {message}".rstrip()
+
+
+def _read_record(dest: Path) -> dict[str, FileEntry]:
+    """What earlier pulls wrote into `dest`; empty if there is no readable record."""
+    path = dest / PULLED_NAME
+    try:
+        return parse_manifest(path.read_bytes(), str(path))
+    except (OSError, StorageError):
+        return {}
+
+
+def _write_record(dest: Path, files: dict[str, FileEntry]) -> None:
+    if files and files != _read_record(dest):
+        write_atomic(dest / PULLED_NAME, lambda tmp: tmp.write_bytes(manifest_bytes(files)))
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
