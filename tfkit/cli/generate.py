@@ -36,17 +36,14 @@ def generate(
     ] = False,
 ) -> None:
     """Generate a reply with a KV cache, printing tokens as they come."""
+    from tfkit.models.generate import check_prompt, check_sampling, generate_text
+
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p)
+    check_prompt(prompt)
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
-    from tfkit.models.generate import generate_text
     from tfkit.training.load import load_run, open_tokenizer
     from tfkit.training.loop import resolve_device
 
@@ -73,6 +70,7 @@ def generate(
         top_p=top_p,
         seed=seed,
         chat=chat,
+        warn=lambda message: err_console.print(f"[bold yellow]Warning:[/] {message}", highlight=False, soft_wrap=True),
     )
     ids, text = [], []
     for token, piece in pieces:

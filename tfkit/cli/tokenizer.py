@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tfkit.cli._errors import command
-from tfkit.cli._output import console, is_interactive, key_value_table, print_json
+from tfkit.cli._output import console, err_console, is_interactive, key_value_table, print_json
 from tfkit.errors import DataError
 
 tokenizer_app = typer.Typer(
@@ -101,9 +101,12 @@ def train(
             dataset_dir, output_path, vocab_size=vocab_size, min_frequency=min_frequency, profile=profile,
             split=split, batch_size=batch_size, overwrite=overwrite, progress=bar,
         )  # fmt: skip
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
     data = {
         "output_path": str(result.output_path),
         "vocab_size": result.vocab_size,
+        "requested_vocab_size": result.requested_vocab_size,
         "profile": result.profile,
         "special_tokens": list(result.special_tokens),
         "documents": result.num_documents,
@@ -111,6 +114,7 @@ def train(
         "seconds": result.seconds,
         "mb_per_s": result.mb_per_s,
         "sha256": result.sha256,
+        "warnings": result.warnings,
     }
     if json_output:
         print_json(data)
@@ -160,6 +164,10 @@ def tokenize(
             dataset_dir, tokenizer_path, output_dir, mode=mode, num_proc=num_proc, batch_size=batch_size,
             overwrite=overwrite, progress=bar,
         )  # fmt: skip
+    if result.removed_leftovers:
+        names = ", ".join(p.name for p in result.removed_leftovers)
+        err_console.print(f"Note: removed {len(result.removed_leftovers)} folder(s) left by an interrupted tokenize "
+                          f"in {result.output_dir.parent}: {names}", highlight=False, soft_wrap=True)  # fmt: skip
     splits = {
         k: {"documents": s.documents, "tokens": s.tokens, "text_bytes": s.nbytes} for k, s in result.splits.items()
     }

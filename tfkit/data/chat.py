@@ -19,7 +19,6 @@ first `val_examples` of the validation (or test) split, in order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +91,9 @@ def open_chat_dataset(path: str | Path, mode: str) -> ChatDataset:
         raise DataError(f"--data {path}: no such folder")
     manifest: dict[str, Any] = {}
     if (path / MANIFEST).is_file():
-        manifest = json.loads((path / MANIFEST).read_text())
+        from tfkit.tokenizer.encode import parse_manifest
+
+        manifest = parse_manifest(path / MANIFEST)
     found = manifest.get("mode") or ("pretrain" if any(path.glob("*.bin")) else None)
     if found is not None and found != mode:
         what = "pretraining token shards" if found == "pretrain" else f"{found.upper()} data"

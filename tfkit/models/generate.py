@@ -10,16 +10,42 @@ generation give the same tokens.
 Sampling: `temperature` 0 is greedy (argmax); otherwise logits are divided by the
 temperature, cut to the `top_k` largest and to the smallest set whose probability
 reaches `top_p` (nucleus), and sampled with the given `torch.Generator`.
+
+A prompt longer than the context keeps only its last `max_seq_len` tokens;
+`generate_text` says so through its `warn` callback, since the cut may take a chat
+header with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
+from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
+
+
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Refuse sampling settings that cannot give a distribution (NaN, infinite, out of range)."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:  # also refuses NaN
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+
+
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt holding bytes that were not valid UTF-8 (kept as lone surrogates by Python's argv decoding)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = prompt[e.start]
+        what = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
+        raise ConfigError(f"--prompt is not valid UTF-8 ({what} at character {e.start + 1})") from None
 
 
 class LayerCache:
@@ -191,13 +217,27 @@ def generate_text(
     top_p: float | None = None,
     seed: int = 0,
     chat: bool | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Yield (token id, new text) for each generated token of a reply to `prompt`.
 
     The text pieces joined are the decoded reply (special tokens left out); a piece is
     empty while a character is still incomplete.
+
+    Args:
+        warn: called with a message when the prompt is longer than the model's context
+            and its first tokens are cut.
     """
+    check_sampling(temperature, top_k, top_p)
+    check_prompt(prompt)
     ids, stops = prompt_ids(tokenizer, prompt, chat)
+    window = model.config.max_seq_len
+    if len(ids) > window and warn is not None:
+        chat_header = chat is not False and chat_tokens(tokenizer) is not None
+        warn(
+            f"the prompt is {len(ids):,} tokens, longer than the model's context of {window:,}: its first "
+            f"{len(ids) - window:,} tokens are cut" + (", the chat header <|user|> with them" if chat_header else "")
+        )
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     stream = TextStream(tokenizer)

@@ -23,13 +23,18 @@ encodes the next batch while the current one is written. Special tokens written
 literally in the text are encoded as plain text, never as control tokens.
 
 Everything is written into a temporary folder that replaces `output_dir` only once complete.
+That folder names its writer (a `.tfkit-writer` file: pid and host), so the next tokenize
+into the same `output_dir` removes the folders of writers that died (kill -9, power loss)
+and leaves alone those still being written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +59,7 @@ from tfkit.tokenizer.train import (
 MODES = ("pretrain", "sft", "dpo")
 MANIFEST = "tfkit_tokenized.json"
 MODE_KINDS = {"pretrain": "text", "sft": "instruction", "dpo": "preference"}
+WRITER_FILE = ".tfkit-writer"  # in a temporary output folder: "<pid> <host>" of the process writing it
 
 
 @dataclass
@@ -73,6 +79,7 @@ class TokenizeResult:
     num_proc: int
     seconds: float
     splits: dict[str, SplitStats] = field(default_factory=dict)
+    removed_leftovers: list[Path] = field(default_factory=list)  # temp folders of interrupted runs
 
     @property
     def nbytes(self) -> int:
@@ -431,6 +438,46 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
             raise DataError(f"--output-dir {output_dir} already holds tokenized data; pass --overwrite to replace it")
 
 
+def _writer_alive(folder: Path) -> bool:
+    """Whether the process named in `folder`'s writer file may still be writing it.
+
+    Without a readable writer file, or on another host, nothing can be known: alive.
+    """
+    try:
+        pid_text, host = (folder / WRITER_FILE).read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return True
+    if host != socket.gethostname() or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: a process of another user has that pid
+        return True
+    return True
+
+
+def remove_leftovers(output_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders that interrupted tokenize runs left beside `output_dir`.
+
+    Only folders named as `tokenize_dataset` names them (`.<name>.XXXXXXXX.tmp`) whose
+    writer process is gone are removed; returns them.
+    """
+    output_dir = Path(output_dir)
+    pattern = re.compile(re.escape(f".{output_dir.name}.") + r"[a-z0-9_]{8}\.tmp")
+    removed = []
+    if not output_dir.parent.is_dir():
+        return removed
+    for folder in sorted(output_dir.parent.iterdir()):
+        if pattern.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink():
+            if not _writer_alive(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
 def tokenize_dataset(
     dataset_dir: str | Path,
     tokenizer_path: str | Path,
@@ -484,6 +531,7 @@ def tokenize_dataset(
     result = TokenizeResult(output_dir, mode, vocab_size, num_proc, 0.0)
 
     def write(out: Path) -> None:
+        (out / WRITER_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
         start = time.perf_counter()
         if mode == "pretrain":
             for split in raw.splits:
@@ -507,7 +555,9 @@ def tokenize_dataset(
         }
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
+    result.removed_leftovers = remove_leftovers(output_dir)
     write_dir_atomic(output_dir, write, replace=True)
+    (output_dir / WRITER_FILE).unlink(missing_ok=True)
     return result
 
 
@@ -519,7 +569,26 @@ def read_manifest(tokenized_dir: str | Path) -> dict[str, Any]:
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise DataError(f"{path} holds no tokenized data ({MANIFEST} is missing)")
-    return json.loads(manifest.read_text())
+    return parse_manifest(manifest)
+
+
+def parse_manifest(manifest: Path) -> dict[str, Any]:
+    """A `tfkit_tokenized.json` read and checked: a JSON object whose `mode` is one of `MODES`."""
+    from tfkit.data.shards import brief_repr
+
+    try:
+        data = json.loads(manifest.read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{manifest} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{manifest} holds a JSON {type(data).__name__}, not a tokenized-data manifest (an object)")
+    mode = data.get("mode")
+    if mode not in MODES:
+        raise DataError(f"{manifest}: 'mode' must be one of {', '.join(MODES)}, got {brief_repr(mode)}")
+    vocab_size = data.get("vocab_size")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise DataError(f"{manifest}: 'vocab_size' must be a positive whole number, got {brief_repr(vocab_size)}")
+    return data
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "chat": (EOT, SYSTEM, USER, ASSISTANT, END),
 }
 NUM_BYTES = 256
+# the BPE trainer reserves memory for every id asked for up front: 2**24 ids is far beyond any
+# vocabulary a corpus gives, while 10**11 aborts the process
+MAX_VOCAB_SIZE = 1 << 24
 
 
 class Progress:
@@ -50,6 +53,8 @@ class TokenizerTrainResult:
     corpus_bytes: int
     seconds: float
     sha256: str
+    requested_vocab_size: int = 0  # the --vocab-size asked for; `vocab_size` is what the corpus gave
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def mb_per_s(self) -> float:
@@ -129,6 +134,8 @@ def train_tokenizer(
     specials = PROFILES[profile]
     if vocab_size < NUM_BYTES + len(specials):
         raise DataError(f"--vocab-size must be at least {NUM_BYTES + len(specials)} (256 bytes + special tokens)")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise DataError(f"--vocab-size must be at most {MAX_VOCAB_SIZE:,}, got {vocab_size:,}")
     if min_frequency < 1:
         raise DataError(f"--min-frequency must be at least 1, got {min_frequency}")
     if batch_size < 1:
@@ -170,13 +177,23 @@ def train_tokenizer(
     if counts["bytes"] == 0:
         raise DataError(f"the {split!r} split of {dataset_dir} holds no text")
     write_atomic(output_path, lambda tmp: tokenizer.save(str(tmp)))
+    reached = tokenizer.get_vocab_size(with_added_tokens=True)
+    warnings = []
+    if reached < vocab_size:
+        warnings.append(
+            f"the vocabulary reached only {reached:,} of the {vocab_size:,} ids of --vocab-size: the {split!r} split "
+            f"({counts['bytes'] / 1e6:,.2f} MB) has no more pairs seen at least --min-frequency {min_frequency} "
+            "time(s); more text or a smaller --vocab-size fits"
+        )
     return TokenizerTrainResult(
         output_path=output_path,
-        vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+        vocab_size=reached,
         profile=profile,
         special_tokens=specials,
         num_documents=counts["docs"],
         corpus_bytes=counts["bytes"],
         seconds=seconds,
         sha256=tokenizer_sha256(output_path),
+        requested_vocab_size=vocab_size,
+        warnings=warnings,
     )
