@@ -41,7 +41,7 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("post")
     cache = str(root / "cache")
     write_stories(root / "stories.txt", 300, seed=0)
-    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, cache_dir=cache)
+    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, sample_by="line", cache_dir=cache)
     for split in ("train", "validation"):
         write_jsonl(root / "taught" / f"{split}.jsonl", TAUGHT)
     download([str(root / "taught")], root / "sft_raw", cache_dir=cache)

@@ -26,7 +26,7 @@ def workflow(tmp_path_factory):
     write_stories(root / "stories" / "part-b.txt", 700, seed=2)
     steps = {
         "download": ("data", "download", root / "stories", "--output-dir", root / "raw", "--val-fraction", "0.1",
-                     "--cache-dir", root / "cache"),
+                     "--sample-by", "line", "--cache-dir", root / "cache"),
         "train": ("tokenizer", "train", "--dataset-dir", root / "raw", "--vocab-size", "320",
                   "--output-path", root / "tok" / "tokenizer.json"),
         "tokenize": ("tokenizer", "tokenize", "--dataset-dir", root / "raw", "--tokenizer-path",
@@ -175,7 +175,7 @@ def test_a_corpus_of_a_few_megabytes_through_the_cli(tmp_path):
     lines = write_stories(tmp_path / "big" / "stories.txt", 24000, seed=7)
     assert (tmp_path / "big" / "stories.txt").stat().st_size > 2_000_000
     assert invoke("data", "download", tmp_path / "big", "--output-dir", tmp_path / "raw", "--val-fraction", "0.05",
-                  "--cache-dir", tmp_path / "cache", "-q").exit_code == 0  # fmt: skip
+                  "--sample-by", "line", "--cache-dir", tmp_path / "cache", "-q").exit_code == 0  # fmt: skip
     tok = tmp_path / "tokenizer.json"
     assert invoke("tokenizer", "train", "--dataset-dir", tmp_path / "raw", "--vocab-size", "512", "--output-path", tok).exit_code == 0
     for n in (1, 2):

@@ -21,11 +21,12 @@ def test_local_sources_are_concatenated_per_split(tmp_path):
     folder = tmp_path / "folder"
     write_jsonl(folder / "train.jsonl", [{"text": f"train {i}", "id": i} for i in range(30)])
     write_jsonl(folder / "wiki-valid.jsonl", [{"text": f"valid {i}", "id": i} for i in range(5)])
-    result = _download(tmp_path, [tmp_path / "a.txt", folder], val_fraction=0.1, seed=3)
+    result = _download(tmp_path, [tmp_path / "a.txt", folder], val_fraction=0.1, seed=3, sample_by="line")
     assert result.kind == "text"
-    # a.txt has no validation split: 10% of its 40 stories are carved out; the folder brings its own
+    # a.txt has no validation split: its last 10% of 40 stories are carved out; the folder brings its own
     assert result.splits == {"train": 36 + 30, "validation": 4 + 5}
     assert result.sources[0]["dropped_blank"] == 2 and result.sources[0]["carved"] == ["validation"]
+    assert result.notes == [f"{tmp_path / 'a.txt'}: one file, so validation is the last 10% of its lines"]
     assert "carved" not in result.sources[1]
     raw = load_raw(tmp_path / "out")
     assert raw.kind == "text"
@@ -33,8 +34,7 @@ def test_local_sources_are_concatenated_per_split(tmp_path):
     train = raw.splits["train"]["text"][:]
     valid = raw.splits["validation"]["text"][:]
     # the first source comes first and keeps its order; no story is lost or duplicated
-    assert sorted(train[:36] + valid[:4]) == sorted(a[:40])
-    assert train[:36] == [t for t in a[:40] if t in set(train[:36])]
+    assert train[:36] + valid[:4] == a[:40]
     assert train[36:] == [f"train {i}" for i in range(30)]
     assert valid[4:] == [f"valid {i}" for i in range(5)]
     manifest = json.loads((tmp_path / "out" / "tfkit_dataset.json").read_text())
@@ -42,10 +42,12 @@ def test_local_sources_are_concatenated_per_split(tmp_path):
 
 
 def test_carved_validation_is_reproducible_by_seed(tmp_path):
-    write_stories(tmp_path / "a.txt", 200, seed=0)
+    for i in range(200):
+        write_stories(tmp_path / "stories" / f"{i:03d}.txt", 3, seed=i)
     vals = {}
     for out, seed in (("s1", 1), ("s1b", 1), ("s2", 2)):
-        _download(tmp_path, [tmp_path / "a.txt"], out=out, val_fraction=0.05, seed=seed)
+        result = _download(tmp_path, [tmp_path / "stories"], out=out, val_fraction=0.05, seed=seed)
+        assert result.sources[0]["carved_by"] == "files" and not result.notes
         vals[out] = load_raw(tmp_path / out).splits["validation"]["text"][:]
     assert len(vals["s1"]) == 10
     assert vals["s1"] == vals["s1b"]
@@ -96,11 +98,7 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     result = _download(tmp_path, [tmp_path / "bad.txt"], val_fraction=0)
     assert result.sources[0]["invalid_utf8"] == 3
     assert result.warnings == [f"{tmp_path / 'bad.txt'}: replaced 3 invalid UTF-8 sequence(s) with U+FFFD"]
-    assert load_raw(tmp_path / "out").splits["train"]["text"][:] == [
-        "good line",
-        "bad \ufffd\ufffd bytes",
-        "end \ufffd",
-    ]
+    assert load_raw(tmp_path / "out").splits["train"]["text"][:] == ["good line\nbad \ufffd\ufffd bytes\nend \ufffd\n"]
 
 
 @pytest.mark.parametrize(
@@ -140,7 +138,7 @@ def test_existing_dataset_is_kept_until_a_new_one_is_complete(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError, match="is empty"):
         _download(tmp_path, [tmp_path / "empty.txt"], overwrite=True)
-    assert load_raw(tmp_path / "out").splits["train"].num_rows == 20
+    assert load_raw(tmp_path / "out").splits["train"].num_rows == 1  # a.txt is one document
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.md").write_text("mine")
     with pytest.raises(DataError, match="holds no dataset; choose another folder"):
@@ -172,3 +170,83 @@ def test_options_no_source_uses_are_refused(tmp_path, names, options, message):
     with pytest.raises(DataError, match=message):
         _download(tmp_path, [n.format(tmp=tmp_path) for n in names], **options)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- .txt files as documents
+
+
+def test_paragraphs_and_lines_are_counted_per_file_as_the_text_builder_makes_them(tmp_path):
+    # blank runs, CRLF and a lone CR (universal newlines), a last line without "\n", invalid bytes
+    (tmp_path / "t" / "a.txt").parent.mkdir()
+    (tmp_path / "t" / "a.txt").write_bytes(b"one\r\ntwo\n\n\n\nthree \xff\rfour\n\npara two")
+    (tmp_path / "t" / "b.txt").write_bytes(b"\n\nfirst of b\nstill first\n\nsecond of b\n\n")
+    lines = _download(tmp_path, [tmp_path / "t"], out="l", sample_by="line", val_fraction=0)
+    assert load_raw(tmp_path / "l").splits["train"]["text"][:] == [
+        "one", "two", "three \ufffd", "four", "para two", "first of b", "still first", "second of b"
+    ]  # fmt: skip
+    assert lines.sources[0]["invalid_utf8"] == 1
+    _download(tmp_path, [tmp_path / "t"], out="p", sample_by="paragraph", val_fraction=0)
+    assert load_raw(tmp_path / "p").splits["train"]["text"][:] == [
+        "one\ntwo", "three \ufffd\nfour", "para two", "first of b\nstill first", "second of b"
+    ]  # fmt: skip
+
+
+def test_paragraphs_of_many_files_are_carved_by_whole_files(tmp_path):
+    texts = {}
+    for i in range(30):
+        texts[i] = [f"file {i} para {j}\nsecond line" for j in range(4)]
+        write = tmp_path / "t" / f"{i:02d}.txt"
+        write.parent.mkdir(exist_ok=True)
+        write.write_text("\n\n".join(texts[i]) + "\n")
+    result = _download(tmp_path, [tmp_path / "t"], sample_by="paragraph", val_fraction=0.1, test_fraction=0.1)
+    assert result.splits == {"train": 24 * 4, "validation": 3 * 4, "test": 3 * 4}
+    splits = load_raw(tmp_path / "out").splits
+    owners = {name: {p.split(" para ")[0] for p in splits[name]["text"][:]} for name in splits}
+    assert len(owners["validation"]) == 3 and len(owners["test"]) == 3
+    assert not owners["train"] & owners["validation"] and not owners["train"] & owners["test"]
+    assert not owners["validation"] & owners["test"]
+
+
+def test_a_few_files_give_the_tail_of_their_text_with_test_last(tmp_path):
+    files = [tmp_path / "t" / f"{name}.txt" for name in ("a", "b", "c")]
+    texts = []
+    for i, path in enumerate(files):
+        path.parent.mkdir(exist_ok=True)
+        texts.append("".join(f"doc {i} line {j}\n" for j in range(40)))
+        path.write_text(texts[-1])
+    result = _download(tmp_path, [tmp_path / "t"], val_fraction=0.3, test_fraction=0.1)
+    assert result.sources[0]["carved_by"] == "tail"
+    assert result.notes == [
+        f"{tmp_path / 't'}: 3 files are too few to carve whole, so validation and test are the last 40% of the text "
+        "(30% then 10%)"
+    ]
+    splits = load_raw(tmp_path / "out").splits
+    train, valid, test = (splits[name]["text"][:] for name in ("train", "validation", "test"))
+    # a.txt and the head of b.txt train; the tail of b.txt and the head of c.txt validate; c.txt's tail tests
+    assert train[0] == texts[0] and len(train) == len(valid) == 2 and len(test) == 1
+    assert "".join(train + valid + test) == "".join(texts)
+    assert all(piece.startswith("doc ") and piece.endswith("\n") for piece in train + valid + test)
+    assert abs(len(test[0]) - 0.1 * len("".join(texts))) <= len("doc 2 line 10\n")
+
+
+def test_one_line_without_breaks_is_cut_at_a_character_and_too_little_text_is_refused(tmp_path):
+    (tmp_path / "one.txt").write_text("x" * 100)
+    result = _download(tmp_path, [tmp_path / "one.txt"], val_fraction=0.1)
+    assert result.splits == {"train": 1, "validation": 1}
+    assert load_raw(tmp_path / "out").splits["validation"]["text"][:] == ["x" * 10]
+    assert result.notes == [f"{tmp_path / 'one.txt'}: one document, so validation is the last 10% of its text"]
+    (tmp_path / "tiny.txt").write_text("hi\n")
+    with pytest.raises(DataError, match="3 characters are too few to carve a validation/test split"):
+        _download(tmp_path, [tmp_path / "tiny.txt"], out="o2", val_fraction=0.1)
+
+
+def test_split_slices_apply_to_text_files_after_tagging(tmp_path):
+    for i in range(10):
+        write_stories(tmp_path / "t" / f"{i}.txt", 5, seed=i)
+    _download(tmp_path, [tmp_path / "t"], split="train[:4]", val_fraction=0)
+    assert load_raw(tmp_path / "out").splits["train"].num_rows == 4
+    result = _download(tmp_path, [tmp_path / "t"], out="o2", split="train[:25]", sample_by="line", val_fraction=0.2)
+    # lines of the first five files, one of which (5 lines) is validation
+    assert result.splits == {"train": 20, "validation": 5}
+    with pytest.raises(DataError, match="validation"):
+        _download(tmp_path, [tmp_path / "t"], out="o3", split="validation")

@@ -55,7 +55,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("faults")
     write_stories(root / "stories.txt", 6000, seed=3)
-    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, seed=0, cache_dir=str(root / "cache"))
+    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, seed=0, sample_by="line",
+             cache_dir=str(root / "cache"))
     train_tokenizer(root / "raw", root / "chat.json", vocab_size=320, profile="chat")
     tokenize_dataset(root / "raw", root / "chat.json", root / "shards")
     vocab_size = load_tokenizer(root / "chat.json").get_vocab_size(with_added_tokens=True)
@@ -221,7 +222,7 @@ def test_a_killed_tokenize_leaves_nothing_behind_after_the_next_run(data, tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "tfkit", *args], env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(any(p.iterdir()) for p in _leftovers(tmp_path)):  # writing has begun
+        if any((p / ".tfkit-writer").is_file() for p in _leftovers(tmp_path)):  # writing has begun
             break
         time.sleep(0.005)
     assert proc.poll() is None, "tokenize ended before it could be killed mid-way"

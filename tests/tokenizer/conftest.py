@@ -21,7 +21,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpus")
     cache = str(root / "cache")
     write_stories(root / "stories.txt", 600, seed=0, extra=[LITERAL])
-    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, seed=0, cache_dir=cache)
+    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, seed=0, sample_by="line", cache_dir=cache)
     train_tokenizer(root / "raw", root / "tokenizer.json", vocab_size=400, min_frequency=2)
     write_jsonl(root / "sft.jsonl", instruction_records(120))
     download([str(root / "sft.jsonl")], root / "sft_raw", val_fraction=0.1, cache_dir=cache)

@@ -78,7 +78,8 @@ def test_vocabulary_over_65536_gives_uint32_shards(corpus, tmp_path):
     tokenizer.save(str(tmp_path / "big.json"))
     top = tokenizer.get_vocab_size() - 1
     (tmp_path / "t.txt").write_text("a zq65999zq b\nzq0zq zq40000zq the park\n")
-    download([str(tmp_path / "t.txt")], tmp_path / "raw", val_fraction=0, cache_dir=str(tmp_path / "cache"))
+    download([str(tmp_path / "t.txt")], tmp_path / "raw", val_fraction=0, sample_by="line",
+             cache_dir=str(tmp_path / "cache"))
     tokenize_dataset(tmp_path / "raw", tmp_path / "big.json", tmp_path / "tok")
     shard = read_shard(tmp_path / "tok" / "train.bin")
     assert shard.dtype == np.uint32

@@ -144,8 +144,12 @@ def download(
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the carved splits.")] = 0,
     sample_by: Annotated[
-        str, typer.Option("--sample-by", help=".txt files: one document per line, paragraph or document (file).")
-    ] = "line",
+        str,
+        typer.Option(
+            "--sample-by", help=".txt files: one document per file (document), per line or per paragraph (blank-line "
+            "separated). Carved splits never share a file with train."
+        ),
+    ] = "document",
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Hugging Face datasets cache (default: HF_DATASETS_CACHE).")
     ] = None,
@@ -155,8 +159,8 @@ def download(
 ) -> None:
     """Download or read datasets and save them, split by split, as one dataset on disk.
 
-    Text sources get one `text` column; instruction sets keep instruction/input/output and
-    preference sets prompt/chosen/rejected.
+    Text sources get one `text` column (a .txt file is one document, see --sample-by);
+    instruction sets keep instruction/input/output and preference sets prompt/chosen/rejected.
     """
     import datasets
 
@@ -172,9 +176,11 @@ def download(
     )  # fmt: skip
     for warning in result.warnings:
         err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
+    for note in result.notes:
+        err_console.print(f"[bold]Note:[/] {note}", highlight=False)
     if json_output:
         print_json({"output_dir": str(result.output_dir), "kind": result.kind, "splits": result.splits,
-                    "sources": result.sources, "warnings": result.warnings})  # fmt: skip
+                    "sources": result.sources, "warnings": result.warnings, "notes": result.notes})  # fmt: skip
         return
     if quiet:
         return
@@ -187,7 +193,8 @@ def download(
         table.add_row(name, f"{rows:,}")
     console.print(table)
     for info in result.sources:
-        carved = f", carved {' and '.join(info['carved'])} (seed {seed})" if info.get("carved") else ""
+        how = "from the end of the text" if info.get("carved_by") == "tail" else f"(seed {seed})"
+        carved = f", carved {' and '.join(info['carved'])} {how}" if info.get("carved") else ""
         dropped = f", dropped {info['dropped_blank']:,} blank" if info.get("dropped_blank") else ""
         rows = ", ".join(f"{k} {v:,}" for k, v in info["rows"].items())
         console.print(f"  {info['name']}: {rows}{carved}{dropped}", highlight=False)

@@ -12,11 +12,16 @@ loads every source with `datasets.load_dataset` and brings it to one of three ki
 * `instruction`: `instruction`, `input`, `output` (Alpaca-style SFT data),
 * `preference`: `prompt`, `chosen`, `rejected` (DPO data).
 
+A `.txt` file is one document by default (`sample_by="document"`; "line" and "paragraph"
+make one per line or per block between blank lines).
+
 Splits are named train / validation / test. A source with no validation (or test) split
 gets one carved from its train split with `val_fraction` (`test_fraction`), reproducibly
-from `seed`. All sources are concatenated split by split and saved with `save_to_disk`,
-together with `tfkit_dataset.json` (kind, sources, rows per split). The output folder
-appears only once it is complete.
+from `seed`: records are drawn at random (`carve_splits`); `.txt` files are carved whole, so
+no file is in two splits, or, when they are too few for that, as a contiguous tail of their
+text (`carve_text`), which `DownloadResult.notes` says. All sources are concatenated split
+by split and saved with `save_to_disk`, together with `tfkit_dataset.json` (kind, sources,
+rows per split). The output folder appears only once it is complete.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ SPLIT_ALIASES = {
 SPLIT_ORDER = ("train", "validation", "test")
 MANIFEST = "tfkit_dataset.json"
 SAMPLE_BY = ("line", "paragraph", "document")
+# the .txt file each sample came from (an index into the source's files); dropped before saving
+FILE_COLUMN = "_tfkit_file"
+# whole files are carved while the carved splits take at most this much more of the files than asked
+CARVE_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ class DownloadResult:
     splits: dict[str, int]  # rows per split
     sources: list[dict[str, Any]]
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # how splits were carved, where a user should know
 
 
 Progress = Callable[[str], None]
@@ -154,6 +164,36 @@ def count_invalid_utf8(path: Path, chunk_size: int = 1 << 24) -> int:
             decoder.decode(chunk)
         decoder.decode(b"", final=True)
     return _InvalidCounter.count - before
+
+
+def _scan_text_file(path: Path, sample_by: str, chunk_size: int = 1 << 24) -> tuple[int, int]:
+    """Invalid UTF-8 sequences in a .txt file, and the number of samples the `text` builder makes of it.
+
+    The file is read as the builder reads it (universal newlines, invalid bytes as U+FFFD), and
+    the samples are counted by the builder's own rules: lines split at "\\n"; paragraphs split
+    at "\\n\\n", empty ones skipped; one document per file.
+    """
+    before = _InvalidCounter.count
+    samples = 0
+    with open(path, encoding="utf-8", errors="tfkit-count-invalid") as f:
+        if sample_by == "line":
+            last = "\n"
+            while chunk := f.read(chunk_size):
+                samples += chunk.count("\n")
+                last = chunk[-1]
+            samples += last != "\n"
+        elif sample_by == "paragraph":
+            rest = ""
+            while chunk := f.read(chunk_size):
+                parts = (rest + chunk + f.readline()).split("\n\n")
+                samples += sum(1 for part in parts[:-1] if part)
+                rest = parts[-1]
+            samples += bool(rest)
+        else:
+            while f.read(chunk_size):
+                pass
+            samples = 1
+    return _InvalidCounter.count - before, samples
 
 
 def _replace_invalid_utf8(src: Path, dest: Path, chunk_size: int = 1 << 24) -> str:
@@ -258,10 +298,11 @@ def _load_local(
     data_files: dict[str, list[str]] = {}
     for f in files:
         data_files.setdefault(_file_split(f) if path.is_dir() else "train", []).append(str(f))
-    kwargs: dict[str, Any] = {"sample_by": sample_by} if builder == "text" else {}
+    if builder == "text":
+        return _load_text_files(path, data_files, split, sample_by, cache_dir, len(files))
     invalid = 0
     with tempfile.TemporaryDirectory(prefix="tfkit-utf8-") as clean_dir:
-        if builder in ("text", "json", "csv"):
+        if builder in ("json", "csv"):
             for key, paths in data_files.items():
                 for i, name in enumerate(paths):
                     bad = count_invalid_utf8(Path(name))
@@ -269,9 +310,55 @@ def _load_local(
                         invalid += bad
                         paths[i] = _replace_invalid_utf8(Path(name), Path(clean_dir) / key / f"{i}-{Path(name).name}")
         with _hub_errors(str(path)), _quiet_loader_errors():
-            loaded = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir, **kwargs)
+            loaded = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir)
     info = {"type": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
     return loaded, info, invalid
+
+
+def _load_text_files(
+    path: Path, data_files: dict[str, list[str]], split: str | None, sample_by: str, cache_dir: str | None,
+    num_files: int,
+) -> tuple[Any, dict[str, Any], int]:
+    """Load .txt files with the `text` builder, each sample tagged with its file (`FILE_COLUMN`).
+
+    The builder reads the files of a split in the order given, so counting each file's samples
+    is enough to know which file every row comes from. A `split` slice is applied afterwards,
+    to the tagged rows.
+    """
+    import datasets
+    import numpy as np
+
+    invalid = 0
+    counts: dict[str, list[int]] = {}
+    with tempfile.TemporaryDirectory(prefix="tfkit-utf8-") as clean_dir:
+        for key, paths in data_files.items():
+            counts[key] = []
+            for i, name in enumerate(paths):
+                bad, samples = _scan_text_file(Path(name), sample_by)
+                counts[key].append(samples)
+                if bad:
+                    invalid += bad
+                    paths[i] = _replace_invalid_utf8(Path(name), Path(clean_dir) / key / f"{i}-{Path(name).name}")
+        with _hub_errors(str(path)):
+            loaded = datasets.load_dataset(
+                "text", data_files=data_files, cache_dir=cache_dir, sample_by=sample_by
+            )
+    tagged = {}
+    first = 0
+    for key, ds in loaded.items():
+        per_file = np.asarray(counts[key], dtype=np.int64)
+        if int(per_file.sum()) != len(ds):
+            raise RuntimeError(f"{path}: counted {int(per_file.sum())} samples of the {key} files, loaded {len(ds)}")
+        file_ids = np.repeat(np.arange(first, first + len(per_file), dtype=np.int32), per_file)
+        tagged[key] = ds.add_column(FILE_COLUMN, file_ids)
+        first += len(per_file)
+    info = {"type": "local", "path": str(path.resolve()), "files": num_files, "format": "text", "sample_by": sample_by}
+    if split is None:
+        return datasets.DatasetDict(tagged), info, invalid
+    with _hub_errors(str(path)):
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({k: len(v) for k, v in tagged.items()})
+    pieces = [tagged[p.splitname].select(range(p.from_, p.to)) for p in parts]
+    return (datasets.concatenate_datasets(pieces) if len(pieces) > 1 else pieces[0]), info, invalid
 
 
 def _check_options_apply(
@@ -284,7 +371,7 @@ def _check_options_apply(
     if text_field is not None and hows == {"preset"}:
         raise DataError("--text-field applies to Hub ids and local files; presets know their text columns")
     texts = [t for _, how, t in resolved if how == "local" and (t.is_dir() or t.suffix == ".txt")]
-    if sample_by != "line" and not texts:
+    if sample_by != "document" and not texts:
         raise DataError("--sample-by applies to local .txt files (or folders of them); no source is one")
 
 
@@ -339,13 +426,16 @@ def _standardise(ds: Any, what: str, kind: str, text_field: str | None, rename: 
     wanted = KIND_FIELDS[kind]
     if kind == "instruction" and "input" not in ds.column_names:
         ds = ds.add_column("input", [""] * len(ds))
-    ds = ds.select_columns(list(wanted))
+    tags = [FILE_COLUMN] if FILE_COLUMN in ds.column_names else []
+    ds = ds.select_columns([*wanted, *tags])
     for col in wanted:
         feature = ds.features[col]
         if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
             raise DataError(f"column {col!r} of {what} holds {feature}, not text")
     if any(ds.features[col].dtype != "string" for col in wanted):
-        ds = ds.cast(datasets.Features({col: datasets.Value("string") for col in wanted}))
+        features = ds.features.copy()
+        features.update({col: datasets.Value("string") for col in wanted})
+        ds = ds.cast(features)
     if any(ds.data.column(col).null_count for col in wanted):
         ds = ds.map(
             lambda batch: {col: [v if v is not None else "" for v in batch[col]] for col in wanted},
@@ -401,6 +491,130 @@ def carve_splits(ds: Any, val_fraction: float, test_fraction: float, seed: int) 
     return out
 
 
+def _column(ds: Any, name: str) -> Any:
+    """One column of a dataset as an Arrow array, in the dataset's row order (after any select or filter)."""
+    return ds.select_columns([name]).with_format("arrow")[:][name]
+
+
+def _share(n: int, fraction: float) -> int:
+    """How many of n items a carved split takes: at least one when it is asked for."""
+    return max(1, round(n * fraction)) if fraction > 0 else 0
+
+
+def carve_text(
+    ds: Any, val_fraction: float, test_fraction: float, seed: int, sample_by: str
+) -> tuple[dict[str, Any], str]:
+    """Split the samples of .txt files (tagged with `FILE_COLUMN`) so that no file is in two splits.
+
+    Whole files go to validation and test, drawn by a seeded permutation, max(1, round(files *
+    fraction)) of them, when that takes at most `CARVE_SLACK` more of the files than asked (42
+    books and 1% validation: one book). With fewer files (one book and 1% validation, two files
+    and 10%) whole files would take far too much, so the end of the text is carved instead:
+    test is its last `test_fraction`, validation the `val_fraction` before it. By documents that
+    is a cut by characters, moved to the nearest line boundary; by lines or paragraphs, the
+    last samples. Each split keeps the order of the text.
+
+    Returns the splits and how they were carved: "files" or "tail".
+    """
+    import numpy as np
+
+    files = _column(ds, FILE_COLUMN).to_numpy()
+    ids = np.unique(files)
+    if not len(ids):
+        raise DataError("0 documents are too few to carve a validation/test split; lower --val-fraction")
+    n_val, n_test = _share(len(ids), val_fraction), _share(len(ids), test_fraction)
+    if len(ids) - n_val - n_test >= 1 and (n_val + n_test) / len(ids) <= val_fraction + test_fraction + CARVE_SLACK:
+        perm = np.random.default_rng(seed).permutation(ids)
+        in_val, in_test = np.isin(files, perm[:n_val]), np.isin(files, perm[n_val : n_val + n_test])
+        out = {"train": ds.select(np.flatnonzero(~(in_val | in_test)))}
+        if n_val:
+            out["validation"] = ds.select(np.flatnonzero(in_val))
+        if n_test:
+            out["test"] = ds.select(np.flatnonzero(in_test))
+        return out, "files"
+    if sample_by != "document":
+        n = len(ds)
+        n_val, n_test = _share(n, val_fraction), _share(n, test_fraction)
+        if n - n_val - n_test < 1:
+            raise DataError(f"{n} {sample_by}s are too few to carve a validation/test split; lower --val-fraction")
+        out = {"train": ds.select(range(n - n_val - n_test))}
+        if n_val:
+            out["validation"] = ds.select(range(n - n_val - n_test, n - n_test))
+        if n_test:
+            out["test"] = ds.select(range(n - n_test, n))
+        return out, "tail"
+    return _carve_text_tail(_column(ds, "text").to_pylist(), val_fraction, test_fraction), "tail"
+
+
+def _line_boundary(texts: list[str], starts: list[int], pos: int) -> int:
+    """The start of a line (or of a document) nearest to character `pos` of the joined texts."""
+    import bisect
+
+    j = bisect.bisect_right(starts, pos) - 1
+    if j < 0 or j >= len(texts):
+        return pos
+    text, offset = texts[j], pos - starts[j]
+    before = text.rfind("\n", 0, offset) + 1
+    after = text.find("\n", offset)
+    after = len(text) if after < 0 else after + 1
+    return starts[j] + (before if offset - before <= after - offset else after)
+
+
+def _carve_text_tail(texts: list[str], val_fraction: float, test_fraction: float) -> dict[str, Any]:
+    """Train, validation and test as consecutive stretches of the documents' text, cut at line boundaries.
+
+    A document that a cut falls inside gives its head to one split and its tail to the next.
+    """
+    import datasets
+
+    starts = [0]
+    for text in texts:
+        starts.append(starts[-1] + len(text))
+    total = starts[-1]
+    test_at = total - round(total * test_fraction)
+    val_at = test_at - round(total * val_fraction)
+    wanted = [name for name, fraction in (("validation", val_fraction), ("test", test_fraction)) if fraction > 0]
+
+    def pieces(cuts: tuple[int, int]) -> dict[str, list[str]]:
+        bounds = {"train": (0, cuts[0]), "validation": (cuts[0], cuts[1]), "test": (cuts[1], total)}
+        out: dict[str, list[str]] = {}
+        for name in ("train", *wanted):
+            lo, hi = bounds[name]
+            out[name] = [
+                piece
+                for text, start in zip(texts, starts)
+                if (piece := text[max(lo - start, 0) : max(hi - start, 0)]) and not piece.isspace()
+            ]
+        return out
+
+    out = pieces((_line_boundary(texts, starts, val_at), _line_boundary(texts, starts, test_at)))
+    if not all(out.values()):  # no line break near enough: cut at the character
+        out = pieces((val_at, test_at))
+    if not all(out.values()):
+        raise DataError(f"{total:,} characters are too few to carve a validation/test split; lower --val-fraction")
+    return {name: datasets.Dataset.from_dict({"text": docs}) for name, docs in out.items()}
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.3g}%"
+
+
+def _tail_note(name: str, sample_by: str, files: int, val_fraction: float, test_fraction: float) -> str:
+    """One line saying that a source's validation/test split is the end of its text."""
+    unit = {"document": "text", "line": "lines", "paragraph": "paragraphs"}[sample_by]
+    if files == 1:
+        lead, whose = ("one document" if sample_by == "document" else "one file"), "its"
+    else:
+        lead, whose = f"{files} files are too few to carve whole", "the"
+    if val_fraction > 0 and test_fraction > 0:
+        carved = (f"validation and test are the last {_percent(val_fraction + test_fraction)} of {whose} {unit} "
+                  f"({_percent(val_fraction)} then {_percent(test_fraction)})")  # fmt: skip
+    else:
+        split, fraction = ("validation", val_fraction) if val_fraction > 0 else ("test", test_fraction)
+        carved = f"{split} is the last {_percent(fraction)} of {whose} {unit}"
+    return f"{name}: {lead}, so {carved}"
+
+
 # ---------------------------------------------------------------- download
 
 
@@ -442,7 +656,7 @@ def download(
     val_fraction: float = 0.01,
     test_fraction: float = 0.0,
     seed: int = 0,
-    sample_by: str = "line",
+    sample_by: str = "document",
     overwrite: bool = False,
     cache_dir: str | None = None,
     progress: Progress | None = None,
@@ -455,7 +669,7 @@ def download(
         split: load only this split (datasets slicing works: `train[:1000]`).
         text_field: the column that holds the text, for Hub ids and local files.
         val_fraction, test_fraction: share of train carved out when a source has no such split.
-        sample_by: for .txt files, one document per line, paragraph or file.
+        sample_by: for .txt files, one document per file ("document"), line or paragraph.
     """
     import datasets
 
@@ -475,6 +689,7 @@ def download(
     per_split: dict[str, list[Any]] = {}
     infos: list[dict[str, Any]] = []
     warnings: list[str] = []
+    notes: list[str] = []
     for name, how, target in resolved:
         say(f"loading {name}")
         preset = target if isinstance(target, Preset) else None
@@ -505,14 +720,19 @@ def download(
         if "train" in splits and (
             ("validation" not in splits and val_fraction > 0) or ("test" not in splits and test_fraction > 0)
         ):
-            carved = carve_splits(
-                splits.pop("train"),
-                val_fraction if "validation" not in splits else 0.0,
-                test_fraction if "test" not in splits else 0.0,
-                seed,
-            )
+            val = val_fraction if "validation" not in splits else 0.0
+            test = test_fraction if "test" not in splits else 0.0
+            train = splits.pop("train")
+            if FILE_COLUMN in train.column_names:
+                carved, info["carved_by"] = carve_text(train, val, test, seed, sample_by)
+                if info["carved_by"] == "tail":
+                    num_files = len(train.unique(FILE_COLUMN))
+                    notes.append(_tail_note(name, sample_by, num_files, val, test))
+            else:
+                carved, info["carved_by"] = carve_splits(train, val, test, seed), "records"
             info["carved"] = sorted(k for k in carved if k != "train")
             splits.update(carved)
+        splits = {k: v.remove_columns(FILE_COLUMN) if FILE_COLUMN in v.column_names else v for k, v in splits.items()}
         if invalid:
             warnings.append(f"{name}: replaced {invalid:,} invalid UTF-8 sequence(s) with U+FFFD")
         info.update(name=name, kind=kind, rows={k: len(v) for k, v in splits.items()}, dropped_blank=dropped,
@@ -550,7 +770,7 @@ def download(
 
     say(f"saving to {output_dir}")
     write_dir_atomic(output_dir, write, replace=True)
-    return DownloadResult(output_dir, kind, manifest["splits"], infos, warnings)
+    return DownloadResult(output_dir, kind, manifest["splits"], infos, warnings, notes)
 
 
 # ---------------------------------------------------------------- reading back
