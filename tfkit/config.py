@@ -8,23 +8,58 @@ other field is reachable with `--set section.field=value` or a YAML file. Field 
 are unique across sections, so the flat form (`to_flat_dict`) needs no prefixes.
 
 Adding an option to `train pretrain` (and later to `ablate`) means adding one field here.
+
+Validation happens as a config is built, whether from options, YAML, `--set` or a
+checkpoint, so bad input is refused before anything is written: floats must be finite,
+seeds in [0, 2**63 - 1], model shapes within what can plausibly be built (`MAX_SHAPE`,
+`MAX_MODEL_BYTES`), and YAML files small text without alias bombs. `check_memory`
+refuses a run whose estimated training memory exceeds its device's.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
 from tfkit.errors import ConfigError
 
 DEFAULT_MAX_STEPS = 1000
+
+# Seeds are stored as int64 (the `seed` column of results.csv, torch's generators), and
+# numpy's generators take no negative seed: every seed is in [0, 2**63 - 1].
+SEED_MAX = 2**63 - 1
+INT_MAX = 2**63 - 1  # any integer option: torch, numpy and the CSV columns hold int64
+
+# What a config may ask of the model, whether typed or read from a checkpoint: bounds on
+# what can plausibly be built and trained, so that a wrong or hostile config is refused
+# with a message instead of allocating memory until the machine gives up.
+MAX_SHAPE = {
+    "max_seq_len": 2**20,  # position tables and attention grow with the context; 1M tokens is far past small models
+    "vocab_size": 2**24,  # no tokenizer comes near 16M ids; shards store ids as uint32
+    "width": 2**16,
+    "depth": 2**12,
+}
+# Weights and buffers in float32. Training needs about four times this (gradients and
+# AdamW's two moments), more than any single accelerator holds.
+MAX_MODEL_BYTES = 2**36  # 64 GiB
+# Runs whose estimated training memory is below this are not checked against the device
+# (so small runs never pay for asking CUDA how much memory it has).
+MEMORY_CHECK_FROM = 2**30
+# Error messages show at most this many characters of a value.
+MAX_SHOWN = 100
+# A config file is a page of options: refuse files, and YAML alias expansions, far beyond that.
+MAX_CONFIG_BYTES = 2**20
+MAX_CONFIG_NODES = 10_000
 
 
 def opt(
@@ -44,9 +79,63 @@ def option_label(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def field_label(section: Any, name: str) -> str:
+    """How a user sets a field: `--num-heads` for an option, `optim.eps` (for --set) otherwise."""
+    f = next(f for f in dataclasses.fields(section) if f.name == name)
+    return option_label(name) if f.metadata.get("cli") else f"{section.SECTION}.{name}"
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` cut to `MAX_SHOWN` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def shown_text(text: str) -> str:
+    """`text` cut to `MAX_SHOWN` characters, for error messages."""
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def format_bytes(n: float) -> str:
+    """1.5 GiB, 320.0 MiB: memory sizes in error messages."""
+    if n >= 2**40:
+        return f"{n / 2**40:,.1f} TiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB"
+
+
+def check_fields(section: Any) -> None:
+    """What every section checks first: floats are finite, integers fit int64, seeds are in range.
+
+    Torch and numpy reject these later, or silently train on nothing (a learning rate of
+    nan); here they are refused before anything is written, naming the option.
+    """
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field_label(section, f.name)} must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if f.name in ("seed", "val_seed") and not 0 <= value <= SEED_MAX:
+                also = "; in tfkit ablate, --seed + --num-runs - 1 too" if f.name == "seed" else ""
+                raise ConfigError(
+                    f"{field_label(section, f.name)} must be between 0 and 2**63 - 1 ({SEED_MAX}{also}), got {value}"
+                )
+            if abs(value) > INT_MAX:
+                label = field_label(section, f.name)
+                raise ConfigError(f"{label} {value} is out of range: integer options hold at most 2**63 - 1")
+        if isinstance(value, dict):  # process_params, given as --param name=value
+            label = "--param" if f.name == "process_params" else field_label(section, f.name)
+            for key, item in value.items():
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"{label} {key} must be a finite number, got {item}")
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     """The GPT family: sizes, block kind, activation, norm and positions."""
+
+    SECTION: ClassVar[str] = "model"
 
     vocab_size: int | None = opt(None, "Vocabulary size (taken from the data when unset).", cli=False)
     max_seq_len: int | None = opt(None, "Longest context the model accepts (defaults to --seq-len).", cli=False)
@@ -77,9 +166,19 @@ class ModelConfig:
     scale_base_width: int = opt(384, "Width of the --model-scale 1 model.", cli=False)
 
     def __post_init__(self) -> None:
-        for name in ("depth", "width", "num_heads"):
+        check_fields(self)
+        for name in ("depth", "width", "num_heads", "scale_base_depth", "scale_base_width"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{field_label(self, name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_seq_len is not None and self.max_seq_len < 1:
+            raise ConfigError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
+        for name, bound in MAX_SHAPE.items():
+            value = getattr(self, name)
+            if value is not None and value > bound:
+                raise ConfigError(
+                    f"{field_label(self, name)} {value:,} is above {bound:,}, the largest tfkit builds "
+                    "(a bound on what a config, typed or read from a checkpoint, may ask for)"
+                )
         if self.width % self.num_heads:
             raise ConfigError(f"--num-heads ({self.num_heads}) must divide --width ({self.width})")
         if self.positions == "rotary" and (self.width // self.num_heads) % 2:
@@ -89,6 +188,10 @@ class ModelConfig:
             )
         if self.mlp_ratio <= 0:
             raise ConfigError(f"--mlp-ratio must be positive, got {self.mlp_ratio}")
+        if self.rope_base <= 0:
+            raise ConfigError(f"model.rope_base must be positive, got {self.rope_base}")
+        if self.init_std < 0:
+            raise ConfigError(f"model.init_std must be >= 0, got {self.init_std}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.linear_value and self.block != "parallel":
@@ -102,32 +205,83 @@ class ModelConfig:
                     f"--model-scale {self.model_scale:g} gives --depth {depth} --width {width}, "
                     f"not --depth {self.depth} --width {self.width}"
                 )
+        params, buffers = self.size()
+        if 4 * (params + buffers) > MAX_MODEL_BYTES:
+            raise ConfigError(
+                f"this model needs {format_bytes(4 * (params + buffers))} for its weights and buffers "
+                f"({params:,} parameters; {self.describe()}), above the {format_bytes(MAX_MODEL_BYTES)} tfkit "
+                "builds: training needs about four times that, more than any single accelerator holds"
+            )
+
+    def describe(self) -> str:
+        """The shape in option form, for messages: --depth 2 --width 64 vocab_size 3 max_seq_len 64."""
+        text = f"--depth {self.depth} --width {self.width}"
+        for name in ("vocab_size", "max_seq_len"):
+            if getattr(self, name) is not None:
+                text += f" {name} {getattr(self, name):,}"
+        return text
+
+    def size(self) -> tuple[int, int]:
+        """(parameters, buffer elements) of the GPT this config builds, counted without building it.
+
+        Unset vocab_size and max_seq_len count as 0 (no token tables, no position tables yet).
+        The buffers are the rotary tables of every attention layer.
+        """
+        C, L = self.width, self.depth
+        vocab, context = self.vocab_size or 0, self.max_seq_len or 0
+        hidden = mlp_hidden_size(self)
+        mlp_in = 2 * hidden if self.activation == "swiglu" else hidden
+        norm = 2 * C if self.norm == "layernorm" and self.bias else C
+        qk_norm = 2 * (C // self.num_heads) if self.qk_norm else 0
+        bias = 1 if self.bias else 0
+        if self.block == "parallel":
+            block = norm + (C + bias) * (3 * C + mlp_in) + (hidden + C + bias) * C + qk_norm
+        else:
+            block = 2 * norm + (C + bias) * 3 * C + (C + bias) * C + (C + bias) * mlp_in + (hidden + bias) * C + qk_norm
+        params = L * block + norm + vocab * C * (1 if self.tie_embeddings else 2)
+        if self.positions == "learned":
+            params += context * C
+        buffers = L * context * (C // self.num_heads) if self.positions == "rotary" else 0
+        return params, buffers
 
     @property
     def true_model_scale(self) -> float:
-        """The scale whose unrounded shape has this model's depth * width^2 (its parameter count)."""
-        return true_model_scale(self.depth, self.width, self.scale_base_depth, self.scale_base_width)
+        """Parameters of this model relative to the base model's, as hlb-gpt-cli logs it.
+
+        The base is this model at `scale_base_depth` x `scale_base_width`, everything else the
+        same; `--model-scale` rounds widths to multiples of 64, so this is the size it really has.
+        """
+        base = copy.copy(self)  # not validated: the base shape only needs counting
+        base.depth, base.width = self.scale_base_depth, self.scale_base_width
+        return self.size()[0] / base.size()[0]
+
+
+def mlp_hidden_size(config: ModelConfig) -> int:
+    """Width of the MLP hidden layer (for swiglu: of each of its two input branches)."""
+    if config.activation == "swiglu":
+        # Three (width x hidden) matrices instead of two: take 2/3 of the hidden size so the
+        # parameter count matches, rounded up to a multiple of 8 for matmul-friendly shapes.
+        # Fraction keeps e.g. 2/3 * 4.0 * 768 exactly 2048 instead of 2048.0000000000002.
+        exact = Fraction(config.mlp_ratio) * config.width * 2 / 3
+        return math.ceil(exact / 8) * 8
+    return max(1, round(config.mlp_ratio * config.width))
 
 
 def scaled_shape(scale: float, base_depth: int, base_width: int) -> tuple[int, int]:
     """(depth, width) at `scale`: both grow with log2(1 + scale); width rounded to a multiple of 64."""
-    if not scale > 0:
-        raise ConfigError(f"--model-scale must be positive, got {scale}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"--model-scale must be a positive number, got {scale}")
     factor = math.log2(1.0 + scale)
     width = max(64, round(base_width * factor / 64) * 64)
     depth = max(1, round(base_depth * factor))
     return depth, width
 
 
-def true_model_scale(depth: int, width: int, base_depth: int, base_width: int) -> float:
-    """Inverse of `scaled_shape` without rounding, matched on depth * width^2."""
-    factor = ((depth / base_depth) * (width / base_width) ** 2) ** (1.0 / 3.0)
-    return 2.0**factor - 1.0
-
-
 @dataclass(kw_only=True)
 class OptimConfig:
     """AdamW with decoupled weight decay and a warmup + decay learning-rate schedule."""
+
+    SECTION: ClassVar[str] = "optim"
 
     lr: float = opt(3e-3, "Peak learning rate.")
     schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "Decay after warmup.")
@@ -143,8 +297,11 @@ class OptimConfig:
     decay_norms_and_biases: bool = opt(False, "Apply weight decay to norms and biases too.", cli=False)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.eps < 0:
+            raise ConfigError(f"optim.eps must be >= 0, got {self.eps}")
         if self.warmup_steps < 0:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -164,6 +321,8 @@ class OptimConfig:
 class DataConfig:
     """What to train on and in which shape."""
 
+    SECTION: ClassVar[str] = "data"
+
     data: str = opt(
         "mess3",
         "A built-in process (mess3, rrxor, ...; see `tfkit data processes`) or a folder of token shards "
@@ -182,6 +341,7 @@ class DataConfig:
     val_seed: int = opt(1234, "Seed of the validation set (the same for every run).", cli=False)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("seq_len", "batch_size", "train_sequences", "val_sequences"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
@@ -192,6 +352,8 @@ class DataConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     """Stop criteria, evaluation cadence, device, precision and seed."""
+
+    SECTION: ClassVar[str] = "train"
 
     max_steps: int | None = opt(None, f"Stop after this many optimizer steps (default {DEFAULT_MAX_STEPS} if no stop is given).")
     max_tokens: int | None = opt(None, "Stop after this many training tokens.")
@@ -205,8 +367,34 @@ class TrainConfig:
     compile: Literal["auto", "on", "off"] = opt("auto", "torch.compile the model (auto: on CUDA only).")
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "auto: bf16 autocast on CUDA, fp32 elsewhere.")
     max_bad_steps: int = opt(10, "Consecutive non-finite steps that fail the run.", cli=False)
+    keep_last: int | None = opt(None, "Keep only the newest N checkpoints (default: all).", sweep=False)
+    spike_action: Literal["log", "checkpoint", "skip", "rollback", "stop"] = opt(
+        "log",
+        "On a loss spike (loss or grad norm above mean + k*std of recent steps): log it to spikes.csv; also "
+        "checkpoint the state before the update; skip the update; rollback to the last checkpoint and skip "
+        "that data; or stop the run.",
+    )
+    spike_window: int = opt(128, "Recent steps whose loss and grad norm the spike test compares with.", cli=False)
+    spike_sigma: float = opt(6.0, "k in mean + k*std: how far above recent steps a spike is.", cli=False)
+    spike_min_history: int = opt(32, "Steps seen before any step can count as a spike.", cli=False)
+    spike_max_rollbacks: int = opt(5, "Rollbacks (--spike-action rollback) before the run fails.", cli=False)
+    peak_flops: float | None = opt(
+        None, "The device's peak FLOP/s for the mfu column (default: bf16 dense peak of known GPUs).", cli=False,
+        sweep=False,
+    )
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("keep_last", "spike_window", "spike_min_history"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
+        if self.spike_max_rollbacks < 0:
+            raise ConfigError(f"train.spike_max_rollbacks must be at least 0, got {self.spike_max_rollbacks}")
+        if self.spike_sigma <= 0:
+            raise ConfigError(f"train.spike_sigma must be positive, got {self.spike_sigma}")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ConfigError(f"train.peak_flops must be positive, got {self.peak_flops}")
         for name in ("max_steps", "max_tokens", "max_epochs", "max_time_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -220,12 +408,14 @@ class TrainConfig:
             raise ConfigError(f"--max-epochs-between-evals must be positive, got {self.max_epochs_between_evals}")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {shown(dev)}")
 
 
 @dataclass(kw_only=True)
 class LogConfig:
     """Where the run directory goes and what it logs to."""
+
+    SECTION: ClassVar[str] = "log"
 
     out: str | None = opt(None, "Run directory (default runs/<data>-<timestamp>).", sweep=False)
     log_every: int = opt(10, "Log a train row every N steps.", sweep=False)
@@ -240,6 +430,7 @@ class LogConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.log_every < 1:
             raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
         if self.s3_uri is not None:
@@ -303,13 +494,21 @@ class SectionedConfig:
         nested = self.to_dict()
         touched: set[str] = set()
         for key, value in data.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"option names are text; {source} has {shown(key)}")
             if key in sections and isinstance(value, dict):
                 for name, sub in value.items():
+                    if not isinstance(name, str):
+                        raise ConfigError(f"option names are text; {source} has {shown(name)} in {key}")
                     touched.add(_assign(nested, key, name, sub, source, sections))
+            elif key in sections and not any(key in field_names(s, sections) for s in sections):
+                raise ConfigError(f"{key} in {source} must be a mapping of {key} options, got {shown(value)}")
             elif "." in key:
                 section, name = key.split(".", 1)
                 if section not in sections:
-                    raise ConfigError(f"unknown section {section!r} in {source}: expected one of {', '.join(sections)}")
+                    raise ConfigError(
+                        f"unknown section {shown(section)} in {source}: expected one of {', '.join(sections)}"
+                    )
                 touched.add(_assign(nested, section, name, value, source, sections))
             else:
                 touched.add(_assign(nested, section_of(key, source, sections), key, value, source, sections))
@@ -323,15 +522,8 @@ class SectionedConfig:
         return cls().with_yaml(path)
 
     def with_yaml(self, path: str | Path) -> Self:
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = read_yaml(path)
         if data is None:
             return self
         if not isinstance(data, dict):
@@ -344,7 +536,7 @@ class SectionedConfig:
         for item in assignments:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ConfigError(f"--set expects section.field=value, got {item!r}")
+                raise ConfigError(f"--set expects section.field=value, got {shown(item)}")
             updates[key.strip()] = value.strip()
         return self.with_updates(updates, source="--set")
 
@@ -356,6 +548,41 @@ class SectionedConfig:
     @classmethod
     def load_json(cls, path: str | Path) -> Self:
         return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
+
+    def memory_parts(self, accelerator: bool) -> dict[str, int]:
+        """Estimated bytes a run of this config holds at once while training, by part.
+
+        Parts are `model`, `activations` and `data`; empty when the shapes are not known
+        yet. A lower bound: what is certainly allocated, not allocator slack or workspaces.
+
+        Args:
+            accelerator: the run is on CUDA (bf16 activations, fused attention with dropout).
+        """
+        return {}
+
+    def batch_shape(self) -> str:
+        """The options that size one micro-batch, as a user typed them (for messages)."""
+        return ""
+
+    def check_memory(self) -> None:
+        """Refuse a run whose estimated training memory is more than its device has.
+
+        Only runs estimated above `MEMORY_CHECK_FROM` look at the device, so small runs
+        never import torch or ask CUDA here.
+        """
+        if sum(self.memory_parts(accelerator=True).values()) < MEMORY_CHECK_FROM:
+            return
+        available, where, accelerator = device_memory(self.train.device)
+        parts = self.memory_parts(accelerator=accelerator)
+        needed = sum(parts.values())
+        if available is None or needed <= available:
+            return
+        detail = ", ".join(f"{name} {format_bytes(n)}" for name, n in sorted(parts.items(), key=lambda p: -p[1]))
+        largest = max(parts, key=parts.__getitem__)
+        raise ConfigError(
+            f"{self.batch_shape()} needs about {format_bytes(needed)} of memory to train ({detail}), "
+            f"more than {where} has ({format_bytes(available)}); {MEMORY_ADVICE[largest]}"
+        )
 
 
 @dataclass(kw_only=True)
@@ -370,6 +597,19 @@ class RunConfig(SectionedConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
+    def memory_parts(self, accelerator: bool) -> dict[str, int]:
+        d = self.data
+        parts = training_memory(
+            self.model, d.batch_size, d.seq_len, accelerator=accelerator, precision=self.train.precision
+        )
+        if not Path(d.data).exists():  # a built-in process: one epoch and the validation set in memory
+            # int64 tokens; the validation set also keeps its optimal loss per token (float64)
+            parts["data"] = (8 * d.train_sequences + 16 * d.val_sequences) * (d.seq_len + 1)
+        return parts
+
+    def batch_shape(self) -> str:
+        return f"--batch-size {self.data.batch_size} x --seq-len {self.data.seq_len} ({self.model.describe()})"
+
 
 def field_names(section: str, sections: dict[str, type] = SECTIONS) -> list[str]:
     return [f.name for f in dataclasses.fields(sections[section])]
@@ -381,9 +621,12 @@ def section_of(name: str, source: str = "config", sections: dict[str, type] = SE
         if name in field_names(section, sections):
             return section
     every = [n for s in sections for n in field_names(s, sections)]
-    hint = difflib.get_close_matches(name, every, n=1)
-    suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise ConfigError(f"unknown option {name!r} in {source}{suffix}")
+    raise ConfigError(f"unknown option {shown(name)} in {source}{_did_you_mean(name, every)}")
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(name, known, n=1) if len(name) <= MAX_SHOWN else []
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
 def _assign(
@@ -392,9 +635,7 @@ def _assign(
     cls = sections[section]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if name not in fields:
-        hint = difflib.get_close_matches(name, list(fields), n=1)
-        suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(f"unknown option {section}.{name} in {source}{suffix}")
+        raise ConfigError(f"unknown option {section}.{shown_text(name)} in {source}{_did_you_mean(name, list(fields))}")
     hints = typing.get_type_hints(cls)
     nested[section][name] = coerce(value, hints[name], f"{section}.{name}")
     return name
@@ -424,15 +665,15 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
             return None
         return coerce(value, inner[0], name)
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}, got {value!r}")
+        if not isinstance(value, str | int | float | bool) or value not in args:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}, got {shown(value)}")
         return value
     if origin is dict:
         if isinstance(value, str):
             pairs = [p for p in value.split(",") if p.strip()]
             value = dict(p.split("=", 1) for p in pairs if "=" in p)
         if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+            raise ConfigError(f"{name} must be a mapping, got {shown(value)}")
         return {str(k): coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
@@ -442,26 +683,207 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
             return True
         if text in ("false", "0", "no", "off"):
             return False
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+        raise ConfigError(f"{name} must be true or false, got {shown(value)}")
     if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
-        try:
-            number = float(str(value).replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-        if not number.is_integer():
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return int(number)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            text = value.strip().replace("_", "")
+            try:
+                return int(text)  # exact, however long
+            except ValueError:
+                pass
+            try:
+                number = float(text)
+            except ValueError:
+                number = math.nan
+            if number.is_integer():  # 1e6
+                return int(number)
+        raise ConfigError(f"{name} must be an integer, got {shown(value)}")
     if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        try:
-            return float(str(value).replace("_", "")) if not isinstance(value, (int, float)) else float(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond any float
+                raise ConfigError(f"{name} must be a finite number, got {shown(value)}") from None
+        if isinstance(value, str):
+            try:
+                return float(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number, got {shown(value)}")
     if hint is str:
+        if isinstance(value, list | dict | bytes):
+            raise ConfigError(f"{name} must be text, got {shown(value)}")
         return str(value)
     raise TypeError(f"no conversion for {name}: {hint}")
+
+
+# --- memory: what a run needs, what its device has ----------------------------------------
+
+
+MEMORY_ADVICE = {
+    "activations": "lower --batch-size (raise --grad-accum-steps to keep the batch) or the context",
+    "data": "lower --seq-len, or data.train_sequences and data.val_sequences",
+    "model": "lower --width, --depth or the vocabulary",
+}
+
+
+def training_memory(
+    model: ModelConfig, sequences: int, tokens: int, *, accelerator: bool, precision: str, loops: int = 1,
+    extra_params: int = 0,
+) -> dict[str, int]:
+    """Bytes of the model state and the activations kept for the backward pass of one micro-batch.
+
+    A lower bound, so that no run that fits is refused: what autograd certainly keeps,
+    without allocator slack, workspaces or the optimizer's temporaries.
+
+    Args:
+        sequences, tokens: the micro-batch, `sequences` rows of `tokens` positions.
+        accelerator: on CUDA (bf16 autocast unless `precision` is fp32, fused attention).
+        loops: times the blocks run with a graph (a looped model's loss window).
+        extra_params: parameters outside `model.size()` (read-in / read-out layers).
+    """
+    params, buffers = model.size()
+    params += extra_params
+    C, L = model.width, model.depth
+    hidden = mlp_hidden_size(model)
+    mlp_in = 2 * hidden if model.activation == "swiglu" else hidden
+    rows = sequences * tokens
+    # bytes per kept value: bf16 under autocast (the default on CUDA), fp32 otherwise
+    per_value = 2 if precision == "bf16" or (precision == "auto" and accelerator) else 4
+    if accelerator:
+        # torch.compile may recompute the MLP activation: per position and block, the norm
+        # outputs, q, k, v, the attention output and the residual stream (6C) and the MLP's
+        # input; fp32 logits and their gradient
+        activations = rows * L * loops * (6 * C + mlp_in) * per_value + 2 * 4 * rows * (model.vocab_size or 0)
+    else:
+        # eager, as measured on CPU: the same plus the activated MLP values; the logits,
+        # their log-softmax and its gradient
+        activations = rows * L * loops * (6 * C + mlp_in + hidden) * per_value + 3 * 4 * rows * (model.vocab_size or 0)
+        if model.dropout > 0:
+            # sdpa with dropout takes the math path on CPU: scores, weights and dropout mask per head
+            activations += 3 * 4 * sequences * model.num_heads * tokens * tokens * L * loops
+    # weights, gradients and AdamW's two moments in fp32; the rotary tables
+    return {"model": 16 * params + 4 * buffers, "activations": activations}
+
+
+def check_model_fits(model: ModelConfig) -> None:
+    """Refuse to build a model whose float32 weights and buffers are more than this machine's memory."""
+    params, buffers = model.size()
+    needed = 4 * (params + buffers)
+    available = host_memory() if needed > MEMORY_CHECK_FROM else None
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"this model needs {format_bytes(needed)} for its weights and buffers ({params:,} parameters; "
+            f"{model.describe()}), more than this machine's RAM ({format_bytes(available)})"
+        )
+
+
+def host_memory() -> int | None:
+    """This machine's memory in bytes (its RAM, or a smaller container limit); None if unknown."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def device_memory(device: str) -> tuple[int | None, str, bool]:
+    """(bytes, how to name it, is an accelerator) of the memory a run on `device` trains in.
+
+    CPU and Apple's MPS (unified memory) train in the machine's RAM. None when the device
+    is not there: resolving the device reports that.
+    """
+    if device in ("cpu", "mps"):
+        return host_memory(), "this machine's RAM", False
+    import torch
+
+    if device == "auto" and not torch.cuda.is_available():
+        return host_memory(), "this machine's RAM", False
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        return None, device, True
+    return torch.cuda.get_device_properties(index).total_memory, f"cuda:{index}", True
+
+
+# --- YAML config files -------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML config file as plain data, refusing what is not a small YAML text.
+
+    Binary files, files over `MAX_CONFIG_BYTES`, and aliases that are recursive or expand
+    to more than `MAX_CONFIG_NODES` values ("billion laughs": each level repeats the one
+    before, so 500 bytes expand to a billion strings). Aliases themselves are allowed;
+    the node graph is measured before anything is built from it.
+    """
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} is {format_bytes(path.stat().st_size)}: too large for a config file "
+            f"(at most {format_bytes(MAX_CONFIG_BYTES)})"
+        )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise ConfigError(f"{path} is not a YAML file: it holds binary data, not text")
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError:
+        raise ConfigError(f"{path} is not a YAML file: it holds control characters, not text") from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"{path} expands to {size:,} values through YAML aliases; a config holds at most "
+                f"{MAX_CONFIG_NODES:,} (an alias bomb?)"
+            )
+        return loader.construct_document(node)
+    except _RecursiveAlias:
+        raise ConfigError(f"{path} holds a recursive YAML alias (a value that contains itself)") from None
+    except yaml.reader.ReaderError:
+        raise ConfigError(f"{path} is not a YAML file: it holds control characters, not text") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {shown_text(str(e).splitlines()[0])}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a config file") from None
+    finally:
+        loader.dispose()
+
+
+class _RecursiveAlias(Exception):
+    pass
+
+
+def _expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Values `node` stands for once every alias is expanded; each distinct node is measured once."""
+    import yaml
+
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if isinstance(node, yaml.ScalarNode):
+        return 1
+    if key in open_nodes:
+        raise _RecursiveAlias
+    open_nodes.add(key)
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+    sizes[key] = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(key)
+    return sizes[key]

@@ -1,7 +1,8 @@
-"""Small file helpers shared by the library: atomic writes of files and folders."""
+"""Small file helpers shared by the library: atomic writes of files and folders, whole appends."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place.
 
     A reader never sees half a file, and an interrupted write leaves the old file intact.
+    A write that fails on the file system (a full disk) raises its `OSError` naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,9 +35,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise with_filename(e, path) from None
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -73,3 +75,31 @@ def write_dir_atomic(path: str | Path, write: Callable[[Path], None], *, replace
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def append_whole(fd: int, data: bytes, path: str | Path) -> None:
+    """Append `data` to the file open at `fd`, durably, whole or not at all.
+
+    One `write` in the usual case (a short write is continued), then `fsync`. If anything
+    fails on the way (a full disk, a read-only remount, a signal), the file is cut back
+    to its previous length so no partial line remains, and the error is raised with
+    `path` as its filename. For a file with one writer (a run's logs).
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)
+        raise with_filename(e, path) from None
+
+
+def with_filename(exc: BaseException, path: str | Path) -> BaseException:
+    """`exc`, or for an `OSError` without a filename (a write, an fsync) the same error naming `path`."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+        return OSError(exc.errno, exc.strerror, str(path))
+    return exc

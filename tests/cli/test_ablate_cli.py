@@ -177,3 +177,32 @@ def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path
         config = {item.key: item.value_json for item in run.config.update}
         widths.add(config["width"])
     assert widths == {"32", "64"}
+
+
+def test_true_model_scale_of_explicit_shapes_is_their_size_against_the_base(tmp_path):
+    import torch
+
+    from tfkit.ablate.results import read_results
+    from tfkit.config import ModelConfig
+    from tfkit.models.gpt import GPT
+
+    result = ablate(tmp_path, "--depth", "1", "2", "--width", "32", "64", "--max-steps", "4", "--eval-every", "2", "-c")
+    assert result.exit_code == 0, result.output
+    df = read_results(tmp_path / "results.csv")
+    assert df["model_scale"].null_count() == df.height  # no --model-scale: the shapes are given
+    assert df.schema["true_model_scale"] == pl.Float64 and df["true_model_scale"].null_count() == 0
+    finals = df.filter(pl.col("run_status") == "completed")
+    assert finals.height == 4
+    for row in finals.iter_rows(named=True):
+        # parameters relative to the base model's (model.scale_base_depth x scale_base_width), counted apart
+        shape = {name: row[name] for name in ("num_heads", "vocab_size", "max_seq_len")}
+        with torch.device("meta"):
+            base = GPT(ModelConfig(depth=row["scale_base_depth"], width=row["scale_base_width"], **shape))
+        assert row["true_model_scale"] == pytest.approx(row["num_params"] / base.num_params(), rel=1e-12)
+    assert finals.sort("num_params")["true_model_scale"].is_sorted()
+
+    out = tmp_path / "scale.png"
+    plot = runner.invoke(app, ["plot", str(tmp_path / "results.csv"), "-t", "final_vs_param", "--x", "true_model_scale",
+                               "-o", str(out)])  # fmt: skip
+    assert plot.exit_code == 0, plot.output
+    assert out.stat().st_size > 0

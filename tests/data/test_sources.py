@@ -99,14 +99,36 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert result.sources[0]["invalid_utf8"] == 3
     assert result.warnings == [f"{tmp_path / 'bad.txt'}: replaced 3 invalid UTF-8 sequence(s) with U+FFFD"]
     assert load_raw(tmp_path / "out").splits["train"]["text"][:] == ["good line\nbad \ufffd\ufffd bytes\nend \ufffd\n"]
+    # loading the same file again reads it from the datasets cache: the count does not depend on that
+    again = _download(tmp_path, [tmp_path / "bad.txt"], out="again", val_fraction=0)
+    assert again.warnings == result.warnings
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("bad.csv", b"text,n\ngood,1\nbad \xff\xfe x,2\nend \xc3,3\n"),
+        ("bad.jsonl", b'{"text": "good"}\n{"text": "bad \xff\xfe x"}\n{"text": "end \xc3"}\n'),
+        ("bad.json", b'[{"text": "good"}, {"text": "bad \xff\xfe x"}, {"text": "end \xc3"}]\n'),
+    ],
+)
+def test_invalid_utf8_in_records_is_replaced_and_counted(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "fine.csv").write_bytes("text\nsch\u00f6n \ufffd already\n".encode())  # a U+FFFD that was there
+    result = _download(tmp_path, [tmp_path / name, tmp_path / "fine.csv"], val_fraction=0)
+    assert [source["invalid_utf8"] for source in result.sources] == [3, 0]
+    assert result.warnings == [f"{tmp_path / name}: replaced 3 invalid UTF-8 sequence(s) with U+FFFD"]
+    assert load_raw(tmp_path / "out").splits["train"]["text"][:] == [
+        "good", "bad \ufffd\ufffd x", "end \ufffd", "sch\u00f6n \ufffd already"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "name, message",
     [
         ("nosuch-preset", "unknown dataset 'nosuch-preset': presets are tinystories"),
-        ("someone/no-such-dataset", "could not reach the Hugging Face Hub for 'someone/no-such-dataset'"),
-        ("tinystories", "could not reach the Hugging Face Hub for 'tinystories'"),
+        ("someone/no-such-dataset", "could not reach the Hugging Face Hub for 'someone/no-such-dataset': offline mode"),
+        ("tinystories", "could not reach the Hugging Face Hub for 'tinystories': offline mode is on"),
         ("{tmp}/missing", "no such file or folder"),
         ("{tmp}/missing.jsonl", "no such file or folder"),
         ("{tmp}/empty.txt", "empty.txt is empty"),
@@ -128,6 +150,43 @@ def test_bad_sources_raise_one_line_and_write_nothing(tmp_path, name, message):
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def _hub_error(cls, status: int, message: str):
+    """One of huggingface_hub's HTTP errors, with a response of its own HTTP client (httpx or a fork)."""
+    import importlib
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    http = importlib.import_module(HfHubHTTPError.__mro__[1].__module__)
+    request = http.Request("GET", "https://huggingface.co/api/datasets/someone/x")
+    return cls(message, response=http.Response(status, request=request))
+
+
+def test_hub_and_loader_errors_become_one_line_by_their_class(monkeypatch):
+    import datasets
+    import pyarrow as pa
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    from tfkit.data.sources import _hub_errors
+
+    cases = [
+        (_hub_error(GatedRepoError, 403, "403 Client Error.\nCannot access gated repo"), "was not found .*or gated"),
+        (_hub_error(RepositoryNotFoundError, 401, "401 Client Error.\nRepository Not Found"), "was not found"),
+        (_hub_error(HfHubHTTPError, 429, "429 Too Many Requests\nslow down"), "could not load x: 429 Too Many"),
+        (pa.ArrowException("bad footer\nmore"), "could not load x: bad footer$"),
+        (ConnectionError("Couldn't reach 'x' on the Hub (ConnectError)"), "'x': no network; use a local file"),
+    ]
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    for error, message in cases:
+        with pytest.raises(DataError, match=message) as info, _hub_errors("x"):
+            raise error
+        assert "\n" not in str(info.value)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match="'x': offline mode is on"), _hub_errors("x"):
+        raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)")
+    with pytest.raises(RuntimeError, match="a bug"), _hub_errors("x"):  # not the user's doing: keeps its traceback
+        raise RuntimeError("a bug")
 
 
 def test_existing_dataset_is_kept_until_a_new_one_is_complete(tmp_path):

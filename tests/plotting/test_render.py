@@ -41,7 +41,9 @@ def ablation(tmp_path_factory):
 
 
 def legend_texts(ax) -> list[str]:
-    return [t.get_text() for t in ax.get_legend().get_texts()]
+    """The entries of the figure's one legend (it sits outside the axes)."""
+    (legend,) = ax.figure.legends
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def test_every_template_is_listed_with_a_description():
@@ -158,6 +160,9 @@ def test_missing_columns_and_filters_name_what_exists(ablation):
         render(frame, load_template("loss_curves").with_overrides({"filter": ["dpeth == 4"]}))
     fig = render(frame, load_template("loss_curves").with_overrides({"filter": ["depth == 2 and width >= 32"]}))
     assert legend_texts(fig.axes[0]) == ["val_loss", "train_loss"]
+    simple = ["activation == gelu && depth = 2", "width == 32"]  # unquoted text, `&&`, `=`: the simple form
+    fig = render(frame, load_template("loss_curves").with_overrides({"filter": simple}))
+    assert legend_texts(fig.axes[0]) == ["val_loss", "train_loss"]
     assert "depth=2" in fig._suptitle.get_text() and "width=32" in fig._suptitle.get_text()
 
 
@@ -187,8 +192,9 @@ def grid_frame() -> pl.DataFrame:
 def test_final_vs_param_keeps_apart_settings_of_one_size():
     fig = render(grid_frame(), load_template("final_vs_param"))
     ax = fig.axes[0]
-    assert legend_texts(ax) == ["num_heads=1", "num_heads=2"]  # depth and width are what the size stands for
-    two_heads = next(c for c in ax.containers if c.get_label() == "num_heads=2").lines[0]
+    # colour by what the size does not tell apart; depth and width vary along each line
+    assert legend_texts(ax) == ["num_heads=1 (depth ∈ {1, 2}, width ∈ {4, 8})", "num_heads=2 (depth ∈ {1, 2}, width=8)"]
+    two_heads = next(c for c in ax.containers if c.get_label().startswith("num_heads=2")).lines[0]
     assert list(two_heads.get_xdata()) == [1080, 2080]
     assert list(two_heads.get_ydata()) == pytest.approx([1.8205, 2.8205])  # mean over the two seeds only
 

@@ -89,29 +89,34 @@ def test_bounded_reader_stops_at_the_size_it_was_given():
     assert sha256_of(io.BytesIO(b"0123456789"), 6) == hashlib.sha256(b"012345").hexdigest()
 
 
-def test_dotenv_fills_only_unset_aws_variables(tmp_path, monkeypatch):
+def test_dotenv_fills_only_unset_aws_variables(tmp_path, monkeypatch, capfd):
     env = tmp_path / ".env"
-    env.write_text(
-        "# credentials\n"
-        "AWS_ACCESS_KEY_ID=from-dotenv\n"
-        "export AWS_SECRET_ACCESS_KEY='quoted secret'\n"
-        'AWS_ENDPOINT_URL="http://localhost:9000"  \n'
-        "AWS_DEFAULT_REGION=eu-west-1 # comment\n"
-        "WANDB_API_KEY=not-loaded\n"
-        "not a line\n"
+    env.write_bytes(
+        b"# credentials\n"
+        b"AWS_ACCESS_KEY_ID=from-dotenv\n"
+        b"export AWS_SECRET_ACCESS_KEY='quoted secret'\n"
+        b'AWS_ENDPOINT_URL="http://localhost:9000"  \n'
+        b"AWS_DEFAULT_REGION=eu-west-1 # comment\n"
+        b"AWS_SESSION_TOKEN=tok${HOME}en\n"  # taken as written, never expanded
+        b"WANDB_API_KEY=not-loaded\n"
+        b"AWS_NO_VALUE\n"
+        b"not a line \xff\n"
     )
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "WANDB_API_KEY"):
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN",
+                 "AWS_NO_VALUE", "WANDB_API_KEY"):  # fmt: skip
         monkeypatch.setenv(name, "placeholder")
         monkeypatch.delenv(name)  # restored (to unset) after the test
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "already-set")
     loaded = load_dotenv(env)
-    assert sorted(loaded) == ["AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY"]
+    assert sorted(loaded) == ["AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
     assert os.environ["AWS_ACCESS_KEY_ID"] == "already-set"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "quoted secret"
     assert os.environ["AWS_ENDPOINT_URL"] == "http://localhost:9000"
     assert os.environ["AWS_DEFAULT_REGION"] == "eu-west-1"
-    assert "WANDB_API_KEY" not in os.environ
+    assert os.environ["AWS_SESSION_TOKEN"] == "tok${HOME}en"
+    assert "WANDB_API_KEY" not in os.environ and "AWS_NO_VALUE" not in os.environ
     assert load_dotenv(tmp_path / "missing.env") == []
+    assert capfd.readouterr() == ("", "")  # a line that does not parse is skipped quietly
 
 
 def test_s3_uris():

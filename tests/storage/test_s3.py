@@ -187,6 +187,49 @@ def test_large_files_go_in_parts(tmp_path, s3_server, s3, bucket):
     assert (tmp_path / "copy" / "model.pt").read_bytes() == data
 
 
+def test_files_in_parts_take_turns_while_small_files_go_alongside(tmp_path, proxy, s3, bucket):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("a.pt", "b.pt"):
+        (run / name).write_bytes(os.urandom(6 * 1024 * 1024))  # two parts each
+    (run / "c.csv").write_text("step\n1\n")
+    store = connect(proxy.url, jobs=3, multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+    store.push(run, f"s3://{bucket}/r")
+    order = [seen.path.split("?")[0].rsplit("/", 1)[-1] for seen in proxy.requests() if ".pt" in seen.path]
+    first = order[0]
+    n = order.count(first)  # create, two parts, complete
+    assert n == 4 and order[:n] == [first] * n, order  # one file's parts all done before the other's begin
+    assert keys(s3, bucket) == sorted(f"r/{name}" for name in ("a.pt", "b.pt", "c.csv", MANIFEST_NAME))
+
+
+def test_ctrl_c_cancels_the_transfers_in_flight(tmp_path, s3_server, s3, bucket):
+    import signal
+    import threading
+
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "model.pt").write_bytes(os.urandom(30 * 1024 * 1024))  # six parts of 5 MiB
+
+    class Interrupt(TransferCallback):
+        def __init__(self) -> None:
+            self.sent = 0
+            self.lock = threading.Lock()
+
+        def on_bytes(self, count: int) -> None:  # from a transfer thread, as a user's Ctrl-C would come
+            with self.lock:
+                self.sent += count
+                if self.sent - count < 1024 * 1024 <= self.sent:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+    store = connect(s3_server, jobs=2, multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+    progress = Interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        store.push(big, f"s3://{bucket}/big", callback=progress)
+    assert keys(s3, bucket) == []  # neither the file nor a manifest
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")  # the parts sent were abandoned
+    assert progress.sent < 30 * 1024 * 1024
+
+
 def test_transient_500s_are_retried(tmp_path, proxy, s3_server, bucket):
     run = make_run(tmp_path / "run")
     proxy.fail(500, "InternalError", method="PUT", path_contains="/train_log.csv")

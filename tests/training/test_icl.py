@@ -137,7 +137,7 @@ def test_train_writes_the_run_directory_with_curriculum_and_per_position_columns
     summary = json.loads((run / "summary.json").read_text())
     tokens = 8 * (7 + 7 + 9 + 9 + 11 + 11)  # prompts x points per step
     assert summary["tokens_seen"] == tokens and summary["step"] == 6
-    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"{tokens}.pt"]
+    assert [p.name for p in (run / "checkpoints").glob("*.pt")] == [f"{tokens}.pt"]
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["loop"] == {"model": "looped", "n_loops": 3, "loop_window": 2, "eval_loops": 6}
     assert saved["model"]["max_seq_len"] == 22

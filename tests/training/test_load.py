@@ -18,7 +18,7 @@ def shares_storage(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 @pytest.mark.parametrize("tie", [True, False])
 def test_builds_keep_ties_counts_and_share_nothing(tmp_path, tie):
     run = write_init_run(tmp_path / "run", 16, 8, tie_embeddings=tie)
-    source = torch.load(next((run / "checkpoints").iterdir()), weights_only=True)["model"]
+    source = torch.load(next((run / "checkpoints").glob("*.pt")), weights_only=True)["model"]
     expected = GPT(load_run(run).model_config).num_params()
     loaded = load_run(run)
     policy, reference = loaded.build(), loaded.build()  # what DPO does with its --init run

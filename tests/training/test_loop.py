@@ -134,7 +134,8 @@ def test_checkpoint_round_trip_gives_the_same_val_loss(tiny_config):
     assert [int(p.stem) for p in paths] == [10 * 128, 20 * 128]
     state = load_checkpoint(paths[-1])  # weights_only=True
     assert state["step"] == 20 and state["tokens_seen"] == 20 * 128
-    assert {"model", "optimizer", "rng", "config", "data_cursor"} <= set(state)
+    assert {"model", "optimizer", "rng", "config", "progress", "counters", "spikes", "task"} <= set(state)
+    assert state["task"]["data_cursor"] == {"epoch": 0, "batch": 20}
     config = RunConfig.from_dict(state["config"])
     model = GPT(config.model)
     model.load_state_dict(state["model"])
@@ -202,3 +203,19 @@ def test_internal_error_marks_the_run_failed(tiny_config, monkeypatch):
 def test_refuses_vocab_smaller_than_data(tiny_config):
     with pytest.raises(ConfigError, match="smaller than the data's vocabulary"):
         train(tiny_config.with_updates({"model.vocab_size": 2}))
+
+
+def test_train_rows_carry_throughput_mfu_and_memory(tiny_config):
+    result = train(tiny_config.with_updates({"train.peak_flops": 1e12}))
+    with open(result.run_dir / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert float(row["tokens_per_s"]) > 0 and 0 <= float(row["data_wait_frac"]) <= 1
+        assert float(row["peak_memory_mb"]) > 10  # the process's peak resident set on CPU
+    saved = json.loads((result.run_dir / "train_config.json").read_text())
+    model = GPT(RunConfig.from_dict({k: v for k, v in saved.items() if k != "meta"}).model)
+    expected = float(rows[-1]["tokens_per_s"]) * model.flops_per_token(8) / 1e12
+    assert float(rows[-1]["mfu"]) == pytest.approx(expected, rel=1e-6)
+    plain = train(tiny_config.with_updates({"log.out": str(result.run_dir) + "-cpu"}))
+    with open(plain.run_dir / "train_log.csv") as f:
+        assert next(csv.DictReader(f))["mfu"] == ""  # no known peak for a CPU

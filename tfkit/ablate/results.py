@@ -5,26 +5,47 @@ fixed config fields), parameter counts and the metrics. The header is fixed when
 file is created; appending rows with another set of columns is refused.
 
 Concurrency: every write takes an exclusive `flock` on `.<file>.lock`, opens the file,
-appends whole rows with one `write`, fsyncs and closes it. Rewrites (dropping the rows of
-a run about to be re-run) hold the same lock and replace the file atomically. So neither
-an interrupted ablation nor several ablations appending at once can tear or interleave
-a row.
+appends whole rows with one `write` (cut back to the old length if it fails), fsyncs and
+closes it. Rewrites (dropping the rows of a run about to be re-run) hold the same lock
+and replace the file atomically. So neither an interrupted ablation nor several
+ablations appending at once can tear or interleave a row.
+
+A row cut off by a crash or a full disk (no final newline, or the wrong number of
+cells) is never appended to: it is moved to a side file `<file>.torn-<time>` and cut
+away, and every read leaves it out, so its run counts as unfinished and is trained again.
+
+Claims: a run is trained only by the process holding its claim, an exclusive `flock` on
+`.<file>.claims/<run_id>`. The kernel releases it when its holders end (a crash
+included), so a run is never trained twice at once and a crashed run can be taken over.
+
+`--overwrite` moves the old file aside (`.<file>.replaced-<owner>`) and deletes it only
+once the new file holds a row; an ablation that ends before that puts it back as it was.
+
+Reading: `read_results(path)` gives a polars frame whose column types come from what each
+column is (`results_schema`), so a column empty in every row is not read as text.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import io
 import json
 import math
 import os
-from collections.abc import Iterator
+import time
+import types
+import typing
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfkit.errors import ConfigError
+from tfkit.ablate.processes import owner_alive, owner_tag
+from tfkit.errors import ConfigError, DataError
+from tfkit.io import append_whole, write_atomic
 
 ID_COLUMNS = ("run_id", "setting_id", "run_num", "seed", "run_status", "run_dir")
 
@@ -32,6 +53,13 @@ ID_COLUMNS = ("run_id", "setting_id", "run_num", "seed", "run_status", "run_dir"
 # carries how the run ended. `completed` and `failed` (diverged: a result of the
 # setting, the same on every re-run) count as done; `interrupted` and `error` do not.
 DONE_STATUSES = ("completed", "failed")
+
+PARAM_COLUMNS = ("num_params", "num_params_non_embedding")
+# columns of whole numbers besides the config fields; every other metric column is a float
+COUNT_COLUMNS = (
+    "run_num", "seed", *PARAM_COLUMNS, "step", "tokens_seen", "skipped_steps",
+    "curriculum_dims", "curriculum_points", "curriculum_loops",
+)  # fmt: skip
 
 
 def format_cell(value: Any) -> str:
@@ -51,6 +79,111 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+def results_schema(columns: Iterable[str]) -> dict[str, Any]:
+    """Polars dtypes of results columns, for `pl.read_csv(path, schema_overrides=...)`.
+
+    Read from what the columns are, not from the cells, so a column empty in every row
+    (`max_tokens` when unset, `model_scale` when not used) still has its type: ids are
+    text, config fields have their field's type (int, float, bool; text for choices and
+    mappings), counts are integers and every other column, a metric, is a float.
+    """
+    import polars as pl
+
+    from tfkit.ablate.kinds import KINDS
+
+    dtypes: dict[str, Any] = {}
+    for kind in KINDS.values():
+        for cls in kind.sections.values():
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                dtypes.setdefault(f.name, _dtype(hints[f.name]))
+    dtypes.update(dict.fromkeys(ID_COLUMNS, pl.String))
+    dtypes.update(dict.fromkeys(COUNT_COLUMNS, pl.Int64))
+    return {name: dtypes.get(name, pl.Float64) for name in columns}
+
+
+def _dtype(annotation: Any) -> Any:
+    """The polars dtype of a config field's type (`int | None` is Int64: empty cells are null)."""
+    import polars as pl
+
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
+    if len(kinds) == 1:
+        for python_type, dtype in ((bool, pl.Boolean), (int, pl.Int64), (float, pl.Float64)):
+            if kinds[0] is python_type:
+                return dtype
+    return pl.String  # str, Literal choices, and mappings (written as JSON)
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def read_results(path: str | Path) -> Any:
+    """A results file as a polars DataFrame, every column typed by `results_schema`.
+
+    Rows cut off by a crash are left out, as every read of a results file does.
+    """
+    import polars as pl
+
+    data = Path(path).read_bytes()
+    found = list(records(data))
+    if not found:
+        raise DataError(f"{path} is empty: a results file starts with its header")
+    header = found[0].cells
+    whole = [r for r in found[1:] if r.whole and len(r.cells) == len(header)]
+    if len(whole) < len(found) - 1:
+        data = b"".join(data[r.start : r.end] for r in [found[0], *whole])
+    return pl.read_csv(io.BytesIO(data), schema_overrides=results_schema(header))
+
+
+@dataclass
+class Record:
+    """One CSV record of a results file and the bytes it spans (`end` is exclusive)."""
+
+    cells: list[str]
+    start: int
+    end: int
+    whole: bool  # ends with a newline
+
+
+def records(data: bytes, offset: int = 0) -> Iterator[Record]:
+    """The CSV records of `data` (quoted newlines included), with byte offsets from `offset`."""
+    lines: list[tuple[int, int]] = []
+    pos = 0
+    while pos < len(data):
+        newline = data.find(b"\n", pos)
+        end = len(data) if newline < 0 else newline + 1
+        lines.append((pos, end))
+        pos = end
+    reader = csv.reader(data[a:b].decode("utf-8", errors="surrogateescape") for a, b in lines)
+    first = 0
+    while first < len(lines):
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:  # a NUL byte or such: everything from here on is unreadable
+            start = lines[first][0]
+            yield Record([], offset + start, offset + len(data), data.endswith(b"\n"))
+            return
+        last = reader.line_num
+        start, end = lines[first][0], lines[last - 1][1]
+        yield Record(cells, offset + start, offset + end, data[end - 1 : end] == b"\n")
+        first = last
+
+
+class RunClaim:
+    """The claim on one run: held while its file descriptor is open, in this or a child process."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # other processes that inherited it keep the claim until they end
+            self.fd = -1
+
+
 class ResultsFile:
     """A results CSV with a fixed header; see the module docstring for the safety rules."""
 
@@ -58,10 +191,22 @@ class ResultsFile:
         self.path = Path(path)
         self.columns = list(columns)
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self.claims_dir = self.path.with_name(f".{self.path.name}.claims")
+        self.set_aside: list[Path] = []  # side files holding cut-off rows, made by this object
+        self.restored: Path | None = None  # an old file put back from an ablation that ended early
+        self._replaced: Path | None = None  # the file --overwrite moved aside, until a row arrives
+        self._header_size = 0
+        # ((device, inode), bytes read, their last bytes): where `_read_statuses` goes on from
+        self._seen: tuple[tuple[int, int], int, bytes] | None = None
+        self._statuses: dict[str, str] = {}
+        self._row_counts: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: str | Path, columns: list[str], *, append: bool, overwrite: bool) -> ResultsFile:
         """Create the file, or check it for appending; never touches an existing file unasked.
+
+        With `overwrite`, an existing file is moved aside (see `finish`). When appending, a
+        cut-off last row is set aside (its side file is in `set_aside`).
 
         Raises ConfigError (nothing written) when the file exists and neither `append` nor
         `overwrite` is set, or when appending to a file whose header differs.
@@ -69,10 +214,21 @@ class ResultsFile:
         results = cls.check(path, columns, append=append, overwrite=overwrite)
         results.path.parent.mkdir(parents=True, exist_ok=True)
         with results._locked():
+            results._restore_abandoned()
+            if overwrite and results.path.exists():
+                results._replaced = results.path.with_name(f".{results.path.name}.replaced-{owner_tag()}")
+                os.replace(results.path, results._replaced)
             if overwrite or not results.exists():
-                results._replace(header_only=True)
+                try:
+                    results._rewrite(results._header_bytes())
+                except BaseException:
+                    if results._replaced is not None:
+                        os.replace(results._replaced, results.path)
+                    raise
+                results._header_size = len(results._header_bytes())
             else:
                 results._check_header()  # again: another ablation may have created it meanwhile
+                results._set_aside_torn()
         return results
 
     @classmethod
@@ -104,6 +260,11 @@ class ResultsFile:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
+    def _header_bytes(self) -> bytes:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(self.columns)
+        return buffer.getvalue().encode()
+
     def _header(self) -> list[str]:
         with open(self.path, newline="") as f:
             return next(csv.reader(f), [])
@@ -122,26 +283,46 @@ class ResultsFile:
         if not detail:
             detail.append("the same columns in another order")
         raise ConfigError(
-            f"cannot append to {self.path}: its columns differ ({'; '.join(detail)}); "
-            "use another --logfile"
+            f"cannot append to {self.path}: its columns differ ({'; '.join(detail)}); use another --logfile"
         )
 
-    def _replace(self, *, header_only: bool, keep: list[list[str]] | None = None) -> None:
-        """Write the header (and `keep` rows) to a temp file and rename it over the file."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.columns)
-        if not header_only and keep:
-            writer.writerows(keep)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+    def _rewrite(self, data: bytes) -> None:
+        """Replace the file with `data` atomically (a temp file renamed over it)."""
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        write_atomic(self.path, write)
+
+    def _is_bad(self, record: Record) -> bool:
+        return not record.whole or len(record.cells) != len(self.columns)
+
+    def _set_aside_torn(self) -> Path | None:
+        """Move cut-off rows into a side file (under the lock); returns it, or None if all is well."""
+        data = self.path.read_bytes()
+        found = list(records(data))
+        bad = [r for r in found[1:] if self._is_bad(r)]
+        if not bad:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        side = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+        n = 1
+        while side.exists():
+            n += 1
+            side = self.path.with_name(f"{self.path.name}.torn-{stamp}-{n}")
+        write_atomic(side, lambda tmp: tmp.write_bytes(b"".join(data[r.start : r.end] for r in bad)))
+        if len(bad) == 1 and bad[0].end == len(data):  # the usual case: only the last row is cut off
+            os.truncate(self.path, bad[0].start)
+        else:
+            self._rewrite(b"".join(data[r.start : r.end] for r in found if r is found[0] or not self._is_bad(r)))
+        self.set_aside.append(side)
+        return side
 
     def append(self, rows: list[dict[str, Any]]) -> None:
-        """Append whole rows under the lock, in one write, flushed to disk."""
+        """Append whole rows under the lock, in one write, flushed to disk (or nothing, on failure)."""
         unknown = {k for row in rows for k in row} - set(self.columns)
         if unknown:
             raise ValueError(f"{self.path.name}: columns {sorted(unknown)} are not in the header")
@@ -149,39 +330,177 @@ class ResultsFile:
         writer = csv.writer(buffer, lineterminator="\n")
         for row in rows:
             writer.writerow([format_cell(row.get(c)) for c in self.columns])
-        with self._locked(), open(self.path, "a", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
+        with self._locked():
+            with open(self.path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # a cut-off row from a crash: never append to it
+                        self._set_aside_torn()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                append_whole(fd, buffer.getvalue().encode(), self.path)
+            finally:
+                os.close(fd)
 
     def read(self) -> list[dict[str, str]]:
-        """All rows as strings (empty cells are empty strings)."""
-        with self._locked(), open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
+        """All whole rows as strings (empty cells are empty strings); cut-off rows are left out."""
+        with self._locked():
+            data = self.path.read_bytes()
+        rows = [r for r in records(data)][1:]
+        return [dict(zip(self.columns, r.cells, strict=True)) for r in rows if not self._is_bad(r)]
 
     def run_statuses(self) -> dict[str, str]:
         """run_id -> status of its last row (empty when the file does not exist yet)."""
         if not self.exists():
             return {}
-        return {row["run_id"]: row["run_status"] for row in self.read()}
+        with self._locked():
+            return dict(self._read_statuses())
+
+    def _read_statuses(self) -> dict[str, str]:
+        """run_id -> last status, reading only what was appended since the last call (under the lock)."""
+        stat = os.stat(self.path)
+        key = (stat.st_dev, stat.st_ino)
+        start, check = 0, b""
+        if self._seen is not None and self._seen[0] == key and stat.st_size >= self._seen[1]:
+            start, check = self._seen[1], self._seen[2]
+        with open(self.path, "rb") as f:
+            f.seek(start - len(check))
+            data = f.read()
+        if not data.startswith(check):  # rewritten in place since: read it all again
+            start, check = 0, b""
+            with open(self.path, "rb") as f:
+                data = f.read()
+        data = data[len(check) :]
+        found = list(records(data, start))
+        if start == 0:
+            self._statuses, self._row_counts = {}, {}
+            found = found[1:]  # the header
+        end = start if start or not found else found[0].start
+        run_id, status = self.columns.index("run_id"), self.columns.index("run_status")
+        for record in found:
+            if not record.whole:
+                break  # a cut-off row: it is set aside before anything is appended
+            end = record.end
+            if len(record.cells) == len(self.columns):
+                self._statuses[record.cells[run_id]] = record.cells[status]
+                self._row_counts[record.cells[run_id]] = self._row_counts.get(record.cells[run_id], 0) + 1
+        tail = data[max(0, end - start - 32) : end - start] if end > start else check
+        self._seen = (key, end, tail)
+        return self._statuses
 
     def done_run_ids(self) -> set[str]:
         return {run_id for run_id, status in self.run_statuses().items() if status in DONE_STATUSES}
 
+    def row_counts(self) -> dict[str, int]:
+        """run_id -> number of whole rows in the file."""
+        self.run_statuses()
+        return dict(self._row_counts)
+
     def drop_runs(self, run_ids: set[str]) -> int:
-        """Remove every row of these runs (atomically, under the lock); returns rows removed."""
+        """Remove every row of these runs (atomically, under the lock); returns rows removed.
+
+        Only for runs this process has claimed (`claim`): another process may be writing
+        the rows of a run it holds.
+        """
         if not run_ids:
             return 0
         with self._locked():
-            with open(self.path, newline="") as f:
-                reader = csv.reader(f)
-                header = next(reader)
-                rows = list(reader)
-            index = header.index("run_id")
-            keep = [row for row in rows if row[index] not in run_ids]
-            if len(keep) != len(rows):
-                self._replace(header_only=False, keep=keep)
-        return len(rows) - len(keep)
+            return self._drop_locked(run_ids)
+
+    def _drop_locked(self, run_ids: set[str]) -> int:
+        data = self.path.read_bytes()
+        found = list(records(data))
+        index = self.columns.index("run_id")
+        drop = [r for r in found[1:] if not self._is_bad(r) and r.cells[index] in run_ids]
+        if drop:
+            dropped = {id(r) for r in drop}
+            self._rewrite(b"".join(data[r.start : r.end] for r in found if id(r) not in dropped))
+        return len(drop)
+
+    def claim(self, run_id: str) -> RunClaim | None:
+        """Claim `run_id` for this process without waiting; None when a live process holds it.
+
+        The claim passes to a child process that inherits its file descriptor, and ends
+        when the last process holding it ends.
+        """
+        self.claims_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.claims_dir / run_id, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return RunClaim(fd)
+
+    def claimed_elsewhere(self, run_ids: set[str]) -> set[str]:
+        """The runs of `run_ids` whose claim another live process holds now."""
+        busy = set()
+        for run_id in run_ids:
+            if not (self.claims_dir / run_id).exists():
+                continue
+            claim = self.claim(run_id)
+            if claim is None:
+                busy.add(run_id)
+            else:
+                claim.release()
+        return busy
+
+    def prepare_run(self, run_id: str) -> bool:
+        """For a claimed run about to be trained: False if it is already done, else drop its old rows.
+
+        Another ablation may have finished the run since this one read the file.
+        """
+        with self._locked():
+            if not self.exists():
+                return True
+            status = self._read_statuses().get(run_id)
+            if status in DONE_STATUSES:
+                return False
+            if status is not None:
+                self._drop_locked({run_id})
+        return True
+
+    def settle(self) -> None:
+        """Delete the file `--overwrite` moved aside once the new file holds a row."""
+        if self._replaced is not None and self.path.is_file() and self.path.stat().st_size > self._header_size:
+            self._replaced.unlink(missing_ok=True)
+            self._replaced = None
+
+    def finish(self) -> bool:
+        """End of the ablation: put the file `--overwrite` moved aside back if no row came; True if so."""
+        self.settle()
+        if self._replaced is None:
+            return False
+        with self._locked():
+            os.replace(self._replaced, self.path)
+        self.restored, self._replaced = self.path, None
+        return True
+
+    def _restore_abandoned(self) -> None:
+        """Put back a file an `--overwrite` moved aside before its process died with no row written."""
+        prefix = f".{self.path.name}.replaced-"
+        leftovers = sorted(self.path.parent.glob(prefix + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in leftovers:
+            if owner_alive(old.name[len(prefix) :]):
+                continue
+            if self._has_rows():
+                old.unlink(missing_ok=True)
+            else:
+                os.replace(old, self.path)
+                self.restored = self.path
+
+    def _has_rows(self) -> bool:
+        """Whether the file holds anything after its header line."""
+        try:
+            with open(self.path, "rb") as f:
+                f.readline()
+                return f.read(1) != b""
+        except FileNotFoundError:
+            return False
 
 
 def _names(columns: list[str], most: int = 6) -> str:

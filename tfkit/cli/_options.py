@@ -29,6 +29,15 @@ from tfkit.config import SECTIONS
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of options (nested by section or flat).")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value (repeatable).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a run already in --out.")]
+Resume = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="Continue a run: auto (the latest complete checkpoint in --out, else start afresh), a run directory "
+        "or a checkpoint file. Its settings come from the checkpoint; options typed may change only where and how "
+        "it is logged, checkpointed and stopped by time.",
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 

@@ -18,9 +18,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tfkit.cli._errors import INTERRUPTED, callback, command
+from tfkit.cli._errors import INTERRUPTED, TERMINATED, callback, command
 from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options, options_before_subcommand
-from tfkit.cli._output import console, format_value, is_interactive, print_error, progress_bar
+from tfkit.cli._output import console, err_console, format_value, is_interactive, print_error, progress_bar
 from tfkit.cli.icl import EXCLUDED as ICL_EXCLUDED
 from tfkit.cli.train import build_config
 from tfkit.config import DEFAULT_MAX_STEPS
@@ -111,7 +111,9 @@ def ablate(
         raise ConfigError("--append resumes from the results file: add -c/--log-csv")
 
     plan = plan_ablation(base, axes, num_runs=num_runs, seed=base.train.seed, runs_dir=runs_dir)
-    _check_devices(device_list or [s.config.train.device for s in plan.settings], "--devices" if device_list else "--device")
+    _check_devices(
+        device_list or [s.config.train.device for s in plan.settings], "--devices" if device_list else "--device"
+    )
     results = None
     done: set[str] = set()
     statuses: dict[str, str] = {}
@@ -139,10 +141,7 @@ def ablate(
 
     if results is not None:
         results = ResultsFile.open(logfile, plan.columns, append=append, overwrite=overwrite)
-        stale = {s.run_id for s in todo if s.run_id in statuses}
-        if stale:
-            removed = results.drop_runs(stale)
-            console.print(f"Re-running {len(stale)} unfinished runs (their {removed} partial rows are replaced).")
+        _report_opened(results, todo, statuses)
     if not todo:
         console.print(f"All {len(plan.specs)} runs are done in {logfile}; nothing to train.")
     else:
@@ -153,16 +152,56 @@ def ablate(
             + ")"
         )
     display = AblationDisplay(len(todo), plan.varying, quiet, one_at_a_time=jobs == 1)
-    with display:
-        outcome = run_ablation(todo, results, jobs=jobs, devices=device_list, callback=display)
-    _print_results(plan, results, outcome.outcomes, num_runs)
+    try:
+        with display:
+            outcome = run_ablation(todo, results, jobs=jobs, devices=device_list, callback=display)
+    finally:  # an --overwrite that ends before its first row puts the old file back
+        restored = results is not None and results.finish()
+    if restored:
+        console.print(f"Kept the previous {logfile}: no run of this ablation wrote a row.", highlight=False)
+    _print_results(plan, None if restored else results, outcome.outcomes, num_runs)
+    _report_outcome(outcome, log_csv)
 
+
+def _report_opened(results: Any, todo: list[Any], statuses: dict[str, str]) -> None:
+    """What opening the results file found: cut-off rows set aside, unfinished runs and who holds them."""
+    for side in results.set_aside:
+        err_console.print(
+            f"[bold yellow]Warning:[/] {results.path} ended with a cut-off row; its bytes are now in {side} "
+            "and its run is trained again",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if results.restored is not None:
+        err_console.print(
+            f"[bold yellow]Warning:[/] put back {results.path}, which an --overwrite ended before its first row "
+            "had moved aside",
+            highlight=False,
+            soft_wrap=True,
+        )
+    stale = {s.run_id for s in todo if s.run_id in statuses}
+    busy = results.claimed_elsewhere(stale)
+    if stale - busy:
+        counts = results.row_counts()
+        rows = sum(counts.get(run_id, 0) for run_id in stale - busy)
+        console.print(f"Re-running {len(stale - busy)} unfinished runs (their {rows} partial rows are replaced).")
+    if busy:
+        console.print(f"{len(busy)} unfinished runs are running elsewhere (another process holds them): left to it.")
+
+
+def _report_outcome(outcome: Any, log_csv: bool) -> None:
+    """Runs left to another ablation, failed runs, and the exit: 130 / 143 when stopped by Ctrl-C / SIGTERM."""
+    elsewhere = [o for o in outcome.outcomes if o.status == "skipped" and o.message == "running elsewhere"]
+    if elsewhere:
+        console.print(f"{len(elsewhere)} runs were running elsewhere (another ablation trains them).")
     errors = [o for o in outcome.outcomes if o.status == "error"]
     for o in errors:
         print_error(f"run {o.run_id} failed: {o.message}")
     if outcome.interrupted:
-        print_error(f"interrupted; resume with: {_resume_command(log_csv)}")
-        raise typer.Exit(INTERRUPTED)
+        terminated = outcome.stopped_by == "SIGTERM"
+        reason = "terminated by SIGTERM" if terminated else "interrupted"
+        print_error(f"{reason}; resume with: {_resume_command(log_csv)}")
+        raise typer.Exit(TERMINATED if terminated else INTERRUPTED)
     if errors:
         raise typer.Exit(1)
 
@@ -350,7 +389,7 @@ class AblationDisplay:
             self.progress.update(self.all_task, completed=self.finished)
         if self.quiet:
             return
-        result = outcome.status
+        result = outcome.message if outcome.status == "skipped" else outcome.status
         if outcome.summary.get("val_loss") is not None:
             result += f"  val_loss {outcome.summary['val_loss']:.5f}"
         if outcome.summary.get("excess_loss") is not None:

@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 import tfkit
-from tfkit.cli._errors import INTERRUPTED, USER_ERROR, command
+from tfkit.cli._errors import USER_ERROR, command, interrupted, is_user_os_error, os_error_message
 from tfkit.cli._output import print_error
 from tfkit.cli.ablate import ablate_app
+from tfkit.cli.budget import budget
 from tfkit.cli.data import data_app
 from tfkit.cli.finetune import dpo, sft
 from tfkit.cli.generate import generate
@@ -19,6 +20,7 @@ from tfkit.cli.s3 import s3_app
 from tfkit.cli.tokenizer import tokenizer_app
 from tfkit.cli.train import train_app
 from tfkit.errors import TfkitError
+from tfkit.signals import raise_on_sigterm
 
 app = typer.Typer(
     name="tfkit",
@@ -37,6 +39,7 @@ command(train_app, "dpo")(dpo)
 command(app, "generate")(generate)
 app.add_typer(ablate_app, name="ablate")
 command(app, "plot")(plot)
+command(app, "budget")(budget)
 
 
 def _version(value: bool) -> None:
@@ -55,11 +58,22 @@ def root(
 
 
 def main() -> None:
+    """The `tfkit` entry point: user errors end in one red line and exit 2, Ctrl-C in 130, SIGTERM in 143.
+
+    SIGTERM raises `Terminated`, which unwinds like Ctrl-C, so long commands that write
+    (tokenize, download, s3) clean up their temp files on the way out; `train` installs its
+    own handler during a run and stops at a step boundary instead.
+    """
+    raise_on_sigterm()
     try:
         app()
     except TfkitError as e:  # errors raised outside a command body (e.g. in a callback)
         print_error(str(e))
         raise SystemExit(USER_ERROR) from None
-    except KeyboardInterrupt:
-        print_error("interrupted")
-        raise SystemExit(INTERRUPTED) from None
+    except OSError as e:
+        if not is_user_os_error(e):
+            raise
+        print_error(os_error_message(e))
+        raise SystemExit(USER_ERROR) from None
+    except KeyboardInterrupt as e:
+        raise SystemExit(interrupted(e).exit_code) from None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Sets, config_options
+from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
 from tfkit.cli._output import console
-from tfkit.cli.train import ProgressDisplay, build_config, report_run
+from tfkit.cli.train import ProgressDisplay, build_config, report_run, resume_point
 from tfkit.training.finetune_config import DPO_OPTION_SECTIONS, SFT_OPTION_SECTIONS, DpoRunConfig, SftRunConfig
 
 
@@ -47,15 +47,19 @@ def sft(
     config_file: ConfigFile = None,
     sets: Sets = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
     quiet: Quiet = False,
     json_output: Json = False,
 ) -> None:
     """Fine-tune a trained GPT (--init) on instruction data, with the loss on response tokens only."""
-    config = build_config(options, config_file, sets or [], [], config_class=SftRunConfig)
+    checkpoint, base = resume_point(resume, options, SftRunConfig)
+    config = build_config(options, config_file, sets or [], [], config_class=SftRunConfig, base=base)
     from tfkit.training.sft import train_sft
 
     display = FinetuneProgressDisplay(quiet or json_output, ("val_acc", "val_acc"))
-    report_run(train_sft(config, callback=display, overwrite=overwrite), SFT_ROWS, quiet, json_output)
+    result = train_sft(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
+                       resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
+    report_run(result, SFT_ROWS, quiet, json_output)
 
 
 @config_options(sections=DPO_OPTION_SECTIONS)
@@ -64,12 +68,16 @@ def dpo(
     config_file: ConfigFile = None,
     sets: Sets = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
     quiet: Quiet = False,
     json_output: Json = False,
 ) -> None:
     """Preference-tune a trained GPT (--init) with DPO against a frozen reference (--ref, default --init)."""
-    config = build_config(options, config_file, sets or [], [], config_class=DpoRunConfig)
+    checkpoint, base = resume_point(resume, options, DpoRunConfig)
+    config = build_config(options, config_file, sets or [], [], config_class=DpoRunConfig, base=base)
     from tfkit.training.dpo import train_dpo
 
     display = FinetuneProgressDisplay(quiet or json_output, ("val_rewards_accuracies", "reward accuracy"))
-    report_run(train_dpo(config, callback=display, overwrite=overwrite), DPO_ROWS, quiet, json_output)
+    result = train_dpo(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
+                       resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
+    report_run(result, DPO_ROWS, quiet, json_output)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Sets, config_options
+from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
 from tfkit.cli._output import console
-from tfkit.cli.train import ProgressDisplay, build_config, report_run
+from tfkit.cli.train import ProgressDisplay, build_config, report_run, resume_point
 from tfkit.training.icl_config import ICL_SECTIONS, UNUSED_MODEL_FIELDS, UNUSED_TRAIN_FIELDS, IclRunConfig
 
 # options of the shared sections that icl runs have no use for
@@ -48,12 +48,16 @@ def icl(
     config_file: ConfigFile = None,
     sets: Sets = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
     quiet: Quiet = False,
     json_output: Json = False,
 ) -> None:
     """Train a GPT or looped transformer to regress in context (linear, sparse, noisy, relu_2nn, decision_tree)."""
-    config = build_config(options, config_file, sets or [], [], config_class=IclRunConfig)
+    checkpoint, base = resume_point(resume, options, IclRunConfig)
+    config = build_config(options, config_file, sets or [], [], config_class=IclRunConfig, base=base)
     from tfkit.training.icl import train_icl
 
-    result = train_icl(config, callback=IclProgressDisplay(quiet or json_output), overwrite=overwrite)
+    display = IclProgressDisplay(quiet or json_output)
+    result = train_icl(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
+                       resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
     report_run(result, SUMMARY_ROWS, quiet, json_output)

@@ -260,47 +260,78 @@ def _render_document(view: Any, max_tokens: int) -> None:
         console.print("[yellow]encoding the raw text again gives different ids than the shard holds[/]")
 
 
-@command(tokenizer_app, "inspect")
-def inspect(
-    tokenized_dir: Annotated[
-        Path,
-        typer.Option(
-            "--tokenized-dir", help="Pretrain token shards from `tfkit tokenizer tokenize`.", show_default=False
-        ),
-    ],
-    raw_dataset_dir: Annotated[
-        Path | None, typer.Option("--raw-dataset-dir", help="The raw dataset (default: the one the shards name).")
-    ] = None,
-    tokenizer_path: Annotated[
-        Path | None, typer.Option("--tokenizer-path", help="The tokenizer (default: the one the shards name).")
-    ] = None,
-    split: Annotated[str, typer.Option("--split", help="Which split to look at.")] = "train",
-    index: Annotated[int, typer.Option("--index", help="Document index to show first.")] = 0,
-    random_doc: Annotated[bool, typer.Option("--random", help="Start at a random document.")] = False,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --random.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Rows of the token table.")] = 64,
-    interactive: Annotated[
-        bool | None,
-        typer.Option("--interactive/--no-interactive", help="Page through documents (default: on a terminal)."),
-    ] = None,
-    json_output: JsonOutput = False,
-) -> None:
-    """Show a document's raw text, its token boundaries, ids and pieces, and check the round trip."""
-    from tfkit.tokenizer.inspect import ShardInspector
+PROMPT_STYLE, SCORED_STYLE = "dim", "bold green"
+MARKS = ("[[", "]]")  # around scored tokens when the output has no styles (not a terminal, or --markers)
 
-    inspector = ShardInspector(tokenized_dir, raw_dataset_dir, tokenizer_path, split)
-    if inspector.num_documents == 0:
-        raise DataError(f"the {split!r} shard holds no documents")
-    rng = random.Random(seed)
-    if random_doc:
-        index = rng.randrange(inspector.num_documents)
-    view = inspector.document(index)
-    if json_output:
-        print_json(view.to_dict())
-        return
-    _render_document(view, max_tokens)
-    if not (is_interactive() if interactive is None else interactive):
-        return
+
+def _chat_text(sequence: Any, markers: bool) -> Any:
+    """A sequence's rendering: prompt runs dim, scored runs bold green (and between [[ ]] with `markers`)."""
+    from rich.text import Text
+
+    text = Text()
+    for segment in sequence.segments:
+        if segment.scored:
+            body = f"{MARKS[0]}{segment.text}{MARKS[1]}" if markers else segment.text
+            text.append(body, style=SCORED_STYLE)
+        else:
+            text.append(segment.text, style=PROMPT_STYLE)
+    return text
+
+
+def _token_table(sequence: Any, max_tokens: int) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{sequence.name} tokens", title_justify="left")
+    for col in ("#", "id", "piece", "text", "scored"):
+        table.add_column(col, justify="right" if col in ("#", "id") else "left")
+    rows = zip(sequence.ids, sequence.pieces, sequence.token_texts, sequence.loss_mask)
+    for i, (token_id, piece, text, scored) in enumerate(rows):
+        if i == max_tokens:
+            table.add_row("...", "", f"{len(sequence.ids) - max_tokens:,} more", "", "")
+            break
+        style = SCORED_STYLE if scored else PROMPT_STYLE
+        table.add_row(str(i), str(token_id), Text(piece), Text(repr(text)), "yes" if scored else "no", style=style)
+    return table
+
+
+def _render_chat(view: Any, max_tokens: int, markers: bool) -> None:
+    """An SFT example or a DPO pair: the chat rendering with the loss mask visible, then the tokens."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    plain = markers or console.color_system is None  # no styles: the scored runs carry markers instead
+    if view.mode == "sft":
+        (example,) = view.sequences
+        console.print(f"[bold]{view.split}[/] example {view.index:,} of {view.num_documents:,}: "
+                      f"{len(example.ids):,} tokens, {example.scored:,} scored")  # fmt: skip
+    else:
+        console.print(f"[bold]{view.split}[/] pair {view.index:,} of {view.num_documents:,}: prompt "
+                      f"{view.prompt_tokens:,} tokens; " + ", ".join(
+                          f"{s.name} {len(s.ids):,} tokens ({s.scored:,} scored)" for s in view.sequences))  # fmt: skip
+    if plain:
+        console.print(f"scored tokens (the ones in the loss) are between {MARKS[0]} and {MARKS[1]}", highlight=False)
+    else:
+        console.print(f"[{PROMPT_STYLE}]prompt (not scored)[/]  [{SCORED_STYLE}]response (scored)[/]", highlight=False)
+    if plain:
+        for sequence in view.sequences:
+            console.print(f"{sequence.name}:" if view.mode == "dpo" else "rendering:", style="bold")
+            console.print(_chat_text(sequence, markers=True))
+    elif view.mode == "dpo":
+        pair = Table(show_lines=True, expand=True)
+        for sequence in view.sequences:
+            pair.add_column(f"{sequence.name} ({sequence.scored:,} scored)", ratio=1)
+        pair.add_row(*(_chat_text(s, markers=False) for s in view.sequences))
+        console.print(pair)
+    else:
+        console.print(Panel(_chat_text(view.sequences[0], markers=False), title="rendering", title_align="left"))
+    for sequence in view.sequences:
+        console.print(_token_table(sequence, max_tokens))
+
+
+def _page(inspector: Any, index: int, rng: random.Random, show: Any) -> None:
+    """Page through examples from `index`: next, previous, jump, random, quit."""
+    count = inspector.num_documents
     while True:
         try:
             answer = console.input(r"[bold]\[n]ext  \[p]revious  \[j N] jump  \[r]andom  \[q]uit >[/] ").strip().lower()
@@ -309,18 +340,75 @@ def inspect(
         if answer in ("q", "quit", "exit"):
             return
         if answer in ("", "n", "next"):
-            index = min(index + 1, inspector.num_documents - 1)
+            index = min(index + 1, count - 1)
         elif answer in ("p", "prev", "previous"):
             index = max(index - 1, 0)
         elif answer in ("r", "random"):
-            index = rng.randrange(inspector.num_documents)
+            index = rng.randrange(count)
         elif answer.startswith("j"):
             target = answer[1:].strip()
-            if not target.isdigit() or int(target) >= inspector.num_documents:
-                console.print(f"jump to a document number in [0, {inspector.num_documents - 1}], e.g. j 12")
+            if not target.isdigit() or int(target) >= count:
+                console.print(f"jump to a number in [0, {count - 1}], e.g. j 12")
                 continue
             index = int(target)
         else:
             console.print("n, p, j N, r or q")
             continue
-        _render_document(inspector.document(index), max_tokens)
+        show(inspector.document(index))
+
+
+@command(tokenizer_app, "inspect")
+def inspect(
+    tokenized_dir: Annotated[
+        Path,
+        typer.Option(
+            "--tokenized-dir",
+            help="A folder from `tfkit tokenizer tokenize`: pretraining shards, SFT or DPO data.",
+            show_default=False,
+        ),
+    ],
+    raw_dataset_dir: Annotated[
+        Path | None,
+        typer.Option("--raw-dataset-dir", help="Pretraining shards: the raw dataset (default: the one they name)."),
+    ] = None,
+    tokenizer_path: Annotated[
+        Path | None, typer.Option("--tokenizer-path", help="The tokenizer (default: the one the data names).")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Which split to look at.")] = "train",
+    index: Annotated[int, typer.Option("--index", help="Document (or example, or pair) index to show first.")] = 0,
+    random_doc: Annotated[bool, typer.Option("--random", help="Start at a random document.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --random.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Rows of the token table.")] = 64,
+    markers: Annotated[
+        bool,
+        typer.Option("--markers", help="SFT / DPO: put scored tokens between [[ and ]] (always off a terminal)."),
+    ] = False,
+    interactive: Annotated[
+        bool | None,
+        typer.Option("--interactive/--no-interactive", help="Page through documents (default: on a terminal)."),
+    ] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Show one document with its tokens: pretraining text and its round trip, or SFT / DPO chat with the loss mask."""
+    from tfkit.tokenizer.inspect import ShardInspector, open_inspector
+
+    inspector = open_inspector(tokenized_dir, raw_dataset_dir, tokenizer_path, split)
+    if inspector.num_documents == 0:
+        raise DataError(f"the {split!r} split holds no documents")
+    rng = random.Random(seed)
+    if random_doc:
+        index = rng.randrange(inspector.num_documents)
+    view = inspector.document(index)
+    if json_output:
+        print_json(view.to_dict())
+        return
+
+    def show(view: Any) -> None:
+        if isinstance(inspector, ShardInspector):
+            _render_document(view, max_tokens)
+        else:
+            _render_chat(view, max_tokens, markers)
+
+    show(view)
+    if is_interactive() if interactive is None else interactive:
+        _page(inspector, index, rng, show)

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tfkit.cli._errors import INTERRUPTED, command
-from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Sets, config_options
+from tfkit.cli._errors import INTERRUPTED, TERMINATED, command
+from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
 from tfkit.cli._output import console, is_interactive, key_value_table, print_error, print_json, progress_bar
 from tfkit.config import RunConfig
 from tfkit.errors import ConfigError
@@ -20,10 +20,22 @@ train_app = typer.Typer(
 
 
 def build_config(
-    options: dict[str, Any], config_file: Path | None, sets: list[str], params: list[str], config_class: type = RunConfig
+    options: dict[str, Any],
+    config_file: Path | None,
+    sets: list[str],
+    params: list[str],
+    config_class: type = RunConfig,
+    base: dict[str, Any] | None = None,
 ) -> Any:
-    """Defaults of `config_class`, then the YAML file, then the options typed, then --set and --param."""
-    config = config_class()
+    """Defaults of `config_class` (or `base`), then the YAML file, then the options typed, then --set and --param.
+
+    Every value is validated as the config is built, and a run that cannot fit in its
+    device's memory is refused here: bad input fails before anything is written or deleted.
+
+    Args:
+        base: the config to start from instead of the defaults (a resumed run's checkpoint config).
+    """
+    config = config_class() if base is None else config_class.from_dict(base, source="the checkpoint")
     if config_file is not None:
         config = config.with_yaml(config_file)
     config = config.with_updates(options, source="the command line")
@@ -39,7 +51,38 @@ def build_config(
                 raise ConfigError(f"--param expects name=value, got {item!r}")
             merged[key.strip()] = value.strip()
         config = config.with_updates({"data.process_params": merged}, source="--param")
+    config.check_memory()
     return config
+
+
+def resume_point(resume: str | None, options: dict[str, Any], config_class: type) -> tuple[Any, dict | None]:
+    """What `--resume` continues: (the checkpoint, or None for a fresh start; the config to start from).
+
+    `auto` finds the latest complete checkpoint in `--out` (none: a fresh start into it);
+    a run directory or checkpoint file names one, and `--out` defaults to its run directory.
+    The settings of the run come from the checkpoint; the sections a command derives (the
+    `--init` model of sft / dpo) are derived again.
+    """
+    if resume is None:
+        return None, None
+    from tfkit.training.checkpoint import load_checkpoint
+    from tfkit.training.fit import resolve_resume
+
+    out = options.get("log.out")
+    if resume == "auto" and out is None:
+        raise ConfigError("--resume auto looks for checkpoints in --out: give --out")
+    checkpoint = resolve_resume(resume, Path(out) if out is not None else Path("."))
+    if checkpoint is None:
+        return "fresh", None
+    state = load_checkpoint(checkpoint)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise ConfigError(f"--resume {checkpoint} is not a tfkit training checkpoint (no config)")
+    base = dict(state["config"])
+    if getattr(config_class, "kind", None) in ("sft", "dpo"):
+        base.pop("model", None)  # from --init again
+    if out is None and checkpoint.parent.name == "checkpoints":
+        base.setdefault("log", {})["out"] = str(checkpoint.parent.parent)
+    return checkpoint, base
 
 
 class ProgressDisplay:
@@ -99,7 +142,7 @@ SUMMARY_ROWS = (
 
 
 def report_run(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json_output: bool) -> None:
-    """Print a finished run (a table of `rows`, or JSON) and exit 1 if it failed, 130 if interrupted."""
+    """Print a finished run (a table of `rows`, or JSON); exit 1 if it failed, 130 / 143 after Ctrl-C / SIGTERM."""
     summary = {**result.summary, "run_dir": str(result.run_dir)}
     if result.pushed is not None:
         summary["s3"] = result.pushed
@@ -114,7 +157,7 @@ def report_run(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json
         print_error(f"run failed: {result.message}")
         raise typer.Exit(1)
     if result.status == "interrupted":
-        raise typer.Exit(INTERRUPTED)
+        raise typer.Exit(TERMINATED if result.stopped_by == "SIGTERM" else INTERRUPTED)
 
 
 @command(train_app, "pretrain")
@@ -127,13 +170,16 @@ def pretrain(
         list[str] | None, typer.Option("--param", help="Process parameter name=value, e.g. x=0.2 (repeatable).")
     ] = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
     quiet: Quiet = False,
     json_output: Json = False,
 ) -> None:
     """Pretrain a GPT on next-token prediction (built-in processes: --data mess3)."""
-    config = build_config(options, config_file, sets or [], params or [])
+    checkpoint, base = resume_point(resume, options, RunConfig)
+    config = build_config(options, config_file, sets or [], params or [], base=base)
     from tfkit.training.loop import train
 
     display = ProgressDisplay(quiet or json_output)
-    result = train(config, callback=display, overwrite=overwrite)  # type: ignore[arg-type]
+    result = train(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
+                   resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
     report_run(result, SUMMARY_ROWS, quiet, json_output)

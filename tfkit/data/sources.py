@@ -212,28 +212,37 @@ def _replace_invalid_utf8(src: Path, dest: Path, chunk_size: int = 1 << 24) -> s
 
 @contextlib.contextmanager
 def _hub_errors(what: str) -> Iterator[None]:
-    """Turn the errors of `load_dataset` into one-line `DataError`s."""
+    """Turn the errors of `load_dataset` into one-line `DataError`s; anything else keeps its traceback."""
+    import datasets
     from datasets.exceptions import DataFilesNotFoundError, DatasetGenerationError, DatasetNotFoundError
+    from huggingface_hub.errors import (
+        HTTPError,  # the base of the Hub's HTTP errors (HfHubHTTPError) and of its HTTP client's errors
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+    from pyarrow import ArrowException
+
+    def unreachable(offline: bool) -> DataError:
+        reason = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if offline else "no network"
+        return DataError(
+            f"could not reach the Hugging Face Hub for {what!r}: {reason}; use a local file or folder instead"
+        )
 
     try:
         yield
-    except DatasetNotFoundError:
+    except (DatasetNotFoundError, RepositoryNotFoundError):  # RepositoryNotFoundError covers GatedRepoError
         raise DataError(f"dataset {what!r} was not found on the Hugging Face Hub (or it is private or gated)") from None
-    except ConnectionError as e:
-        reason = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)" if "Offline" in str(e) else "no network"
-        raise DataError(
-            f"could not reach the Hugging Face Hub for {what!r}: {reason}; use a local file or folder instead"
-        ) from None
+    except (ConnectionError, LocalEntryNotFoundError) as e:
+        # datasets re-raises a plain ConnectionError for an unreachable Hub, so its offline flag says why
+        raise unreachable(isinstance(e, OfflineModeIsEnabled) or bool(datasets.config.HF_HUB_OFFLINE)) from None
     except DatasetGenerationError as e:
         cause = e.__cause__ or e
         raise DataError(f"could not read {what}: {_first_line(cause)}") from None
     except (DataFilesNotFoundError, FileNotFoundError, ValueError, TypeError) as e:
         raise DataError(f"{what}: {_first_line(e)}") from None
-    except Exception as e:
-        # huggingface_hub's HTTP errors (gated, unauthorised, rate limited) and pyarrow's parse errors
-        if type(e).__module__.split(".")[0] in ("huggingface_hub", "pyarrow", "requests", "httpx"):
-            raise DataError(f"could not load {what}: {_first_line(e)}") from None
-        raise
+    except (HTTPError, ArrowException) as e:  # rate limited, unauthorised, a server error, a dropped connection
+        raise DataError(f"could not load {what}: {_first_line(e)}") from None
 
 
 @contextlib.contextmanager
@@ -301,16 +310,19 @@ def _load_local(
     if builder == "text":
         return _load_text_files(path, data_files, split, sample_by, cache_dir, len(files))
     invalid = 0
+    # the csv builder replaces invalid UTF-8 itself; the json builder hands UTF-8 files to its parsers as raw
+    # bytes (its encoding_errors applies to other encodings only), so a JSON file with any is copied, replaced
+    options = {"encoding_errors": "replace"} if builder == "csv" else {}
     with tempfile.TemporaryDirectory(prefix="tfkit-utf8-") as clean_dir:
         if builder in ("json", "csv"):
             for key, paths in data_files.items():
                 for i, name in enumerate(paths):
                     bad = count_invalid_utf8(Path(name))
-                    if bad:
-                        invalid += bad
+                    invalid += bad
+                    if bad and builder == "json":
                         paths[i] = _replace_invalid_utf8(Path(name), Path(clean_dir) / key / f"{i}-{Path(name).name}")
         with _hub_errors(str(path)), _quiet_loader_errors():
-            loaded = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir)
+            loaded = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir, **options)
     info = {"type": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
     return loaded, info, invalid
 
@@ -330,19 +342,16 @@ def _load_text_files(
 
     invalid = 0
     counts: dict[str, list[int]] = {}
-    with tempfile.TemporaryDirectory(prefix="tfkit-utf8-") as clean_dir:
-        for key, paths in data_files.items():
-            counts[key] = []
-            for i, name in enumerate(paths):
-                bad, samples = _scan_text_file(Path(name), sample_by)
-                counts[key].append(samples)
-                if bad:
-                    invalid += bad
-                    paths[i] = _replace_invalid_utf8(Path(name), Path(clean_dir) / key / f"{i}-{Path(name).name}")
-        with _hub_errors(str(path)):
-            loaded = datasets.load_dataset(
-                "text", data_files=data_files, cache_dir=cache_dir, sample_by=sample_by
-            )
+    for key, paths in data_files.items():
+        counts[key] = []
+        for name in paths:
+            bad, samples = _scan_text_file(Path(name), sample_by)
+            counts[key].append(samples)
+            invalid += bad
+    with _hub_errors(str(path)):
+        loaded = datasets.load_dataset(
+            "text", data_files=data_files, cache_dir=cache_dir, sample_by=sample_by, encoding_errors="replace"
+        )
     tagged = {}
     first = 0
     for key, ds in loaded.items():

@@ -40,30 +40,18 @@ Two optional inputs of `GPT.forward` serve fine-tuning and generation:
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tfkit.config import ModelConfig
+from tfkit.config import ModelConfig, check_model_fits, mlp_hidden_size
 
 if TYPE_CHECKING:
     from tfkit.models.generate import KVCache, LayerCache
 
 RMS_EPS = 1e-6  # fixed rather than nn.RMSNorm's dtype-dependent default
-
-
-def mlp_hidden_size(config: ModelConfig) -> int:
-    """Width of the MLP hidden layer (for swiglu: of each of its two input branches)."""
-    if config.activation == "swiglu":
-        # Three (width x hidden) matrices instead of two: take 2/3 of the hidden size so the
-        # parameter count matches, rounded up to a multiple of 8 for matmul-friendly shapes.
-        # Fraction keeps e.g. 2/3 * 4.0 * 768 exactly 2048 instead of 2048.0000000000002.
-        exact = Fraction(config.mlp_ratio) * config.width * 2 / 3
-        return math.ceil(exact / 8) * 8
-    return max(1, round(config.mlp_ratio * config.width))
 
 
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
@@ -295,6 +283,8 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.max_seq_len must be set to build a GPT")
         if config.max_seq_len < 1:
             raise ValueError(f"ModelConfig.max_seq_len must be at least 1, got {config.max_seq_len}")
+        if torch.get_default_device().type != "meta":  # a meta model allocates nothing
+            check_model_fits(config)
         self.config = config
         block = ParallelBlock if config.block == "parallel" else Block
 

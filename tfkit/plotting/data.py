@@ -53,18 +53,44 @@ def load_runs(inputs: list[str], source: str = "val") -> Any:
 def _csv_frame(path: Path) -> Any:
     import polars as pl
 
+    from tfkit.ablate.results import read_results
+
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
     try:
-        frame = pl.read_csv(path, infer_schema_length=None)
+        if set(ID_COLUMNS) <= set(pl.read_csv(path, n_rows=0).columns):
+            # an ablation's results: every column typed by what it is, also when empty in every row
+            frame = read_results(path)
+        else:
+            frame = pl.read_csv(path, infer_schema_length=None)
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as e:
         raise DataError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
     if frame.height == 0:
         raise DataError(f"{path} has a header but no rows")
+    frame = _numbers_as_floats(frame)
     if "run_id" not in frame.columns:  # a single run's log file: one run, one setting
         name = path.parent.name or path.stem
         frame = frame.with_columns(pl.lit(name).alias("run_id"), pl.lit(name).alias("setting_id"), pl.lit(0).alias("seed"))
     return frame
+
+
+def _numbers_as_floats(frame: Any) -> Any:
+    """Text columns whose every value reads as a number (such as a column of nan) as floats.
+
+    Polars infers `nan` as text, so a metric that was nan at every evaluation would otherwise
+    be a text column that cannot be averaged.
+    """
+    import polars as pl
+
+    casts = []
+    for name, dtype in frame.schema.items():
+        if dtype != pl.String or name in ID_COLUMNS:
+            continue
+        column = frame.get_column(name)
+        as_float = column.cast(pl.Float64, strict=False)
+        if column.null_count() < frame.height and as_float.null_count() == column.null_count():
+            casts.append(as_float)
+    return frame.with_columns(casts) if casts else frame
 
 
 def _run_dir_frame(path: Path, source: str) -> Any:
@@ -82,7 +108,12 @@ def _run_dir_frame(path: Path, source: str) -> Any:
         frame = frame.rename({"lr": "current_lr"})
     if source == "val":
         frame = _with_train_metrics(frame, path / "train_log.csv")
-    nested = json.loads(config_path.read_text())
+    try:
+        nested = json.loads(config_path.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise DataError(f"{config_path} is not a readable run config: {str(e).splitlines()[0][:100]}") from None
+    if not isinstance(nested, dict):
+        raise DataError(f"{config_path} is not a run config: it holds a {type(nested).__name__}, not a mapping")
     nested.pop("meta", None)
     try:
         config = RunConfig.from_dict(nested, source=str(config_path))
@@ -114,7 +145,10 @@ def _with_train_metrics(frame: Any, train_log: Path) -> Any:
 
     if "step" not in frame.columns or not train_log.is_file() or train_log.stat().st_size == 0:
         return frame
-    train = pl.read_csv(train_log, infer_schema_length=None)
+    try:
+        train = _numbers_as_floats(pl.read_csv(train_log, infer_schema_length=None))
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as e:
+        raise DataError(f"{train_log} is not a readable CSV: {str(e).splitlines()[0]}") from None
     metrics = {k: v for k, v in TRAIN_METRICS.items() if k in train.columns and v not in frame.columns}
     if "step" not in train.columns or not metrics or train.height == 0:
         return frame

@@ -9,11 +9,13 @@ interval of the mean.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import textwrap
 from typing import Any
 
+from tfkit.config import shown
 from tfkit.errors import DataError
 from tfkit.plotting.data import position_columns, setting_columns
 from tfkit.plotting.templates import Template
@@ -21,7 +23,6 @@ from tfkit.plotting.templates import Template
 # two-sided 95% Student t quantiles for 1..30 degrees of freedom (normal beyond)
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-_FILTER = re.compile(r"^\s*([A-Za-z_][\w/.]*)\s*(==|!=|>=|<=|>|<|=)\s*(.+?)\s*$")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -44,41 +45,112 @@ def missing(frame: Any, columns: list[str], what: str) -> None:
         raise DataError(f"{what} needs column(s) {', '.join(absent)}; the data has {shown}")
 
 
+def numeric(frame: Any, columns: list[str], what: str) -> None:
+    """Raise one clear error naming a metric column that holds text, with a value that is not a number."""
+    import polars as pl
+
+    for name in columns:
+        column = frame.get_column(name)
+        if column.dtype.is_numeric() or column.dtype == pl.Boolean or column.dtype == pl.Null:
+            continue
+        if column.dtype == pl.String:
+            bad = column.filter(column.is_not_null() & column.cast(pl.Float64, strict=False).is_null())
+        else:
+            bad = column.drop_nulls()
+        example = f" ({shown(bad[0])})" if len(bad) else ""
+        raise DataError(f"{what}: column {name} holds text{example}, not numbers")
+
+
 def apply_filters(frame: Any, filters: list[str]) -> Any:
-    """Keep rows matching every `column op value` (ops: == != >= <= > <; `and` joins clauses)."""
+    """Keep rows matching every filter: a polars SQL condition (`depth IN (1, 2) AND NOT qk_norm`).
+
+    The simple form `column op value` (`==` or `=`; clauses joined by `and` or `&&`) also takes
+    an unquoted text value (`activation == gelu`) and a column name with dots or slashes.
+    """
     import polars as pl
 
     for text in filters:
-        for clause in re.split(r"\s+and\s+|\s*&&\s*", text):
-            match = _FILTER.match(clause)
-            if not match:
-                raise DataError(f"--filter {clause!r}: expected column op value, e.g. \"depth == 4\"")
-            name, op, raw = match.groups()
-            missing(frame, [name], f"--filter {clause!r}")
-            value = _literal(raw, frame.schema[name])
-            col = pl.col(name)
-            expr = {"==": col == value, "=": col == value, "!=": col != value, ">=": col >= value,
-                    "<=": col <= value, ">": col > value, "<": col < value}[op]  # fmt: skip
-            before = frame
+        expr, names = parse_filter(frame, text)
+        before = frame
+        try:
             frame = frame.filter(expr)
-            if frame.height == 0:
-                seen = before.get_column(name).unique(maintain_order=True).head(12).to_list()
-                raise DataError(f"--filter {clause!r} matches no rows; {name} has values {seen}")
+        except pl.exceptions.PolarsError as e:
+            raise DataError(f"--filter {text!r}: {_first_line(e)}") from None
+        if frame.height == 0:
+            seen = "; ".join(f"{n} has values {before.get_column(n).unique(maintain_order=True).head(12).to_list()}"
+                             for n in names)  # fmt: skip
+            raise DataError(f"--filter {text!r} matches no rows" + (f"; {seen}" if seen else ""))
     return frame
 
 
-def _literal(raw: str, dtype: Any) -> Any:
+def parse_filter(frame: Any, text: str) -> tuple[Any, list[str]]:
+    """(polars expression, columns it reads) of one `--filter`; a bad one is one DataError."""
     import polars as pl
 
-    raw = raw.strip().strip("'\"")
-    if dtype == pl.Boolean:
-        return raw.lower() in ("true", "1", "yes")
-    if dtype.is_numeric():
+    clauses = [_SIMPLE.match(c) for c in _AND.split(text)]
+    if all(clauses):  # the simple form: quote its names and type its values by their columns
+        names = list(dict.fromkeys(m.group(1) for m in clauses))  # type: ignore[union-attr]
+        missing(frame, names, f"--filter {text!r}")
+        sql = " AND ".join(_simple_sql(frame, m, text) for m in clauses)  # type: ignore[arg-type]
+    else:
+        sql = text
+    try:
+        expr = pl.sql_expr(sql)
+        names = expr.meta.root_names()
+    except pl.exceptions.PolarsError as e:
+        raise DataError(f"--filter {text!r} is not a condition polars SQL reads ({_first_line(e)}); "
+                        "e.g. \"depth == 4\" or \"width IN (32, 64) AND NOT qk_norm\"") from None  # fmt: skip
+    if not names:
+        raise DataError(f"--filter {text!r} names no column; e.g. \"depth == 4\"")
+    absent = [n for n in names if n not in frame.columns]
+    if absent and '"' in text:
+        missing(frame, absent, f"--filter {text!r} (text values go in single quotes: 'mess3')")
+    missing(frame, names, f"--filter {text!r}")
+    try:
+        dtype = frame.head(1).select(expr).to_series().dtype
+    except pl.exceptions.PolarsError as e:
+        raise DataError(f"--filter {text!r}: {_first_line(e)}") from None
+    if dtype not in (pl.Boolean, pl.Null):
+        raise DataError(f"--filter {text!r} is not a condition (it gives {dtype}, not true or false); "
+                        f"e.g. \"{names[0]} == ...\"")  # fmt: skip
+    return expr, list(dict.fromkeys(names))
+
+
+_AND = re.compile(r"\s+and\s+|\s*&&\s*", re.IGNORECASE)
+# column op value, the value one word or a quoted text
+_SIMPLE = re.compile(
+    r"""^\s*([A-Za-z_][\w/.]*)\s*(==|!=|>=|<=|>|<|=)\s*('[^']*'|"[^"]*"|[^\s'"()=<>!][^\s'"()]*)\s*$"""
+)
+
+
+def _simple_sql(frame: Any, match: re.Match[str], text: str) -> str:
+    """`column op value` as SQL: the column quoted, the value a literal of the column's type."""
+    import polars as pl
+
+    name, op, raw = match.groups()
+    dtype = frame.schema[name]
+    quoted = raw[:1] in "'\"" and raw[-1:] == raw[:1] and len(raw) >= 2
+    value = raw[1:-1] if quoted else raw
+    if dtype == pl.Boolean and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        literal = "TRUE" if value.lower() in ("true", "1", "yes") else "FALSE"
+    elif dtype.is_numeric() and not quoted and value in frame.columns:  # another column: `val_loss < train_loss`
+        literal = '"' + value.replace('"', '""') + '"'
+    elif dtype.is_numeric():
         try:
-            return float(raw) if dtype.is_float() or not raw.lstrip("-").isdigit() else int(raw)
+            number = float(value)
         except ValueError:
-            raise DataError(f"--filter: {raw!r} is not a number") from None
-    return raw
+            raise DataError(f"--filter {text!r}: {name} holds numbers, and {value!r} is not one") from None
+        if not math.isfinite(number):
+            raise DataError(f"--filter {text!r}: {value!r} is not a finite number")
+        literal = value
+    else:
+        literal = "'" + value.replace("'", "''") + "'"
+    column = '"' + name.replace('"', '""') + '"'
+    return f"{column} {'=' if op == '==' else op} {literal}"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def final_rows(frame: Any) -> Any:
@@ -121,8 +193,7 @@ def render(frame: Any, template: Template) -> Any:
     frame = apply_filters(frame, template.filter)
     swept, fixed = setting_columns(frame)
     for text in template.filter:  # a value picked by a filter belongs in the title, default or not
-        for clause in re.split(r"\s+and\s+|\s*&&\s*", text):
-            name = _FILTER.match(clause).group(1)  # type: ignore[union-attr]  (validated above)
+        for name in parse_filter(frame, text)[1]:
             values = frame.get_column(name).unique().to_list()
             if len(values) == 1 and name not in swept:
                 fixed = {name: values[0], **fixed}
@@ -131,8 +202,14 @@ def render(frame: Any, template: Template) -> Any:
             raise DataError(f"template {template.name} needs a swept column for x; these runs share every setting")
         template = dataclasses.replace(template, x=swept[0])
     hue = _hue(template, swept, frame)
-    draw = {"curves": _curves, "final": _final, "heatmap": _heatmap, "positions": _positions}[template.kind]
-    fig = draw(frame, template, hue)
+    # swept columns that neither colour nor x tell apart: each line runs over (or pools) them
+    along = [c for c in swept if c not in hue and c != template.x]
+    if template.kind == "heatmap":
+        fig = _heatmap(frame, template, hue)
+    else:
+        draw = {"curves": _curves, "final": _final, "positions": _positions}[template.kind]
+        fig = draw(frame, template, hue, along)
+        _legend(fig)
     context = ", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items() if k not in hue and k != template.x)
     title = template.title or template.name.replace("_", " ")
     context = textwrap.fill(context, width=int(fig.get_figwidth() * 11))
@@ -163,8 +240,39 @@ def _hue(template: Template, swept: list[str], frame: Any) -> list[str]:
     return hue
 
 
-def _label(row: dict[str, Any], hue: list[str]) -> str:
-    return ", ".join(f"{h}={_fmt(row[h])}" for h in hue) if hue else "all runs"
+def _label(row: dict[str, Any], hue: list[str], part: Any = None, along: list[str] | None = None) -> str:
+    """A line's legend entry: its values of the hue columns, then what varies along it (or is
+    pooled in it), e.g. `num_heads=2 (depth ∈ {1, 2}, width=8)`; "" when nothing needs naming."""
+    named = ", ".join(f"{h}={_fmt(row[h])}" for h in hue)
+    varying = _varying(part, along) if part is not None and along else ""
+    return f"{named} ({varying})" if named and varying else named or varying
+
+
+def _with_metric(label: str, metric: str, several: bool) -> str | None:
+    """A legend entry that also names its metric where a panel shows several; None: no entry."""
+    if several:
+        return f"{label} ({metric})" if label else metric
+    return label or None
+
+
+def _varying(frame: Any, columns: list[str]) -> str:
+    """`depth ∈ {1, 2}, width=32`: the values each column takes in `frame`."""
+    parts = []
+    for name in columns:
+        values = frame.get_column(name).drop_nulls().unique().sort().to_list()
+        if len(values) == 1:
+            parts.append(f"{name}={_fmt(values[0])}")
+        elif values:
+            parts.append(f"{name} ∈ {{{', '.join(_fmt(v) for v in values)}}}")
+    return ", ".join(parts)
+
+
+#: y labels that say what a metric is (in its unit); other columns are labelled by their name
+METRIC_LABELS = {"excess_loss": "excess loss over optimal (nats)"}
+
+
+def _ylabel(ys: list[str]) -> str:
+    return METRIC_LABELS.get(ys[0], ys[0]) if len(ys) == 1 else ", ".join(ys)
 
 
 def _fmt(value: Any) -> str:
@@ -216,32 +324,106 @@ def _style(ax: Any, template: Template, xlabel: str, ylabel: str, title: str) ->
         ax.set_title(title, fontsize=9)
     if template.logx:
         ax.set_xscale("log")
+        readable_log_axis(ax.xaxis)
     elif max((abs(v) for v in ax.get_xlim()), default=0) >= 1e5:  # token counts: 200k, not 200000
         from matplotlib.ticker import EngFormatter
 
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     if template.logy:
         ax.set_yscale("log")
+        readable_log_axis(ax.yaxis)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
 
 
-def _curves(frame: Any, template: Template, hue: list[str]) -> Any:
+def _legend(fig: Any) -> None:
+    """One legend for the figure, outside the axes on the right (so it covers no data); the
+    figure grows by its width, so the axes keep theirs."""
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if not handles:
+        return
+    legend = fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+    get_renderer = getattr(fig.canvas, "get_renderer", None)
+    if get_renderer is not None:
+        width = legend.get_window_extent(get_renderer()).width / fig.dpi
+    else:  # a canvas that cannot measure text: about 0.07 in a character at this size
+        width = 0.5 + 0.07 * max(len(label) for label in handles)
+    fig.set_figwidth(fig.get_figwidth() + width + 0.1)
+
+
+# a log axis over fewer decades than this reads plain decimals (0.002, 1.0894); wider, powers of ten
+PLAIN_DECADES = 2.0
+
+
+def readable_log_axis(axis: Any) -> None:
+    """Ticks a reader can read on a log axis: over a narrow range, plain decimals at 1-2-5 steps
+    (or evenly spaced ones where those give fewer than three ticks), never `1.09×10⁰`."""
+    from matplotlib.ticker import NullFormatter
+
+    locator, formatter = _log_ticks()
+    axis.set_major_locator(locator())
+    axis.set_major_formatter(formatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
+@functools.cache
+def _log_ticks() -> tuple[type, type]:
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator
+
+    def narrow(vmin: float, vmax: float) -> bool:
+        lo, hi = sorted((vmin, vmax))
+        return lo > 0 and math.log10(hi / lo) < PLAIN_DECADES
+
+    class Locator(LogLocator):
+        def tick_values(self, vmin: float, vmax: float) -> Any:
+            if not narrow(vmin, vmax):
+                return super().tick_values(vmin, vmax)
+            lo, hi = sorted((vmin, vmax))
+            ticks = LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
+            if sum(lo <= t <= hi for t in ticks) >= 3:
+                return ticks
+            ticks = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+            return ticks[ticks > 0]
+
+    class Formatter(LogFormatterSciNotation):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            if self.axis is None or not narrow(*self.axis.get_view_interval()):
+                return super().__call__(x, pos)
+            return plain_number(x)
+
+    return Locator, Formatter
+
+
+def plain_number(x: float) -> str:
+    """`0.0005`, `1.0894`, `20k`: a tick value in as few plain digits as it needs."""
+    from matplotlib.ticker import EngFormatter
+
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    if abs(x) >= 1e4:
+        return EngFormatter(sep="")(x)
+    decimals = next((d for d in range(13) if abs(round(x, d) - x) <= 1e-9 * abs(x)), 12)
+    return f"{x:.{decimals}f}"
+
+
+def _curves(frame: Any, template: Template, hue: list[str], along: list[str]) -> Any:
     missing(frame, [template.x, *template.y], f"template {template.name}")
+    numeric(frame, template.y, f"template {template.name}")
     facets = _facets(frame, template)
     fig, axes = _subplots(len(facets))
     for ax, (title, rows, ys) in zip(axes, facets, strict=True):
         groups = _groups(rows, hue)
         for color, (key, part) in enumerate(groups):
             for style, y in enumerate(ys):
-                stats = aggregate(part, [template.x], y, template.agg, template.band)
+                stats = aggregate(on_common_grid(part, template.x, y), [template.x], y, template.agg, template.band)
                 if stats.height == 0:
                     continue
                 # colours name the settings, line styles the metrics (listed once, in black)
                 single = len(groups) == 1 and len(ys) > 1
                 shade = f"C{style}" if single else f"C{color}"
-                label = y if single else (_label(key, hue) if style == 0 else None)
+                label = y if single else (_label(key, hue, part, along) or None if style == 0 else None)
                 x = stats.get_column(template.x).to_list()
                 ax.plot(x, stats["centre"].to_list(), LINESTYLES[style % 4], color=shade, label=label)
                 if template.band != "none":
@@ -249,12 +431,50 @@ def _curves(frame: Any, template: Template, hue: list[str]) -> Any:
         if len(ys) > 1 and len(groups) > 1:
             for style, y in enumerate(ys):
                 ax.plot([], [], LINESTYLES[style % 4], color="k", label=y)
-        _style(ax, template, template.x, ys[0] if len(ys) == 1 else ", ".join(ys), title)
+        _style(ax, template, template.x, _ylabel(ys), title)
     return fig
 
 
-def _final(frame: Any, template: Template, hue: list[str]) -> Any:
+def on_common_grid(part: Any, x: str, y: str) -> Any:
+    """The rows of one setting with every run's `y` at the same `x` values, so seeds can be averaged.
+
+    Runs that log at the same x (steps, tokens with one batch size) are returned as they are.
+    Runs that log at different x (time, tokens across batch sizes) are each interpolated
+    linearly onto one grid, the x values of all of them within the range every run covers;
+    averaging them where they stand would zig-zag between seeds.
+    """
+    import numpy as np
+    import polars as pl
+
+    value = pl.col(y)
+    keep = value.is_not_null() & pl.col(x).is_not_null()
+    if part.schema[y].is_float():
+        keep &= value.is_finite()
+    if part.schema[x].is_float():
+        keep &= pl.col(x).is_finite()
+    data = part.filter(keep)
+    if "run_id" not in data.columns or data.get_column("run_id").n_unique() < 2 or not part.schema[x].is_numeric():
+        return part
+    runs = (
+        data.group_by("run_id", x, maintain_order=True).agg(value.cast(pl.Float64).mean())
+        .sort(x).partition_by("run_id", maintain_order=True)
+    )  # fmt: skip
+    xs = [run.get_column(x).cast(pl.Float64).to_numpy() for run in runs]
+    lo, hi = max(a[0] for a in xs), min(a[-1] for a in xs)
+    inside = [a[(a >= lo) & (a <= hi)] for a in xs]
+    if lo > hi or all(np.array_equal(inside[0], a) for a in inside[1:]):
+        return part  # logged at the same x (or with no range in common)
+    grid = np.unique(np.concatenate(inside))
+    return pl.concat([
+        pl.DataFrame({"run_id": [run["run_id"][0]] * len(grid), x: grid,
+                      y: np.interp(grid, a, run.get_column(y).to_numpy())})
+        for run, a in zip(runs, xs, strict=True)
+    ])  # fmt: skip
+
+
+def _final(frame: Any, template: Template, hue: list[str], along: list[str]) -> Any:
     missing(frame, [template.x, *template.y], f"template {template.name}")
+    numeric(frame, template.y, f"template {template.name}")
     finals = final_rows(frame)
     facets = _facets(finals, template)
     fig, axes = _subplots(len(facets))
@@ -267,10 +487,10 @@ def _final(frame: Any, template: Template, hue: list[str]) -> Any:
                 x, centre = stats.get_column(template.x).to_list(), stats["centre"].to_list()
                 err = [[c - lo for c, lo in zip(centre, stats["lo"], strict=True)],
                        [hi - c for c, hi in zip(centre, stats["hi"], strict=True)]]  # fmt: skip
-                label = _label(key, [h for h in hue if h != template.x]) + (f" ({y})" if len(ys) > 1 else "")
+                label = _with_metric(_label(key, [h for h in hue if h != template.x], part, along), y, len(ys) > 1)
                 ax.errorbar(x, centre, yerr=None if template.band == "none" else err, fmt="o" + LINESTYLES[style % 4],
                             color=f"C{color}", capsize=3, label=label)  # fmt: skip
-        _style(ax, template, template.x, ys[0] if len(ys) == 1 else ", ".join(ys), title)
+        _style(ax, template, template.x, _ylabel(ys), title)
     return fig
 
 
@@ -284,6 +504,7 @@ def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
         raise DataError(f"template {template.name} needs two swept columns (x and hue); found only {template.x!r}")
     y = template.y[0]
     missing(frame, [template.x, second, y], f"template {template.name}")
+    numeric(frame, [y], f"template {template.name}")
     rest = [h for h in hue[1:] if h != template.x]
     stats = aggregate(final_rows(frame), [template.x, second, *rest], y, template.agg, "none")
     xs = stats.get_column(template.x).unique().sort().to_list()
@@ -317,7 +538,7 @@ def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
     return fig
 
 
-def _positions(frame: Any, template: Template, hue: list[str]) -> Any:
+def _positions(frame: Any, template: Template, hue: list[str], along: list[str]) -> Any:
     """Per-position columns `<prefix>_<i>` at the final evaluation: one panel per prefix with
     `facet = "metric"`, otherwise every prefix on one axis (solid, dashed, ...)."""
     import polars as pl
@@ -330,6 +551,7 @@ def _positions(frame: Any, template: Template, hue: list[str]) -> Any:
             columns = position_columns(finals, prefix)
             if not columns:
                 missing(finals, [f"{prefix}_1"], f"template {template.name}")
+            numeric(finals, [c for _, c in columns], f"template {template.name}")
             groups = _groups(finals, hue)
             for color, (key, part) in enumerate(groups):
                 if len(groups) == 1 and len(prefixes) > 1:  # one setting: a colour per metric
@@ -340,7 +562,7 @@ def _positions(frame: Any, template: Template, hue: list[str]) -> Any:
                 ).explode("value", "position")
                 stats = aggregate(long, ["position"], "value", template.agg, template.band)
                 x = stats["position"].to_list()
-                label = _label(key, hue) + (f" ({prefix})" if len(prefixes) > 1 else "")
+                label = _with_metric(_label(key, hue, part, along), prefix, len(prefixes) > 1)
                 if len(groups) == 1 and len(prefixes) > 1:
                     label = prefix
                 ax.plot(x, stats["centre"].to_list(), "o" + LINESTYLES[style % 4], ms=3, color=f"C{color}", label=label)

@@ -12,9 +12,9 @@ key. Keys (all optional but `kind` and `y`):
     agg    = "mean" | "median"      # over seeds of the same setting
     band   = "std" | "minmax" | "ci95" | "none"
     logx, logy = false
-    filter = ["depth == 4"]         # rows to keep
+    filter = ["depth == 4"]         # rows to keep: polars SQL conditions (AND, OR, IN, NOT, ...)
     source = "val" | "train"        # run directories: which log to read
-    title, xlabel, ylabel = ""
+    title, xlabel, ylabel = ""      # title and ylabel: kept only while y is the template's own
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tfkit.config import shown
 from tfkit.errors import ConfigError
 
 KINDS = ("curves", "final", "heatmap", "positions")
 BANDS = ("std", "minmax", "ci95", "none")
 AGGS = ("mean", "median")
 DEFAULT_TEMPLATE = "loss_curves"
+#: the default picture of results with a known optimal loss (built-in processes)
+EXCESS_TEMPLATE = "excess_loss"
 
 
 @dataclass
@@ -54,6 +57,17 @@ class Template:
     ylabel: str = ""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("y", "hue", "filter"):
+                if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise ConfigError(f"template {self.name}: {f.name} must be a column name or a list of them, "
+                                      f"got {shown(value)}")  # fmt: skip
+            elif f.name in ("logx", "logy"):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"template {self.name}: {f.name} must be true or false, got {shown(value)}")
+            elif not isinstance(value, str):
+                raise ConfigError(f"template {self.name}: {f.name} must be text, got {shown(value)}")
         if self.kind not in KINDS:
             raise ConfigError(f"template {self.name}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.band not in BANDS:
@@ -76,7 +90,24 @@ class Template:
         given = {k: v for k, v in overrides.items() if v is not None and v != []}
         if "filter" in given:
             given["filter"] = [*self.filter, *given["filter"]]
+        if "y" in given and list(given["y"]) != self.y:  # the template's labels name its own metrics, not these
+            given.setdefault("ylabel", "")
+            given.setdefault("title", "")
         return dataclasses.replace(self, **given)
+
+
+def default_template(frame: Any, y: list[str] | None = None) -> str:
+    """The picture `tfkit plot` draws without `--template`: excess loss where the results have
+    an optimal loss to compare with (and `--y` asks for nothing else), loss curves otherwise."""
+    import polars as pl
+
+    if y and list(y) != ["excess_loss"]:
+        return DEFAULT_TEMPLATE
+    if "excess_loss" in frame.columns and frame.schema["excess_loss"].is_numeric():
+        column = frame.get_column("excess_loss").cast(pl.Float64)
+        if (column.is_not_null() & column.is_finite()).any():
+            return EXCESS_TEMPLATE
+    return DEFAULT_TEMPLATE
 
 
 def template_dir() -> Path:
@@ -102,7 +133,9 @@ def load_template(name_or_path: str) -> Template:
     elif not path.is_file():
         raise ConfigError(f"template file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a template: it holds binary data, not TOML text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     known = {f.name for f in dataclasses.fields(Template)} - {"name"}

@@ -101,28 +101,28 @@ def parse_s3_uri(uri: str, what: str = "S3 URI") -> S3Uri:
 def load_dotenv(path: str | Path = ".env") -> list[str]:
     """Set the `AWS_*` variables of a `.env` file that are not already set; return their names.
 
-    Lines are `NAME=value`, optionally `export NAME=value`, with `#` comments and single
-    or double quotes around values. A missing file is not an error.
+    The file is read by python-dotenv (`export`, quotes, `#` comments) without `${VAR}`
+    expansion; other variables are left alone. A missing file is not an error, and a line
+    that does not parse is skipped without a word.
     """
+    import io
+    import logging
+
+    from dotenv import dotenv_values
+
     path = Path(path)
     if not path.is_file():
         return []
+    parser = logging.getLogger("dotenv.main")  # it logs each line it cannot parse
+    level = parser.level
+    parser.setLevel(logging.ERROR)
+    try:
+        values = dotenv_values(stream=io.StringIO(path.read_text(errors="replace")), interpolate=False)
+    finally:
+        parser.setLevel(level)
     loaded = []
-    for raw in path.read_text(errors="replace").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        name, sep, value = line.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep or not name.startswith("AWS_") or not name.isidentifier():
-            continue
-        if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].rstrip()
-        if name not in os.environ:
+    for name, value in values.items():
+        if name.startswith("AWS_") and value is not None and name not in os.environ:
             os.environ[name] = value
             loaded.append(name)
     return loaded
@@ -189,21 +189,58 @@ class _Object:
     last_modified: Any
 
 
-class _Subscriber:
-    """s3transfer subscriber: forwards progress and hands over a size already known."""
+class _Cancelled(Exception):
+    """Ends a transfer at its next progress report, once another one failed or Ctrl-C was pressed."""
 
-    def __init__(self, callback: TransferCallback, size: int | None = None) -> None:
-        self.callback = callback
-        self.size = size
 
-    def on_queued(self, future: Any, **kwargs: Any) -> None:
-        if self.size is not None:
-            future.meta.provide_transfer_size(self.size)
+class _Transfers:
+    """boto3's managed transfers (parts, parallel parts, retried downloads) for one push or pull.
 
-    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-        self.callback.on_bytes(bytes_transferred)
+    Each `upload_fileobj` / `download_fileobj` call runs a transfer of its own. Files that go in
+    parts take turns, each with `jobs` parts in flight, so a push of many checkpoints holds no
+    more requests and part buffers than a push of one; smaller files go alongside. `cancel()`
+    ends every transfer in flight at its next progress report (a multipart upload is aborted).
+    """
 
-    def on_done(self, future: Any, **kwargs: Any) -> None: ...
+    def __init__(self, client: Any, jobs: int, multipart_threshold: int, multipart_chunksize: int) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        self.client = client
+        self.multipart_threshold = multipart_threshold
+        self.config = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=jobs,
+            preferred_transfer_client="classic",  # the one that sends its requests through this client
+        )
+        self.cancelled = threading.Event()
+        self._in_parts = threading.Lock()
+
+    def upload(self, fileobj: Any, size: int, bucket: str, key: str, on_bytes: Callable[[int], None]) -> None:
+        with self._turn(size):
+            self.client.upload_fileobj(fileobj, bucket, key, Callback=self._progress(on_bytes), Config=self.config)
+
+    def download(self, bucket: str, key: str, fileobj: Any, size: int, on_bytes: Callable[[int], None]) -> None:
+        with self._turn(size):
+            self.client.download_fileobj(bucket, key, fileobj, Callback=self._progress(on_bytes), Config=self.config)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    @contextlib.contextmanager
+    def _turn(self, size: int) -> Iterator[None]:
+        with self._in_parts if size >= self.multipart_threshold else contextlib.nullcontext():
+            if self.cancelled.is_set():
+                raise _Cancelled
+            yield
+
+    def _progress(self, on_bytes: Callable[[int], None]) -> Callable[[int], None]:
+        def report(count: int) -> None:
+            if self.cancelled.is_set():
+                raise _Cancelled
+            on_bytes(count)
+
+        return report
 
 
 class _RetryWatch:
@@ -443,9 +480,9 @@ class S3Store:
             lock = threading.Lock()
             entries: dict[str, FileEntry] = {}
 
-            def push_one(manager: Any, rel: str) -> None:
+            def push_one(transfers: _Transfers, rel: str) -> None:
                 try:
-                    f = open(root / rel, "rb")  # noqa: SIM115  (closed by the `with f` below)
+                    f = open(root / rel, "rb")
                 except FileNotFoundError:  # removed since the scan (a temp file renamed away)
                     return
                 except OSError as e:
@@ -463,9 +500,7 @@ class S3Store:
                     same = old is not None and old.get(rel) == entry and obj is not None and obj.size == entry.size
                     if not same and not dry_run:
                         reader = BoundedReader(f, entry.size)
-                        manager.upload(
-                            reader, target.bucket, target.key(rel), subscribers=[_Subscriber(callback)]
-                        ).result()
+                        transfers.upload(reader, entry.size, target.bucket, target.key(rel), callback.on_bytes)
                     elif entry.size:
                         callback.on_bytes(entry.size)
                 with lock:
@@ -585,7 +620,7 @@ class S3Store:
             bad: list[str] = []
             pulled: dict[str, FileEntry] = {}  # what is now on disk as the remote has it
 
-            def pull_one(manager: Any, rel: str) -> None:
+            def pull_one(transfers: _Transfers, rel: str) -> None:
                 size, entry = wanted[rel]
                 state, digest = states[rel]
                 if state == "identical":
@@ -602,7 +637,7 @@ class S3Store:
                         result.bytes_downloaded += size
                     callback.on_file(rel, "would download")
                     return
-                problem, digest = self._download(manager, source, rel, targets[rel], size, entry, callback)
+                problem, digest = self._download(transfers, source, rel, targets[rel], size, entry, callback)
                 with lock:
                     if problem:
                         bad.append(f"{rel} ({problem})")
@@ -701,34 +736,24 @@ class S3Store:
                 raise
             return None  # push writes a fresh one
 
-    def _transfer_manager(self) -> Any:
-        from s3transfer.manager import TransferConfig, TransferManager
+    def _run_parallel(self, work: Callable[[_Transfers, str], None], items: list[str]) -> None:
+        """Run `work(transfers, item)` for every item on `jobs` threads; the first error (or Ctrl-C)
+        cancels the transfers in flight and skips the rest."""
+        transfers = _Transfers(self.client, self.jobs, self.multipart_threshold, self.multipart_chunksize)
 
-        config = TransferConfig(
-            multipart_threshold=self.multipart_threshold,
-            multipart_chunksize=self.multipart_chunksize,
-            max_request_concurrency=self.jobs,
-        )
-        return TransferManager(self.client, config)
+        def guarded(item: str) -> None:
+            if not transfers.cancelled.is_set():
+                work(transfers, item)
 
-    def _run_parallel(self, work: Callable[[Any, str], None], items: list[str]) -> None:
-        """Run `work(manager, item)` for every item on `jobs` threads; the first error stops the rest."""
-        stop = threading.Event()
-
-        def guarded(manager: Any, item: str) -> None:
-            if not stop.is_set():
-                work(manager, item)
-
-        # the manager closes first: on an error or Ctrl-C it cancels the transfers in flight
-        with ThreadPoolExecutor(self.jobs, thread_name_prefix="tfkit-s3") as pool, self._transfer_manager() as manager:
-            futures: list[Future] = [pool.submit(guarded, manager, item) for item in items]
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="tfkit-s3") as pool:
+            futures: list[Future] = [pool.submit(guarded, item) for item in items]
             try:
                 wait(futures, return_when=FIRST_EXCEPTION)
                 for future in futures:
                     if future.done() and future.exception() is not None:
                         raise future.exception()  # type: ignore[misc]
             except BaseException:
-                stop.set()
+                transfers.cancel()
                 for future in futures:
                     future.cancel()
                 raise
@@ -768,7 +793,7 @@ class S3Store:
 
     def _download(
         self,
-        manager: Any,
+        transfers: _Transfers,
         source: S3Uri,
         rel: str,
         path: Path,
@@ -790,7 +815,7 @@ class S3Store:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
-                manager.download(source.bucket, source.key(rel), f, subscribers=[_Subscriber(callback, size)]).result()
+                transfers.download(source.bucket, source.key(rel), f, size, callback.on_bytes)
                 f.flush()
                 os.fsync(f.fileno())
             got = tmp.stat().st_size
@@ -820,7 +845,7 @@ class S3Store:
     def _errors(self, uri: S3Uri) -> Iterator[None]:
         """Turn botocore errors a user can fix into one-line `StorageError`s."""
         from botocore import exceptions as bx
-        from s3transfer.exceptions import RetriesExceededError
+        from s3transfer.exceptions import RetriesExceededError  # boto3's managed downloads raise it as it is
 
         at = f" at {self.endpoint_url}" if self.endpoint_url else ""
         try:
@@ -839,7 +864,7 @@ class S3Store:
             raise StorageError(self._redact(f"S3 transfer with {uri} failed{at}: {e}")) from None
         except bx.EndpointConnectionError as e:
             raise StorageError(self._redact(f"cannot reach the S3 endpoint{at}: {e}")) from None
-        except (bx.BotoCoreError, RetriesExceededError) as e:
+        except bx.BotoCoreError as e:
             raise StorageError(self._redact(f"S3 transfer with {uri} failed{at}: {e}")) from None
 
     def _no_answer(self) -> str:

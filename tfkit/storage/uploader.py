@@ -105,5 +105,5 @@ class RunPusher:
             try:
                 self._push()
                 self.background_pushes += 1
-            except Exception as e:  # noqa: BLE001  (training goes on; the final push sends everything again)
+            except Exception as e:
                 self.background_errors.append(str(e))

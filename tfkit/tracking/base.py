@@ -35,6 +35,12 @@ class TrackerGroup:
         for tracker in self.trackers:
             tracker.log_summary(summary)
 
+    def continue_after(self, step: int) -> None:
+        """A resumed run: the file logs keep their rows up to `step` (wandb continues by its run id)."""
+        for tracker in self.trackers:
+            if hasattr(tracker, "continue_after"):
+                tracker.continue_after(step)
+
     def close(self) -> None:
         for tracker in self.trackers:
             tracker.close()

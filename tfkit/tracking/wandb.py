@@ -20,6 +20,7 @@ class WandbTracker:
         group: str | None = None,
         config: dict[str, Any],
         run_dir: str | Path,
+        run_id: str | None = None,
     ) -> None:
         try:
             import wandb
@@ -34,6 +35,8 @@ class WandbTracker:
             config=config,
             dir=str(Path(run_dir).resolve()),  # the wandb service may run in another directory
             reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,  # the same id again: the run continues
         )
 
     def log_train(self, row: dict[str, Any]) -> None:

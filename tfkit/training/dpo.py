@@ -17,6 +17,7 @@ train_log.csv; the same with a `val_` prefix, and `val_loss`, in val_log.csv.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -168,7 +169,13 @@ class DpoObjective(Objective):
         return row
 
 
-def train_dpo(config: DpoRunConfig, *, callback: TrainCallback | None = None, overwrite: bool = False) -> RunResult:
+def train_dpo(
+    config: DpoRunConfig,
+    *,
+    callback: TrainCallback | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+) -> RunResult:
     """Preference-tune the `--init` model on a DPO dataset; write the run directory.
 
     Raises `TfkitError` for bad input (no --init, wrong data, vocabulary or context
@@ -210,5 +217,5 @@ def train_dpo(config: DpoRunConfig, *, callback: TrainCallback | None = None, ov
     }  # fmt: skip
     return run_finetune(
         config, DpoObjective(data, config, reference), init, data_meta=data_meta,
-        tokenizer=tokenizer_record(init, dataset), callback=callback, overwrite=overwrite,
+        tokenizer=tokenizer_record(init, dataset), callback=callback, overwrite=overwrite, resume=resume,
     )  # fmt: skip

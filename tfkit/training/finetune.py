@@ -1,16 +1,14 @@
-"""The training loop of `tfkit train sft` and `tfkit train dpo`: a GPT from `--init`, one objective.
+"""`tfkit train sft` and `tfkit train dpo`: a GPT from `--init`, trained on one objective.
 
 `run_finetune(config, objective, init)` trains the `--init` model on the objective's
-batches and writes the same run directory as `tfkit train pretrain`:
+batches through the one training loop (`tfkit.training.fit`), as a `FinetuneTask`, and
+writes the same run directory as `tfkit train pretrain`:
 
-    train_config.json  train_log.csv  val_log.csv  checkpoints/<tokens>.pt  summary.json
+    train_config.json  train_log.csv  val_log.csv  spikes.csv  checkpoints/<tokens>.pt  summary.json
 
 An `Objective` owns the data and the loss (tfkit.training.sft, tfkit.training.dpo):
 it yields host batches, turns one into a loss and a vector of train metrics, and
-evaluates. Around it runs the step loop every trainer shares (tfkit.training.session):
-AdamW and its schedule, gradient accumulation and clipping, non-finite step skipping,
-stop criteria, evaluation and checkpoint cadence, trackers (CSV, wandb), Ctrl-C at a step
-boundary, the S3 push. `tokens_seen` counts real (unpadded) tokens.
+evaluates. `tokens_seen` counts real (unpadded) tokens.
 
 Checkpoints hold the resolved config (its `model` section is the `--init` model's) and
 the tokenizer the data was made with, so a run can be the next `--init` and
@@ -22,18 +20,17 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
-import tfkit
 from tfkit.data.loaders import BatchCursor
 from tfkit.models.gpt import GPT
-from tfkit.training.checkpoint import checkpoint_path, rng_state, save_checkpoint
+from tfkit.training.fit import Task, fit
 from tfkit.training.load import LoadedRun
-from tfkit.training.loop import _Progress, resolve_device
-from tfkit.training.optim import build_optimizer
-from tfkit.training.session import RunResult, RunSession, StepHooks, TrainCallback, compile_enabled, prepare_device
+from tfkit.training.loop import resolve_device
+from tfkit.training.session import RunResult, TrainCallback
 
 
 class Objective(ABC):
@@ -90,6 +87,58 @@ def total_steps(config: Any, steps_per_epoch: int, tokens_per_epoch: int) -> int
     return min(limits) if limits else None
 
 
+class FinetuneTask(Task):
+    """An `Objective` on the `--init` model: its batches, loss, metrics and evaluation."""
+
+    def __init__(self, config: Any, objective: Objective, init: LoadedRun, data_meta: dict[str, Any],
+                 tokenizer: dict[str, Any], device: torch.device) -> None:  # fmt: skip
+        self.config, self.objective, self.init, self.device = config, objective, init, device
+        self.tokenizer = tokenizer
+        self.data_meta = data_meta
+        self.meta = {**data_meta, "init_checkpoint": str(init.checkpoint), **tokenizer}
+        self.metric_names = objective.train_metrics
+        self.cursor = BatchCursor()
+        self.batches = objective.train_batches(self.cursor)  # reads the cursor lazily
+
+    def build(self, device: torch.device, compiled: bool) -> torch.nn.Module:
+        self.model = self.init.build(device)
+        self.objective.setup(self.model, device, self.config.train.precision)
+        self.step_model = torch.compile(self.model) if compiled else self.model
+        return self.model
+
+    def horizon(self) -> int | None:
+        steps_per_epoch = max(1, self.objective.batches_in_epoch(0) // self.config.optim.grad_accum_steps)
+        return total_steps(self.config, steps_per_epoch, self.data_meta.get("tokens_per_epoch", 0))
+
+    def next_batch(self) -> dict[str, Any]:
+        return next(self.batches)
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.objective.step(self.step_model, batch, self.device, self.config.train.precision)
+
+    def batch_tokens(self, batch: dict[str, Any]) -> int:
+        return self.objective.tokens(batch)
+
+    def shape(self) -> tuple[int, int]:
+        return self.objective.batch_size * self.config.optim.grad_accum_steps, self.objective.seq_len
+
+    def epoch(self) -> float:
+        per_epoch = max(1, self.objective.batches_in_epoch(self.cursor.epoch))
+        return self.cursor.epoch + self.cursor.batch / per_epoch
+
+    def evaluate(self) -> dict[str, Any]:
+        return self.objective.evaluate(self.model, self.device, self.config.train.precision)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data_cursor": {"epoch": self.cursor.epoch, "batch": self.cursor.batch}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor.epoch, self.cursor.batch = state["data_cursor"]["epoch"], state["data_cursor"]["batch"]
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer}
+
+
 def run_finetune(
     config: Any,
     objective: Objective,
@@ -99,80 +148,18 @@ def run_finetune(
     tokenizer: dict[str, Any],
     callback: TrainCallback | None = None,
     overwrite: bool = False,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Train the `--init` model on `objective` as the resolved `config` says; write the run directory.
 
     Args:
         data_meta: what to record about the data in `train_config.json` (`data_source` first).
         tokenizer: `tokenizer_path` and `tokenizer_sha256` of the data, saved with the run.
+        resume: a checkpoint to continue from (`tfkit.training.fit`).
     """
     device = resolve_device(config.train.device)
-    session = RunSession.open(config, callback=callback, overwrite=overwrite)
-    run_dir = session.run_dir
-
-    prepare_device(config.train.seed, device)
-    model = init.build(device)
-    objective.setup(model, device, config.train.precision)
-    use_compile = compile_enabled(config.train, device)
-    step_model = torch.compile(model) if use_compile else model
-    optimizer = build_optimizer(model, config.optim, device)
-
-    t = config.train
-    accum = config.optim.grad_accum_steps
-    steps_per_epoch = max(1, objective.batches_in_epoch(0) // accum)
-    session.start(
-        model,
-        device,
-        compiled=use_compile,
-        horizon=total_steps(config, steps_per_epoch, data_meta.get("tokens_per_epoch", 0)),
-        meta={**data_meta, "init_checkpoint": str(init.checkpoint), **tokenizer},
-    )
-
-    progress = _Progress()
-    cursor = progress.cursor
-    batches = objective.train_batches(cursor)
-    n_metrics = len(objective.train_metrics)
-
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
-        step_loss = torch.zeros((), dtype=torch.float32, device=device)
-        step_metrics = torch.zeros(n_metrics, dtype=torch.float32, device=device)
-        for _ in range(accum):
-            batch = next(batches)
-            loss, metrics = objective.step(step_model, batch, device, t.precision)
-            (loss / accum).backward()
-            step_loss += loss.detach().float() / accum
-            step_metrics += metrics.float() / accum
-            progress.tokens_seen += objective.tokens(batch)
-        return step_loss, step_metrics
-
-    def advance() -> None:
-        per_epoch = max(1, objective.batches_in_epoch(cursor.epoch))
-        progress.epoch = cursor.epoch + cursor.batch / per_epoch
-
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": progress.step,
-            "tokens_seen": progress.tokens_seen,
-            "epoch": progress.epoch,
-            "data_cursor": {"epoch": cursor.epoch, "batch": cursor.batch},
-            "config": config.to_dict(),
-            "tokenizer": tokenizer,
-            "rng": rng_state(),
-            "tfkit_version": tfkit.__version__,
-        }
-        save_checkpoint(checkpoint_path(run_dir, progress.tokens_seen), state)
-
-    hooks = StepHooks(
-        step=step,
-        advance=advance,
-        shape=lambda: (objective.batch_size * accum, objective.seq_len),
-        evaluate=lambda: objective.evaluate(model, device, t.precision),
-        save=save,
-        metric_names=objective.train_metrics,
-    )
-    return session.run(progress, optimizer, hooks)
+    task = FinetuneTask(config, objective, init, data_meta, tokenizer, device)
+    return fit(task, config, device, callback=callback, overwrite=overwrite, resume=resume)
 
 
 def prepare_finetune(config: Any) -> tuple[Any, LoadedRun, Any]:

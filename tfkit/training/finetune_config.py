@@ -29,8 +29,10 @@ from tfkit.config import (
     OptimConfig,
     SectionedConfig,
     TrainConfig,
+    check_fields,
     opt,
     option_label,
+    training_memory,
 )
 from tfkit.errors import ConfigError
 
@@ -38,6 +40,8 @@ from tfkit.errors import ConfigError
 @dataclass(kw_only=True)
 class ChatDataConfig:
     """Token-id datasets written by `tfkit tokenizer tokenize --mode sft|dpo`."""
+
+    SECTION: ClassVar[str] = "data"
 
     data: str | None = opt(None, "Folder written by `tfkit tokenizer tokenize --mode sft` (or --mode dpo).")
     seq_len: int | None = opt(
@@ -49,6 +53,7 @@ class ChatDataConfig:
     val_examples: int = opt(1024, "Validation examples scored at each evaluation (the first N).", cli=False)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("seq_len", "batch_size", "val_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -59,13 +64,20 @@ class ChatDataConfig:
 class SftConfig:
     """Supervised fine-tuning: next-token loss on the response tokens only."""
 
+    SECTION: ClassVar[str] = "sft"
+
     init: str | None = opt(None, "Run directory (its latest checkpoint) or checkpoint file to start from.", sweep=False)
     packing: bool = opt(False, "Pack several examples per sequence; each attends only inside itself.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(kw_only=True)
 class DpoConfig:
     """Direct preference optimisation against a frozen reference model."""
+
+    SECTION: ClassVar[str] = "dpo"
 
     init: str | None = opt(None, "Run directory (its latest checkpoint) or checkpoint file to start from.", sweep=False)
     ref: str | None = opt(
@@ -79,6 +91,7 @@ class DpoConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.beta <= 0:
             raise ConfigError(f"--beta must be positive, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
@@ -106,14 +119,36 @@ class _FinetuneConfig(SectionedConfig):
         return getattr(self, self.kind)
 
     def resolved(self, model: ModelConfig, seq_len: int) -> Any:
-        """The model of --init, the sequence length the data needs, the default stop and run directory."""
+        """The model of --init, the sequence length the data needs, the default stop and run directory.
+
+        Refuses (ConfigError) a run that cannot fit in its device's memory.
+        """
         updates: dict[str, Any] = {"model": dataclasses.asdict(model), "data.seq_len": seq_len}
         if not self.has_stop_criterion():
             updates["train.max_steps"] = DEFAULT_MAX_STEPS
         if self.log.out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             updates["log.out"] = f"runs/{self.kind}-{Path(self.data.data or 'data').name}-{stamp}"
-        return self.with_updates(updates)
+        config = self.with_updates(updates)
+        config.check_memory()
+        return config
+
+    def memory_parts(self, accelerator: bool) -> dict[str, int]:
+        if self.data.seq_len is None:  # known once the data is read
+            return {}
+        # DPO scores a chosen and a rejected response per pair; SFT packing adds a (T, T) mask per row
+        rows = self.data.batch_size * (2 if self.kind == "dpo" else 1)
+        parts = training_memory(
+            self.model, rows, self.data.seq_len, accelerator=accelerator, precision=self.train.precision
+        )
+        if self.kind == "sft" and self.sft.packing:  # type: ignore[attr-defined]
+            parts["activations"] += rows * self.data.seq_len**2
+        if self.kind == "dpo" and not self.dpo.precompute_ref:  # type: ignore[attr-defined]
+            parts["model"] += 4 * sum(self.model.size())  # the frozen reference model
+        return parts
+
+    def batch_shape(self) -> str:
+        return f"--batch-size {self.data.batch_size} x --seq-len {self.data.seq_len} ({self.model.describe()})"
 
     def check_inputs(self) -> None:
         if not self.objective.init:

@@ -1,6 +1,7 @@
-"""The training loop of `tfkit train icl`: in-context regression with curricula and looped models.
+"""`tfkit train icl`: in-context regression with curricula and looped models.
 
-`train_icl(config)` draws fresh prompts every step (tfkit.data.icl), trains a
+`train_icl(config)` hands an `IclTask` to the one training loop (`tfkit.training.fit`).
+The task draws fresh prompts every step (tfkit.data.icl), trains a
 `VectorTransformer` (tfkit.models.looped) on the squared error of its predictions of
 y_1..y_n, normalised by the task's E[f(x)^2] (so 1.0 is the zero predictor), and writes
 the same run directory as `tfkit train pretrain`:
@@ -11,8 +12,8 @@ the same run directory as `tfkit train pretrain`:
 `tokens_seen` (so checkpoints are named by examples trained on), and `seq_len` in the
 train log is the current number of points. A looped model's loss is the mean over the
 last `loop_window` loops of the current loop count; the loops before run without
-gradients. The run lifecycle and the optimizer step (schedule, clipping, non-finite
-steps, stop criteria, cadences, trackers, Ctrl-C, S3) are `tfkit.training.session`.
+gradients. The prompt generator's state is the task's position: a resumed run draws the
+prompts an uninterrupted one would.
 
 Evaluation uses one fixed validation set at the final dims and points and logs, per
 in-context position i (the index of the predicted y): `val_loss_<i>` (the model, after
@@ -25,14 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-import tfkit
 from tfkit.data.icl import (
     BASELINES,
-    Stage,
     baseline_errors,
     interleave,
     normaliser,
@@ -41,23 +41,14 @@ from tfkit.data.icl import (
     stage_at,
 )
 from tfkit.models.looped import VectorTransformer
-from tfkit.training.checkpoint import checkpoint_path, rng_state, save_checkpoint
+from tfkit.training.fit import Task, fit
 from tfkit.training.icl_config import IclRunConfig
-from tfkit.training.loop import _autocast, resolve_device
-from tfkit.training.optim import build_optimizer
-from tfkit.training.session import (
-    Progress,
-    RunResult,
-    RunSession,
-    StepHooks,
-    TrainCallback,
-    compile_enabled,
-    prepare_device,
-)
+from tfkit.training.loop import THROUGHPUT_COLUMNS, _autocast, resolve_device
+from tfkit.training.session import RunResult, TrainCallback
 
 TRAIN_COLUMNS = (
     "step", "tokens_seen", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm", "skipped_steps",
-    "curriculum_dims", "curriculum_points", "curriculum_loops",
+    *THROUGHPUT_COLUMNS, "curriculum_dims", "curriculum_points", "curriculum_loops",
 )  # fmt: skip
 VAL_COLUMNS = ("step", "tokens_seen", "time_s", "curriculum_dims", "curriculum_points", "curriculum_loops", "val_loss")
 
@@ -149,11 +140,49 @@ def evaluate_icl(
     return row
 
 
-@dataclass(kw_only=True)
-class _Progress(Progress):
-    """Progress through the curriculum; prompts are drawn fresh every step, so there are no epochs."""
+class IclTask(Task):
+    """In-context regression: fresh prompts every step, at the curriculum's current stage."""
 
-    stage: Stage  # the curriculum stage of the latest step (the first one before any step)
+    def __init__(self, config: IclRunConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
+        task = config.task
+        self.meta = {"data_source": f"{task.task} (d={task.n_dims}, {task.n_points} points)"}
+        self.begin_step(0)  # the stage of the latest step (the first one before any step)
+        self.generator = torch.Generator(device).manual_seed(config.train.seed)
+
+    def build(self, device: torch.device, compiled: bool) -> torch.nn.Module:
+        self.model = build_model(self.config).to(device)
+        if compiled:
+            self.model.blocks.compile_step()
+        self.val = ValSet.make(self.config, device)
+        return self.model
+
+    def horizon(self) -> int | None:
+        return total_steps(self.config)
+
+    def begin_step(self, step: int) -> None:
+        self.stage = stage_at(step, self.config)
+        self.window = min(self.config.loop.window, self.stage.loops)
+        self.norm = normaliser(self.config.task, self.stage.dims)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        task = self.config.task
+        return sample_prompts(task, task.batch_size, self.stage.points, self.stage.dims, self.generator)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, None]:
+        xs, ys = batch
+        with _autocast(self.device, self.config.train.precision):
+            outs = self.model(interleave(xs, ys), self.stage.loops, self.window)  # [(B, 2n)] for the window's loops
+        return window_loss(outs, ys, self.norm), None
+
+    def batch_tokens(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return self.config.task.batch_size * self.stage.points
+
+    def shape(self) -> tuple[int, int]:
+        return self.config.task.batch_size * self.config.optim.grad_accum_steps, self.stage.points
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_icl(self.model, self.val, self.config, self.device)
 
     def stage_fields(self) -> dict[str, Any]:
         return {
@@ -162,12 +191,19 @@ class _Progress(Progress):
             "curriculum_loops": self.stage.loops,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"data_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["data_generator"])
+
 
 def train_icl(
     config: IclRunConfig,
     *,
     callback: TrainCallback | None = None,
     overwrite: bool = False,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Train one in-context regression model as `config` says and write its run directory.
 
@@ -176,68 +212,7 @@ def train_icl(
     """
     device = resolve_device(config.train.device)
     config = config.resolved()
-    session = RunSession.open(config, callback=callback, overwrite=overwrite)
-    run_dir = session.run_dir
-
-    prepare_device(config.train.seed, device)
-    model = build_model(config).to(device)
-    use_compile = compile_enabled(config.train, device)
-    if use_compile:
-        model.blocks.compile_step()
-    optimizer = build_optimizer(model, config.optim, device)
-    val = ValSet.make(config, device)
-
-    t, task = config.train, config.task
-    accum = config.optim.grad_accum_steps
-    session.start(
-        model,
-        device,
-        compiled=use_compile,
-        horizon=total_steps(config),
-        meta={"data_source": f"{task.task} (d={task.n_dims}, {task.n_points} points)"},
-    )
-
-    progress = _Progress(stage=stage_at(0, config))
-    generator = torch.Generator(device).manual_seed(config.train.seed)
-
-    def step() -> tuple[torch.Tensor, None]:
-        stage = progress.stage = stage_at(progress.step, config)
-        window = min(config.loop.window, stage.loops)
-        norm = normaliser(task, stage.dims)
-        step_loss = torch.zeros((), dtype=torch.float32, device=device)
-        for _ in range(accum):
-            xs, ys = sample_prompts(task, task.batch_size, stage.points, stage.dims, generator)
-            with _autocast(device, t.precision):
-                outs = model(interleave(xs, ys), stage.loops, window)  # [(B, 2n)] for the window's loops
-            loss = window_loss(outs, ys, norm)
-            (loss / accum).backward()
-            step_loss += loss.detach() / accum
-        return step_loss, None
-
-    def advance() -> None:
-        progress.tokens_seen += task.batch_size * progress.stage.points * accum
-
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": progress.step,
-            "tokens_seen": progress.tokens_seen,
-            "data_generator": generator.get_state(),
-            "config": config.to_dict(),
-            "rng": rng_state(),
-            "tfkit_version": tfkit.__version__,
-        }
-        save_checkpoint(checkpoint_path(run_dir, progress.tokens_seen), state)
-
-    hooks = StepHooks(
-        step=step,
-        advance=advance,
-        shape=lambda: (task.batch_size * accum, progress.stage.points),
-        evaluate=lambda: evaluate_icl(model, val, config, device),
-        save=save,
-    )
-    return session.run(progress, optimizer, hooks)
+    return fit(IclTask(config, device), config, device, callback=callback, overwrite=overwrite, resume=resume)
 
 
 def window_loss(outs: list[torch.Tensor], ys: torch.Tensor, norm: float) -> torch.Tensor:

@@ -26,8 +26,11 @@ from tfkit.config import (
     OptimConfig,
     SectionedConfig,
     TrainConfig,
+    check_fields,
     opt,
     option_label,
+    shown,
+    training_memory,
 )
 from tfkit.errors import ConfigError
 
@@ -37,11 +40,15 @@ DEFAULT_N_LOOPS = 10
 UNUSED_MODEL_FIELDS = ("tie_embeddings",)
 # TrainConfig fields that need epochs: prompts are drawn fresh every step, so there are none
 UNUSED_TRAIN_FIELDS = ("max_epochs", "max_epochs_between_evals")
+# a full decision tree of this depth already has 2 billion nodes per prompt
+MAX_TREE_DEPTH = 30
 
 
 @dataclass(kw_only=True)
 class TaskConfig:
     """The function class prompts are drawn from; x ~ N(0, I) in --n-dims dimensions."""
+
+    SECTION: ClassVar[str] = "task"
 
     task: str = opt(
         "linear_regression",
@@ -59,14 +66,28 @@ class TaskConfig:
     val_seed: int = opt(1234, "Seed of the validation set (the same for every run).", cli=False)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
+            raise ConfigError(f"unknown task {shown(self.task)}: choose one of {', '.join(TASKS)}")
         for name in ("n_dims", "n_points", "batch_size", "sparsity", "relu_hidden", "tree_depth",
                      "knn_neighbours", "val_prompts"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
         if self.noise_std < 0:
             raise ConfigError(f"--noise-std must be >= 0, got {self.noise_std}")
+        if self.tree_depth > MAX_TREE_DEPTH:
+            raise ConfigError(
+                f"task.tree_depth {self.tree_depth} is above {MAX_TREE_DEPTH}: a full tree that deep has "
+                f"more than {2 ** (MAX_TREE_DEPTH + 1) - 1:,} nodes per prompt"
+            )
+
+    def function_size(self) -> int:
+        """Numbers that define one prompt's function f (its weights, or its tree's nodes)."""
+        if self.task == "relu_2nn":
+            return self.n_dims * self.relu_hidden + self.relu_hidden
+        if self.task == "decision_tree":
+            return 2 * (2 ** (self.tree_depth + 1) - 1)  # a coordinate and a value per node
+        return 2 * self.n_dims  # weights (and the sparse mask)
         if self.task == "sparse_linear_regression" and self.sparsity > self.n_dims:
             raise ConfigError(f"--sparsity {self.sparsity} exceeds --n-dims {self.n_dims}")
 
@@ -77,6 +98,8 @@ class CurriculumConfig:
 
     The ends are --n-dims, --n-points and --n-loops; a start left unset is the end (no curriculum).
     """
+
+    SECTION: ClassVar[str] = "curriculum"
 
     dims_start: int | None = opt(None, "Dims curriculum: input dimension at step 0 (default --n-dims).")
     dims_inc: int = opt(1, "Dims curriculum: increase per interval.")
@@ -89,6 +112,7 @@ class CurriculumConfig:
     loops_interval: int = opt(500, "Loops curriculum: steps between increases.")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("dims_start", "points_start", "loops_start"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -105,6 +129,8 @@ class CurriculumConfig:
 class LoopConfig:
     """The model kind and, for looped models, how often the blocks run and where the loss is taken."""
 
+    SECTION: ClassVar[str] = "loop"
+
     model: Literal["gpt", "looped"] = opt(
         "looped", "gpt: the --depth blocks applied once; looped: applied --n-loops times, the prompt re-injected each time."
     )
@@ -119,6 +145,7 @@ class LoopConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("n_loops", "loop_window", "eval_loops"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -210,6 +237,25 @@ class IclRunConfig(SectionedConfig):
                 f"({2 * self.task.n_points} tokens: x and y interleaved)"
             )
 
+    def memory_parts(self, accelerator: bool) -> dict[str, int]:
+        task, C = self.task, self.model.width
+        tokens = self.model.max_seq_len or 2 * task.n_points
+        parts = training_memory(
+            self.model, task.batch_size, tokens, accelerator=accelerator, precision=self.train.precision,
+            loops=self.loop.window, extra_params=(task.n_dims + 2) * C + 1,  # read-in and read-out layers
+        )  # fmt: skip
+        # the validation set and one batch of prompts, with the functions that label them (float32)
+        prompts = task.val_prompts + task.batch_size
+        parts["data"] = 4 * prompts * (task.n_points * (task.n_dims + 1) + task.function_size())
+        return parts
+
+    def batch_shape(self) -> str:
+        return (
+            f"--batch-size {self.task.batch_size} x {self.model.max_seq_len or 2 * self.task.n_points} positions "
+            f"(--n-points {self.task.n_points}, --n-dims {self.task.n_dims}, {self.model.describe()}, "
+            f"{self.loop.window} loop(s) with gradients)"
+        )
+
     def grid_updates(self, updates: dict[str, Any]) -> dict[str, Any]:
         """In a grid, loop options do not apply to `--model gpt` points: they are dropped there.
 
@@ -220,7 +266,10 @@ class IclRunConfig(SectionedConfig):
         return {k: v for k, v in updates.items() if k not in LOOP_ONLY}
 
     def resolved(self) -> IclRunConfig:
-        """Fill what the options imply: the prompt length, the loop counts, the default stop and --out."""
+        """Fill what the options imply: the prompt length, the loop counts, the default stop and --out.
+
+        Refuses (ConfigError) a run that cannot fit in its device's memory.
+        """
         updates: dict[str, object] = {}
         if self.model.max_seq_len is None:
             updates["model.max_seq_len"] = 2 * self.task.n_points
@@ -233,4 +282,6 @@ class IclRunConfig(SectionedConfig):
         if self.log.out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             updates["log.out"] = f"runs/icl-{self.task.task}-{stamp}"
-        return self.with_updates(updates) if updates else self
+        config = self.with_updates(updates) if updates else self
+        config.check_memory()
+        return config

@@ -11,7 +11,6 @@ sidecar), so a pretraining run on token shards finds the tokenizer it was traine
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +63,9 @@ def _tokenizer_of_data(data: Any) -> tuple[str | None, str | None]:
         if path.is_file():
             try:
                 meta = json.loads(path.read_text())
-            except ValueError:
+            except (OSError, ValueError):
                 continue
-            if meta.get("tokenizer_path"):
+            if isinstance(meta, dict) and meta.get("tokenizer_path"):
                 return meta["tokenizer_path"], meta.get("tokenizer_sha256")
     return None, None
 
@@ -93,11 +92,10 @@ def load_run(path: str | Path, option: str = "--init") -> LoadedRun:
         raise DataError(f"{option} {checkpoint} is an empty file, not a tfkit checkpoint")
     try:
         state = load_checkpoint(checkpoint)
-    except pickle.UnpicklingError:  # not a torch file, or one holding more than tensors and plain data
-        raise DataError(f"{option} {checkpoint} is not a tfkit checkpoint (torch.load cannot read it)") from None
-    except (RuntimeError, OSError, EOFError, ValueError, IndexError) as e:
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"{option} {checkpoint} is not a readable tfkit checkpoint (truncated?): {detail}") from None
+    except DataError as e:  # not a torch file, a truncated one, or one holding more than tensors and plain data
+        raise DataError(f"{option} {e}") from None
+    except OSError as e:
+        raise DataError(f"{option} {checkpoint} cannot be read: {e.strerror}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise DataError(f"{option} {checkpoint} is not a tfkit checkpoint (no model weights and config)")
     config = state["config"]

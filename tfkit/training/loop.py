@@ -1,23 +1,21 @@
-"""The language-model pretraining loop behind `tfkit train pretrain` (and `ablate`).
+"""Pretraining, behind `tfkit train pretrain` (and `ablate`): next-token prediction on a token source.
 
-`train(config)` builds the data source, model and optimizer from a `RunConfig`, trains
-until the first stop criterion, evaluates, checkpoints, and writes the run directory:
+`train(config)` opens the data (a built-in process or token shards), resolves the config
+and hands a `PretrainTask` to the one training loop, `tfkit.training.fit.fit`, which
+writes the run directory:
 
-    train_config.json  train_log.csv  val_log.csv  checkpoints/<tokens>.pt  summary.json
+    train_config.json  train_log.csv  val_log.csv  spikes.csv  checkpoints/<tokens>.pt  summary.json
 
 This module owns what is particular to pretraining: token windows, the cross-entropy
-loss, `evaluate` (with the optimal-loss columns of synthetic processes) and the
-checkpoint contents. The run lifecycle and the optimizer step shared with `tfkit train
-icl`, `sft` and `dpo` are `tfkit.training.session` (names such as `TrainCallback` and
-`RunResult` are importable from here too). Nothing here prints: progress goes to an
-optional `TrainCallback`.
+loss, `evaluate` (with the optimal-loss columns of synthetic processes) and the data
+position a checkpoint resumes from. Also here, for every trainer: `resolve_device` and
+the bf16 `_autocast`. Nothing here prints: progress goes to an optional `TrainCallback`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,42 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import tfkit
 from tfkit.config import DEFAULT_MAX_STEPS, RunConfig
 from tfkit.data.loaders import BatchCursor, ProcessSource, open_source, train_batches
 from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
-from tfkit.training.checkpoint import checkpoint_path, rng_state, save_checkpoint
-from tfkit.training.optim import build_optimizer
+from tfkit.training.fit import Task, fit
+from tfkit.training.session import RunResult, TrainCallback
 
-# The run lifecycle lives in tfkit.training.session; RUN_FILES, _Flag, _interrupt_flag,
-# open_trackers, prepare_run_dir, run_meta, seed_everything and stop_reached are imported
-# only to stay importable from here.
-from tfkit.training.session import (  # noqa: F401
-    RUN_FILES,
-    Progress,
-    RunResult,
-    RunSession,
-    StepHooks,
-    TrainCallback,
-    _Flag,
-    _interrupt_flag,
-    compile_enabled,
-    open_trackers,
-    prepare_device,
-    prepare_run_dir,
-    run_meta,
-    seed_everything,
-    stop_reached,
-)
-
-
-@dataclass
-class _Progress(Progress):
-    """Progress through epochs of a finite data set, with the batch cursor checkpoints resume from."""
-
-    epoch: float | None = 0.0
-    cursor: BatchCursor = field(default_factory=BatchCursor)
+__all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "log_columns", "resolve_device", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,7 +92,12 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-TRAIN_COLUMNS = ("step", "tokens_seen", "epoch", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm", "skipped_steps")
+# the throughput columns every train row has after the counters (tfkit.training.throughput)
+THROUGHPUT_COLUMNS = ("tokens_per_s", "mfu", "peak_memory_mb", "data_wait_frac")
+TRAIN_COLUMNS = (
+    "step", "tokens_seen", "epoch", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm",
+    "skipped_steps", *THROUGHPUT_COLUMNS,
+)  # fmt: skip
 VAL_COLUMNS = ("step", "tokens_seen", "epoch", "time_s", "val_loss", "val_acc", "val_pplx")
 
 
@@ -187,111 +162,96 @@ def evaluate(
     return row
 
 
+class PretrainTask(Task):
+    """Next-token prediction on windows of a token source (a built-in process or token shards)."""
+
+    def __init__(self, config: RunConfig, source: ProcessSource, device: torch.device) -> None:
+        self.config, self.source, self.device = config, source, device
+        self.batch_size, self.seq_len = config.data.batch_size, config.data.seq_len
+        self.per_epoch = source.sequences_per_epoch // self.batch_size  # micro-batches per epoch
+        self.cursor = BatchCursor()
+        self.batches = train_batches(source, self.batch_size, self.cursor)  # reads the cursor lazily
+        self.meta = {
+            "data_source": source.description,
+            # token shards name their tokenizer; `tfkit generate` and `train sft --init` read it here
+            "tokenizer_path": getattr(source, "tokenizer_path", None),
+            "tokenizer_sha256": getattr(source, "tokenizer_sha256", None),
+        }
+        # the last micro-batch, for the per-position relative-loss columns
+        self.window_np: Any = None
+        self.per_token = self.targets = torch.empty(0)
+
+    def build(self, device: torch.device, compiled: bool) -> torch.nn.Module:
+        self.model = GPT(self.config.model).to(device)
+        self.step_model = torch.compile(self.model) if compiled else self.model
+        return self.model
+
+    def horizon(self) -> int | None:
+        return total_steps(self.config, max(1, self.per_epoch // self.config.optim.grad_accum_steps))
+
+    def next_batch(self) -> torch.Tensor:
+        self.window_np = next(self.batches)  # (B, T+1)
+        window = torch.from_numpy(self.window_np)
+        if self.device.type == "cuda":
+            return window.pin_memory().to(self.device, non_blocking=True)
+        return window.to(self.device)
+
+    def loss(self, batch: torch.Tensor) -> tuple[torch.Tensor, None]:
+        inputs, self.targets = batch[:, :-1], batch[:, 1:]
+        with _autocast(self.device, self.config.train.precision):
+            logits = self.step_model(inputs)  # (B, T, V)
+        self.per_token = F.cross_entropy(logits.float().flatten(0, 1), self.targets.flatten(), reduction="none")
+        return self.per_token.mean(), None
+
+    def batch_tokens(self, batch: torch.Tensor) -> int:
+        return self.batch_size * self.seq_len
+
+    def shape(self) -> tuple[int, int]:
+        return self.batch_size * self.config.optim.grad_accum_steps, self.seq_len
+
+    def epoch(self) -> float:
+        return self.cursor.epoch + self.cursor.batch / self.per_epoch
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate(self.step_model, self.source, self.device, self.config.train.precision, self.batch_size)
+
+    def train_fields(self) -> dict[str, Any]:
+        """Per-position relative loss on the last micro-batch of the logged step (synthetic processes only)."""
+        if not self.source.has_optimum or self.window_np is None:
+            return {}
+        model_pos = self.per_token.detach().view_as(self.targets).float().mean(0).cpu().numpy()
+        optimal_pos = self.source.optimal_losses(self.window_np).mean(0)
+        return {
+            f"relative_loss_{i + 1}": float(model_pos[i] / optimal_pos[i]) if optimal_pos[i] > 0 else math.nan
+            for i in range(self.seq_len)
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data_cursor": {"epoch": self.cursor.epoch, "batch": self.cursor.batch}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor.epoch, self.cursor.batch = state["data_cursor"]["epoch"], state["data_cursor"]["batch"]
+
+
 def train(
     config: RunConfig,
     *,
     callback: TrainCallback | None = None,
     overwrite: bool = False,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Train one model as `config` says and write its run directory.
 
-    Returns a `RunResult` whose status is `completed`, `interrupted` (Ctrl-C: stopped at a
-    step boundary with a checkpoint) or `failed` (too many non-finite steps in a row).
-    Raises `TfkitError` for bad input before anything is written. With `log.s3_uri` the
-    run directory is pushed to `<s3_uri>/<run name>/` at the end (described in
-    `RunResult.pushed`); a push that fails then raises `StorageError`, the run saved on disk.
+    Returns a `RunResult` whose status is `completed`, `interrupted` (Ctrl-C or SIGTERM:
+    stopped at a step boundary with a checkpoint) or `failed` (too many non-finite steps
+    in a row, a loss spike the `--spike-action` stops on). Raises `TfkitError` for bad input
+    before anything is written. `resume` continues from a checkpoint (`tfkit.training.fit`).
+    With `log.s3_uri` the run directory is pushed to `<s3_uri>/<run name>/` at the end
+    (described in `RunResult.pushed`); a push that fails then raises `StorageError`, the
+    run saved on disk.
     """
     device = resolve_device(config.train.device)
     source = open_source(config.data, config.train.seed)
     config = resolve_config(config, source)
-    session = RunSession.open(config, callback=callback, overwrite=overwrite)
-    run_dir = session.run_dir
-
-    prepare_device(config.train.seed, device)
-    model = GPT(config.model).to(device)
-    use_compile = compile_enabled(config.train, device)
-    step_model = torch.compile(model) if use_compile else model
-    optimizer = build_optimizer(model, config.optim, device)
-
-    t = config.train
-    batch_size, seq_len = config.data.batch_size, config.data.seq_len
-    accum = config.optim.grad_accum_steps
-    per_epoch = source.sequences_per_epoch // batch_size
-    horizon = total_steps(config, max(1, per_epoch // accum))
-    session.start(
-        model,
-        device,
-        compiled=use_compile,
-        horizon=horizon,
-        meta={
-            "data_source": source.description,
-            # token shards name their tokenizer; `tfkit generate` and `train sft --init` read it here
-            "tokenizer_path": getattr(source, "tokenizer_path", None),
-            "tokenizer_sha256": getattr(source, "tokenizer_sha256", None),
-        },
-    )
-
-    progress = _Progress()
-    cursor = progress.cursor
-    batches = train_batches(source, batch_size, cursor)
-    # the last micro-batch of the latest step, for the per-position relative-loss columns
-    window_np: Any = None
-    per_token = targets = torch.empty(0)
-
-    def step() -> tuple[torch.Tensor, None]:
-        nonlocal window_np, per_token, targets
-        step_loss = torch.zeros((), dtype=torch.float32, device=device)
-        for _ in range(accum):
-            window_np = next(batches)  # (B, T+1)
-            window = torch.from_numpy(window_np)
-            if device.type == "cuda":
-                window = window.pin_memory().to(device, non_blocking=True)
-            else:
-                window = window.to(device)
-            inputs, targets = window[:, :-1], window[:, 1:]
-            with _autocast(device, t.precision):
-                logits = step_model(inputs)  # (B, T, V)
-            per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-            loss = per_token.mean()
-            (loss / accum).backward()
-            step_loss += loss.detach() / accum
-        return step_loss, None
-
-    def advance() -> None:
-        progress.tokens_seen += batch_size * seq_len * accum
-        progress.epoch = cursor.epoch + cursor.batch / per_epoch
-
-    def relative_losses() -> dict[str, float]:
-        """Per-position relative loss on the last micro-batch of the logged step (synthetic processes only)."""
-        if not source.has_optimum:
-            return {}
-        model_pos = per_token.detach().view_as(targets).float().mean(0).cpu().numpy()
-        optimal_pos = source.optimal_losses(window_np).mean(0)
-        return {
-            f"relative_loss_{i + 1}": float(model_pos[i] / optimal_pos[i]) if optimal_pos[i] > 0 else math.nan
-            for i in range(seq_len)
-        }
-
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": progress.step,
-            "tokens_seen": progress.tokens_seen,
-            "epoch": progress.epoch,
-            "data_cursor": {"epoch": cursor.epoch, "batch": cursor.batch},
-            "config": config.to_dict(),
-            "rng": rng_state(),
-            "tfkit_version": tfkit.__version__,
-        }
-        save_checkpoint(checkpoint_path(run_dir, progress.tokens_seen), state)
-
-    hooks = StepHooks(
-        step=step,
-        advance=advance,
-        shape=lambda: (batch_size * accum, seq_len),
-        evaluate=lambda: evaluate(step_model, source, device, t.precision, batch_size),
-        save=save,
-        train_fields=relative_losses,
-    )
-    return session.run(progress, optimizer, hooks)
+    return fit(PretrainTask(config, source, device), config, device, callback=callback, overwrite=overwrite,
+               resume=resume)  # fmt: skip

@@ -4,10 +4,12 @@
 `tfkit train sft` / `dpo` (tfkit.training.finetune) differ in their data, loss,
 evaluation and checkpoint contents. Everything around those is here, once:
 
-- `RunSession`: the run directory from `train_config.json` to `summary.json` — the
+- `RunSession`: the run directory from `train_config.json` to `summary.json` — its
+  lock (one writer per directory), the replacement of an old run (`--overwrite`), the
   `meta` record, the trackers (CSV, wandb), the callback, the step loop with its stop
-  criteria, log / eval / checkpoint cadence and S3 pushes, Ctrl-C at a step boundary,
-  the summary written also when the run fails or is interrupted, and the `RunResult`.
+  criteria, log / eval / checkpoint cadence and S3 pushes, Ctrl-C and SIGTERM at a step
+  boundary, the summary written also when the run fails or is interrupted (a full disk
+  included), and the `RunResult`.
 - `StepCounters`: gradient clipping, the non-finite step check and the device-side
   counters of one optimizer step.
 
@@ -20,15 +22,17 @@ never waits on the GPU between steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import platform
 import random
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,13 +43,19 @@ import torch
 
 import tfkit
 from tfkit.config import SectionedConfig, TrainConfig
-from tfkit.errors import ConfigError
 from tfkit.io import write_json_atomic
+from tfkit.signals import Terminated
 from tfkit.storage.uploader import RunPusher
 from tfkit.tracking import CsvTracker, Tracker, TrackerGroup
-from tfkit.training.schedule import lr_at
-
-RUN_FILES = ("train_config.json", "train_log.csv", "val_log.csv", "summary.json", "checkpoints")
+from tfkit.training.rundir import (  # noqa: F401  (RUN_FILES: importable from here)
+    RUN_FILES,
+    RunDirLock,
+    prepare_run_dir,
+    release_reserve,
+    replacing,
+    reserve,
+    write_summary,
+)
 
 
 class TrainCallback:
@@ -67,16 +77,18 @@ class RunResult:
     summary: dict[str, Any]
     message: str | None = None
     pushed: dict[str, Any] | None = None  # the final push to --s3-uri, if any
+    stopped_by: str | None = None  # SIGINT (Ctrl-C) or SIGTERM, for an interrupted run
 
 
 @dataclass
 class _Flag:
     requested: bool = False
+    signal: str | None = None  # the name of the signal that asked to stop: SIGINT or SIGTERM
 
 
 @dataclass
 class Progress:
-    """How far a run has got; trainers subclass it to add their own position (data cursor, curriculum)."""
+    """How far a run has got, in steps, tokens and epochs, and when it last logged, evaluated and saved."""
 
     step: int = 0
     tokens_seen: int = 0
@@ -84,8 +96,17 @@ class Progress:
     last_eval_step: int = -1
     last_eval_epoch: float = 0.0
     last_checkpoint_step: int = -1
+    last_log_step: int = 0
     eval_time: float = 0.0
+    skipped_steps: int = 0  # read back at the end (the device counters hold the live count)
     last_val: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def position(self) -> dict[str, Any]:
         """The leading columns of every train / val row and of the summary: step, tokens_seen[, epoch]."""
@@ -94,9 +115,6 @@ class Progress:
             row["epoch"] = self.epoch
         return row
 
-    def stage_fields(self) -> dict[str, Any]:
-        """Columns describing the run's current stage (a curriculum), in every row and the summary."""
-        return {}
 
 
 def seed_everything(seed: int) -> None:
@@ -116,17 +134,6 @@ def prepare_device(seed: int, device: torch.device) -> None:
 def compile_enabled(t: TrainConfig, device: torch.device) -> bool:
     """Whether to torch.compile: `--compile on`, or `auto` on CUDA."""
     return t.compile == "on" or (t.compile == "auto" and device.type == "cuda")
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run directory; refuse to mix a new run into an old one unless asked."""
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"{run_dir} already holds a run ({existing[0]}); choose another --out or pass --overwrite")
-    for name in existing:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _git_commit() -> str | None:
@@ -164,9 +171,13 @@ def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) 
                 group=config.log.wandb_group,
                 config={**config.to_flat_dict(), **{k: meta[k] for k in ("num_params", "num_params_non_embedding")}},
                 run_dir=run_dir,
+                run_id=meta.get("wandb_id"),  # a resumed run continues the same wandb run
             )
         )
     return TrackerGroup(trackers)
+
+
+_STOPPED_BY = {"SIGINT": "interrupted by Ctrl-C", "SIGTERM": "interrupted by SIGTERM"}
 
 
 def stop_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float, elapsed: float) -> bool:
@@ -181,30 +192,38 @@ def stop_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float, elap
 
 @contextlib.contextmanager
 def _interrupt_flag(flag: _Flag) -> Iterator[None]:
-    """First Ctrl-C asks the loop to stop at the next step boundary; a second one raises."""
+    """The first Ctrl-C or SIGTERM asks the loop to stop at the next step boundary; a second one raises.
+
+    A second SIGTERM raises `Terminated`, a second Ctrl-C `KeyboardInterrupt`. Signals
+    reach only the main thread, so elsewhere (a thread of a notebook) nothing is installed.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
         if flag.requested:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         flag.requested = True
+        flag.signal = signal.Signals(signum).name
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in previous:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            if old is not None:  # None: a handler not installed from Python, which cannot be put back
+                signal.signal(sig, old)
 
 
 class StepCounters:
     """The optimizer step and its device-side counters, read back only at logging points.
 
-    `step` clips the gradients, checks loss and gradient norm for non-finite values and
-    updates every counter on the device: no host-device sync per step. `read` (a sync)
-    runs only when a train row is written.
+    `clip` measures (and clips) the gradients, `non_finite` flags a step to skip,
+    `update` applies the optimizer step unless skipped and counts it, all on the device:
+    no host-device sync per step. `train_row` (a sync) runs only when a row is written.
     """
 
     def __init__(self, device: torch.device, n_metrics: int = 0) -> None:
@@ -217,34 +236,76 @@ class StepCounters:
         self.bad_total = torch.zeros((), dtype=torch.long, device=device)  # skipped steps over the whole run
         self.norm_last = torch.zeros((), dtype=torch.float32, device=device)
 
-    def step(
-        self,
-        optimizer: torch.optim.Optimizer,
-        params: list[torch.nn.Parameter],
-        grad_clip: float,
-        step_loss: torch.Tensor,
-        step_metrics: torch.Tensor | None = None,
-    ) -> None:
-        """Clip (or measure) the gradients, apply the update unless non-finite, count, zero the gradients."""
+    @staticmethod
+    def clip(params: list[torch.nn.Parameter], grad_clip: float) -> torch.Tensor:
+        """The gradients' total norm before clipping; clipped to `grad_clip` when it is positive."""
         if grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
-        # the fused AdamW kernel skips the whole update when found_inf is 1, on device
-        optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
-        optimizer.step()
+            return torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+    @staticmethod
+    def non_finite(step_loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        return ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
+
+    @staticmethod
+    def zero_grad(optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
-        bad = (~finite).long()
+    def update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        step_loss: torch.Tensor,
+        step_metrics: torch.Tensor | None,
+        grad_norm: torch.Tensor,
+        skip: torch.Tensor,
+    ) -> None:
+        """Apply the optimizer step unless `skip` (a device bool), count it, zero the gradients.
+
+        A skipped non-finite step counts as skipped (`skipped_steps`, the run of bad steps);
+        a skipped spike does not, and neither enters the train-loss mean.
+        """
+        # the fused AdamW kernel skips the whole update when found_inf is 1, on device
+        optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bad = self.non_finite(step_loss, grad_norm).long()
         self.bad_total += bad
         self.consecutive_bad.mul_(bad).add_(bad)
         torch.maximum(self.worst_run, self.consecutive_bad, out=self.worst_run)
-        self.loss_sum += torch.where(finite, step_loss, torch.zeros_like(step_loss))
+        good = ~skip
+        self.loss_sum += torch.where(good, step_loss, torch.zeros_like(step_loss))
         if step_metrics is not None:
-            self.metric_sum += torch.where(finite, step_metrics, torch.zeros_like(step_metrics))
-        self.good_steps += finite.long()
+            self.metric_sum += torch.where(good, step_metrics, torch.zeros_like(step_metrics))
+        self.good_steps += good.long()
         self.norm_last = grad_norm.detach().float()
+
+    def train_row(
+        self, progress: Progress, elapsed: float, lr: float, task: Any, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The train row of the steps since the last one (a device read); the sums start again."""
+        # the first device read: it waits for the queued steps, so time_s below counts them
+        n_good = int(self.good_steps.item())
+        names = task.metric_names
+        means = (self.metric_sum / max(n_good, 1)).tolist() if names else []
+        batch_size, seq_len = task.shape()
+        row: dict[str, Any] = {
+            **progress.position(),
+            "time_s": elapsed,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "train_loss": float(self.loss_sum.item()) / n_good if n_good else math.nan,
+            **{name: (value if n_good else math.nan) for name, value in zip(names, means)},
+            "grad_norm": float(self.norm_last.item()),
+            "skipped_steps": self.skipped(),
+            **extra,
+            **task.stage_fields(),
+            **task.train_fields(),
+        }
+        self.loss_sum.zero_()
+        self.metric_sum.zero_()
+        self.good_steps.zero_()
+        return row
 
     def skipped(self) -> int:
         return int(self.bad_total.item())
@@ -256,50 +317,62 @@ class StepCounters:
             return f"{worst} non-finite steps in a row (loss or gradient norm); lower --lr or raise --warmup-steps"
         return None
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: value.detach().cpu().clone() for name, value in vars(self).items()}
 
-@dataclass
-class StepHooks:
-    """A trainer's own parts, which `RunSession.run` calls around the shared step loop."""
-
-    #: forward and backward of one optimizer step's micro-batches: (mean loss, mean metric vector or None)
-    step: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
-    #: after the optimizer step and `progress.step += 1`: count the step's tokens, move the epoch
-    advance: Callable[[], None]
-    #: (batch_size, seq_len) for the train row
-    shape: Callable[[], tuple[int, int]]
-    #: the validation metrics (`val_loss` first), logged as one val_log.csv row
-    evaluate: Callable[[], dict[str, Any]]
-    #: write a checkpoint for the current step
-    save: Callable[[], None]
-    #: extra train-row columns, after `skipped_steps` (read at logging points only)
-    train_fields: Callable[[], dict[str, Any]] = dict
-    #: names of the metric vector `step` returns, logged after train_loss
-    metric_names: tuple[str, ...] = ()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            getattr(self, name).copy_(value)
 
 
 class RunSession:
     """One run directory, from `train_config.json` to `summary.json` and the `RunResult`.
 
-    `open` prepares the directory (and the S3 pusher), `start` records the run and opens
-    its trackers once the model is built, `run` trains through the trainer's `StepHooks`
-    and finishes the run whatever happens.
+    `open` checks the S3 destination, creates and locks the directory; `start` replaces
+    an old run (`--overwrite`) or continues a resumed one, records the run and opens its
+    trackers once the model is built; `guard` watches the training loop (Ctrl-C, SIGTERM,
+    failures: the summary is written whatever happens); `finish` writes the final summary,
+    pushes the run and releases the lock. A run that fails before `start` leaves the
+    directory as it was; its lock goes with the session (or the process).
     """
 
-    def __init__(self, config: Any, run_dir: Path, pusher: RunPusher | None, callback: TrainCallback) -> None:
+    def __init__(
+        self,
+        config: Any,
+        run_dir: Path,
+        pusher: RunPusher | None,
+        callback: TrainCallback,
+        lock: RunDirLock | None = None,
+        replaces: list[str] | None = None,
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.pusher = pusher
         self.callback = callback
+        self.lock = lock
+        self.replaces = replaces or []  # the old run's files, replaced at `start`
         self.status: str = "completed"
         self.message: str | None = None
+        self.stopped_by: str | None = None
+        self.offset = 0.0  # wall time of the run before it was resumed
 
     @classmethod
-    def open(cls, config: Any, *, callback: TrainCallback | None, overwrite: bool) -> RunSession:
-        """Check the S3 destination, then create the run directory (`config.log.out`, resolved)."""
+    def open(cls, config: Any, *, callback: TrainCallback | None, overwrite: bool, resuming: bool = False) -> RunSession:
+        """Check the S3 destination, then create and lock the run directory (`config.log.out`).
+
+        With `resuming`, the run already in the directory is the one continued: kept, not refused.
+        """
         run_dir = Path(config.log.out)
-        pusher = RunPusher.open(run_dir, config.log.s3_uri, overwrite=overwrite) if config.log.s3_uri else None
-        prepare_run_dir(run_dir, overwrite)
-        return cls(config, run_dir, pusher, callback or TrainCallback())
+        pusher = (
+            RunPusher.open(run_dir, config.log.s3_uri, overwrite=overwrite or resuming) if config.log.s3_uri else None
+        )
+        lock, existing = prepare_run_dir(run_dir, overwrite or resuming)
+        return cls(config, run_dir, pusher, callback or TrainCallback(), lock, [] if resuming else existing)
+
+    def close(self) -> None:
+        """Release the run directory (`finish` does it at the end; for a run given up before `start`)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def start(
         self,
@@ -309,29 +382,50 @@ class RunSession:
         compiled: bool,
         horizon: int | None,
         meta: dict[str, Any],
+        resumed_from: Path | None = None,
+        resumed_step: int | None = None,
+        resumed_elapsed: float = 0.0,
     ) -> None:
         """Write `train_config.json`, open the trackers and tell the callback; the run's clock starts.
 
         Args:
-            model: the trained model (parameter counts, the parameters to clip).
+            model: the trained model (parameter counts).
             horizon: the step horizon of the schedule (None: time only).
             meta: the trainer's own `meta` entries (`data_source` first), after the versions.
+            resumed_from, resumed_step, resumed_elapsed: the checkpoint a resumed run continues
+                from, its step and wall time; the logs keep their rows up to that step.
         """
         self.device = device
         self.horizon = horizon
-        self.params = [p for p in model.parameters() if p.requires_grad]
         self.num_params = model.num_params()  # type: ignore[operator]
         self.num_params_ne = model.num_params(non_embedding=True)  # type: ignore[operator]
+        earlier = _read_meta(self.run_dir) if resumed_from is not None else {}
         meta = {
             **run_meta(device, compiled),
             **meta,
             "num_params": self.num_params,
             "num_params_non_embedding": self.num_params_ne,
             "total_steps": horizon,
-            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "started_at": earlier.get("started_at") or datetime.now(UTC).isoformat(timespec="seconds"),
+            "wandb_id": earlier.get("wandb_id") or uuid.uuid4().hex[:16],
         }
-        write_json_atomic(self.run_dir / "train_config.json", {**self.config.to_dict(), "meta": meta})
-        self.tracker = open_trackers(self.config, self.run_dir, meta)
+        if resumed_from is not None:
+            meta["resumed"] = [*earlier.get("resumed", []), {
+                "from": str(resumed_from), "step": resumed_step,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }]  # fmt: skip
+        # an old run (--overwrite) is set aside, and comes back if the new one fails to start
+        try:
+            with replacing(self.run_dir, self.replaces):
+                write_json_atomic(self.run_dir / "train_config.json", {**self.config.to_dict(), "meta": meta})
+                reserve(self.run_dir)
+                self.tracker = open_trackers(self.config, self.run_dir, meta)
+                if resumed_step is not None:
+                    self.tracker.continue_after(resumed_step)
+        except BaseException:
+            release_reserve(self.run_dir)
+            raise
+        self.replaces = []
         self.callback.on_start(
             {
                 "run_dir": str(self.run_dir),
@@ -339,50 +433,98 @@ class RunSession:
                 "config": self.config.to_flat_dict(),
                 **meta,
                 "device": str(device),
+                "resumed_step": resumed_step,
             }
         )
+        self.offset = resumed_elapsed
         self.t0 = time.perf_counter()
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
+        """Wall time of the run, the time before a resume included."""
+        return self.offset + time.perf_counter() - self.t0
 
-    def run(self, progress: Progress, optimizer: torch.optim.Optimizer, hooks: StepHooks) -> RunResult:
-        """Train until the first stop criterion, evaluate and checkpoint the last step, write the summary.
+    def log_train(self, row: dict[str, Any]) -> None:
+        self.tracker.log_train(row)
+        self.callback.on_log(row)
 
-        Returns a `RunResult` whose status is `completed`, `interrupted` (Ctrl-C: stopped at
-        a step boundary with a checkpoint) or `failed` (too many non-finite steps in a row).
-        Any exception (a second Ctrl-C included) still writes a failed / interrupted
-        summary, closes the trackers and abandons the S3 push before it propagates.
+    def log_val(self, row: dict[str, Any]) -> None:
+        self.tracker.log_val(row)
+        self.callback.on_eval(row)
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop the logged rows past `step` (a rollback trains those steps again)."""
+        self.tracker.close()
+        self.tracker = open_trackers(self.config, self.run_dir, _read_meta(self.run_dir))
+        self.tracker.continue_after(step)
+
+    def checkpoint_written(self) -> None:
+        """After a `--checkpoint-every` checkpoint: push in the background when asked (training goes on)."""
+        if self.pusher is not None and self.config.log.s3_every_checkpoint:
+            self.pusher.push_soon()
+
+    def fail(self, message: str) -> None:
+        self.status, self.message = "failed", message
+
+    def interrupt(self, signal_name: str | None) -> None:
+        self.stopped_by = signal_name or "SIGINT"
+        self.status, self.message = "interrupted", _STOPPED_BY[self.stopped_by]
+
+    @contextlib.contextmanager
+    def guard(self, progress: Progress, task: Any) -> Iterator[_Flag]:
+        """Around the training loop: Ctrl-C and SIGTERM set the yielded flag (the loop stops at a step boundary).
+
+        Any exception (a second Ctrl-C or SIGTERM, a full disk) still writes a failed /
+        interrupted summary, closes the trackers, abandons the S3 push and releases the
+        run directory before it propagates; if even the summary cannot be written, the
+        exception carries a note saying so.
         """
-        self.counters = StepCounters(self.device, len(hooks.metric_names))
+        self.progress, self.task = progress, task
         flag = _Flag()
         try:
             with _interrupt_flag(flag):
-                self.status, self.message = self._run_steps(progress, optimizer, hooks, flag)
-                if self.status == "completed" and progress.last_eval_step != progress.step:
-                    self._evaluate(progress, hooks)
-                if progress.last_checkpoint_step != progress.step:
-                    self._save(progress, hooks)
+                yield flag
         except BaseException as exc:
             self.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            if not self.message:
-                self.message = f"{type(exc).__name__}: {exc}" if self.status == "failed" else "interrupted"
-            with contextlib.suppress(Exception):
-                write_json_atomic(self.run_dir / "summary.json", self.summary(progress))
+            if self.status == "interrupted":
+                self.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+                self.message = _STOPPED_BY[self.stopped_by]
+            elif not self.message:
+                self.message = f"{type(exc).__name__}: {exc}"
+            try:
+                write_summary(self.run_dir, self.summary(progress, task))
+            except Exception as e:
+                exc.add_note(f"summary.json could not be written either ({e})")
             with contextlib.suppress(Exception):
                 self.tracker.close()
             if self.pusher is not None:
                 self.pusher.abandon()
+            release_reserve(self.run_dir)
+            self.close()
             raise
-        final = self.summary(progress)
-        write_json_atomic(self.run_dir / "summary.json", final)
-        self.tracker.log_summary(final)
-        self.tracker.close()
-        self.callback.on_end(final)
-        pushed = self.pusher.finish() if self.pusher is not None else None  # waits for the final push
-        return RunResult(run_dir=self.run_dir, status=self.status, summary=final, message=self.message, pushed=pushed)
 
-    def summary(self, progress: Progress) -> dict[str, Any]:
+    def finish(self, progress: Progress, task: Any) -> RunResult:
+        """Write the final summary, close the trackers, push the run (when asked), release the directory."""
+        try:
+            final = self.summary(progress, task)
+            write_summary(self.run_dir, final)
+            self.tracker.log_summary(final)
+            self.tracker.close()
+            self.callback.on_end(final)
+            release_reserve(self.run_dir)  # not part of the pushed run
+            pushed = self.pusher.finish() if self.pusher is not None else None  # waits for the final push
+        finally:
+            release_reserve(self.run_dir)
+            self.close()
+        return RunResult(
+            run_dir=self.run_dir,
+            status=self.status,
+            summary=final,
+            message=self.message,
+            pushed=pushed,
+            stopped_by=self.stopped_by,
+        )
+
+    def summary(self, progress: Progress, task: Any) -> dict[str, Any]:
         """The `summary.json` of the run as it stands (status, position, throughput, last eval)."""
         wall = self.elapsed()
         return {
@@ -393,98 +535,16 @@ class RunSession:
             "tokens_per_s": progress.tokens_seen / max(wall - progress.eval_time, 1e-9),
             "num_params": self.num_params,
             "num_params_non_embedding": self.num_params_ne,
-            "skipped_steps": self.counters.skipped(),
-            **progress.stage_fields(),
+            "skipped_steps": progress.skipped_steps,
+            **task.stage_fields(),
             **progress.last_val,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
-    def _run_steps(
-        self, progress: Progress, optimizer: torch.optim.Optimizer, hooks: StepHooks, flag: _Flag
-    ) -> tuple[str, str | None]:
-        """The step loop. Returns (status, message) once a stop criterion, Ctrl-C or failure ends it."""
-        config, t = self.config, self.config.train
-        counters = self.counters
-        last_logged = 0
-        lr = 0.0
-        while True:
-            stopping = "interrupted" if flag.requested else None
-            epoch = progress.epoch if progress.epoch is not None else 0.0
-            if stopping is None and stop_reached(t, progress.step, progress.tokens_seen, epoch, self.elapsed()):
-                stopping = "completed"
-            if stopping is not None:
-                if progress.step > last_logged:  # the log ends where the run does
-                    failed = self._log_train(progress, lr, hooks)
-                    if failed is not None:
-                        return "failed", failed
-                return stopping, ("interrupted by Ctrl-C" if stopping == "interrupted" else None)
 
-            lr = lr_at(progress.step, config.optim, self.horizon)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss, step_metrics = hooks.step()
-            counters.step(optimizer, self.params, config.optim.grad_clip, step_loss, step_metrics)
-            progress.step += 1
-            hooks.advance()
-
-            if progress.step % config.log.log_every == 0:
-                last_logged = progress.step
-                failed = self._log_train(progress, lr, hooks)
-                if failed is not None:
-                    return "failed", failed
-
-            due_by_epochs = (
-                progress.epoch is not None
-                and t.max_epochs_between_evals is not None
-                and progress.epoch - progress.last_eval_epoch >= t.max_epochs_between_evals
-            )
-            if progress.step % t.eval_every == 0 or due_by_epochs:
-                self._evaluate(progress, hooks)
-            if t.checkpoint_every is not None and progress.step % t.checkpoint_every == 0:
-                self._save(progress, hooks)
-                if self.pusher is not None and config.log.s3_every_checkpoint:
-                    self.pusher.push_soon()  # background thread: training goes on
-
-    def _log_train(self, progress: Progress, lr: float, hooks: StepHooks) -> str | None:
-        """A train row for the steps since the last one; the failure message after too many bad steps."""
-        counters = self.counters
-        # the first device read: it waits for the queued steps, so time_s below counts them
-        n_good = int(counters.good_steps.item())
-        means = (counters.metric_sum / max(n_good, 1)).tolist() if hooks.metric_names else []
-        batch_size, seq_len = hooks.shape()
-        row: dict[str, Any] = {
-            **progress.position(),
-            "time_s": self.elapsed(),
-            "lr": lr,
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-            "train_loss": float(counters.loss_sum.item()) / n_good if n_good else math.nan,
-            **{name: (value if n_good else math.nan) for name, value in zip(hooks.metric_names, means)},
-            "grad_norm": float(counters.norm_last.item()),
-            "skipped_steps": counters.skipped(),
-            **progress.stage_fields(),
-            **hooks.train_fields(),
-        }
-        self.tracker.log_train(row)
-        self.callback.on_log(row)
-        counters.loss_sum.zero_()
-        counters.metric_sum.zero_()
-        counters.good_steps.zero_()
-        return counters.failure(self.config.train.max_bad_steps)
-
-    def _evaluate(self, progress: Progress, hooks: StepHooks) -> None:
-        """Evaluate, log one val row and remember its summary metrics (those not per position)."""
-        start = time.perf_counter()
-        metrics = hooks.evaluate()
-        progress.eval_time += time.perf_counter() - start
-        row = {**progress.position(), "time_s": self.elapsed(), **progress.stage_fields(), **metrics}
-        progress.last_eval_step = progress.step
-        if progress.epoch is not None:
-            progress.last_eval_epoch = progress.epoch
-        progress.last_val = {k: v for k, v in metrics.items() if not k[-1].isdigit()}
-        self.tracker.log_val(row)
-        self.callback.on_eval(row)
-
-    def _save(self, progress: Progress, hooks: StepHooks) -> None:
-        hooks.save()
-        progress.last_checkpoint_step = progress.step
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    """The `meta` of the run's train_config.json (empty when unreadable)."""
+    try:
+        return json.loads((run_dir / "train_config.json").read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return {}

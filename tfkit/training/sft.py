@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,7 +97,13 @@ class SftObjective(Objective):
         return {"val_loss": val_loss, "val_acc": float(correct.item()) / n, "val_pplx": math.exp(min(val_loss, 700.0))}
 
 
-def train_sft(config: SftRunConfig, *, callback: TrainCallback | None = None, overwrite: bool = False) -> RunResult:
+def train_sft(
+    config: SftRunConfig,
+    *,
+    callback: TrainCallback | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+) -> RunResult:
     """Fine-tune the `--init` model on the response tokens of an SFT dataset; write the run directory.
 
     Raises `TfkitError` for bad input (no --init, wrong data, vocabulary or context
@@ -128,5 +135,5 @@ def train_sft(config: SftRunConfig, *, callback: TrainCallback | None = None, ov
     }
     return run_finetune(
         config, SftObjective(data), init, data_meta=data_meta, tokenizer=tokenizer_record(init, dataset),
-        callback=callback, overwrite=overwrite,
+        callback=callback, overwrite=overwrite, resume=resume,
     )  # fmt: skip

@@ -1,0 +1,305 @@
+"""Faults of `tfkit ablate`: signals, a killed parent, two ablations at once, a torn results file, --overwrite.
+
+Real `python -m tfkit ablate` processes and real signals where a user would send them;
+the results file is read back with polars, as a user reads it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from tfkit.ablate.results import ResultsFile
+from tfkit.cli.app import app
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find worker processes")
+
+# a model and data small enough that a step takes a millisecond or two on one CPU thread
+TINY = ["--depth", "1", "--width", "16", "--num-heads", "1", "--seq-len", "8", "--batch-size", "4", "--device", "cpu",
+        "--set", "data.train_sequences=256", "--set", "data.val_sequences=32"]  # fmt: skip
+# runs long enough to be signalled while they train
+LONG = [*TINY, "--num-runs", "3", "--max-steps", "3000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {**os.environ, "COLUMNS": "200", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+            "TMPDIR": str(tmp_path / "tmp")}  # fmt: skip
+
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tfkit", "ablate", *args]
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def runs_with_rows(path: Path) -> int:
+    lines = path.read_bytes().splitlines()[1:] if path.exists() else []
+    return len({line.split(b",")[0] for line in lines})
+
+
+def wait_for_runs(path: Path, proc: subprocess.Popen, n: int) -> None:
+    """Wait until `n` runs have written rows."""
+    deadline = time.time() + 90
+    while runs_with_rows(path) < n:
+        assert proc.poll() is None, finish(proc)[1]
+        assert time.time() < deadline, "no results rows in time"
+        time.sleep(0.05)
+
+
+def workers_of(parent: int) -> list[int]:
+    """The ablation worker processes whose parent is `parent`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"tfkit.ablate.worker" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for a reaper does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until_gone(pids: list[int], seconds: float = 30) -> list[int]:
+    deadline = time.time() + seconds
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def job_dirs(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "tmp").glob("tfkit-ablate-*"))
+
+
+def assert_each_run_once(path: Path, runs: int) -> pl.DataFrame:
+    """Every run completed exactly once, with one row per evaluation and no (run, step) twice."""
+    df = pl.read_csv(path)
+    assert df["run_id"].n_unique() == runs
+    finals = df.filter(pl.col("run_status") != "running")
+    assert finals["run_status"].to_list() == ["completed"] * runs, finals.select("run_id", "step", "run_status")
+    assert finals["run_id"].n_unique() == runs
+    assert df.select("run_id", "step").is_duplicated().sum() == 0
+    return df
+
+
+runner = CliRunner()
+SHORT = [*TINY, "--num-runs", "2", "--max-steps", "20", "--eval-every", "10", "-c", "--logfile", "r.csv"]
+
+
+def ablate(tmp_path: Path, *args: str):
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return runner.invoke(app, ["ablate", *args], env={"COLUMNS": "200"})
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Runs in this process train on one CPU thread, as workers do (fast on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sigterm_stops_the_workers_and_the_resumed_ablation_trains_each_run_once(tmp_path):
+    proc = start(tmp_path, *LONG, "--jobs", "2")
+    wait_for_runs(tmp_path / "r.csv", proc, 2)
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    code, output = finish(proc, timeout=60)
+    assert code == 143, output
+    assert "terminated by SIGTERM; resume with: tfkit ablate" in output and "--append" in output
+    assert wait_until_gone(workers, seconds=5) == []  # the parent waited for them
+    assert job_dirs(tmp_path) == []  # its job folder went with it
+    df = pl.read_csv(tmp_path / "r.csv")
+    last = df.group_by("run_id", maintain_order=True).last()
+    assert last["run_status"].to_list() == ["interrupted", "interrupted"]  # stopped at a step boundary
+
+    resumed = ablate(tmp_path, *LONG, "--append")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Re-running 2 unfinished runs" in resumed.output
+    assert_each_run_once(tmp_path / "r.csv", 3)
+
+
+def test_kill_9_of_the_parent_ends_its_workers(tmp_path, monkeypatch):
+    proc = start(tmp_path, *LONG, "--jobs", "2")
+    wait_for_runs(tmp_path / "r.csv", proc, 2)
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    finish(proc)
+    assert wait_until_gone(workers) == [], "workers outlived their parent"
+    size = (tmp_path / "r.csv").stat().st_size
+    time.sleep(0.5)
+    assert (tmp_path / "r.csv").stat().st_size == size  # nobody writes any more
+    last = pl.read_csv(tmp_path / "r.csv").group_by("run_id", maintain_order=True).last()
+    assert last["run_status"].to_list() == ["interrupted", "interrupted"]  # stopped, not trained on as orphans
+    assert [p.name.startswith(f"tfkit-ablate-{proc.pid}-") for p in job_dirs(tmp_path)] == [True]
+    live = tmp_path / "tmp" / f"tfkit-ablate-{os.getpid()}-0-x"  # a live process's folder stays
+    live.mkdir()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    resumed = ablate(tmp_path, *LONG, "--append")
+    assert resumed.exit_code == 0, resumed.output
+    assert_each_run_once(tmp_path / "r.csv", 3)
+    assert job_dirs(tmp_path) == [live]  # the dead ablation's job folder is cleaned up
+
+
+def test_two_identical_ablations_appending_at_once_train_each_run_once(tmp_path):
+    args = [*TINY, "--num-runs", "4", "--max-steps", "60", "--eval-every", "10", "-c", "--logfile", "r.csv", "--append"]
+    first, second = start(tmp_path, *args), start(tmp_path, *args)
+    (code1, out1), (code2, out2) = finish(first), finish(second)
+    assert code1 == 0 and code2 == 0, out1 + out2
+    assert_each_run_once(tmp_path / "r.csv", 4)
+    trained = out1.count(" completed ") + out2.count(" completed ")
+    assert trained == 4, out1 + out2
+
+
+@pytest.mark.parametrize("keep_newline", [False, True], ids=["no-newline", "short-line"])
+def test_a_cut_off_last_row_is_set_aside_and_its_run_trained_again(tmp_path, keep_newline):
+    assert ablate(tmp_path, *SHORT).exit_code == 0
+    path = tmp_path / "r.csv"
+    complete = pl.read_csv(path)
+    data = path.read_bytes()
+    start_of_last = data.rstrip(b"\n").rfind(b"\n") + 1
+    fragment = data[: start_of_last + (len(data) - start_of_last) // 2]
+    fragment_bytes = fragment[start_of_last:] + (b"\n" if keep_newline else b"")
+    path.write_bytes(fragment + (b"\n" if keep_newline else b""))
+    torn_run = fragment_bytes.split(b",")[0].decode()
+
+    result = ablate(tmp_path, *SHORT, "--append")
+    assert result.exit_code == 0, result.output
+    sides = list(tmp_path.glob("r.csv.torn-*"))
+    assert len(sides) == 1 and sides[0].read_bytes() == fragment_bytes
+    assert "its bytes are now in r.csv.torn-" in result.output and sides[0].name in result.output
+    assert "Re-running 1 unfinished runs" in result.output and "Training 1 runs" in result.output
+    df = assert_each_run_once(path, 2)
+    assert df.height == complete.height
+    again = df.filter(pl.col("run_id") == torn_run)["val_loss"].to_list()
+    assert again == complete.filter(pl.col("run_id") == torn_run)["val_loss"].to_list()
+
+
+def test_a_run_claimed_by_a_live_process_is_left_to_it(tmp_path):
+    assert ablate(tmp_path, *SHORT).exit_code == 0
+    path = tmp_path / "r.csv"
+    df = pl.read_csv(path)
+    busy = df["run_id"][0]
+    # the run as another ablation would have it while it trains: rows so far, no final row yet
+    lines = path.read_bytes().splitlines(keepends=True)
+    last_of_busy = max(i for i, line in enumerate(lines) if line.startswith(busy.encode()))
+    path.write_bytes(b"".join(lines[:last_of_busy] + lines[last_of_busy + 1 :]))
+    before = path.read_bytes()
+    claim = ResultsFile(path, []).claim(busy)
+    assert claim is not None
+    try:
+        held = ablate(tmp_path, *SHORT, "--append")
+        assert held.exit_code == 0, held.output
+        assert "1 unfinished runs are running elsewhere" in held.output and "running elsewhere" in held.output
+        assert path.read_bytes() == before  # its rows are neither dropped nor added to
+    finally:
+        claim.release()
+    # once its holder is gone, the run is taken over
+    taken = ablate(tmp_path, *SHORT, "--append")
+    assert taken.exit_code == 0, taken.output
+    assert "Re-running 1 unfinished runs" in taken.output
+    assert_each_run_once(path, 2)
+
+
+def test_overwrite_keeps_the_old_results_until_a_new_row_is_written(tmp_path, monkeypatch):
+    victim = tmp_path / "victim.csv"
+    victim.write_bytes(b"run_id,val_loss\nold-run,1.5\n")
+    before = victim.read_bytes()
+    args = [*TINY, "--max-steps", "5", "-c", "--logfile", "victim.csv", "--overwrite"]
+
+    bad = ablate(tmp_path, *args, "--lr", "nan")
+    assert bad.exit_code != 0
+    assert victim.read_bytes() == before
+
+    import tfkit.ablate.runner
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs"))
+
+    monkeypatch.setattr(tfkit.ablate.runner, "run_ablation", full_disk)  # fails after the file is opened
+    failed = ablate(tmp_path, *args)
+    assert failed.exit_code == 2, failed.output
+    assert victim.read_bytes() == before
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".victim.csv.replaced-*"))
+
+    replaced = ablate(tmp_path, *args)
+    assert replaced.exit_code == 0, replaced.output
+    assert pl.read_csv(victim)["run_status"].to_list()[-1] == "completed"
+    assert not list(tmp_path.glob(".victim.csv.replaced-*"))
+
+
+def test_overwrite_killed_before_its_first_row_gives_the_old_file_back(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"run_id,run_status\nold,completed\n")
+    before = path.read_bytes()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # what an --overwrite killed by kill -9 before any row leaves: the old file moved aside
+    os.replace(path, tmp_path / f".r.csv.replaced-{dead.pid}-0")
+    path.write_bytes(b"run_id,run_status\n")
+    ResultsFile.open(path, ["run_id", "run_status"], append=True, overwrite=False)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".r.csv.replaced-*"))
+
+
+def test_a_row_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    columns = ["run_id", "run_status", "note"]
+    path = tmp_path / "r.csv"
+    results = ResultsFile.open(path, columns, append=False, overwrite=False)
+    results.append([{"run_id": "a", "run_status": "completed", "note": "x" * 100}])
+    before = path.read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        results.append([{"run_id": "b", "run_status": "completed", "note": "y" * 100}])
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    # a cut-off row left by a crash is set aside before the next append, never appended to
+    path.write_bytes(before + b"c,runn")
+    results.append([{"run_id": "d", "run_status": "completed", "note": ""}])
+    assert pl.read_csv(path)["run_id"].to_list() == ["a", "d"]
+    assert [p.read_bytes() for p in tmp_path.glob("r.csv.torn-*")] == [b"c,runn"]

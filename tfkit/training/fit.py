@@ -1,0 +1,432 @@
+"""`fit`: the one training loop behind `tfkit train pretrain`, `icl`, `sft` and `dpo` (and `ablate`).
+
+It reads top to bottom as one step does: learning rate -> micro-batches (forward,
+backward) -> clip, non-finite and spike checks -> optimizer step -> log -> evaluate ->
+checkpoint -> stop. What differs between the kinds of training is a `Task`: its model,
+batches (with a resumable position), loss and metrics, evaluation and state. The run
+directory's lifecycle (lock, config record, trackers, summary, S3 push, Ctrl-C and
+SIGTERM) is `tfkit.training.session.RunSession`.
+
+Per-step quantities stay on the device (loss sums, non-finite and spike flags) and are
+read back at logging points only, so the host does not wait on the GPU between steps;
+the exceptions are the spike actions that must decide before the update (`checkpoint`,
+`rollback`, `stop`), which read one flag per step.
+
+Checkpoints hold everything the next step depends on (model, optimizer, counters, the
+spike window, the task's data position, every RNG), so `resume` continues a run exactly:
+on CPU the resumed run logs the same numbers, bit for bit, as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import tfkit
+from tfkit.errors import ConfigError, DataError
+from tfkit.training.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_partial_saves,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    spike_checkpoint_path,
+)
+from tfkit.training.optim import build_optimizer
+from tfkit.training.schedule import lr_at
+from tfkit.training.session import (
+    Progress,
+    RunResult,
+    RunSession,
+    StepCounters,
+    TrainCallback,
+    compile_enabled,
+    prepare_device,
+    stop_reached,
+)
+from tfkit.training.spikes import SpikeDetector, SpikeLog
+from tfkit.training.throughput import Throughput, peak_flops
+
+# config fields that may change when a run resumes: where and how it is logged, run and
+# stopped by time; everything else changes what is trained and must match the checkpoint
+RESUMABLE_CHANGES = frozenset({
+    "out", "log_every", "wandb_project", "wandb_entity", "wandb_group", "s3_uri", "s3_every_checkpoint",
+    "device", "compile", "max_time_seconds", "eval_every", "max_epochs_between_evals", "checkpoint_every",
+    "keep_last", "spike_action", "spike_max_rollbacks", "peak_flops", "max_bad_steps",
+})  # fmt: skip
+# spike actions that must know before the update whether the step is a spike (one device read per step)
+DECIDE_BEFORE_UPDATE = ("checkpoint", "rollback", "stop")
+
+
+class Task(ABC):
+    """One kind of training: its model, batches, loss, evaluation and state; `fit` runs the rest.
+
+    `fit` calls `build` once the run directory is ready and every RNG is seeded, then,
+    per optimizer step, `begin_step`, and per micro-batch `next_batch`, `loss` and
+    `batch_tokens`. The task keeps its position in the data itself and hands it over
+    as `state_dict` for checkpoints.
+    """
+
+    #: names of the metric vector `loss` returns, logged after train_loss (averaged between rows)
+    metric_names: tuple[str, ...] = ()
+    #: what train_config.json records about the data (`data_source` first)
+    meta: dict[str, Any]
+
+    @abstractmethod
+    def build(self, device: torch.device, compiled: bool) -> torch.nn.Module:
+        """The model to train, on `device` (compiled for the steps when `compiled`)."""
+
+    @abstractmethod
+    def horizon(self) -> int | None:
+        """The step horizon of the schedule implied by the stop criteria (None: time only)."""
+
+    def begin_step(self, step: int) -> None:
+        """Called before the micro-batches of optimizer step `step` (0-based)."""
+
+    @abstractmethod
+    def next_batch(self) -> Any:
+        """The next micro-batch, advancing the task's position in the data."""
+
+    @abstractmethod
+    def loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean loss with a graph, detached metric vector or None) of one micro-batch."""
+
+    @abstractmethod
+    def batch_tokens(self, batch: Any) -> int:
+        """The tokens (or in-context examples) a micro-batch trains on: what `tokens_seen` counts."""
+
+    @abstractmethod
+    def shape(self) -> tuple[int, int]:
+        """(rows per optimizer step, sequence length), for the train row."""
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, Any]:
+        """The validation metrics (`val_loss` first), logged as one val_log.csv row."""
+
+    def epoch(self) -> float | None:
+        """Epochs of the training data done (None: the data has no epochs)."""
+        return None
+
+    def train_fields(self) -> dict[str, Any]:
+        """Extra train-row columns after the counters, read at logging points."""
+        return {}
+
+    def stage_fields(self) -> dict[str, Any]:
+        """Columns describing the current stage (a curriculum), in every row and the summary."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The task's position in its data (cursor, generator), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict`."""
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Entries every checkpoint carries for later readers (the tokenizer record)."""
+        return {}
+
+
+@dataclass
+class _Run:
+    """What `fit` keeps across steps, all of it in every checkpoint."""
+
+    progress: Progress
+    counters: StepCounters
+    detector: SpikeDetector
+    rollbacks: int = 0
+
+
+def fit(
+    task: Task,
+    config: Any,
+    device: torch.device,
+    *,
+    callback: TrainCallback | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+) -> RunResult:
+    """Train `task` as the resolved `config` says and write its run directory.
+
+    Args:
+        device: the resolved training device.
+        resume: `auto` (the latest complete checkpoint in `config.log.out`; none: a fresh
+            start), a run directory or a checkpoint file to continue from.
+
+    Returns a `RunResult`: `completed`, `interrupted` (Ctrl-C or SIGTERM, checkpointed
+    at a step boundary) or `failed` (non-finite steps in a row, a spike with
+    `--spike-action stop`, too many rollbacks).
+    """
+    t, log = config.train, config.log
+    checkpoint = resolve_resume(resume, Path(log.out)) if resume is not None else None
+    state = None
+    if checkpoint is not None:  # checked before anything in the run directory changes
+        state = load_checkpoint(checkpoint)
+        check_resumable(state, config, checkpoint)
+    session = RunSession.open(config, callback=callback, overwrite=overwrite, resuming=state is not None)
+    remove_partial_saves(session.run_dir)  # the lock is ours: a temp file there is a killed save's
+    prepare_device(t.seed, device)
+    compiled = compile_enabled(t, device)
+    model = task.build(device, compiled)
+    optimizer = build_optimizer(model, config.optim, device)
+    horizon = task.horizon()
+    params = [p for p in model.parameters() if p.requires_grad]
+    run = _Run(
+        progress=Progress(epoch=task.epoch()),
+        counters=StepCounters(device, len(task.metric_names)),
+        detector=SpikeDetector(t.spike_window, t.spike_sigma, t.spike_min_history, device),
+    )
+    resumed = state["progress"]["step"] if state is not None else None
+    session.start(model, device, compiled=compiled, horizon=horizon, meta=task.meta, resumed_from=checkpoint,
+                  resumed_step=resumed, resumed_elapsed=state["elapsed"] if state is not None else 0.0)  # fmt: skip
+    spikes = SpikeLog(session.run_dir)
+    if state is not None:
+        _restore(state, model, optimizer, run, task)
+        spikes.truncate_after(run.progress.step)
+        task.begin_step(max(run.progress.step - 1, 0))  # the stage of the latest step, for the rows
+        set_rng_state(state["rng"])  # last: nothing above draws from an RNG
+    throughput = Throughput(device, _flops_per_token(model, task), peak_flops(device, t.peak_flops))
+    progress, counters, accum = run.progress, run.counters, config.optim.grad_accum_steps
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, spike flag, [loss, norm, limits]) to log
+
+    def save(path: Path | None = None) -> None:
+        started = time.perf_counter()
+        progress.skipped_steps = counters.skipped()
+        state = _checkpoint_state(model, optimizer, run, task, config, session.elapsed())
+        save_checkpoint(path or checkpoint_path(session.run_dir, progress.tokens_seen), state)
+        if path is None:
+            progress.last_checkpoint_step = progress.step
+            prune_checkpoints(session.run_dir, t.keep_last)
+        throughput.exclude(time.perf_counter() - started)
+
+    def log_train(lr: float) -> str | None:
+        """A train row for the steps since the last one (and their spikes); why the run must stop, if it must."""
+        _write_spikes(pending, spikes, t.spike_action)
+        pending.clear()
+        row = counters.train_row(progress, session.elapsed(), lr, task, throughput.row(progress.tokens_seen))
+        session.log_train(row)
+        progress.last_log_step = progress.step
+        progress.skipped_steps = row["skipped_steps"]
+        return counters.failure(t.max_bad_steps)
+
+    def evaluate() -> None:
+        started = time.perf_counter()
+        metrics = task.evaluate()
+        spent = time.perf_counter() - started
+        progress.eval_time += spent
+        throughput.exclude(spent)
+        session.log_val({**progress.position(), "time_s": session.elapsed(), **task.stage_fields(), **metrics})
+        progress.last_eval_step = progress.step
+        progress.last_eval_epoch = progress.epoch or 0.0
+        progress.last_val = {k: v for k, v in metrics.items() if not k[-1].isdigit()}
+
+    with session.guard(progress, task) as stop:
+        lr = lr_at(max(progress.step - 1, 0), config.optim, horizon)
+        while True:
+            # stop: a criterion, Ctrl-C / SIGTERM, or a failure; the log always ends at the last step
+            epoch = progress.epoch if progress.epoch is not None else 0.0
+            if stop.requested or stop_reached(t, progress.step, progress.tokens_seen, epoch, session.elapsed()):
+                failed = log_train(lr) if progress.step > progress.last_log_step else None
+                if failed is not None:
+                    session.fail(failed)
+                elif stop.requested:
+                    session.interrupt(stop.signal)
+                break
+
+            # learning rate, then the micro-batches: forward and backward
+            lr = lr_at(progress.step, config.optim, horizon)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            task.begin_step(progress.step)
+            step_loss = torch.zeros((), dtype=torch.float32, device=device)
+            step_metrics = torch.zeros(len(task.metric_names), dtype=torch.float32, device=device)
+            for _ in range(accum):
+                started = time.perf_counter()
+                batch = task.next_batch()
+                throughput.data_wait(time.perf_counter() - started)
+                loss, metrics = task.loss(batch)
+                (loss / accum).backward()
+                step_loss += loss.detach().float() / accum
+                if metrics is not None:
+                    step_metrics += metrics.float() / accum
+                progress.tokens_seen += task.batch_tokens(batch)
+
+            # clip, then decide: a non-finite step is skipped; a spike as --spike-action says
+            grad_norm = counters.clip(params, config.optim.grad_clip)
+            spike, limits = run.detector.check(step_loss, grad_norm)
+            skip = counters.non_finite(step_loss, grad_norm)
+            if t.spike_action == "skip":
+                skip = skip | spike
+            if t.spike_action in DECIDE_BEFORE_UPDATE and bool(spike):  # a device read, for these actions only
+                values = [progress.step + 1, step_loss.item(), grad_norm.item(), *limits.tolist()]
+                spikes.write(_spike_row(values, t.spike_action))
+                if t.spike_action == "checkpoint":
+                    save(spike_checkpoint_path(session.run_dir, progress.step + 1))  # the state before the update
+                elif t.spike_action == "stop":
+                    counters.zero_grad(optimizer)
+                    session.fail(f"loss spike at step {progress.step + 1} (--spike-action stop)")
+                    break
+                else:  # rollback: the last checkpoint, keeping the data position past the spike
+                    counters.zero_grad(optimizer)
+                    why = _rollback(session.run_dir, model, optimizer, run, task, t.spike_max_rollbacks)
+                    if why is not None:
+                        session.fail(why)
+                        break
+                    pending.clear()
+                    session.truncate_logs(progress.step)
+                    continue
+            else:
+                pending.append((progress.step + 1, spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits])))
+
+            # the optimizer step (skipped on the device when `skip`), counted
+            counters.update(optimizer, step_loss, step_metrics if task.metric_names else None, grad_norm, skip)
+            progress.step += 1
+            progress.epoch = task.epoch()
+
+            # log, evaluate, checkpoint
+            if progress.step % log.log_every == 0:
+                failed = log_train(lr)
+                if failed is not None:
+                    session.fail(failed)
+                    break
+            due_by_epochs = (
+                progress.epoch is not None
+                and t.max_epochs_between_evals is not None
+                and progress.epoch - progress.last_eval_epoch >= t.max_epochs_between_evals
+            )
+            if progress.step % t.eval_every == 0 or due_by_epochs:
+                evaluate()
+            if t.checkpoint_every is not None and progress.step % t.checkpoint_every == 0:
+                save()
+                session.checkpoint_written()
+
+        # the end: a completed run is evaluated at its last step; every run ends with a checkpoint
+        if session.status == "completed" and progress.last_eval_step != progress.step:
+            evaluate()
+        if progress.last_checkpoint_step != progress.step:
+            save()
+        progress.skipped_steps = counters.skipped()
+    return session.finish(progress, task)
+
+
+def resolve_resume(resume: str | Path, run_dir: Path) -> Path | None:
+    """The checkpoint `--resume` names: `auto` (the latest in the run directory, or None), a run directory or a file."""
+    if str(resume) == "auto":
+        return latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    path = Path(resume)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise DataError(f"--resume {path}: the run directory holds no complete checkpoint")
+        return found
+    if not path.is_file():
+        raise DataError(f"--resume {path}: no such checkpoint or run directory")
+    return path
+
+
+def check_resumable(state: Any, config: Any, checkpoint: Path) -> None:
+    """Refuse a checkpoint that cannot continue this run: not a training checkpoint, or other settings.
+
+    Settings that change what is trained (model, data, optimizer, schedule, stop by steps,
+    tokens or epochs, seed) must match the checkpoint's; `RESUMABLE_CHANGES` may differ.
+    """
+    if not isinstance(state, dict) or not {"progress", "optimizer", "config", "rng"} <= set(state):
+        raise DataError(f"--resume {checkpoint} is not a tfkit training checkpoint (no optimizer or progress)")
+    try:
+        saved = type(config).from_dict(state["config"], source=str(checkpoint)).to_flat_dict()
+    except ConfigError as e:
+        raise DataError(f"--resume {checkpoint}: its config is not one of this command ({e})") from None
+    current = config.to_flat_dict()
+    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if changed:
+        shown = ", ".join(f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in changed[:5])
+        raise ConfigError(
+            f"--resume {checkpoint}: the run was trained with other settings ({shown}); "
+            "resume with the checkpoint's settings or start a new run"
+        )
+
+
+def _flops_per_token(model: torch.nn.Module, task: Task) -> float | None:
+    flops = getattr(model, "flops_per_token", None)
+    return flops(task.shape()[1]) if flops is not None else None
+
+
+def _checkpoint_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run, task: Task, config: Any, elapsed: float
+) -> dict[str, Any]:
+    progress = run.progress
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": progress.step,
+        "tokens_seen": progress.tokens_seen,
+        "epoch": progress.epoch,
+        "progress": progress.state_dict(),
+        "counters": run.counters.state_dict(),
+        "spikes": run.detector.state_dict(),
+        "rollbacks": run.rollbacks,
+        "task": task.state_dict(),
+        "elapsed": elapsed,
+        "config": config.to_dict(),
+        "rng": rng_state(),
+        "tfkit_version": tfkit.__version__,
+        **task.checkpoint_extra(),
+    }
+
+
+def _restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run,
+             task: Task, *, data: bool = True) -> None:  # fmt: skip
+    """Put a checkpoint's model, optimizer, counters and (with `data`) the task's data position back."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    run.progress.load_state_dict(state["progress"])
+    run.counters.load_state_dict(state["counters"])
+    run.detector.load_state_dict(state["spikes"])
+    run.rollbacks = state.get("rollbacks", 0)
+    if data:
+        task.load_state_dict(state["task"])
+        run.progress.epoch = task.epoch()
+
+
+def _rollback(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run, task: Task,
+              limit: int) -> str | None:  # fmt: skip
+    """Reload the latest checkpoint but keep the data position (the spike's data is skipped); why not, if not."""
+    step = run.progress.step + 1
+    if run.rollbacks >= limit:
+        return f"loss spike at step {step} after {limit} rollbacks (--set train.spike_max_rollbacks=N)"
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return f"loss spike at step {step} and no checkpoint to roll back to (set --checkpoint-every)"
+    rollbacks, epoch = run.rollbacks + 1, task.epoch()
+    _restore(load_checkpoint(latest), model, optimizer, run, task, data=False)
+    run.rollbacks, run.progress.epoch = rollbacks, epoch
+    return None
+
+
+def _spike_row(values: list[float], action: str) -> dict[str, Any]:
+    step, loss, norm, loss_limit, norm_limit = values
+    return {
+        "step": int(step), "train_loss": loss, "grad_norm": norm,
+        "loss_threshold": loss_limit, "grad_norm_threshold": norm_limit, "action": action,
+    }  # fmt: skip
+
+
+def _write_spikes(pending: list[tuple[int, torch.Tensor, torch.Tensor]], spikes: SpikeLog, action: str) -> None:
+    """The spikes among the steps since the last train row (one device read for all of them)."""
+    if not pending:
+        return
+    flags = torch.stack([flag for _, flag, _ in pending]).tolist()
+    if not any(flags):
+        return
+    values = torch.stack([v for _, _, v in pending]).tolist()
+    for (step, _, _), flag, row in zip(pending, flags, values):
+        if flag:
+            spikes.write(_spike_row([step, *row], action))
