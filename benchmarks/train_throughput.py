@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tfkit.config import RunConfig
+from tfkit.config import RunConfig, default_warmup
 from tfkit.data.processes import get_process
 from tfkit.models.gpt import GPT
 from tfkit.training.loop import train
@@ -242,6 +242,7 @@ def main() -> int:
         # one epoch = exactly the steps run, so no new epoch is sampled inside the timed window
         "data.train_sequences": batch * (warmup + steps), "data.val_sequences": batch,
         "train.max_steps": warmup + steps, "train.eval_every": 10**9, "train.device": str(device),
+        "optim.warmup_steps": default_warmup(warmup + steps),  # what tfkit resolves, for both loops
         "train.compile": args.compile, "train.precision": "auto", "log.log_every": warmup,
     })  # fmt: skip
     flops_per_token = GPT(config.model).flops_per_token(seq_len)

@@ -34,6 +34,9 @@ from typing import Any, ClassVar, Literal, Self
 from tfkit.errors import ConfigError
 
 DEFAULT_MAX_STEPS = 1000
+# the default warmup: this share of the run's step horizon, or a fixed count when only time stops the run
+WARMUP_FRACTION = 0.05
+DEFAULT_WARMUP_STEPS = 50
 
 # Seeds are stored as int64 (the `seed` column of results.csv, torch's generators), and
 # numpy's generators take no negative seed: every seed is in [0, 2**63 - 1].
@@ -72,6 +75,13 @@ def opt(
     what is trained (seed, device, output paths), which `ablate` never sweeps.
     """
     return field(default=default, metadata={"help": help, "cli": cli, "sweep": sweep}, **kw)
+
+
+def default_warmup(horizon: int | None) -> int:
+    """The warmup of a run whose `--warmup-steps` is unset: a share of its steps, at least 1 and never all of them."""
+    if horizon is None:
+        return DEFAULT_WARMUP_STEPS
+    return max(1, min(round(WARMUP_FRACTION * horizon), horizon - 1))
 
 
 def option_label(name: str) -> str:
@@ -285,7 +295,10 @@ class OptimConfig:
 
     lr: float = opt(3e-3, "Peak learning rate.")
     schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "Decay after warmup.")
-    warmup_steps: int = opt(50, "Linear warmup steps.")
+    warmup_steps: int | None = opt(
+        None, f"Linear warmup steps (default: {WARMUP_FRACTION:.0%} of the run's steps when a stop sets them, else "
+        f"{DEFAULT_WARMUP_STEPS}).",
+    )
     min_lr_ratio: float = opt(0.1, "Final learning rate as a fraction of --lr.")
     weight_decay: float = opt(0.1, "Decoupled weight decay (not on norms, biases, embeddings).")
     beta1: float = opt(0.9, "AdamW beta1.")
@@ -302,7 +315,7 @@ class OptimConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.eps < 0:
             raise ConfigError(f"optim.eps must be >= 0, got {self.eps}")
-        if self.warmup_steps < 0:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -114,3 +115,18 @@ def test_bad_choice_is_a_usage_error():
     result = invoke("train", "pretrain", "--activation", "tanh")
     assert result.exit_code == 2
     assert "tanh" in result.output
+
+
+def test_default_warmup_fits_the_run_and_is_recorded(tmp_path):
+    """A 20-step run warms up for 1 step (5%) and reaches its peak; --warmup-steps 50 keeps the old schedule."""
+    for warmup, out in ((None, tmp_path / "short"), ("50", tmp_path / "fixed")):
+        extra = [] if warmup is None else ["--warmup-steps", warmup]
+        result = invoke("train", "pretrain", *tiny_cli_args(out), "--lr", "0.01", "--log-every", "1", *extra, "--quiet")
+        assert result.exit_code == 0, result.output
+        recorded = json.loads((out / "train_config.json").read_text())["optim"]["warmup_steps"]
+        with open(out / "train_log.csv") as f:
+            peak = max(float(row["lr"]) for row in csv.DictReader(f))
+        if warmup is None:
+            assert recorded == 1 and peak == pytest.approx(0.01)
+        else:
+            assert recorded == 50 and peak == pytest.approx(0.01 * 20 / 50)

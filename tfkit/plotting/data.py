@@ -162,6 +162,11 @@ def _cell(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
+# options whose unset default each run fills in (the warmup from the run's steps): their
+# recorded value differs from the default without anyone having chosen it
+RESOLVED_PER_RUN = ("warmup_steps",)
+
+
 def setting_columns(frame: Any) -> tuple[list[str], dict[str, Any]]:
     """(swept, fixed): config columns that vary between runs, and fixed first-class options.
 
@@ -184,7 +189,10 @@ def setting_columns(frame: Any) -> tuple[list[str], dict[str, Any]]:
         values = frame.get_column(f.name).unique(maintain_order=True).to_list()
         if len(values) > 1:
             swept.append(f.name)
-        elif f.metadata.get("cli") and values[0] is not None and (f.name in ("data", "task") or values[0] != f.default):
+        elif (
+            f.metadata.get("cli") and values[0] is not None and f.name not in RESOLVED_PER_RUN
+            and (f.name in ("data", "task") or values[0] != f.default)
+        ):  # fmt: skip
             fixed[f.name] = values[0]
     return swept, fixed
 

@@ -344,7 +344,8 @@ def _legend(fig: Any) -> None:
             handles.setdefault(label, handle)
     if not handles:
         return
-    legend = fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+    # beside the axes, level with their middle: clear of the data and of the title above them
+    legend = fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=8)
     get_renderer = getattr(fig.canvas, "get_renderer", None)
     if get_renderer is not None:
         width = legend.get_window_extent(get_renderer()).width / fig.dpi

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 import tfkit
+from tfkit.config import default_warmup
 from tfkit.errors import ConfigError, DataError
 from tfkit.training.checkpoint import (
     checkpoint_path,
@@ -165,6 +166,9 @@ def fit(
     at a step boundary) or `failed` (non-finite steps in a row, a spike with
     `--spike-action stop`, too many rollbacks).
     """
+    horizon = task.horizon()
+    if config.optim.warmup_steps is None:  # resolved here, where the run's steps are known, and recorded
+        config = config.with_updates({"optim.warmup_steps": default_warmup(horizon)})
     t, log = config.train, config.log
     checkpoint = resolve_resume(resume, Path(log.out)) if resume is not None else None
     state = None
@@ -177,7 +181,6 @@ def fit(
     compiled = compile_enabled(t, device)
     model = task.build(device, compiled)
     optimizer = build_optimizer(model, config.optim, device)
-    horizon = task.horizon()
     params = [p for p in model.parameters() if p.requires_grad]
     run = _Run(
         progress=Progress(epoch=task.epoch()),
