@@ -40,7 +40,7 @@ def config_for(preset: dict, device: str, out: Path, steps: int) -> RunConfig:
         "model": {"depth": preset["depth"], "width": preset["width"], "num_heads": preset["num_heads"],
                   "vocab_size": preset["vocab_size"]},
         "data": {"data": "mess3", "seq_len": preset["seq_len"], "batch_size": preset["batch_size"],
-                 "train_sequences": preset["batch_size"] * 64, "val_sequences": preset["batch_size"]},
+                 "train_sequences": preset["batch_size"] * 64, "val_examples": preset["batch_size"]},
         "train": {"max_steps": steps, "eval_every": 10**6, "checkpoint_every": steps, "device": device},
         "log": {"out": str(out), "log_every": 10},
     })  # fmt: skip

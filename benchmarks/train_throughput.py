@@ -240,7 +240,7 @@ def main() -> int:
         "model.vocab_size": preset["vocab_size"], "model.max_seq_len": seq_len,
         "data.data": "mess3", "data.seq_len": seq_len, "data.batch_size": batch,
         # one epoch = exactly the steps run, so no new epoch is sampled inside the timed window
-        "data.train_sequences": batch * (warmup + steps), "data.val_sequences": batch,
+        "data.train_sequences": batch * (warmup + steps), "data.val_examples": batch,
         "train.max_steps": warmup + steps, "train.eval_every": 10**9, "train.device": str(device),
         "optim.warmup_steps": default_warmup(warmup + steps),  # what tfkit resolves, for both loops
         "train.compile": args.compile, "train.precision": "auto", "log.log_every": warmup,

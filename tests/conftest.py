@@ -24,7 +24,7 @@ TINY = {
     "data.seq_len": 8,
     "data.batch_size": 16,
     "data.train_sequences": 1024,
-    "data.val_sequences": 256,
+    "data.val_examples": 256,
     "train.max_steps": 20,
     "train.eval_every": 10,
     "train.device": "cpu",

@@ -66,15 +66,28 @@ MAX_CONFIG_NODES = 10_000
 
 
 def opt(
-    default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = True, sweep: bool = True, **kw: Any
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    cli: bool = True,
+    identity: bool = True,
+    sweep: bool | None = None,
+    **kw: Any,
 ) -> Any:
     """A dataclass field with help text.
 
-    `cli=True` makes it a first-class CLI option (several values at once in `tfkit ablate`);
-    `sweep=False` marks fields that describe where or how a run is executed rather than
-    what is trained (seed, device, output paths), which `ablate` never sweeps.
+    `cli=True` makes it a first-class CLI option (several values at once in `tfkit ablate`).
+    `identity=False` marks fields that describe how a run is executed or observed, not
+    what it trains (seed, device, output, log / eval / checkpoint cadence): they are no
+    part of a setting's id (`tfkit.ablate.grid.setting_id`), so changing one does not make
+    `ablate --append` train anything again. `sweep=False` marks fields `ablate` never
+    sweeps; it defaults to `identity` (a field outside the identity cannot tell settings
+    apart), and a field may be in the identity yet not sweepable (`--init`).
     """
-    return field(default=default, metadata={"help": help, "cli": cli, "sweep": sweep}, **kw)
+    sweep = identity if sweep is None else sweep
+    if sweep and not identity:
+        raise ValueError("a sweepable field must be part of the setting's identity")
+    return field(default=default, metadata={"help": help, "cli": cli, "sweep": sweep, "identity": identity}, **kw)
 
 
 def default_warmup(horizon: int | None) -> int:
@@ -350,12 +363,14 @@ class DataConfig:
     resample_each_epoch: bool = opt(
         True, "Synthetic data: draw fresh sequences every epoch (false repeats one set).", cli=False
     )
-    val_sequences: int = opt(4096, "Synthetic data: sequences in the validation set.", cli=False)
+    val_examples: int = opt(
+        4096, "Validation sequences scored at each evaluation (token shards: at most the first N windows).", cli=False
+    )
     val_seed: int = opt(1234, "Seed of the validation set (the same for every run).", cli=False)
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("seq_len", "batch_size", "train_sequences", "val_sequences"):
+        for name in ("seq_len", "batch_size", "train_sequences", "val_examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
         if not self.data:
@@ -369,18 +384,19 @@ class TrainConfig:
     SECTION: ClassVar[str] = "train"
 
     max_steps: int | None = opt(None, f"Stop after this many optimizer steps (default {DEFAULT_MAX_STEPS} if no stop is given).")
-    max_tokens: int | None = opt(None, "Stop after this many training tokens.")
+    max_tokens: int | None = opt(None, "Stop after this many training tokens (train icl: in-context points, points_seen).")
     max_epochs: float | None = opt(None, "Stop after this many epochs.")
     max_time_seconds: float | None = opt(None, "Stop after this much wall time.")
-    eval_every: int = opt(100, "Evaluate every N steps (and always at the end).")
-    max_epochs_between_evals: float | None = opt(None, "Evaluate at least this often, in epochs.")
-    checkpoint_every: int | None = opt(None, "Save a checkpoint every N steps (always at the end).")
-    seed: int = opt(0, "Seed for python, numpy and torch.", sweep=False)
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.", sweep=False)
-    compile: Literal["auto", "on", "off"] = opt("auto", "torch.compile the model (auto: on CUDA only).")
+    eval_every: int = opt(100, "Evaluate every N steps (and always at the end).", identity=False)
+    max_epochs_between_evals: float | None = opt(None, "Evaluate at least this often, in epochs.", identity=False)
+    checkpoint_every: int | None = opt(None, "Save a checkpoint every N steps (always at the end).", identity=False)
+    # the seed is part of a run's id (<setting_id>-s<seed>), not of its setting's
+    seed: int = opt(0, "Seed for python, numpy and torch.", identity=False)
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.", identity=False)
+    compile: Literal["auto", "on", "off"] = opt("auto", "torch.compile the model (auto: on CUDA only).", identity=False)
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "auto: bf16 autocast on CUDA, fp32 elsewhere.")
     max_bad_steps: int = opt(10, "Consecutive non-finite steps that fail the run.", cli=False)
-    keep_last: int | None = opt(None, "Keep only the newest N checkpoints (default: all).", sweep=False)
+    keep_last: int | None = opt(None, "Keep only the newest N checkpoints (default: all).", identity=False)
     spike_action: Literal["log", "checkpoint", "skip", "rollback", "stop"] = opt(
         "log",
         "On a loss spike (loss or grad norm above mean + k*std of recent steps): log it to spikes.csv; also "
@@ -393,7 +409,7 @@ class TrainConfig:
     spike_max_rollbacks: int = opt(5, "Rollbacks (--spike-action rollback) before the run fails.", cli=False)
     peak_flops: float | None = opt(
         None, "The device's peak FLOP/s for the mfu column (default: bf16 dense peak of known GPUs).", cli=False,
-        sweep=False,
+        identity=False,
     )
 
     def __post_init__(self) -> None:
@@ -430,16 +446,16 @@ class LogConfig:
 
     SECTION: ClassVar[str] = "log"
 
-    out: str | None = opt(None, "Run directory (default runs/<data>-<timestamp>).", sweep=False)
-    log_every: int = opt(10, "Log a train row every N steps.", sweep=False)
-    wandb_project: str | None = opt(None, "Also log to this wandb project.", sweep=False)
-    wandb_entity: str | None = opt(None, "wandb entity (user or team).", cli=False, sweep=False)
-    wandb_group: str | None = opt(None, "wandb group of the run (ablate: one per ablation).", cli=False, sweep=False)
+    out: str | None = opt(None, "Run directory (default runs/<data>-<timestamp>).", identity=False)
+    log_every: int = opt(10, "Log a train row every N steps.", identity=False)
+    wandb_project: str | None = opt(None, "Also log to this wandb project.", identity=False)
+    wandb_entity: str | None = opt(None, "wandb entity (user or team).", cli=False, identity=False)
+    wandb_group: str | None = opt(None, "wandb group of the run (ablate: one per ablation).", cli=False, identity=False)
     s3_uri: str | None = opt(
-        None, "Push the run directory to <this prefix>/<run name> at the end (s3://bucket/prefix).", sweep=False
+        None, "Push the run directory to <this prefix>/<run name> at the end (s3://bucket/prefix).", identity=False
     )
     s3_every_checkpoint: bool = opt(
-        False, "With --s3-uri: also push after each --checkpoint-every checkpoint, in the background.", sweep=False
+        False, "With --s3-uri: also push after each --checkpoint-every checkpoint, in the background.", identity=False
     )
 
     def __post_init__(self) -> None:
@@ -617,7 +633,7 @@ class RunConfig(SectionedConfig):
         )
         if not Path(d.data).exists():  # a built-in process: one epoch and the validation set in memory
             # int64 tokens; the validation set also keeps its optimal loss per token (float64)
-            parts["data"] = (8 * d.train_sequences + 16 * d.val_sequences) * (d.seq_len + 1)
+            parts["data"] = (8 * d.train_sequences + 16 * d.val_examples) * (d.seq_len + 1)
         return parts
 
     def batch_shape(self) -> str:
@@ -739,7 +755,7 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
 
 MEMORY_ADVICE = {
     "activations": "lower --batch-size (raise --grad-accum-steps to keep the batch) or the context",
-    "data": "lower --seq-len, or data.train_sequences and data.val_sequences",
+    "data": "lower --seq-len, or data.train_sequences and data.val_examples",
     "model": "lower --width, --depth or the vocabulary",
 }
 

@@ -6,7 +6,7 @@ import pytest
 
 from tfkit.ablate.grid import expand, parse_sweeps, plan_runs, setting_id, sweepable_fields
 from tfkit.ablate.plan import plan_ablation
-from tfkit.config import RunConfig, scaled_shape
+from tfkit.config import RunConfig, opt, scaled_shape
 from tfkit.errors import ConfigError
 
 
@@ -102,3 +102,14 @@ def test_plan_counts_parameters_and_rejects_unknown_data(tmp_path):
     assert "val_loss_64" in plan.columns and "excess_loss" in plan.columns
     with pytest.raises(ConfigError, match="no valid setting to train"):
         plan_ablation(RunConfig(), {"model.width": [33], "model.num_heads": [2]}, num_runs=1, seed=0, runs_dir=tmp_path)
+
+
+def test_setting_id_is_what_is_trained_not_how_it_is_run_or_observed():
+    base = RunConfig()
+    observed = {"train.checkpoint_every": 7, "train.keep_last": 2, "train.eval_every": 3, "train.device": "cpu",
+                "train.compile": "off", "log.log_every": 1, "log.out": "elsewhere", "train.seed": 9}  # fmt: skip
+    assert setting_id(base.with_updates(observed)) == setting_id(base)
+    assert setting_id(base.with_updates({"optim.lr": 1e-4})) != setting_id(base)
+    assert setting_id(base.with_updates({"train.spike_action": "skip"})) != setting_id(base)
+    with pytest.raises(ValueError, match="sweepable field must be part of the setting's identity"):
+        opt(1, "x", identity=False, sweep=True)

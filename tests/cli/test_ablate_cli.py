@@ -18,7 +18,7 @@ from tfkit.cli.app import app
 runner = CliRunner()
 
 # small and fast: every run trains for a fraction of a second on CPU
-FAST = ["--seq-len", "8", "--batch-size", "16", "--set", "data.val_sequences=256", "--set", "data.train_sequences=1024"]
+FAST = ["--seq-len", "8", "--batch-size", "16", "--set", "data.val_examples=256", "--set", "data.train_sequences=1024"]
 GRID = ["--depth", "1", "2", "--width", "32", "48", "--num-heads", "1", "3", "--num-runs", "2", "--max-steps", "30"]
 
 
@@ -29,6 +29,25 @@ def ablate(tmp_path: Path, *args: str):
         return runner.invoke(app, ["ablate", *args, *FAST])
     finally:
         os.chdir(cwd)
+
+
+def test_append_with_other_execution_options_trains_nothing(tmp_path):
+    """Checkpoint, eval and log cadence are no part of a setting: --append finds every run done."""
+    grid = ["--depth", "1", "2", "--width", "32", "--num-runs", "2", "--max-steps", "12"]
+    first = ablate(tmp_path, *grid, "--checkpoint-every", "4", "-c", "--logfile", "r.csv")
+    assert first.exit_code == 0, first.output
+    before = pl.read_csv(tmp_path / "r.csv")
+    again = ablate(tmp_path, *grid, "--checkpoint-every", "6", "--eval-every", "5", "--log-every", "3",
+                   "--keep-last", "1", "-c", "--logfile", "r.csv", "--append")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert "All 4 runs are done" in again.output
+    assert pl.read_csv(tmp_path / "r.csv").equals(before)
+    # a field of the identity is a new setting: it trains
+    other = ablate(tmp_path, *grid, "--lr", "1e-3", "-c", "--logfile", "r.csv", "--append", "--dry-run")
+    assert "4 of 4 runs to train" in other.output, other.output
+    # and fields outside the identity cannot be swept
+    swept = ablate(tmp_path, "--checkpoint-every", "4", "8", "--dry-run")
+    assert swept.exit_code == 2
 
 
 def test_space_separated_and_repeated_values_mean_the_same(tmp_path):

@@ -18,7 +18,7 @@ from tfkit.training.icl_config import ICL_SECTIONS, IclRunConfig
 runner = CliRunner()
 
 TINY = ["--depth", "1", "--width", "16", "--num-heads", "2", "--batch-size", "8", "--max-steps", "4",
-        "--eval-every", "2", "--log-every", "2", "--device", "cpu", "--set", "task.val_prompts=32"]  # fmt: skip
+        "--eval-every", "2", "--log-every", "2", "--device", "cpu", "--set", "task.val_examples=32"]  # fmt: skip
 
 
 def ablate(tmp_path: Path, *args: str):

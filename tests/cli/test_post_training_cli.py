@@ -58,7 +58,7 @@ def work(tmp_path_factory) -> Path:
     pretrained = invoke(
         "train", "pretrain", "--data", root / "shards", "--depth", "2", "--width", "64", "--num-heads", "2",
         "--seq-len", "48", "--batch-size", "8", "--max-steps", "10", "--eval-every", "10",
-        "--set", "data.val_sequences=8", "--out", root / "pre", *TINY,
+        "--set", "data.val_examples=8", "--out", root / "pre", *TINY,
     )  # fmt: skip
     assert pretrained.exit_code == 0, pretrained.output
     return root

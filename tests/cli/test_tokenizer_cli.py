@@ -80,7 +80,7 @@ def test_pretrain_on_shards_lowers_the_val_loss(workflow):
     result = invoke(
         "train", "pretrain", "--data", root / "shards", "--depth", "1", "--width", "32", "--num-heads", "2",
         "--seq-len", "32", "--batch-size", "16", "--max-steps", "40", "--eval-every", "20", "--lr", "1e-2",
-        "--warmup-steps", "5", "--device", "cpu", "--out", out, "--set", "data.val_sequences=32", "--quiet",
+        "--warmup-steps", "5", "--device", "cpu", "--out", out, "--set", "data.val_examples=32", "--quiet",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     with open(out / "val_log.csv") as f:

@@ -125,7 +125,7 @@ def test_default_warmup_fits_the_run_and_is_recorded(tmp_path):
         assert result.exit_code == 0, result.output
         recorded = json.loads((out / "train_config.json").read_text())["optim"]["warmup_steps"]
         with open(out / "train_log.csv") as f:
-            peak = max(float(row["lr"]) for row in csv.DictReader(f))
+            peak = max(float(row["current_lr"]) for row in csv.DictReader(f))
         if warmup is None:
             assert recorded == 1 and peak == pytest.approx(0.01)
         else:

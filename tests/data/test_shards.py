@@ -101,7 +101,7 @@ def _shard_dir(tmp_path, n_train=5000, n_val=700, vocab=500, val_hash="h"):
 
 def test_shard_source_windows(tmp_path):
     train = _shard_dir(tmp_path)
-    config = DataConfig(data=str(tmp_path), seq_len=16, batch_size=8, val_sequences=10)
+    config = DataConfig(data=str(tmp_path), seq_len=16, batch_size=8, val_examples=10)
     source = open_source(config, seed=3)
     assert isinstance(source, ShardSource)
     assert source.vocab_size == 500 and source.has_optimum is False

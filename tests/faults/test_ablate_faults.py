@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 # a model and data small enough that a step takes a millisecond or two on one CPU thread
 TINY = ["--depth", "1", "--width", "16", "--num-heads", "1", "--seq-len", "8", "--batch-size", "4", "--device", "cpu",
-        "--set", "data.train_sequences=256", "--set", "data.val_sequences=32"]  # fmt: skip
+        "--set", "data.train_sequences=256", "--set", "data.val_examples=32"]  # fmt: skip
 # runs long enough to be signalled while they train
 LONG = [*TINY, "--num-runs", "3", "--max-steps", "3000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
 

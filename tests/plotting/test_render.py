@@ -21,7 +21,7 @@ from tfkit.plotting.data import load_runs
 from tfkit.plotting.render import aggregate, render, t95
 from tfkit.plotting.templates import list_templates, load_template
 
-FAST = ["--seq-len", "6", "--batch-size", "16", "--set", "data.val_sequences=128", "--set", "data.train_sequences=512"]
+FAST = ["--seq-len", "6", "--batch-size", "16", "--set", "data.val_examples=128", "--set", "data.train_sequences=512"]
 
 
 @pytest.fixture(scope="module")

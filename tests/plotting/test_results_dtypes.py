@@ -16,7 +16,7 @@ from tfkit.ablate.results import read_results, results_schema
 from tfkit.cli.app import app
 
 runner = CliRunner()
-FAST = ["--seq-len", "6", "--batch-size", "8", "--set", "data.val_sequences=64", "--set", "data.train_sequences=256"]
+FAST = ["--seq-len", "6", "--batch-size", "8", "--set", "data.val_examples=64", "--set", "data.train_sequences=256"]
 
 
 @pytest.fixture(scope="module")

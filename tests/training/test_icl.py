@@ -26,7 +26,7 @@ from tfkit.training.icl_config import TASKS, IclRunConfig, TaskConfig
 
 TINY = {
     "depth": 1, "width": 16, "num_heads": 2, "n_loops": 3, "loop_window": 2, "batch_size": 8,
-    "task.val_prompts": 32, "max_steps": 6, "eval_every": 3, "log_every": 2, "device": "cpu",
+    "task.val_examples": 32, "max_steps": 6, "eval_every": 3, "log_every": 2, "device": "cpu",
 }  # fmt: skip
 
 
@@ -136,7 +136,7 @@ def test_train_writes_the_run_directory_with_curriculum_and_per_position_columns
     assert val_log["val_loss"].to_list() == val_log["val_loss_loop_3"].to_list()  # scored at --n-loops
     summary = json.loads((run / "summary.json").read_text())
     tokens = 8 * (7 + 7 + 9 + 9 + 11 + 11)  # prompts x points per step
-    assert summary["tokens_seen"] == tokens and summary["step"] == 6
+    assert summary["points_seen"] == tokens and summary["step"] == 6 and "tokens_seen" not in summary
     assert [p.name for p in (run / "checkpoints").glob("*.pt")] == [f"{tokens}.pt"]
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["loop"] == {"model": "looped", "n_loops": 3, "loop_window": 2, "eval_loops": 6}

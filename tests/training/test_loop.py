@@ -15,9 +15,12 @@ from tfkit.data.loaders import open_source
 from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
 from tfkit.training.checkpoint import latest_checkpoint, load_checkpoint
-from tfkit.training.loop import evaluate, log_columns, train
+from tfkit.training.columns import pretrain_columns
+from tfkit.training.loop import evaluate, train
 
-TRAIN_COLUMNS = ["step", "tokens_seen", "epoch", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm"]
+TRAIN_COLUMNS = [
+    "step", "tokens_seen", "epoch", "time_s", "current_lr", "global_batch_size", "seq_len", "train_loss", "grad_norm",
+]  # fmt: skip
 VAL_COLUMNS = ["step", "tokens_seen", "epoch", "time_s", "val_loss", "val_acc", "val_pplx", "optimal_loss", "excess_loss"]
 
 
@@ -35,8 +38,8 @@ def test_run_directory_and_columns(tiny_config):
     assert list(train_rows[0])[: len(TRAIN_COLUMNS)] == TRAIN_COLUMNS
     assert list(val_rows[0])[: len(VAL_COLUMNS)] == VAL_COLUMNS
     seq_len = tiny_config.data.seq_len
-    # log_columns() announces the files' exact headers before a run (ablate relies on it)
-    assert (list(train_rows[0]), list(val_rows[0])) == log_columns(seq_len, has_optimum=True)
+    # pretrain_columns() announces the files' exact headers before a run (ablate relies on it)
+    assert (list(train_rows[0]), list(val_rows[0])) == pretrain_columns(seq_len, has_optimum=True)
     for i in range(1, seq_len + 1):
         assert f"relative_loss_{i}" in train_rows[0]
         for prefix in ("val_loss_", "optimal_loss_", "val_relative_loss_"):
@@ -66,7 +69,7 @@ def test_run_directory_and_columns(tiny_config):
 
 def test_optimal_loss_columns_match_the_exact_values(tiny_config):
     """The paired per-position optimum on the validation tokens is close to the exact expectation."""
-    tiny_config = tiny_config.with_updates({"data.val_sequences": 4096, "train.max_steps": 1})
+    tiny_config = tiny_config.with_updates({"data.val_examples": 4096, "train.max_steps": 1})
     train(tiny_config)
     row = read_csv(tiny_config.log.out + "/val_log.csv")[-1]
     from tfkit.data.processes import get_process

@@ -116,7 +116,7 @@ def shards(tmp_path_factory) -> Path:
 def test_pretraining_on_token_shards_resumes_bit_for_bit(tmp_path, shards):
     command = ["train", "pretrain", "--data", str(shards), "--depth", "1", "--width", "32", "--num-heads", "2",
                "--seq-len", "16", "--batch-size", "8", "--max-steps", "40", "--checkpoint-every", "10",
-               "--log-every", "5", "--eval-every", "20", "--device", "cpu", "--set", "data.val_sequences=16"]  # fmt: skip
+               "--log-every", "5", "--eval-every", "20", "--device", "cpu", "--set", "data.val_examples=16"]  # fmt: skip
     reference = reference_run(command, tmp_path / "reference")
     assert_same_run(reference, kill_and_resume(command, tmp_path / "run", 30 * 8 * 16))
 
@@ -124,7 +124,7 @@ def test_pretraining_on_token_shards_resumes_bit_for_bit(tmp_path, shards):
 def test_icl_resumes_bit_for_bit(tmp_path):
     command = ["train", "icl", "--depth", "1", "--width", "16", "--num-heads", "2", "--batch-size", "8",
                "--max-steps", "40", "--checkpoint-every", "10", "--log-every", "5", "--eval-every", "20",
-               "--device", "cpu", "--n-dims", "3", "--n-points", "6", "--set", "task.val_prompts=32",
+               "--device", "cpu", "--n-dims", "3", "--n-points", "6", "--set", "task.val_examples=32",
                "--points-start", "4", "--points-inc", "1", "--points-interval", "8"]  # fmt: skip
     reference = reference_run(command, tmp_path / "reference")
     # the curriculum sets the points per step, so the checkpoint of step 30 is named by examples seen
@@ -191,7 +191,7 @@ def test_an_ablation_killed_mid_run_continues_it_from_its_checkpoint(tmp_path):
 
     grid = ["ablate", "--depth", "1", "2", "--width", "16", "--num-heads", "1", "--max-steps", "30",
             "--checkpoint-every", "10", "--eval-every", "5", "--log-every", "5", "--seq-len", "8", "--batch-size", "8",
-            "--set", "data.train_sequences=512", "--set", "data.val_sequences=64", "--device", "cpu", "-c"]  # fmt: skip
+            "--set", "data.train_sequences=512", "--set", "data.val_examples=64", "--device", "cpu", "-c"]  # fmt: skip
     for name in ("reference", "killed"):
         (tmp_path / name).mkdir()
     reference = subprocess.run([sys.executable, "-m", "tfkit", *grid], cwd=tmp_path / "reference", env=ENV,

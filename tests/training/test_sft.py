@@ -93,7 +93,7 @@ def test_sft_run_learns_and_writes_its_run_directory(tmp_path, sft_dir, packing)
     assert result.status == "completed"
     train_rows = read_csv(result.run_dir / "train_log.csv")
     val_rows = read_csv(result.run_dir / "val_log.csv")
-    assert list(train_rows[0])[:9] == ["step", "tokens_seen", "epoch", "time_s", "lr", "batch_size", "seq_len",
+    assert list(train_rows[0])[:9] == ["step", "tokens_seen", "epoch", "time_s", "current_lr", "global_batch_size", "seq_len",
                                        "train_loss", "train_acc"]  # fmt: skip
     assert list(val_rows[0]) == ["step", "tokens_seen", "epoch", "time_s", "val_loss", "val_acc", "val_pplx"]
     assert [int(r["step"]) for r in val_rows] == [30, 60]

@@ -7,8 +7,10 @@ sweepable config field (`sweep=True` in its `opt()`) can be swept: first-class o
 (`--depth 4 8`) and any other field (`--sweep optim.beta2=0.95,0.99`) alike.
 
 Ids are content hashes, so the same command always gives the same ids:
-`setting_id` hashes what is trained (the config without seed, device and output
-fields) and `run_id` is `<setting_id>-s<seed>`.
+`setting_id` hashes what is trained (the config's `identity` fields: not the seed,
+device, output, or log / eval / checkpoint cadence, see `tfkit.config.opt`) and `run_id`
+is `<setting_id>-s<seed>`. So `ablate --append` with another `--checkpoint-every` finds
+the runs it already has.
 """
 
 from __future__ import annotations
@@ -90,11 +92,12 @@ def parse_sweeps(items: list[str], sections: dict[str, type] = SECTIONS) -> dict
 
 
 def setting_id(config: SectionedConfig) -> str:
-    """A stable short hash of what a config trains (not where, how fast, or with which seed)."""
+    """A stable short hash of what a config trains: its `identity` fields (not where, how fast, how
+    often it logs, evaluates or saves, or with which seed)."""
     content = config.to_dict()
     for section, cls in config.SECTIONS.items():
         for f in dataclasses.fields(cls):
-            if not f.metadata.get("sweep", True):
+            if not f.metadata.get("identity", True):
                 content[section].pop(f.name)
     text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]

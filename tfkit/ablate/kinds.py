@@ -78,11 +78,11 @@ def _lm_inspect(config: RunConfig, seed: int, cache: dict[str, Any]) -> SettingI
 
 
 def _lm_val_columns(settings: list[tuple[RunConfig, SettingInfo]]) -> list[str]:
-    from tfkit.training.loop import log_columns
+    from tfkit.training.columns import pretrain_columns
 
     # per-position columns up to the longest seq_len, of a setting with a known optimum if any
     _, info = max(settings, key=lambda s: (s[1].facts["has_optimum"], s[1].facts["seq_len"]))
-    return log_columns(info.facts["seq_len"], info.facts["has_optimum"])[1]
+    return pretrain_columns(info.facts["seq_len"], info.facts["has_optimum"])[1]
 
 
 def _icl_inspect(config: IclRunConfig, seed: int, cache: dict[str, Any]) -> SettingInfo:
@@ -98,11 +98,11 @@ def _icl_inspect(config: IclRunConfig, seed: int, cache: dict[str, Any]) -> Sett
 
 
 def _icl_val_columns(settings: list[tuple[IclRunConfig, SettingInfo]]) -> list[str]:
-    from tfkit.training.icl import icl_log_columns
+    from tfkit.training.columns import icl_columns
 
     n_points = max(info.facts["n_points"] for _, info in settings)
     eval_loops = max(info.facts["eval_loops"] for _, info in settings)
-    return icl_log_columns(n_points, eval_loops)[1]
+    return icl_columns(n_points, eval_loops)[1]
 
 
 KINDS: dict[str, ExperimentKind] = {

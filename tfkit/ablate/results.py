@@ -57,7 +57,7 @@ DONE_STATUSES = ("completed", "failed")
 PARAM_COLUMNS = ("num_params", "num_params_non_embedding")
 # columns of whole numbers besides the config fields; every other metric column is a float
 COUNT_COLUMNS = (
-    "run_num", "seed", *PARAM_COLUMNS, "step", "tokens_seen", "skipped_steps",
+    "run_num", "seed", *PARAM_COLUMNS, "step", "tokens_seen", "points_seen", "skipped_steps",
     "curriculum_dims", "curriculum_points", "curriculum_loops",
 )  # fmt: skip
 

@@ -37,11 +37,12 @@ from tfkit.ablate.kinds import KINDS, ExperimentKind, kind_of
 from tfkit.ablate.processes import owner_alive, owner_tag
 from tfkit.ablate.results import ID_COLUMNS, PARAM_COLUMNS, ResultsFile, RunClaim
 from tfkit.signals import Terminated
+from tfkit.training.columns import CARRIED_TRAIN_COLUMNS, POSITION_COLUMNS
 from tfkit.training.loop import TrainCallback
 
-# train-row metrics carried into each results row (the latest logged values). The
-# scheduled learning rate is `current_lr` there: `lr` is the setting's (peak) value.
-TRAIN_METRICS = ("current_lr", "train_loss", "grad_norm", "skipped_steps")
+# train-row columns carried into each results row (the latest logged values), as declared
+# with every logged column: the scheduled learning rate is `current_lr`, `lr` the setting's peak
+TRAIN_METRICS = CARRIED_TRAIN_COLUMNS
 # config fields that are not setting columns: the seed is an id column; the rest say
 # where the run goes and how it is logged
 NOT_SETTING = ("seed", "out", "wandb_project", "wandb_entity", "wandb_group")
@@ -61,7 +62,7 @@ def results_columns(settings: list[Setting], val_columns: list[str]) -> list[str
     columns = list(ID_COLUMNS) + setting_columns(kind_of(settings[0].config)) + ["true_model_scale", *PARAM_COLUMNS]
     seen = set(columns)
     metrics: list[str] = []
-    counters = [c for c in ("step", "tokens_seen", "epoch", "time_s") if c in val_columns]
+    counters = [c for c in POSITION_COLUMNS if c in val_columns]
     for name in counters + list(TRAIN_METRICS) + val_columns:
         if name not in seen:
             seen.add(name)
@@ -75,7 +76,7 @@ class RunOutcome:
     status: str  # completed | failed | interrupted | error | skipped (claimed or finished by another ablation)
     summary: dict[str, Any] = field(default_factory=dict)
     message: str | None = None
-    seconds: float = 0.0
+    time_s: float = 0.0  # wall time of the run in this ablation
     stopped_by: str | None = None  # SIGINT or SIGTERM, for an interrupted run
 
 
@@ -150,7 +151,6 @@ class RowRecorder(TrainCallback):
 
     def on_log_values(self, row: dict[str, Any]) -> None:
         self.latest_train = {k: row[k] for k in TRAIN_METRICS if k in row}
-        self.latest_train["current_lr"] = row["lr"]
 
     def on_eval_values(self, row: dict[str, Any]) -> None:
         self.flush("running")
@@ -192,12 +192,12 @@ def run_one(spec: RunSpec, results: ResultsFile | None, callback: TrainCallback 
         with contextlib.suppress(Exception):
             recorder.flush("interrupted")
         by = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        seconds = time.perf_counter() - start
-        return RunOutcome(spec.run_id, "interrupted", message="interrupted", seconds=seconds, stopped_by=by)
+        time_s = time.perf_counter() - start
+        return RunOutcome(spec.run_id, "interrupted", message="interrupted", time_s=time_s, stopped_by=by)
     except Exception as e:  # a broken run (out of memory, bad data) must not end the ablation
         with contextlib.suppress(Exception):  # the results file itself may be what failed
             recorder.flush("error")
-        return RunOutcome(spec.run_id, "error", message=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - start)
+        return RunOutcome(spec.run_id, "error", message=f"{type(e).__name__}: {e}", time_s=time.perf_counter() - start)
     by = getattr(result, "stopped_by", None) if result.status == "interrupted" else None
     return RunOutcome(spec.run_id, result.status, result.summary, result.message, time.perf_counter() - start, by)
 

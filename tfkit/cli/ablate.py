@@ -300,7 +300,7 @@ def _print_results(plan: Any, results: Any, outcomes: list[Any], num_runs: int) 
         by_run = {s.run_id: s for s in plan.specs}
         finals = [
             {**o.summary, "run_status": o.status, "setting_id": by_run[o.run_id].setting.setting_id,
-             "run_id": o.run_id, "time_s": o.summary.get("wall_time_s")}
+             "run_id": o.run_id, "time_s": o.summary.get("time_s")}
             for o in outcomes if o.status in ("completed", "failed")
         ]  # fmt: skip
     summaries = summarize(finals, ids)
@@ -394,7 +394,7 @@ class AblationDisplay:
             result += f"  val_loss {outcome.summary['val_loss']:.5f}"
         if outcome.summary.get("excess_loss") is not None:
             result += f"  excess {outcome.summary['excess_loss']:.5f}"
-        line = f"[{self.finished}/{self.total}] {self._label(spec)}  {result}  ({outcome.seconds:.1f} s)"
+        line = f"[{self.finished}/{self.total}] {self._label(spec)}  {result}  ({outcome.time_s:.1f} s)"
         (self.progress.console if self.progress is not None else console).print(line, highlight=False, soft_wrap=True)
 
     def _label(self, spec: Any) -> str:

@@ -28,7 +28,7 @@ COMMON_ROWS = (
     ("step", "steps"),
     ("tokens_seen", "tokens"),
     ("num_params", "parameters"),
-    ("wall_time_s", "wall time (s)"),
+    ("time_s", "wall time (s)"),
     ("skipped_steps", "skipped steps"),
 )
 SFT_ROWS = (("status", "status"), ("val_loss", "val loss (response)"), ("val_acc", "val token accuracy"), *COMMON_ROWS)

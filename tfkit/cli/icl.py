@@ -32,12 +32,12 @@ SUMMARY_ROWS = (
     ("status", "status"),
     ("val_loss", "val loss (normalised squared error)"),
     ("step", "steps"),
-    ("tokens_seen", "examples (prompts x points)"),
+    ("points_seen", "points (prompts x points)"),
     ("curriculum_dims", "dims at the end"),
     ("curriculum_points", "points at the end"),
     ("curriculum_loops", "loops at the end"),
     ("num_params", "parameters"),
-    ("wall_time_s", "wall time (s)"),
+    ("time_s", "wall time (s)"),
     ("skipped_steps", "skipped steps"),
 )
 

@@ -108,8 +108,11 @@ class ProgressDisplay:
     def on_log(self, row: dict[str, Any]) -> None:
         if self.progress is None:
             return
-        rate = row["tokens_seen"] / max(row["time_s"], 1e-9)
-        status = f"tokens {row['tokens_seen']:,}  loss {row['train_loss']:.4f}  {rate:,.0f} tok/s"
+        # icl rows count in-context points (points_seen), the others tokens
+        label, unit = ("points", "pt") if "points_seen" in row else ("tokens", "tok")
+        seen = row[f"{label}_seen"]
+        rate = seen / max(row["time_s"], 1e-9)
+        status = f"{label} {seen:,}  loss {row['train_loss']:.4f}  {rate:,.0f} {unit}/s"
         self.progress.update(self.task, completed=row["step"], status=status)
 
     def on_eval(self, row: dict[str, Any]) -> None:
@@ -135,7 +138,7 @@ SUMMARY_ROWS = (
     ("tokens_seen", "tokens"),
     ("num_params", "parameters"),
     ("num_params_non_embedding", "non-embedding parameters"),
-    ("wall_time_s", "wall time (s)"),
+    ("time_s", "wall time (s)"),
     ("tokens_per_s", "tokens/s"),
     ("skipped_steps", "skipped steps"),
 )

@@ -40,7 +40,7 @@ class ProcessSource:
         self.sequences_per_epoch = config.train_sequences
         self._epoch_cache: tuple[int, np.ndarray] | None = None
         rng = np.random.default_rng(config.val_seed)
-        self.val_tokens = self.process.sample(config.val_sequences, config.seq_len + 1, rng)  # (Nv, T+1)
+        self.val_tokens = self.process.sample(config.val_examples, config.seq_len + 1, rng)  # (Nv, T+1)
         # optimal loss of target token i (i = 1..T) given tokens 0..i-1
         self.val_optimal = self.process.token_losses(self.val_tokens)[:, 1:]  # (Nv, T)
 
@@ -89,7 +89,7 @@ class ShardSource:
     An epoch is one pass over the train shard in windows of `seq_len + 1` tokens that
     overlap by one token (the last target of a window is the first input of the next).
     Epoch `e` shifts the window grid by a random offset and visits the windows in a random
-    order, both drawn from `(seed, e)`. Validation uses the first `val_sequences`
+    order, both drawn from `(seed, e)`. Validation uses the first `val_examples`
     consecutive windows of the validation shard, the same for every run.
     """
 
@@ -127,7 +127,7 @@ class ShardSource:
                 f"the train shard holds {self.train.num_tokens:,} tokens, too few for --seq-len {seq_len} "
                 f"(it needs at least {2 * seq_len:,})"
             )
-        num_val = min(config.val_sequences, (val.num_tokens - 1) // seq_len)
+        num_val = min(config.val_examples, (val.num_tokens - 1) // seq_len)
         if num_val < 1:
             raise DataError(f"the {val_split} shard holds {val.num_tokens:,} tokens, too few for --seq-len {seq_len}")
         starts = np.arange(num_val) * seq_len

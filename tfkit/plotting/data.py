@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tfkit.errors import ConfigError, DataError
+from tfkit.training.columns import CARRIED_TRAIN_COLUMNS
 
 ID_COLUMNS = ("run_id", "setting_id", "run_num", "seed", "run_status", "run_dir")
 _ABLATE_RUN = re.compile(r"^([0-9a-f]{10})-s-?\d+$")
@@ -104,8 +105,6 @@ def _run_dir_frame(path: Path, source: str) -> Any:
     if not log.is_file() or not config_path.is_file():
         raise DataError(f"{path} is not a run directory: it needs train_config.json and {log.name}")
     frame = _csv_frame(log).drop("run_id", "setting_id", "seed", strict=False)
-    if "lr" in frame.columns:  # the scheduled value; `lr` is the setting's peak, as in results.csv
-        frame = frame.rename({"lr": "current_lr"})
     if source == "val":
         frame = _with_train_metrics(frame, path / "train_log.csv")
     try:
@@ -136,7 +135,7 @@ def _run_dir_frame(path: Path, source: str) -> Any:
 
 
 # train-log metrics an evaluation row carries (the latest at or before its step), as in results.csv
-TRAIN_METRICS = {"train_loss": "train_loss", "grad_norm": "grad_norm", "skipped_steps": "skipped_steps", "lr": "current_lr"}
+TRAIN_METRICS = CARRIED_TRAIN_COLUMNS
 
 
 def _with_train_metrics(frame: Any, train_log: Path) -> Any:
@@ -149,10 +148,10 @@ def _with_train_metrics(frame: Any, train_log: Path) -> Any:
         train = _numbers_as_floats(pl.read_csv(train_log, infer_schema_length=None))
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as e:
         raise DataError(f"{train_log} is not a readable CSV: {str(e).splitlines()[0]}") from None
-    metrics = {k: v for k, v in TRAIN_METRICS.items() if k in train.columns and v not in frame.columns}
+    metrics = [k for k in TRAIN_METRICS if k in train.columns and k not in frame.columns]
     if "step" not in train.columns or not metrics or train.height == 0:
         return frame
-    train = train.select(pl.col("step").cast(pl.Int64), *[pl.col(k).alias(v) for k, v in metrics.items()]).sort("step")
+    train = train.select(pl.col("step").cast(pl.Int64), *metrics).sort("step")
     order = frame.with_row_index("_row").with_columns(pl.col("step").cast(pl.Int64).alias("_step"))
     joined = order.sort("_step").join_asof(train.rename({"step": "_step"}), on="_step", strategy="backward")
     return joined.sort("_row").drop("_row", "_step")
@@ -183,7 +182,7 @@ def setting_columns(frame: Any) -> tuple[list[str], dict[str, Any]]:
     classes = list(dict.fromkeys(cls for kind in KINDS.values() for cls in kind.sections.values()))
     seen: set[str] = set()
     for f in (f for cls in classes for f in dataclasses.fields(cls)):
-        if f.name in seen or f.name not in frame.columns or f.name in ID_COLUMNS or not f.metadata.get("sweep", True):
+        if f.name in seen or f.name not in frame.columns or f.name in ID_COLUMNS or not f.metadata.get("identity", True):
             continue
         seen.add(f.name)
         values = frame.get_column(f.name).unique(maintain_order=True).to_list()

@@ -27,6 +27,7 @@ from tfkit.data.chat import DpoData, longest, scored_after_cut
 from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
+from tfkit.training.columns import DPO_METRICS, dpo_columns
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.finetune_config import DpoRunConfig
 from tfkit.training.load import LoadedRun, load_run
@@ -34,16 +35,7 @@ from tfkit.training.loop import _autocast
 from tfkit.training.objectives import LENGTH_AVERAGED, dpo_loss, sequence_logps
 from tfkit.training.session import RunResult, TrainCallback
 
-METRICS = (
-    "rewards_chosen",
-    "rewards_rejected",
-    "rewards_margins",
-    "rewards_accuracies",
-    "logps_chosen",
-    "logps_rejected",
-    "logits_chosen",
-    "logits_rejected",
-)
+METRICS = DPO_METRICS  # declared in tfkit.training.columns
 
 
 def pair_logps(
@@ -150,6 +142,9 @@ class DpoObjective(Objective):
              precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         losses, metrics = self._losses(model, batch, self.ref_train, device, precision)
         return losses.mean(), metrics.detach()
+
+    def columns(self) -> tuple[list[str], list[str]]:
+        return dpo_columns()
 
     @torch.no_grad()
     def evaluate(self, model: GPT, device: torch.device, precision: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ class Objective(ABC):
 
     #: names of the metric vector `step` returns, logged after train_loss (averaged between log points)
     train_metrics: tuple[str, ...] = ()
-    #: the rows `batch_size` counts (examples, packed rows, pairs)
+    #: the rows of a micro-batch (examples, packed rows, pairs): `global_batch_size` / grad_accum_steps
     batch_size: int = 1
     seq_len: int = 1
 
@@ -64,6 +64,10 @@ class Objective(ABC):
     @abstractmethod
     def evaluate(self, model: GPT, device: torch.device, precision: str) -> dict[str, Any]:
         """The validation metrics (`val_loss` first), logged as one val_log.csv row."""
+
+    @abstractmethod
+    def columns(self) -> tuple[list[str], list[str]]:
+        """The columns of `train_log.csv` and `val_log.csv` (`tfkit.training.columns`)."""
 
 
 def to_device(array: Any, device: torch.device) -> torch.Tensor:
@@ -125,6 +129,9 @@ class FinetuneTask(Task):
     def epoch(self) -> float:
         per_epoch = max(1, self.objective.batches_in_epoch(self.cursor.epoch))
         return self.cursor.epoch + self.cursor.batch / per_epoch
+
+    def columns(self) -> tuple[list[str], list[str]]:
+        return self.objective.columns()
 
     def evaluate(self) -> dict[str, Any]:
         return self.objective.evaluate(self.model, self.device, self.config.train.precision)

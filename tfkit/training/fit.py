@@ -41,6 +41,7 @@ from tfkit.training.checkpoint import (
     set_rng_state,
     spike_checkpoint_path,
 )
+from tfkit.training.columns import in_declared_order
 from tfkit.training.optim import build_optimizer
 from tfkit.training.schedule import lr_at
 from tfkit.training.session import (
@@ -78,6 +79,8 @@ class Task(ABC):
 
     #: names of the metric vector `loss` returns, logged after train_loss (averaged between rows)
     metric_names: tuple[str, ...] = ()
+    #: what `batch_tokens` counts, the count column of its rows: tokens_seen or points_seen
+    count_column: str = "tokens_seen"
     #: what train_config.json records about the data (`data_source` first)
     meta: dict[str, Any]
 
@@ -102,7 +105,7 @@ class Task(ABC):
 
     @abstractmethod
     def batch_tokens(self, batch: Any) -> int:
-        """The tokens (or in-context examples) a micro-batch trains on: what `tokens_seen` counts."""
+        """The tokens (or in-context examples) a micro-batch trains on: what the count column counts."""
 
     @abstractmethod
     def shape(self) -> tuple[int, int]:
@@ -111,6 +114,10 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self) -> dict[str, Any]:
         """The validation metrics (`val_loss` first), logged as one val_log.csv row."""
+
+    @abstractmethod
+    def columns(self) -> tuple[list[str], list[str]]:
+        """The columns of `train_log.csv` and `val_log.csv`, as `tfkit.training.columns` declares them."""
 
     def epoch(self) -> float | None:
         """Epochs of the training data done (None: the data has no epochs)."""
@@ -196,6 +203,7 @@ def fit(
         spikes.truncate_after(run.progress.step)
         task.begin_step(max(run.progress.step - 1, 0))  # the stage of the latest step, for the rows
         set_rng_state(state["rng"])  # last: nothing above draws from an RNG
+    train_columns, val_columns = task.columns()
     throughput = Throughput(device, _flops_per_token(model, task), peak_flops(device, t.peak_flops))
     progress, counters, accum = run.progress, run.counters, config.optim.grad_accum_steps
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, spike flag, [loss, norm, limits]) to log
@@ -215,6 +223,7 @@ def fit(
         _write_spikes(pending, spikes, t.spike_action)
         pending.clear()
         row = counters.train_row(progress, session.elapsed(), lr, task, throughput.row(progress.tokens_seen))
+        row = in_declared_order(row, train_columns, "train_log.csv")
         session.log_train(row)
         progress.last_log_step = progress.step
         progress.skipped_steps = row["skipped_steps"]
@@ -226,7 +235,8 @@ def fit(
         spent = time.perf_counter() - started
         progress.eval_time += spent
         throughput.exclude(spent)
-        session.log_val({**progress.position(), "time_s": session.elapsed(), **task.stage_fields(), **metrics})
+        row = {**progress.position(task.count_column), "time_s": session.elapsed(), **task.stage_fields(), **metrics}
+        session.log_val(in_declared_order(row, val_columns, "val_log.csv"))
         progress.last_eval_step = progress.step
         progress.last_eval_epoch = progress.epoch or 0.0
         progress.last_val = {k: v for k, v in metrics.items() if not k[-1].isdigit()}

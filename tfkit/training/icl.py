@@ -8,9 +8,10 @@ the same run directory as `tfkit train pretrain`:
 
     train_config.json  train_log.csv  val_log.csv  checkpoints/<tokens>.pt  summary.json
 
-"Tokens" are in-context examples: a step of B prompts with n points adds B * n to
-`tokens_seen` (so checkpoints are named by examples trained on), and `seq_len` in the
-train log is the current number of points. A looped model's loss is the mean over the
+Progress is counted in in-context points (x, f(x)): a step of B prompts with n points adds
+B * n to `points_seen`, the count column of its rows (checkpoints are named by that count,
+and `--max-tokens` stops after that many points), and `seq_len` in the train log is the
+current number of points. A looped model's loss is the mean over the
 last `loop_window` loops of the current loop count; the loops before run without
 gradients. The prompt generator's state is the task's position: a resumed run draws the
 prompts an uninterrupted one would.
@@ -41,26 +42,11 @@ from tfkit.data.icl import (
     stage_at,
 )
 from tfkit.models.looped import VectorTransformer
+from tfkit.training.columns import icl_columns
 from tfkit.training.fit import Task, fit
 from tfkit.training.icl_config import IclRunConfig
-from tfkit.training.loop import THROUGHPUT_COLUMNS, _autocast, resolve_device
+from tfkit.training.loop import _autocast, resolve_device
 from tfkit.training.session import RunResult, TrainCallback
-
-TRAIN_COLUMNS = (
-    "step", "tokens_seen", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm", "skipped_steps",
-    *THROUGHPUT_COLUMNS, "curriculum_dims", "curriculum_points", "curriculum_loops",
-)  # fmt: skip
-VAL_COLUMNS = ("step", "tokens_seen", "time_s", "curriculum_dims", "curriculum_points", "curriculum_loops", "val_loss")
-
-
-def icl_log_columns(n_points: int, eval_loops: int) -> tuple[list[str], list[str]]:
-    """The columns of `train_log.csv` and `val_log.csv` (eval_loops 1: no per-loop columns)."""
-    val = list(VAL_COLUMNS)
-    for prefix in ("val_loss", *(f"{name}_loss" for name in BASELINES)):
-        val += [f"{prefix}_{i}" for i in range(1, n_points + 1)]
-    if eval_loops > 1:
-        val += [f"val_loss_loop_{k}" for k in range(1, eval_loops + 1)]
-    return list(TRAIN_COLUMNS), val
 
 
 def build_model(config: IclRunConfig) -> VectorTransformer:
@@ -103,7 +89,7 @@ class ValSet:
     def make(cls, config: IclRunConfig, device: torch.device) -> ValSet:
         task = config.task
         generator = torch.Generator().manual_seed(task.val_seed)  # on CPU: the same set on every device
-        xs, ys = sample_prompts(task, task.val_prompts, task.n_points, task.n_dims, generator)
+        xs, ys = sample_prompts(task, task.val_examples, task.n_points, task.n_dims, generator)
         norm = normaliser(task, task.n_dims)
         errors = baseline_errors(xs, ys, task)
         baselines = {name: (err / norm).tolist() for name, err in errors.items()}
@@ -143,6 +129,8 @@ def evaluate_icl(
 class IclTask(Task):
     """In-context regression: fresh prompts every step, at the curriculum's current stage."""
 
+    count_column = "points_seen"
+
     def __init__(self, config: IclRunConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         task = config.task
@@ -180,6 +168,9 @@ class IclTask(Task):
 
     def shape(self) -> tuple[int, int]:
         return self.config.task.batch_size * self.config.optim.grad_accum_steps, self.stage.points
+
+    def columns(self) -> tuple[list[str], list[str]]:
+        return icl_columns(self.config.task.n_points, self.config.loop.scored_loops)
 
     def evaluate(self) -> dict[str, Any]:
         return evaluate_icl(self.model, self.val, self.config, self.device)

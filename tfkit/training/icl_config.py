@@ -55,14 +55,14 @@ class TaskConfig:
         "In-context task, the function class f of the prompts (x_1, f(x_1), ..., x_n, f(x_n)): " + ", ".join(TASKS) + ".",
     )
     n_dims: int = opt(5, "Dimension of the inputs x (the end of the dims curriculum).")
-    n_points: int = opt(11, "In-context examples per prompt (the end of the points curriculum).")
+    n_points: int = opt(11, "In-context points (x, f(x)) per prompt (the end of the points curriculum).")
     batch_size: int = opt(64, "Prompts per micro-batch.")
     noise_std: float = opt(1.0, "noisy_linear_regression: standard deviation of the label noise.")
     sparsity: int = opt(3, "sparse_linear_regression: non-zero weights per prompt.")
     relu_hidden: int = opt(100, "relu_2nn: hidden units of the random two-layer network.", cli=False)
     tree_depth: int = opt(4, "decision_tree: depth of the random tree.", cli=False)
     knn_neighbours: int = opt(3, "Neighbours of the k-nearest-neighbours baseline.", cli=False)
-    val_prompts: int = opt(1024, "Prompts in the validation set (drawn once, at the final dims and points).", cli=False)
+    val_examples: int = opt(1024, "Validation prompts (drawn once, at the final dims and points).", cli=False)
     val_seed: int = opt(1234, "Seed of the validation set (the same for every run).", cli=False)
 
     def __post_init__(self) -> None:
@@ -70,7 +70,7 @@ class TaskConfig:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {shown(self.task)}: choose one of {', '.join(TASKS)}")
         for name in ("n_dims", "n_points", "batch_size", "sparsity", "relu_hidden", "tree_depth",
-                     "knn_neighbours", "val_prompts"):  # fmt: skip
+                     "knn_neighbours", "val_examples"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
         if self.noise_std < 0:
@@ -104,7 +104,7 @@ class CurriculumConfig:
     dims_start: int | None = opt(None, "Dims curriculum: input dimension at step 0 (default --n-dims).")
     dims_inc: int = opt(1, "Dims curriculum: increase per interval.")
     dims_interval: int = opt(2000, "Dims curriculum: steps between increases.")
-    points_start: int | None = opt(None, "Points curriculum: in-context examples at step 0 (default --n-points).")
+    points_start: int | None = opt(None, "Points curriculum: in-context points at step 0 (default --n-points).")
     points_inc: int = opt(2, "Points curriculum: increase per interval.")
     points_interval: int = opt(2000, "Points curriculum: steps between increases.")
     loops_start: int | None = opt(None, "Loops curriculum (--model looped): loops at step 0 (default --n-loops).")
@@ -245,7 +245,7 @@ class IclRunConfig(SectionedConfig):
             loops=self.loop.window, extra_params=(task.n_dims + 2) * C + 1,  # read-in and read-out layers
         )  # fmt: skip
         # the validation set and one batch of prompts, with the functions that label them (float32)
-        prompts = task.val_prompts + task.batch_size
+        prompts = task.val_examples + task.batch_size
         parts["data"] = 4 * prompts * (task.n_points * (task.n_dims + 1) + task.function_size())
         return parts
 

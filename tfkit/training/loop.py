@@ -27,10 +27,11 @@ from tfkit.config import DEFAULT_MAX_STEPS, RunConfig
 from tfkit.data.loaders import BatchCursor, ProcessSource, open_source, train_batches
 from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
+from tfkit.training.columns import pretrain_columns
 from tfkit.training.fit import Task, fit
 from tfkit.training.session import RunResult, TrainCallback
 
-__all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "log_columns", "resolve_device", "train"]
+__all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "resolve_device", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,27 +91,6 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-# the throughput columns every train row has after the counters (tfkit.training.throughput)
-THROUGHPUT_COLUMNS = ("tokens_per_s", "mfu", "peak_memory_mb", "data_wait_frac")
-TRAIN_COLUMNS = (
-    "step", "tokens_seen", "epoch", "time_s", "lr", "batch_size", "seq_len", "train_loss", "grad_norm",
-    "skipped_steps", *THROUGHPUT_COLUMNS,
-)  # fmt: skip
-VAL_COLUMNS = ("step", "tokens_seen", "epoch", "time_s", "val_loss", "val_acc", "val_pplx")
-
-
-def log_columns(seq_len: int, has_optimum: bool) -> tuple[list[str], list[str]]:
-    """The columns of `train_log.csv` and `val_log.csv` for a run, in file order."""
-    train_cols, val_cols = list(TRAIN_COLUMNS), list(VAL_COLUMNS)
-    if has_optimum:
-        positions = range(1, seq_len + 1)
-        train_cols += [f"relative_loss_{i}" for i in positions]
-        val_cols += ["optimal_loss", "excess_loss"]
-        for prefix in ("val_loss", "optimal_loss", "val_relative_loss"):
-            val_cols += [f"{prefix}_{i}" for i in positions]
-    return train_cols, val_cols
 
 
 @torch.no_grad()
@@ -211,6 +191,9 @@ class PretrainTask(Task):
 
     def epoch(self) -> float:
         return self.cursor.epoch + self.cursor.batch / self.per_epoch
+
+    def columns(self) -> tuple[list[str], list[str]]:
+        return pretrain_columns(self.seq_len, self.source.has_optimum)
 
     def evaluate(self) -> dict[str, Any]:
         return evaluate(self.step_model, self.source, self.device, self.config.train.precision, self.batch_size)

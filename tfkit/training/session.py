@@ -108,9 +108,12 @@ class Progress:
         for name, value in state.items():
             setattr(self, name, value)
 
-    def position(self) -> dict[str, Any]:
-        """The leading columns of every train / val row and of the summary: step, tokens_seen[, epoch]."""
-        row: dict[str, Any] = {"step": self.step, "tokens_seen": self.tokens_seen}
+    def position(self, count: str = "tokens_seen") -> dict[str, Any]:
+        """The leading columns of every train / val row and of the summary: step, the count column[, epoch].
+
+        `count` names what `tokens_seen` counts (tfkit.training.columns): tokens, or in-context examples.
+        """
+        row: dict[str, Any] = {"step": self.step, count: self.tokens_seen}
         if self.epoch is not None:
             row["epoch"] = self.epoch
         return row
@@ -287,12 +290,12 @@ class StepCounters:
         n_good = int(self.good_steps.item())
         names = task.metric_names
         means = (self.metric_sum / max(n_good, 1)).tolist() if names else []
-        batch_size, seq_len = task.shape()
+        global_batch_size, seq_len = task.shape()
         row: dict[str, Any] = {
-            **progress.position(),
+            **progress.position(task.count_column),
             "time_s": elapsed,
-            "lr": lr,
-            "batch_size": batch_size,
+            "current_lr": lr,
+            "global_batch_size": global_batch_size,
             "seq_len": seq_len,
             "train_loss": float(self.loss_sum.item()) / n_good if n_good else math.nan,
             **{name: (value if n_good else math.nan) for name, value in zip(names, means)},
@@ -530,8 +533,8 @@ class RunSession:
         return {
             "status": self.status,
             "message": self.message,
-            **progress.position(),
-            "wall_time_s": wall,
+            **progress.position(task.count_column),
+            "time_s": wall,
             "tokens_per_s": progress.tokens_seen / max(wall - progress.eval_time, 1e-9),
             "num_params": self.num_params,
             "num_params_non_embedding": self.num_params_ne,

@@ -22,6 +22,7 @@ from tfkit.data.chat import SftData, longest, scored_after_cut
 from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
+from tfkit.training.columns import SFT_METRICS, sft_columns
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.finetune_config import SftRunConfig
 from tfkit.training.loop import _autocast
@@ -55,7 +56,7 @@ def sft_forward(
 
 
 class SftObjective(Objective):
-    train_metrics = ("train_acc",)
+    train_metrics = SFT_METRICS
 
     def __init__(self, data: SftData) -> None:
         self.data = data
@@ -76,6 +77,9 @@ class SftObjective(Objective):
         loss, correct, count = masked_lm_loss(logits, targets, scored)
         accuracy = correct.float() / count.clamp(min=1)
         return loss, accuracy.detach().reshape(1)
+
+    def columns(self) -> tuple[list[str], list[str]]:
+        return sft_columns()
 
     @torch.no_grad()
     def evaluate(self, model: GPT, device: torch.device, precision: str) -> dict[str, Any]:

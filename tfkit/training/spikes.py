@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from tfkit.training.columns import SPIKE_COLUMNS
+
 SPIKE_ACTIONS = ("log", "checkpoint", "skip", "rollback", "stop")
-SPIKE_COLUMNS = ("step", "train_loss", "grad_norm", "loss_threshold", "grad_norm_threshold", "action")
 
 
 class SpikeDetector:
