@@ -54,12 +54,24 @@ def brief_repr(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _whole_number(meta: dict[str, Any], key: str, sidecar: Path, minimum: int) -> int:
+def whole_number(meta: dict[str, Any], key: str, path: Path, minimum: int) -> int:
+    """`meta[key]` of the JSON file at `path`, checked to be a whole number >= `minimum`."""
     value = meta[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive whole number" if minimum > 0 else "a whole number >= 0"
-        raise DataError(f"{sidecar}: {key!r} must be {kind}, got {brief_repr(value)}")
+        raise DataError(f"{path}: {key!r} must be {kind}, got {brief_repr(value)}")
     return value
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in the file at `path` (`what` it should be, for the error); a `DataError` otherwise."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} holds a JSON {type(data).__name__}, not {what} (an object)")
+    return data
 
 
 def shard_dtype(vocab_size: int) -> np.dtype:
@@ -252,17 +264,12 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     sidecar = Path(path)
     if not sidecar.is_file():
         raise DataError(f"{sidecar} is missing: the sidecar of {sidecar.stem}{SHARD_SUFFIX}")
-    try:
-        meta = json.loads(sidecar.read_bytes())
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DataError(f"{sidecar} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{sidecar} holds a JSON {type(meta).__name__}, not a shard sidecar (an object)")
+    meta = read_json_object(sidecar, "a shard sidecar")
     for key in ("vocab_size", "tokenizer_sha256", "num_tokens"):
         if key not in meta:
             raise DataError(f"{sidecar} has no {key!r}")
-    _whole_number(meta, "vocab_size", sidecar, 1)
-    _whole_number(meta, "num_tokens", sidecar, 0)
+    whole_number(meta, "vocab_size", sidecar, 1)
+    whole_number(meta, "num_tokens", sidecar, 0)
     if meta["tokenizer_sha256"] is not None and not isinstance(meta["tokenizer_sha256"], str):
         raise DataError(f"{sidecar}: 'tokenizer_sha256' must be a string, got {brief_repr(meta['tokenizer_sha256'])}")
     return meta

@@ -574,20 +574,14 @@ def read_manifest(tokenized_dir: str | Path) -> dict[str, Any]:
 
 def parse_manifest(manifest: Path) -> dict[str, Any]:
     """A `tfkit_tokenized.json` read and checked: a JSON object whose `mode` is one of `MODES`."""
-    from tfkit.data.shards import brief_repr
+    from tfkit.data.shards import brief_repr, read_json_object, whole_number
 
-    try:
-        data = json.loads(manifest.read_bytes())
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DataError(f"{manifest} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{manifest} holds a JSON {type(data).__name__}, not a tokenized-data manifest (an object)")
+    data = read_json_object(manifest, "a tokenized-data manifest")
     mode = data.get("mode")
     if mode not in MODES:
         raise DataError(f"{manifest}: 'mode' must be one of {', '.join(MODES)}, got {brief_repr(mode)}")
-    vocab_size = data.get("vocab_size")
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
-        raise DataError(f"{manifest}: 'vocab_size' must be a positive whole number, got {brief_repr(vocab_size)}")
+    if data.get("vocab_size") is not None:
+        whole_number(data, "vocab_size", manifest, 1)
     return data
 
 
