@@ -16,6 +16,12 @@ Both loops use the same device, batch, sequence length, precision (bf16 autocast
 torch.compile setting (of the model only, as tfkit does), run in the same process in
 alternating order (ABBA...), and are timed after warmup steps; the table shows the median
 over rounds.
+
+A third loop, `tfkit bare`, is tfkit with the monitor's logit probe off (`--no-log-logits`):
+`tfkit/tfkit bare` is what the default monitoring (an extra forward without gradients every
+`log_every` steps, `tfkit.training.monitor`) costs at the default cadence of 10 steps
+(`--warmup` is also the logging cadence). `--layer-stats` adds `--log-layer-stats` to the
+monitored loop.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ PRESETS = {
     # ~1-2 minutes in all on a 2-core CPU. The data (mess3) has 3 symbols, but a 4096-token
     # vocabulary gives the model a realistically sized embedding/head.
     "small": dict(depth=4, width=256, num_heads=4, seq_len=128, batch_size=16, vocab_size=4096,
-                  steps=20, warmup=5),
+                  steps=20, warmup=10),
     # GPT-2 small (124M) shape with nanoGPT's padded vocabulary; batch sized for one 80 GB GPU.
     "gpt2": dict(depth=12, width=768, num_heads=12, seq_len=1024, batch_size=16, vocab_size=50304,
                  steps=50, warmup=10),
@@ -216,6 +222,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: on CUDA only")
     parser.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE, help="peak FLOP/s for MFU (CUDA)")
+    parser.add_argument("--layer-stats", action="store_true", help="also --log-layer-stats in the monitored loop")
     args = parser.parse_args()
 
     preset = dict(PRESETS[args.preset])
@@ -246,6 +253,10 @@ def main() -> int:
         "train.compile": args.compile, "train.precision": "auto", "log.log_every": warmup,
     })  # fmt: skip
     flops_per_token = GPT(config.model).flops_per_token(seq_len)
+    configs = {
+        "tfkit": config.with_updates({"train.log_layer_stats": args.layer_stats}),
+        "tfkit bare": config.with_updates({"train.log_logits": False}),
+    }
 
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -257,25 +268,24 @@ def main() -> int:
     sys.stdout.flush()
 
     wall0 = time.perf_counter()
-    results: dict[str, list[float]] = {"tfkit": [], "reference": []}
+    loops = ["tfkit", "tfkit bare", "reference"]
+    results: dict[str, list[float]] = {k: [] for k in loops}
     params: dict[str, int] = {}
     for r in range(args.rounds):
-        order = ["tfkit", "reference"] if r % 2 == 0 else ["reference", "tfkit"]
-        for which in order:
-            if which == "tfkit":
-                tps, params[which] = tfkit_round(config, warmup, steps)
-            else:
+        for which in loops if r % 2 == 0 else loops[::-1]:
+            if which == "reference":
                 tps, params[which] = reference_round(config, device, use_compile, warmup, steps)
+            else:
+                tps, params[which] = tfkit_round(configs[which], warmup, steps)
             results[which].append(tps)
-        print(f"  round {r + 1}: tfkit {results['tfkit'][-1]:,.0f} tok/s, reference "
-              f"{results['reference'][-1]:,.0f} tok/s")  # fmt: skip
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {results[k][-1]:,.0f} tok/s" for k in loops))
         sys.stdout.flush()
 
     med = {k: statistics.median(v) for k, v in results.items()}
     spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in results.items()}
     print()
     print(f"{'':12}{'tokens/s (median)':>20}{'spread':>9}{'params':>14}")
-    for k in ("tfkit", "reference"):
+    for k in loops:
         print(f"{k:12}{med[k]:>20,.0f}{spread[k]:>8.1%}{params[k]:>14,}")
     if params["tfkit"] != params["reference"]:
         print(f"WARNING: parameter counts differ ({params['tfkit']} vs {params['reference']})")
@@ -284,9 +294,12 @@ def main() -> int:
         print(f"MFU = tokens/s * flops_per_token / peak_flops, flops_per_token = {flops_per_token:.4g} "
               f"(GPT.flops_per_token({seq_len}): 6 N_matmul + 12 depth seq_len width), "
               f"peak_flops = {args.peak_flops:.4g}")  # fmt: skip
-        for k in ("tfkit", "reference"):
+        for k in loops:
             print(f"MFU {k}: {med[k] * flops_per_token / args.peak_flops:.1%}")
     print(f"ratio tfkit/reference: {med['tfkit'] / med['reference']:.2f}")
+    monitored = "logit probe" + (" and layer stats" if args.layer_stats else "")
+    print(f"monitoring ({monitored} every {warmup} steps): tfkit/tfkit bare {med['tfkit'] / med['tfkit bare']:.3f}, "
+          f"overhead {1 - med['tfkit'] / med['tfkit bare']:.1%}")
     return 0
 
 

@@ -55,6 +55,8 @@ MAX_SHAPE = {
 # Weights and buffers in float32. Training needs about four times this (gradients and
 # AdamW's two moments), more than any single accelerator holds.
 MAX_MODEL_BYTES = 2**36  # 64 GiB
+# States per channel of the `--mixer ssm` layer (tfkit.models.ssm), Mamba's d_state.
+SSM_STATE = 16
 # Runs whose estimated training memory is below this are not checked against the device
 # (so small runs never pay for asking CUDA how much memory it has).
 MEMORY_CHECK_FROM = 2**30
@@ -174,6 +176,11 @@ class ModelConfig:
         "Block kind: sequential (attention then MLP) or parallel (hlb-gpt's fused attention+MLP).",
     )
     linear_value: bool = opt(False, "Parallel blocks: no GELU on the attention values.")
+    mixer: Literal["attention", "ssm"] = opt(
+        "attention",
+        "Sequence mixer of every block: causal attention, or ssm (a selective diagonal state-space layer, "
+        f"{SSM_STATE} states per channel; --num-heads does not apply).",
+    )
     qk_norm: bool = opt(False, "Normalise queries and keys per head before attention.")
     tie_embeddings: bool = opt(True, "Share the token embedding with the output layer.")
     dropout: float = opt(0.0, "Dropout on attention weights and residual branches.")
@@ -202,7 +209,11 @@ class ModelConfig:
                     f"{field_label(self, name)} {value:,} is above {bound:,}, the largest tfkit builds "
                     "(a bound on what a config, typed or read from a checkpoint, may ask for)"
                 )
-        if self.width % self.num_heads:
+        if self.mixer == "ssm" and self.qk_norm:
+            raise ConfigError("--qk-norm normalises attention's queries and keys: --mixer ssm has none")
+        if self.mixer == "ssm" and self.positions == "rotary":
+            raise ConfigError("--positions rotary acts inside attention: --mixer ssm takes --positions learned")
+        if self.mixer == "attention" and self.width % self.num_heads:
             raise ConfigError(f"--num-heads ({self.num_heads}) must divide --width ({self.width})")
         if self.positions == "rotary" and (self.width // self.num_heads) % 2:
             raise ConfigError(
@@ -257,10 +268,12 @@ class ModelConfig:
         norm = 2 * C if self.norm == "layernorm" and self.bias else C
         qk_norm = 2 * (C // self.num_heads) if self.qk_norm else 0
         bias = 1 if self.bias else 0
+        # the mixer's input width (q, k, v; or u, z, dt, B, C) and its other weights (qk-norm; or A_log, dt_bias, D)
+        mix_in, mix = (3 * C, qk_norm) if self.mixer == "attention" else (3 * C + 2 * SSM_STATE, 3 * C)
         if self.block == "parallel":
-            block = norm + (C + bias) * (3 * C + mlp_in) + (hidden + C + bias) * C + qk_norm
+            block = norm + (C + bias) * (mix_in + mlp_in) + (hidden + C + bias) * C + mix
         else:
-            block = 2 * norm + (C + bias) * 3 * C + (C + bias) * C + (C + bias) * mlp_in + (hidden + bias) * C + qk_norm
+            block = 2 * norm + (C + bias) * (mix_in + C + mlp_in) + (hidden + bias) * C + mix
         params = L * block + norm + vocab * C * (1 if self.tie_embeddings else 2)
         if self.positions == "learned":
             params += context * C
@@ -314,9 +327,15 @@ class OptimConfig:
     )
     min_lr_ratio: float = opt(0.1, "Final learning rate as a fraction of --lr.")
     weight_decay: float = opt(0.1, "Decoupled weight decay (not on norms, biases, embeddings).")
+    weight_decay_mode: Literal["coupled", "independent"] = opt(
+        "coupled",
+        "coupled (PyTorch's AdamW): each step shrinks weights by current_lr * --weight-decay; independent "
+        "(Loshchilov & Hutter, Wortsman et al.): by (current_lr / --lr) * --weight-decay, so the decay follows "
+        "the schedule but not the peak learning rate (typical values ~1e-4).",
+    )
     beta1: float = opt(0.9, "AdamW beta1.")
     beta2: float = opt(0.99, "AdamW beta2.")
-    eps: float = opt(1e-8, "AdamW epsilon.", cli=False)
+    eps: float = opt(1e-8, "AdamW epsilon (smaller values help against lr sensitivity at scale).")
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
     grad_accum_steps: int = opt(1, "Micro-batches accumulated per optimizer step.")
     decay_embeddings: bool = opt(False, "Apply weight decay to embeddings too.", cli=False)
@@ -327,7 +346,7 @@ class OptimConfig:
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.eps < 0:
-            raise ConfigError(f"optim.eps must be >= 0, got {self.eps}")
+            raise ConfigError(f"--eps must be >= 0, got {self.eps}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -396,7 +415,26 @@ class TrainConfig:
     compile: Literal["auto", "on", "off"] = opt("auto", "torch.compile the model (auto: on CUDA only).", identity=False)
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "auto: bf16 autocast on CUDA, fp32 elsewhere.")
     max_bad_steps: int = opt(10, "Consecutive non-finite steps that fail the run.", cli=False)
+    z_loss: float = opt(
+        0.0, "Coefficient of the z-loss term z_loss * mean(log^2 Z) on the output softmax (PaLM; 1e-4 is usual).",
+    )
+    log_logits: bool = opt(
+        True, "Each train row: max attention logit per layer and output-logit mean, max and log Z, from an "
+        "extra forward of the logged micro-batch without gradients.", identity=False,
+    )
+    log_layer_stats: bool = opt(
+        False, "Each train row: per layer, parameter norm, gradient norm (before clipping) and update/parameter "
+        "RMS ratio.", identity=False,
+    )
+    log_step_losses: bool = opt(
+        False, "Write every step's train_loss and grad_norm to step_losses.csv (read from the device at log "
+        "points, so no extra sync).", identity=False,
+    )
     keep_last: int | None = opt(None, "Keep only the newest N checkpoints (default: all).", identity=False)
+    parallel: Literal["ddp", "fsdp"] = opt(
+        "ddp", "Under torchrun: ddp replicates the model on every process; fsdp shards parameters, gradients and "
+        "optimizer state over them (PyTorch's fully_shard).", identity=False,
+    )
     spike_action: Literal["log", "checkpoint", "skip", "rollback", "stop"] = opt(
         "log",
         "On a loss spike (loss or grad norm above mean + k*std of recent steps): log it to spikes.csv; also "
@@ -420,6 +458,8 @@ class TrainConfig:
                 raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
         if self.spike_max_rollbacks < 0:
             raise ConfigError(f"train.spike_max_rollbacks must be at least 0, got {self.spike_max_rollbacks}")
+        if self.z_loss < 0:
+            raise ConfigError(f"--z-loss must be >= 0, got {self.z_loss}")
         if self.spike_sigma <= 0:
             raise ConfigError(f"train.spike_sigma must be positive, got {self.spike_sigma}")
         if self.peak_flops is not None and self.peak_flops <= 0:
@@ -451,6 +491,9 @@ class LogConfig:
     wandb_project: str | None = opt(None, "Also log to this wandb project.", identity=False)
     wandb_entity: str | None = opt(None, "wandb entity (user or team).", cli=False, identity=False)
     wandb_group: str | None = opt(None, "wandb group of the run (ablate: one per ablation).", cli=False, identity=False)
+    tensorboard: bool = opt(
+        False, "Also write TensorBoard event files to <run>/tensorboard/ (tags: the CSV column names).", identity=False
+    )
     s3_uri: str | None = opt(
         None, "Push the run directory to <this prefix>/<run name> at the end (s3://bucket/prefix).", identity=False
     )
@@ -468,6 +511,12 @@ class LogConfig:
             parse_s3_uri(self.s3_uri, "--s3-uri")
         if self.s3_every_checkpoint and self.s3_uri is None:
             raise ConfigError("--s3-every-checkpoint needs --s3-uri")
+        if self.tensorboard:
+            import importlib.util
+
+            # checked here, before anything is written, without importing it (--help stays fast)
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 SECTIONS: dict[str, type] = {

@@ -38,6 +38,23 @@ def test_looped_run_writes_the_icl_columns(tmp_path):
     assert summary["status"] == "completed" and summary["step"] == 4
 
 
+def test_a_tiny_looped_model_leaves_the_zero_predictor_plateau(tmp_path):
+    """ICL must learn: d=2, 6 points, a width-32 block looped 3 times, 200 steps of 256 prompts (~7 s).
+
+    With the read-in at the blocks' init_std (the injected prompt ~20x smaller than the state)
+    this run stays at the zero predictor (1.00 at the last point) for all 200 steps.
+    """
+    out = tmp_path / "run"
+    args = ["train", "icl", "--n-dims", "2", "--n-points", "6", "--width", "32", "--n-loops", "3",
+            "--loop-window", "2", "--lr", "1e-2", "--batch-size", "256", "--max-steps", "200",
+            "--eval-every", "200", "--device", "cpu", "--set", "task.val_examples=256", "--out", str(out), "-q"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    last = pl.read_csv(out / "val_log.csv").row(-1, named=True)
+    assert last["zero_loss_6"] == pytest.approx(1.0, abs=0.1)
+    assert last["val_loss_6"] < 0.9 * last["zero_loss_6"], (last["val_loss_6"], last["averaging_loss_6"])
+
+
 def test_gpt_model_json_summary(tmp_path):
     result = runner.invoke(app, ["train", "icl", *TINY, "--model", "gpt", "--task", "relu_2nn", "--json",
                                  "--out", str(tmp_path / "run")])  # fmt: skip

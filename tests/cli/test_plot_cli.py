@@ -64,7 +64,7 @@ def test_options_override_the_template_and_list_templates(results, tmp_path):
     [
         ("empty", [], "is empty"),
         ("header", [], "has a header but no rows"),
-        (None, ["-t", "nope"], "unknown template 'nope': shipped templates are dpo_rewards"),
+        (None, ["-t", "nope"], "unknown template 'nope': shipped templates are "),
         (None, ["-t", "dpo_rewards"], "needs column(s) rewards_chosen"),
         (None, ["--filter", "width == 7"], "matches no rows; width has values [32, 64]"),
         (None, ["--filter", "width"], "--filter 'width' is not a condition (it gives Int64"),

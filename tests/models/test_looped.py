@@ -84,3 +84,14 @@ def test_parameter_groups_cover_every_parameter_once():
     assert model.num_params() - model.num_params(non_embedding=True) == model.blocks.wpe.weight.numel()
     rotary = tiny(positions="rotary")
     assert rotary.blocks.wpe is None and rotary.num_params() == rotary.num_params(non_embedding=True)
+
+
+def test_the_injected_prompt_has_the_scale_of_the_state():
+    """The read-in maps x ~ N(0, I) to unit-scale embeddings, the scale of the normalised state it joins."""
+    torch.manual_seed(0)
+    model = VectorTransformer(ModelConfig(depth=1, width=64, num_heads=4, max_seq_len=12), in_dim=5)
+    z = torch.randn(256, 12, 5)
+    e = model.read_in(z)  # (B, T, C)
+    state = model.blocks.ln_f(model.blocks.h[0](e))  # (B, T, C): what the next loop adds e to
+    assert 0.7 < e.std().item() < 1.3
+    assert 0.5 < e.std().item() / state.std().item() < 2.0

@@ -17,11 +17,13 @@ from tfkit.ablate.results import PARAM_COLUMNS
 from tfkit.config import RunConfig
 from tfkit.plotting.templates import list_templates, load_template
 from tfkit.training.columns import (
+    CARRIED_MONITOR_COLUMNS,
     CARRIED_TRAIN_COLUMNS,
     COUNT_COLUMNS,
     dpo_columns,
     icl_columns,
     in_declared_order,
+    monitor_columns,
     pretrain_columns,
     sft_columns,
 )
@@ -29,6 +31,8 @@ from tfkit.training.finetune_config import DpoRunConfig, SftRunConfig
 from tfkit.training.icl_config import IclRunConfig
 
 VOCAB = 16
+# the default monitoring of a one-block model whose outputs are logits (--log-logits)
+LOGITS_ONE_LAYER = monitor_columns(1, output_logits=True, blocks=0)
 STEPS = {"train.max_steps": 4, "train.eval_every": 2, "log.log_every": 1, "train.device": "cpu"}
 
 
@@ -37,10 +41,12 @@ def header(path) -> list[str]:
         return next(csv.reader(f))
 
 
-def check_run(result, declared: tuple[list[str], list[str]], count: str) -> None:
+def check_run(result, declared: tuple[list[str], list[str]], count: str, monitor: list[str] = ()) -> None:
+    """The headers are the kind's declaration, the train log followed by the monitor's columns."""
     assert result.status == "completed", result.message
     run = result.run_dir
-    assert (header(run / "train_log.csv"), header(run / "val_log.csv")) == declared
+    train, val = declared
+    assert (header(run / "train_log.csv"), header(run / "val_log.csv")) == (train + list(monitor), val)
     summary = json.loads((run / "summary.json").read_text())
     assert count in summary and "time_s" in summary
     assert not ({*COUNT_COLUMNS, "wall_time_s"} - {count}) & set(summary)  # one count, one wall time
@@ -55,7 +61,7 @@ def test_pretrain_logs_its_declared_columns(tmp_path):
         "log.out": str(tmp_path / "run"), **STEPS,
     })  # fmt: skip
     result = train(config)
-    check_run(result, pretrain_columns(6, has_optimum=True), "tokens_seen")
+    check_run(result, pretrain_columns(6, has_optimum=True), "tokens_seen", LOGITS_ONE_LAYER)
     with open(result.run_dir / "train_log.csv", newline="") as f:
         row = list(csv.DictReader(f))[-1]
     # the global batch is micro-batch x accumulation; the logged lr is the scheduled one, past its peak
@@ -82,7 +88,7 @@ def test_sft_logs_its_declared_columns(tmp_path):
         "sft.init": str(write_init_run(tmp_path / "init", VOCAB, 24)), "data.data": str(data), "data.batch_size": 4,
         "log.out": str(tmp_path / "run"), **STEPS,
     })  # fmt: skip
-    check_run(train_sft(config), sft_columns(), "tokens_seen")
+    check_run(train_sft(config), sft_columns(), "tokens_seen", monitor_columns(2, output_logits=True, blocks=0))
 
 
 def test_dpo_logs_its_declared_columns(tmp_path):
@@ -93,7 +99,7 @@ def test_dpo_logs_its_declared_columns(tmp_path):
         "dpo.init": str(write_init_run(tmp_path / "init", VOCAB, 16)), "data.data": str(data),
         "data.batch_size": 4, "log.out": str(tmp_path / "run"), **STEPS,
     })  # fmt: skip
-    check_run(train_dpo(config), dpo_columns(), "tokens_seen")
+    check_run(train_dpo(config), dpo_columns(), "tokens_seen", monitor_columns(2, output_logits=True, blocks=0))
 
 
 def test_a_row_that_differs_from_the_declaration_is_refused():
@@ -103,10 +109,16 @@ def test_a_row_that_differs_from_the_declaration_is_refused():
 
 
 def declared(source: str) -> set[str]:
-    """Every column a template may name: a run's logs, or (val / results) the evaluation rows."""
+    """Every column a template may name: a run's logs, (val / results) the evaluation rows, or an analysis."""
+    from tfkit.analysis.beliefs import belief_columns, point_columns
+
+    if source == "beliefs":
+        return set(belief_columns(4))
+    if source == "belief_points":
+        return set(point_columns(3))
     kinds = [pretrain_columns(4, True), icl_columns(4, 2), sft_columns(), dpo_columns()]
     if source == "train":
-        return {c for train, _ in kinds for c in train}
+        return {c for train, _ in kinds for c in train} | set(monitor_columns(4, output_logits=True, blocks=4))
     return {c for _, val in kinds for c in val} | set(CARRIED_TRAIN_COLUMNS) | set(PARAM_COLUMNS)
 
 
@@ -114,7 +126,7 @@ def declared(source: str) -> set[str]:
 def test_plot_templates_name_declared_columns(name):
     template = load_template(name)
     columns = declared(template.source)
-    if template.kind == "positions":
+    if template.kind in ("positions", "simplex"):
         assert all(f"{prefix}_1" in columns for prefix in template.y), template.y
     else:
         assert set(template.y) <= columns, set(template.y) - columns
@@ -124,5 +136,6 @@ def test_plot_templates_name_declared_columns(name):
 
 def test_carried_train_columns_are_train_columns_of_every_kind():
     for train, _ in (pretrain_columns(4, False), icl_columns(4, 1), sft_columns(), dpo_columns()):
-        assert set(CARRIED_TRAIN_COLUMNS) <= set(train)
+        assert set(CARRIED_TRAIN_COLUMNS) - set(CARRIED_MONITOR_COLUMNS) <= set(train)
         assert "lr" not in train and "batch_size" not in train
+    assert set(CARRIED_MONITOR_COLUMNS) <= set(LOGITS_ONE_LAYER)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tfkit.data.icl import (
+    Stage,
     averaging_predictions,
     baseline_errors,
     interleave,
@@ -68,8 +69,20 @@ def test_curriculum_follows_start_increment_and_interval():
     assert [s.dims for s in stages] == [2, 2, 2, 2, 5, 8, 8]
     assert [s.points for s in stages] == [5, 5, 7, 9, 9, 9, 9]
     assert [s.loops for s in stages] == [1, 4, 5, 6, 6, 6, 6]
+    # the defaults: 2 -> 5 dims and 5 -> 11 points, the task's size from step 1,500; loops from the start
     plain = IclRunConfig()
-    assert stage_at(0, plain) == stage_at(5000, plain)  # no start: the end from step 0
+    assert [stage_at(step, plain) for step in (0, 499, 500, 1500, 10**6)] == [
+        Stage(2, 5, 6),
+        Stage(2, 5, 6),
+        Stage(3, 7, 6),
+        Stage(5, 11, 6),
+        Stage(5, 11, 6),
+    ]
+    # a start equal to the end turns that curriculum off; the default starts are capped at small ends
+    off = plain.with_updates({"dims_start": 5, "points_start": 11})
+    assert stage_at(0, off) == stage_at(5000, off) == Stage(5, 11, 6)
+    small = plain.with_updates({"n_dims": 1, "n_points": 3}).resolved()
+    assert (small.curriculum.dims_start, small.curriculum.points_start) == (1, 3)
     with pytest.raises(ConfigError, match="--n-dims 3 \\(the end of the curriculum\\) is below --dims-start 4"):
         plain.with_updates({"n_dims": 3, "dims_start": 4})
 
@@ -107,6 +120,8 @@ def test_loss_covers_exactly_the_last_window_loops():
     config = IclRunConfig().with_updates({**TINY, "n_loops": 5, "loop_window": 2}).resolved()
     torch.manual_seed(0)
     model = build_model(config)
+    for p in model.parameters():  # large weights: predictions that differ visibly from loop to loop
+        torch.nn.init.normal_(p, std=0.5)
     xs, ys = sample_prompts(config.task, 4, 11, 5, gen(0))
     z = interleave(xs, ys)
     assert torch.equal(predictions_at_x(z[..., 0]), xs[..., 0])  # x_i at even positions
@@ -155,7 +170,7 @@ def test_train_log_ends_at_the_last_step(tmp_path):
 def test_gpt_model_and_example_budget():
     config = IclRunConfig().with_updates({**TINY, "model": "gpt", "n_loops": None, "loop_window": None})
     assert config.resolved().loop.n_loops is None and config.loop.scored_loops == 1
-    budget = config.with_updates({"max_steps": None, "max_tokens": 8 * 11 * 10})
+    budget = config.with_updates({"max_steps": None, "max_tokens": 8 * 11 * 10, "points_start": 11})
     assert total_steps(budget) == 10
     ramp = budget.with_updates({"points_start": 5, "points_inc": 6, "points_interval": 1})
     assert total_steps(ramp) == 11  # 8 * (5 + 11 * k) >= 880 first at k = 10

@@ -15,7 +15,7 @@ from tfkit.data.loaders import open_source
 from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
 from tfkit.training.checkpoint import latest_checkpoint, load_checkpoint
-from tfkit.training.columns import pretrain_columns
+from tfkit.training.columns import monitor_columns, pretrain_columns
 from tfkit.training.loop import evaluate, train
 
 TRAIN_COLUMNS = [
@@ -39,7 +39,9 @@ def test_run_directory_and_columns(tiny_config):
     assert list(val_rows[0])[: len(VAL_COLUMNS)] == VAL_COLUMNS
     seq_len = tiny_config.data.seq_len
     # pretrain_columns() announces the files' exact headers before a run (ablate relies on it)
-    assert (list(train_rows[0]), list(val_rows[0])) == pretrain_columns(seq_len, has_optimum=True)
+    train_declared, val_declared = pretrain_columns(seq_len, has_optimum=True)
+    monitor = monitor_columns(tiny_config.model.depth, output_logits=True, blocks=0)  # --log-logits, on by default
+    assert (list(train_rows[0]), list(val_rows[0])) == (train_declared + monitor, val_declared)
     for i in range(1, seq_len + 1):
         assert f"relative_loss_{i}" in train_rows[0]
         for prefix in ("val_loss_", "optimal_loss_", "val_relative_loss_"):

@@ -60,7 +60,9 @@ def kill_and_resume(command: list[str], out: Path, kill_tokens: int, env: dict |
 
 
 def assert_same_run(reference: Path, resumed: Path) -> None:
-    for log in ("train_log.csv", "val_log.csv"):
+    for log in ("train_log.csv", "val_log.csv", "step_losses.csv"):
+        if log == "step_losses.csv" and not (reference / log).exists():
+            continue
         assert rows(resumed / log) == rows(reference / log), log
     ref, res = final_weights(reference), final_weights(resumed)
     assert ref.keys() == res.keys()
@@ -72,7 +74,8 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
 
 
 PRETRAIN = ["train", "pretrain", *tiny_cli_args(Path("unused"))[:-2], "--max-steps", "40", "--checkpoint-every", "10",
-            "--dropout", "0.1", "--log-every", "5", "--eval-every", "10", "--set", "optim.grad_accum_steps=2"]  # fmt: skip
+            "--dropout", "0.1", "--log-every", "5", "--eval-every", "10", "--set", "optim.grad_accum_steps=2",
+            "--z-loss", "1e-3", "--log-layer-stats", "--log-step-losses"]  # fmt: skip
 TOKENS_PER_STEP = 16 * 8 * 2  # batch x seq_len x accumulation
 
 
@@ -246,3 +249,27 @@ def test_resume_auto_without_a_checkpoint_starts_afresh(tmp_path):
     assert fresh.exit_code == 0, fresh.output
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
     assert "resumed" not in json.loads((out / "train_config.json").read_text())["meta"]
+
+
+def test_a_resume_that_fails_to_start_keeps_the_run(tmp_path, monkeypatch):
+    # the trackers fail to open (a broken logging install): the run's logs and checkpoints stay as they were
+    from tfkit.errors import ConfigError
+    from tfkit.training import session
+
+    out = tmp_path / "run"
+    first = CliRunner().invoke(app, [*PRETRAIN[:2], *tiny_cli_args(out), "--checkpoint-every", "10", "--quiet"])
+    assert first.exit_code == 0, first.output
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    def broken(*args, **kwargs):
+        raise ConfigError("the logging library failed to start")
+
+    monkeypatch.setattr(session, "open_trackers", broken)
+    failed = CliRunner().invoke(app, [*PRETRAIN[:2], *tiny_cli_args(out), "--checkpoint-every", "10",
+                                      "--resume", "auto", "--quiet"])  # fmt: skip
+    assert failed.exit_code == 2 and "failed to start" in failed.output
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert set(after) >= {k for k in before if k.name != "train_config.json"}
+    for name, data in before.items():
+        if name.name != "train_config.json":
+            assert after[name] == data, name

@@ -129,7 +129,7 @@ def test_stop_ends_the_run_failed_at_the_spike(tiny_config, poisoned):
 
 
 def test_rollback_continues_from_the_last_checkpoint_and_ends_near_a_clean_run(tiny_config, poisoned, tmp_path):
-    result = loop.train(spike_config(tiny_config, "rollback"))
+    result = loop.train(spike_config(tiny_config, "rollback", **{"train.log_step_losses": True}))
     assert result.status == "completed" and result.summary["step"] == 50
     [row] = spike_rows(result.run_dir)
     assert row["action"] == "rollback" and int(row["step"]) == POISONED_STEP
@@ -139,6 +139,8 @@ def test_rollback_continues_from_the_last_checkpoint_and_ends_near_a_clean_run(t
     with open(result.run_dir / "train_log.csv", newline="") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == sorted(set(steps)) and steps[-1] == 50  # no duplicate rows after the rollback
+    with open(result.run_dir / "step_losses.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 51))  # steps 21..29 once, retrained
     config = json.loads((result.run_dir / "train_config.json").read_text())
     assert config["train"]["spike_action"] == "rollback"
     clean = loop.train(spike_config(tiny_config, "log", **{"log.out": str(tmp_path / "clean"),

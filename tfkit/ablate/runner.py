@@ -45,7 +45,7 @@ from tfkit.training.loop import TrainCallback
 TRAIN_METRICS = CARRIED_TRAIN_COLUMNS
 # config fields that are not setting columns: the seed is an id column; the rest say
 # where the run goes and how it is logged
-NOT_SETTING = ("seed", "out", "wandb_project", "wandb_entity", "wandb_group")
+NOT_SETTING = ("seed", "out", "wandb_project", "wandb_entity", "wandb_group", "tensorboard")
 
 
 def setting_columns(kind: ExperimentKind = KINDS["lm"]) -> list[str]:
@@ -101,6 +101,7 @@ class RowRecorder(TrainCallback):
         self.results = results
         self.forward = forward or TrainCallback()
         self.pending: dict[str, Any] | None = None
+        self.wrote = False  # a row of this run is in the results file
         self.latest_train: dict[str, Any] = {}
         config = spec.config
         flat = config.to_flat_dict()
@@ -167,6 +168,11 @@ class RowRecorder(TrainCallback):
         self.forward.on_eval(row)
 
     def on_end(self, summary: dict[str, Any]) -> None:
+        if summary["status"] == "failed" and self.pending is None and not self.wrote:
+            # diverged before its first evaluation: one row without metrics, so the failure is a result
+            columns = set(self.results.columns) if self.results else set()
+            position = {k: summary[k] for k in POSITION_COLUMNS if k in summary and k in columns}
+            self.pending = {**self.base, **self.latest_train, **position}
         self.flush(summary["status"])
         self.forward.on_end(summary)
 
@@ -174,6 +180,7 @@ class RowRecorder(TrainCallback):
         if self.pending is not None and self.results is not None:
             self.results.append([{**self.pending, "run_status": status}])
             self.results.settle()
+            self.wrote = True
         self.pending = None
 
 

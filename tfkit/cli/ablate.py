@@ -24,7 +24,7 @@ from tfkit.cli._output import console, err_console, format_value, is_interactive
 from tfkit.cli.icl import EXCLUDED as ICL_EXCLUDED
 from tfkit.cli.train import build_config
 from tfkit.config import DEFAULT_MAX_STEPS
-from tfkit.errors import ConfigError
+from tfkit.errors import ConfigError, TfkitError
 from tfkit.training.icl_config import ICL_SECTIONS
 
 HELP = (
@@ -328,8 +328,29 @@ def _print_results(plan: Any, results: Any, outcomes: list[Any], num_runs: int) 
         row += [f"{params:,}", "-" if time_s is None else f"{time_s[0]:.1f}"]
         table.add_row(*row, style="bold green" if summary.setting_id == best else None)
     console.print(table)
+    if results is not None and "lr" in plan.varying and "vocab_size" in results.columns:
+        _print_lr_sensitivity(results.path, {s.run_id for s in plan.specs})
     if results is not None:
         console.print(f"Results: {results.path}", highlight=False)
+
+
+def _print_lr_sensitivity(path: Any, run_ids: set[str]) -> None:
+    """The LR sensitivity of each model of an ablation over --lr (tfkit.ablate.sensitivity)."""
+    import polars as pl
+
+    from tfkit.ablate.results import read_results
+    from tfkit.ablate.sensitivity import describe, lr_sensitivity
+
+    frame = read_results(path)
+    frame = frame.filter(pl.col("run_id").is_in(list(run_ids)))
+    try:
+        found = lr_sensitivity(frame)
+    except TfkitError:
+        return
+    if found:
+        console.print("LR sensitivity (mean over lr of min(final loss, initial loss) - best; lower is better):")
+        for sensitivity in found:
+            console.print("  " + describe(sensitivity), highlight=False)
 
 
 def _mean_std(stat: tuple[float, float] | None) -> str:

@@ -10,6 +10,7 @@ import tfkit
 from tfkit.cli._errors import USER_ERROR, command, interrupted, is_user_os_error, os_error_message
 from tfkit.cli._output import print_error
 from tfkit.cli.ablate import ablate_app
+from tfkit.cli.analyze import analyze_app
 from tfkit.cli.budget import budget
 from tfkit.cli.data import data_app
 from tfkit.cli.finetune import dpo, sft
@@ -40,6 +41,7 @@ command(app, "generate")(generate)
 app.add_typer(ablate_app, name="ablate")
 command(app, "plot")(plot)
 command(app, "budget")(budget)
+app.add_typer(analyze_app, name="analyze")
 
 
 def _version(value: bool) -> None:

@@ -7,10 +7,16 @@ from typing import Any
 from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
 from tfkit.cli._output import console
 from tfkit.cli.train import ProgressDisplay, build_config, report_run, resume_point
-from tfkit.training.icl_config import ICL_SECTIONS, UNUSED_MODEL_FIELDS, UNUSED_TRAIN_FIELDS, IclRunConfig
+from tfkit.training.icl_config import (
+    ICL_SECTIONS,
+    SOFTMAX_FIELDS,
+    UNUSED_MODEL_FIELDS,
+    UNUSED_TRAIN_FIELDS,
+    IclRunConfig,
+)
 
 # options of the shared sections that icl runs have no use for
-EXCLUDED = UNUSED_MODEL_FIELDS + UNUSED_TRAIN_FIELDS
+EXCLUDED = UNUSED_MODEL_FIELDS + UNUSED_TRAIN_FIELDS + SOFTMAX_FIELDS
 
 
 class IclProgressDisplay(ProgressDisplay):

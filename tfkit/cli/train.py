@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -182,7 +184,8 @@ def pretrain(
     config = build_config(options, config_file, sets or [], params or [], base=base)
     from tfkit.training.loop import train
 
-    display = ProgressDisplay(quiet or json_output)
+    follower = os.environ.get("RANK", "0") not in ("", "0")  # under torchrun, rank 0 alone reports
+    display = ProgressDisplay(quiet or json_output or follower)
     result = train(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
                    resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
-    report_run(result, SUMMARY_ROWS, quiet, json_output)
+    report_run(result, SUMMARY_ROWS, quiet or follower, json_output and not follower)

@@ -46,10 +46,8 @@ class Stage:
     loops: int
 
 
-def curriculum_value(step: int, start: int | None, end: int, inc: int, interval: int) -> int:
-    """start + inc for every `interval` steps completed, capped at `end` (start None: end)."""
-    if start is None:
-        return end
+def curriculum_value(step: int, start: int, end: int, inc: int, interval: int) -> int:
+    """start + inc for every `interval` steps completed, capped at `end`."""
     return min(end, start + inc * (step // interval))
 
 
@@ -57,9 +55,9 @@ def stage_at(step: int, config: IclRunConfig) -> Stage:
     """Dims, points and loops at optimizer step `step` (0-based)."""
     c: CurriculumConfig = config.curriculum
     return Stage(
-        dims=curriculum_value(step, c.dims_start, config.task.n_dims, c.dims_inc, c.dims_interval),
-        points=curriculum_value(step, c.points_start, config.task.n_points, c.points_inc, c.points_interval),
-        loops=curriculum_value(step, c.loops_start, config.loop.loops, c.loops_inc, c.loops_interval),
+        dims=curriculum_value(step, config.dims_start, config.task.n_dims, c.dims_inc, c.dims_interval),
+        points=curriculum_value(step, config.points_start, config.task.n_points, c.points_inc, c.points_interval),
+        loops=curriculum_value(step, config.loops_start, config.loop.loops, c.loops_inc, c.loops_interval),
     )
 
 

@@ -178,21 +178,26 @@ class BatchCursor:
     batch: int = 0
 
 
-def train_batches(source: DataSource, batch_size: int, cursor: BatchCursor) -> Iterator[np.ndarray]:
+def train_batches(
+    source: DataSource, batch_size: int, cursor: BatchCursor, rank: int = 0, world: int = 1
+) -> Iterator[np.ndarray]:
     """Endless micro-batches (B, T+1), advancing `cursor` as they are taken.
 
     An epoch's last partial batch is dropped so every batch has the same shape
-    (compiled models see one shape).
+    (compiled models see one shape). With several processes (`world` > 1) the cursor
+    counts global micro-batches of `batch_size` x `world` rows and rank `rank` takes its
+    `batch_size` of them, so the ranks together see what one process with the global
+    batch would (token shards are read only where a rank's rows are).
     """
-    per_epoch = source.sequences_per_epoch // batch_size
+    global_batch = batch_size * world
+    per_epoch = source.sequences_per_epoch // global_batch
     if per_epoch == 0:
-        raise DataError(
-            f"--batch-size {batch_size} is larger than one epoch ({source.sequences_per_epoch} sequences)"
-        )
+        what = f"--batch-size {batch_size}" + (f" x {world} processes" if world > 1 else "")
+        raise DataError(f"{what} is larger than one epoch ({source.sequences_per_epoch} sequences)")
     while True:
         tokens = source.epoch_tokens(cursor.epoch)
         while cursor.batch < per_epoch:
-            start = cursor.batch * batch_size
+            start = cursor.batch * global_batch + rank * batch_size
             cursor.batch += 1
             yield tokens[start : start + batch_size]
         cursor.epoch += 1

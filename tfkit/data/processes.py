@@ -158,6 +158,15 @@ class Process:
         Column 0 is -ln P(x_0) under the stationary distribution. These are the losses of
         the Bayes-optimal predictor on exactly these tokens.
         """
+        return self.filter(tokens)[0]
+
+    def beliefs(self, tokens: np.ndarray) -> np.ndarray:
+        """(N, L, S) P(next hidden state | x_0..x_t): the belief (mixed state) after each prefix, from the Bayes filter."""
+        return self.filter(tokens, keep_beliefs=True)[1]
+
+    def filter(self, tokens: np.ndarray, keep_beliefs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """The Bayes filter over `tokens` (N, L): (N, L) token losses and, with `keep_beliefs`,
+        the (N, L, S) beliefs after each token (None otherwise)."""
         tokens = self._check_tokens(tokens)  # (N, L)
         num_sequences, length = tokens.shape
         vocab_size, num_states = self.vocab_size, self.num_states
@@ -165,6 +174,7 @@ class Process:
         belief = np.tile(self.stationary, (num_sequences, 1))  # (N, S) P(state | past)
         rows = np.arange(num_sequences)
         losses = np.empty((num_sequences, length), dtype=np.float64)  # (N, L)
+        kept = np.empty((num_sequences, length, num_states)) if keep_beliefs else None  # (N, L, S)
         for position in range(length):
             joint = (belief @ flat).reshape(num_sequences, vocab_size, num_states)  # (N, V, S)
             observed = joint[rows, tokens[:, position]]  # (N, S) P(x_t, next state | past)
@@ -179,7 +189,9 @@ class Process:
             losses[:, position] = -np.log(token_prob)
             # Renormalising every step keeps beliefs well scaled for any length.
             belief = observed / token_prob[:, None]
-        return losses
+            if kept is not None:
+                kept[:, position] = belief
+        return losses, kept
 
     def optimal_loss(self, seq_len: int, max_beliefs: int = 2_000_000) -> np.ndarray:
         """(seq_len,) exact expected loss E[-ln P(x_i | x_0..x_{i-1})] of the optimal predictor.

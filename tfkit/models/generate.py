@@ -5,7 +5,8 @@ time, so a caller can stream them. The prompt is run once to fill a `KVCache`; e
 later step feeds only the newest token, whose query attends to all cached keys. When
 the context is full the cache is rebuilt from the last `max_seq_len` tokens, which is
 what an uncached model cropped to its context sees, so cached and uncached greedy
-generation give the same tokens.
+generation give the same tokens. A `--mixer ssm` model caches each layer's recurrent
+state (`StateCache`) instead of keys and values: a fixed size whatever the length.
 
 Sampling: `temperature` 0 is greedy (argmax); otherwise logits are divided by the
 temperature, cut to the `top_k` largest and to the smallest set whose probability
@@ -65,18 +66,31 @@ class LayerCache:
         return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, L + T, hs)
 
 
-class KVCache:
-    """One `LayerCache` per block and the number of positions already cached (`length`).
+class StateCache:
+    """The state of one ssm layer after the cached positions, (B, width, SSM_STATE); unset while `owner.length` is 0."""
 
-    `GPT.forward(idx, cache=cache)` appends `idx`'s keys and values and advances `length`.
+    def __init__(self, owner: KVCache) -> None:
+        self.owner = owner
+        self.state: torch.Tensor | None = None
+
+
+class KVCache:
+    """One `LayerCache` (or `StateCache`, for the ssm mixer) per block and the number of positions cached (`length`).
+
+    `GPT.forward(idx, cache=cache)` appends `idx`'s keys and values (or advances the
+    states past `idx`) and advances `length`.
     """
 
     def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype | None = None) -> None:
         cfg = model.config
+        self.length = 0
+        self.layers: list[LayerCache] | list[StateCache]
+        if cfg.mixer == "ssm":
+            self.layers = [StateCache(self) for _ in range(cfg.depth)]
+            return
         param = next(model.parameters())
         head_dim = cfg.width // cfg.num_heads
         shape = (batch_size, cfg.num_heads, cfg.max_seq_len, head_dim)
-        self.length = 0
         self.layers = [LayerCache(self, shape, dtype or param.dtype, param.device) for _ in range(cfg.depth)]
 
     def reset(self) -> None:

@@ -20,6 +20,10 @@ What the config chooses:
 - qk_norm: RMSNorm over the head dimension of q and k, before rotary.
 - dropout: on the attention weights (through sdpa's dropout_p, training only) and on
   every residual branch.
+- mixer attention | ssm: `ssm` puts a selective diagonal state-space layer
+  (`tfkit.models.ssm`) where attention was, in either block kind, with the same fused
+  projections around it. Heads, qk-norm and rotary belong to attention; learned
+  positions are still added to the embeddings, so the two mixers differ only in the mixer.
 
 Causal attention goes through F.scaled_dot_product_attention(is_causal=True), so
 PyTorch picks the fused kernel. The forward has no data-dependent Python branching and
@@ -46,12 +50,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tfkit.config import ModelConfig, check_model_fits, mlp_hidden_size
+from tfkit.config import SSM_STATE, ModelConfig, check_model_fits, mlp_hidden_size
+from tfkit.models.ssm import SelectiveSSM, SSMCore, ssm_in_features
 
 if TYPE_CHECKING:
-    from tfkit.models.generate import KVCache, LayerCache
+    from tfkit.models.generate import KVCache, LayerCache, StateCache
 
 RMS_EPS = 1e-6  # fixed rather than nn.RMSNorm's dtype-dependent default
+# attention scores computed at once by `max_attention_logit` (64 Mi float32 elements: 256 MiB)
+ATTN_PROBE_ELEMENTS = 2**26
 
 
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
@@ -101,11 +108,35 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, nh, T, hs)
 
 
+def max_attention_logit(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The largest pre-softmax attention logit q.k / sqrt(hs) over the pairs a query may attend to.
+
+    Args:
+        q, k: (B, nh, T, hs) queries and keys after qk-norm and rotary, as attention sees them.
+        mask: broadcastable to (B, nh, T, T), true where a query may attend (default causal).
+
+    Returns a 0-dim float32 tensor. The scores are computed a few batch rows at a time,
+    at most `ATTN_PROBE_ELEMENTS` at once, so long contexts do not materialise B * nh * T^2.
+    """
+    B, nh, T, hs = q.size()
+    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if mask is None else mask
+    rows = max(1, ATTN_PROBE_ELEMENTS // (nh * T * T))
+    best = torch.full((), -math.inf, dtype=torch.float32, device=q.device)
+    for start in range(0, B, rows):
+        scores = q[start : start + rows].float() @ k[start : start + rows].float().transpose(-2, -1)  # (b, nh, T, T)
+        scores = scores / math.sqrt(hs)
+        part = allowed if allowed.dim() < 3 or allowed.size(0) == 1 else allowed[start : start + rows]
+        best = torch.maximum(best, scores.masked_fill(~part, -math.inf).amax())
+    return best
+
+
 class Attention(nn.Module):
     """Multi-head causal attention without projections: heads, qk-norm, rotary and sdpa.
 
     Both block kinds own their projections and share this core, so q/k/v handling is
-    written once.
+    written once. When `record` is a list (`tfkit.training.monitor` sets it for one
+    forward without gradients), each call also appends its largest attention logit
+    (`max_attention_logit`); attention itself still goes through sdpa's fused kernel.
     """
 
     def __init__(self, config: ModelConfig):
@@ -118,6 +149,7 @@ class Attention(nn.Module):
         self.rotary = (
             Rotary(self.head_dim, config.max_seq_len, config.rope_base) if config.positions == "rotary" else None
         )
+        self.record: list[torch.Tensor] | None = None
 
     def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None = None):
         """(B, T, C) q, k, v -> (B, nh, T, hs) each, with qk-norm and rotary (at `positions`) applied."""
@@ -157,6 +189,8 @@ class Attention(nn.Module):
             causal = mask is None and T > 1 and S == T
         else:
             causal = mask is None
+            if self.record is not None:
+                self.record.append(max_attention_logit(q, k, mask))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
@@ -207,12 +241,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Sequential (GPT-2) block: attention, then MLP, each pre-norm and residual."""
+    """Sequential (GPT-2) block: attention (or the ssm mixer), then MLP, each pre-norm and residual."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.ln_1 = make_norm(config, config.width)
-        self.attn = SelfAttention(config)
+        # one attribute per mixer kind, so an attention model's state-dict names stay `attn.*`
+        if config.mixer == "ssm":
+            self.ssm = SelectiveSSM(config)
+        else:
+            self.attn = SelfAttention(config)
+        self.mixer = config.mixer
         self.ln_2 = make_norm(config, config.width)
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
@@ -222,9 +261,10 @@ class Block(nn.Module):
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
+        cache: LayerCache | StateCache | None = None,
     ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), positions, mask, cache))  # (B, T, C)
+        mixer = self.ssm if self.mixer == "ssm" else self.attn
+        x = x + self.drop(mixer(self.ln_1(x), positions, mask, cache))  # (B, T, C)
         x = x + self.drop(self.mlp(self.ln_2(x)))  # (B, T, C)
         return x
 
@@ -236,7 +276,8 @@ class ParallelBlock(nn.Module):
     h = norm(x); [q, k, v, u] = c_fc(h); v = gelu(v) unless linear_value;
     x = x + c_proj(concat(act(u), attention(q, k, v))).
     Two matmuls per block instead of four; the parameter count equals a sequential
-    block's minus one norm.
+    block's minus one norm. With the ssm mixer, c_fc yields its u, z, dt, B, C in place of
+    q, k, v (u, the values, with the same GELU) and `ssm` takes the place of `attn`.
     """
 
     def __init__(self, config: ModelConfig):
@@ -246,11 +287,17 @@ class ParallelBlock(nn.Module):
         self.linear_value = config.linear_value
         hidden = mlp_hidden_size(config)
         mlp_in = 2 * hidden if config.activation == "swiglu" else hidden  # swiglu: value and gate
-        self.split_sizes = [C, C, C, mlp_in]
+        self.mixer = config.mixer
+        mixer_in = 3 * C if config.mixer == "attention" else ssm_in_features(C)
+        # q, k, v, MLP; or the ssm's u (the values), z, dt, B, C, MLP
+        self.split_sizes = [C, C, C, mlp_in] if config.mixer == "attention" else [C, C, C, SSM_STATE, SSM_STATE, mlp_in]
         self.ln = make_norm(config, C)
-        self.c_fc = nn.Linear(C, 3 * C + mlp_in, bias=config.bias)
+        self.c_fc = nn.Linear(C, mixer_in + mlp_in, bias=config.bias)
         self.c_proj = nn.Linear(hidden + C, C, bias=config.bias)
-        self.attn = Attention(config)
+        if config.mixer == "ssm":
+            self.ssm = SSMCore(config)
+        else:
+            self.attn = Attention(config)
         self.drop = nn.Dropout(config.dropout)
 
     def project(self, h: torch.Tensor, positions: torch.Tensor | None = None):
@@ -266,10 +313,16 @@ class ParallelBlock(nn.Module):
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
+        cache: LayerCache | StateCache | None = None,
     ) -> torch.Tensor:
-        q, k, v, u = self.project(self.ln(x), positions)
-        a = self.attn.attend(q, k, v, mask, cache)  # (B, T, C)
+        if self.mixer == "ssm":
+            v, z, dt, b, c, u = self.c_fc(self.ln(x)).split(self.split_sizes, dim=-1)  # (B, T, C) x3, (B, T, N) x2
+            if not self.linear_value:
+                v = F.gelu(v)
+            a = self.ssm(v, z, dt, b, c, positions, cache)  # (B, T, C)
+        else:
+            q, k, v, u = self.project(self.ln(x), positions)
+            a = self.attn.attend(q, k, v, mask, cache)  # (B, T, C)
         m = activate(u, self.activation)  # (B, T, hidden)
         return x + self.drop(self.c_proj(torch.cat([m, a], dim=-1)))  # (B, T, C)
 
@@ -412,8 +465,12 @@ class GPT(nn.Module):
         even when tied (its matmul runs either way); embedding lookups, norms and biases
         are not matmuls. 6 = 2 (multiply-add) * 3 (forward + two backward matmuls); the
         second term is the attention scores and weighted sum, counted without the causal
-        mask's saving, as in the original formula.
+        mask's saving, as in the original formula. The ssm mixer has no such term: its scan
+        costs what its recurrence does, a multiply-add per state to update it and one to read
+        it (4 * width * SSM_STATE per layer forward), so the second term becomes
+        12 * depth * SSM_STATE * width, independent of the context.
         """
         n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         cfg = self.config
-        return float(6 * n_matmul + 12 * cfg.depth * seq_len * cfg.width)
+        mixed = seq_len if cfg.mixer == "attention" else SSM_STATE
+        return float(6 * n_matmul + 12 * cfg.depth * mixed * cfg.width)

@@ -96,6 +96,10 @@ class VectorTransformer(nn.Module):
         self.blocks = LoopedBlocks(config)
         self.read_out = nn.Linear(config.width, 1, bias=True)
         self.apply(self._init_weights)
+        # the read-in gives the prompt a unit-scale embedding (each coordinate ~ N(0, |z|^2 / in_dim)), the
+        # scale of the normalised state it is added to at every loop; at init_std (0.02) the injected prompt
+        # is ~20x smaller than the state and a looped model sits on the zero predictor for thousands of steps
+        nn.init.normal_(self.read_in.weight, mean=0.0, std=1.0 / math.sqrt(in_dim))
         # GPT-2's scaled init of the projections that write into the residual stream (see gpt.py)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):

@@ -99,9 +99,12 @@ def _run_dir_frame(path: Path, source: str) -> Any:
 
     from tfkit.ablate.grid import setting_id
     from tfkit.config import RunConfig
+    from tfkit.plotting.templates import SOURCES
 
-    log = path / f"{source}_log.csv"
+    log = path / SOURCES[source]
     config_path = path / "train_config.json"
+    if source.startswith("belief") and config_path.is_file() and not log.is_file():
+        raise DataError(f"{path} has no {log.name}: run `tfkit analyze beliefs {path}` first")
     if not log.is_file() or not config_path.is_file():
         raise DataError(f"{path} is not a run directory: it needs train_config.json and {log.name}")
     frame = _csv_frame(log).drop("run_id", "setting_id", "seed", strict=False)

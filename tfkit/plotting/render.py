@@ -207,7 +207,7 @@ def render(frame: Any, template: Template) -> Any:
     if template.kind == "heatmap":
         fig = _heatmap(frame, template, hue)
     else:
-        draw = {"curves": _curves, "final": _final, "positions": _positions}[template.kind]
+        draw = {"curves": _curves, "final": _final, "positions": _positions, "simplex": _simplex}[template.kind]
         fig = draw(frame, template, hue, along)
         _legend(fig)
     context = ", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items() if k not in hue and k != template.x)
@@ -477,11 +477,18 @@ def _final(frame: Any, template: Template, hue: list[str], along: list[str]) -> 
     missing(frame, [template.x, *template.y], f"template {template.name}")
     numeric(frame, template.y, f"template {template.name}")
     finals = final_rows(frame)
+    if template.diverged == "clip":
+        from tfkit.ablate.sensitivity import clip_diverged
+
+        for y in template.y:
+            finals = clip_diverged(finals, y)
     facets = _facets(finals, template)
     fig, axes = _subplots(len(facets))
     for ax, (title, rows, ys) in zip(axes, facets, strict=True):
         for color, (key, part) in enumerate(_groups(rows, [h for h in hue if h != template.x])):
             for style, y in enumerate(ys):
+                if template.diverged == "clip":
+                    _mark_diverged(ax, part, template.x, y, f"C{color}")
                 stats = aggregate(part, [template.x], y, template.agg, template.band)
                 if stats.height == 0:
                     continue
@@ -493,6 +500,14 @@ def _final(frame: Any, template: Template, hue: list[str], along: list[str]) -> 
                             color=f"C{color}", capsize=3, label=label)  # fmt: skip
         _style(ax, template, template.x, _ylabel(ys), title)
     return fig
+
+
+def _mark_diverged(ax: Any, part: Any, x: str, y: str, color: str) -> None:
+    """Diverged runs (`clip_diverged`) as x markers at the initial loss they are counted as."""
+    diverged = part.filter(part.get_column("diverged"))
+    if diverged.height:
+        ax.scatter(diverged.get_column(x).to_list(), diverged.get_column(y).to_list(), marker="x", s=60,
+                   color=color, zorder=3, label="diverged (at the initial loss)")  # fmt: skip
 
 
 def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
@@ -573,3 +588,85 @@ def _positions(frame: Any, template: Template, hue: list[str], along: list[str])
             ax.axhline(1.0, color="k", lw=0.8, ls=":")
         _style(ax, template, "position", prefixes[0] if len(prefixes) == 1 else "", "")
     return fig
+
+
+def _simplex(frame: Any, template: Template, hue: list[str], along: list[str]) -> Any:
+    """Points of distributions: on the 2-simplex for 3 coordinates (the triangle of Shai et al.'s
+    belief pictures), else on the plane of the true points' first two principal components.
+
+    `y` = [true prefix, predicted prefix] (`belief`, `predicted`: columns `belief_1..S`). The
+    first panel shows the true points, then one panel per value of `facet` (in file order) its
+    predicted points. Every point is coloured by its true coordinates: as RGB for 3, by its
+    first three principal components otherwise, so a prediction shows where it should be.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if len(template.y) != 2:
+        raise DataError(f"template {template.name}: a simplex picture needs y = [true prefix, predicted prefix]")
+    truth_columns = [c for _, c in position_columns(frame, template.y[0])]
+    if len(truth_columns) < 2:
+        missing(frame, [f"{template.y[0]}_1", f"{template.y[0]}_2"], f"template {template.name}")
+    predicted_columns = [f"{template.y[1]}_{k}" for k in range(1, len(truth_columns) + 1)]
+    missing(frame, predicted_columns, f"template {template.name}")
+    numeric(frame, truth_columns + predicted_columns, f"template {template.name}")
+    if template.facet:
+        missing(frame, [template.facet], "--facet")
+        values = frame.get_column(template.facet).unique(maintain_order=True).to_list()
+        panels = [(_fmt(v), frame.filter(frame.get_column(template.facet) == v)) for v in values]
+    else:
+        panels = [(template.y[1], frame)]
+    truth = panels[0][1].select(truth_columns).to_numpy().astype(float)  # (n, S)
+    project, colour = _simplex_plane(truth)
+    cols = min(len(panels) + 1, 4)
+    rows = math.ceil((len(panels) + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False, layout="constrained")
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(panels) + 1 :]:
+        ax.remove()
+    shown_truth = project(truth)  # (n, 2)
+    lo, hi = shown_truth.min(axis=0), shown_truth.max(axis=0)
+    margin = 0.12 * max(float((hi - lo).max()), 1e-9)
+    corners = project(np.eye(truth.shape[1])) if truth.shape[1] == 3 else None
+    # a fractal of thousands of beliefs in fine dots; a process with few beliefs (rrxor) in visible ones
+    size = 0.6 if len(np.unique(np.round(truth, 6), axis=0)) > 200 else 6.0
+    for ax, (title, part, columns) in zip(
+        flat, [("true", panels[0][1], truth_columns), *((t, p, predicted_columns) for t, p in panels)], strict=False
+    ):
+        points = project(part.select(columns).to_numpy().astype(float))
+        colours = colour(part.select(truth_columns).to_numpy().astype(float))
+        if corners is not None:
+            ax.fill(corners[:, 0], corners[:, 1], facecolor="none", edgecolor="0.6", lw=0.8)
+        ax.scatter(points[:, 0], points[:, 1], c=colours, s=size, marker=".", linewidths=0, rasterized=True)
+        ax.set_xlim(lo[0] - margin, hi[0] + margin)
+        ax.set_ylim(lo[1] - margin, hi[1] + margin)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def _simplex_plane(truth: Any) -> tuple[Any, Any]:
+    """(project, colour): 2-D positions and RGB colours of (n, S) points, both fixed by the true points."""
+    import numpy as np
+
+    if truth.shape[1] == 3:
+        # barycentric coordinates on the triangle (0, 0), (1, 0), (1/2, √3/2)
+        corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+        return (lambda p: p @ corners), (lambda p: np.clip(p, 0.0, 1.0))
+    mean = truth.mean(axis=0)
+    _, _, vt = np.linalg.svd(truth - mean, full_matrices=False)
+    axes = vt[:3]  # (<=3, S) principal directions of the true points
+    scores = (truth - mean) @ axes.T
+    low, span = scores.min(axis=0), np.maximum(np.ptp(scores, axis=0), 1e-12)
+
+    def colour(p: Any) -> Any:
+        rgb = np.clip(((p - mean) @ axes.T - low) / span, 0.0, 1.0)
+        return np.pad(rgb, ((0, 0), (0, 3 - rgb.shape[1])), constant_values=0.5)
+
+    def project(p: Any) -> Any:
+        plane = (p - mean) @ axes[:2].T
+        return np.pad(plane, ((0, 0), (0, 2 - plane.shape[1])))
+
+    return project, colour

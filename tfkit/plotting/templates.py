@@ -4,7 +4,7 @@ A template names the picture's kind and its columns; command-line options overri
 key. Keys (all optional but `kind` and `y`):
 
     description = "one line shown by `tfkit plot --list-templates`"
-    kind   = "curves" | "final" | "heatmap" | "positions"
+    kind   = "curves" | "final" | "heatmap" | "positions" | "simplex"
     x      = "tokens_seen"          # curves: x column; final: swept parameter; heatmap: column
     y      = ["val_loss"]           # metrics; positions: column prefixes such as "val_relative_loss"
     hue    = "auto"                 # "auto" = the swept setting columns, or a list of columns
@@ -13,8 +13,12 @@ key. Keys (all optional but `kind` and `y`):
     band   = "std" | "minmax" | "ci95" | "none"
     logx, logy = false
     filter = ["depth == 4"]         # rows to keep: polars SQL conditions (AND, OR, IN, NOT, ...)
-    source = "val" | "train"        # run directories: which log to read
+    source = "val" | "train"        # run directories: which file to read (`SOURCES`)
     title, xlabel, ylabel = ""      # title and ylabel: kept only while y is the template's own
+
+The `simplex` kind draws points, not curves: y names two column prefixes (true and
+predicted coordinates, `belief_<k>` and `predicted_<k>`), one panel per value of `facet`
+(in file order) after a panel of the true points; see `tfkit.plotting.render`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from typing import Any
 from tfkit.config import shown
 from tfkit.errors import ConfigError
 
-KINDS = ("curves", "final", "heatmap", "positions")
+KINDS = ("curves", "final", "heatmap", "positions", "simplex")
+#: the file of a run directory each `source` reads (the belief files are `tfkit analyze beliefs`'s)
+SOURCES = {
+    "val": "val_log.csv",
+    "train": "train_log.csv",
+    "beliefs": "beliefs.csv",
+    "belief_points": "belief_points.csv",
+}
 BANDS = ("std", "minmax", "ci95", "none")
 AGGS = ("mean", "median")
 DEFAULT_TEMPLATE = "loss_curves"
@@ -52,6 +63,7 @@ class Template:
     logy: bool = False
     filter: list[str] = field(default_factory=list)
     source: str = "val"
+    diverged: str = "drop"
     title: str = ""
     xlabel: str = ""
     ylabel: str = ""
@@ -74,8 +86,8 @@ class Template:
             raise ConfigError(f"template {self.name}: band must be one of {', '.join(BANDS)}, got {self.band!r}")
         if self.agg not in AGGS:
             raise ConfigError(f"template {self.name}: agg must be one of {', '.join(AGGS)}, got {self.agg!r}")
-        if self.source not in ("val", "train"):
-            raise ConfigError(f"template {self.name}: source must be val or train, got {self.source!r}")
+        if self.source not in SOURCES:
+            raise ConfigError(f"template {self.name}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if isinstance(self.y, str):
             self.y = [self.y]
         if not self.y:

@@ -6,7 +6,11 @@ from typing import Any, Protocol
 
 
 class Tracker(Protocol):
-    """Receives rows as the trainer logs them. Keys are the CSV column names."""
+    """Receives rows as the trainer logs them. Keys are the CSV column names.
+
+    A tracker that keeps its own files may also define `continue_after(step)`: a resumed
+    run (or a rollback) logs the steps after `step` again, so the points past it go.
+    """
 
     def log_train(self, row: dict[str, Any]) -> None: ...
 
@@ -36,7 +40,7 @@ class TrackerGroup:
             tracker.log_summary(summary)
 
     def continue_after(self, step: int) -> None:
-        """A resumed run: the file logs keep their rows up to `step` (wandb continues by its run id)."""
+        """A resumed run: the file logs (CSV, TensorBoard) keep their rows up to `step` (wandb continues by its id)."""
         for tracker in self.trackers:
             if hasattr(tracker, "continue_after"):
                 tracker.continue_after(step)

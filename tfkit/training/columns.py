@@ -26,6 +26,12 @@ from __future__ import annotations
 THROUGHPUT_COLUMNS = ("tokens_per_s", "mfu", "peak_memory_mb", "data_wait_frac")
 # one row per loss spike (tfkit.training.spikes)
 SPIKE_COLUMNS = ("step", "train_loss", "grad_norm", "loss_threshold", "grad_norm_threshold", "action")
+# every step's loss and grad norm (--log-step-losses), step_losses.csv
+STEP_LOSS_COLUMNS = ("step", "train_loss", "grad_norm")
+# output-logit statistics of the monitor's forward (tfkit.training.monitor, --log-logits)
+OUTPUT_LOGIT_COLUMNS = ("output_logit_mean", "output_logit_max", "output_log_z")
+# per-block statistics (--log-layer-stats): <name>_<block>, blocks from 1
+LAYER_STAT_PREFIXES = ("param_norm", "grad_norm", "update_ratio")
 # the curriculum stage of an icl row (tfkit.data.icl.stage_at)
 CURRICULUM_COLUMNS = ("curriculum_dims", "curriculum_points", "curriculum_loops")
 # what a run counts its progress in: tokens, or in-context examples (icl)
@@ -33,7 +39,9 @@ COUNT_COLUMNS = ("tokens_seen", "points_seen")
 # the leading columns of rows and summaries, in this order when present
 POSITION_COLUMNS = ("step", *COUNT_COLUMNS, "epoch", "time_s")
 # train-row columns an evaluation row of `ablate`'s results (and `plot` of a run directory) carries
-CARRIED_TRAIN_COLUMNS = ("current_lr", "train_loss", "grad_norm", "skipped_steps")
+# (the last three are the monitor's, on kinds whose outputs are logits; empty where a run has none)
+CARRIED_MONITOR_COLUMNS = ("attn_logit_max", *OUTPUT_LOGIT_COLUMNS)
+CARRIED_TRAIN_COLUMNS = ("current_lr", "train_loss", "grad_norm", "skipped_steps", *CARRIED_MONITOR_COLUMNS)
 
 # objective metrics of fine-tuning, logged after train_loss (train) and as val_<name> (val)
 SFT_METRICS = ("train_acc",)
@@ -56,6 +64,24 @@ def train_columns(
         *position_columns(count, epochs), "current_lr", "global_batch_size", "seq_len", "train_loss", *metrics,
         "grad_norm", "skipped_steps", *THROUGHPUT_COLUMNS, *stage,
     ]  # fmt: skip
+
+
+def monitor_columns(attention_layers: int, *, output_logits: bool, blocks: int) -> list[str]:
+    """The monitoring columns at the end of a train row (`tfkit.training.monitor`), in file order.
+
+    Args:
+        attention_layers: attention layers probed (0: --log-logits off, or no attention: --mixer ssm).
+        output_logits: the probed outputs are logits over a vocabulary (not icl's regression values).
+        blocks: blocks with layer statistics (0: --log-layer-stats off).
+    """
+    columns = []
+    if attention_layers:
+        columns += ["attn_logit_max", *(f"attn_logit_max_{i}" for i in range(1, attention_layers + 1))]
+    if output_logits:
+        columns += OUTPUT_LOGIT_COLUMNS
+    for prefix in LAYER_STAT_PREFIXES:
+        columns += [f"{prefix}_{i}" for i in range(1, blocks + 1)]
+    return columns
 
 
 def pretrain_columns(seq_len: int, has_optimum: bool) -> tuple[list[str], list[str]]:

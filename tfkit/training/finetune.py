@@ -29,7 +29,7 @@ from tfkit.data.loaders import BatchCursor
 from tfkit.models.gpt import GPT
 from tfkit.training.fit import Task, fit
 from tfkit.training.load import LoadedRun
-from tfkit.training.loop import resolve_device
+from tfkit.training.loop import _autocast, resolve_device
 from tfkit.training.session import RunResult, TrainCallback
 
 
@@ -60,6 +60,13 @@ class Objective(ABC):
 
     def tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["lengths"].sum())
+
+    def probe(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+              precision: str) -> torch.Tensor:  # fmt: skip
+        """The output logits (B, T, V) of the micro-batch's rows (the monitor's forward, without gradients)."""
+        tokens = to_device(batch["tokens"], device)
+        with _autocast(device, precision):
+            return model(tokens[:, :-1])
 
     @abstractmethod
     def evaluate(self, model: GPT, device: torch.device, precision: str) -> dict[str, Any]:
@@ -94,6 +101,8 @@ def total_steps(config: Any, steps_per_epoch: int, tokens_per_epoch: int) -> int
 class FinetuneTask(Task):
     """An `Objective` on the `--init` model: its batches, loss, metrics and evaluation."""
 
+    probed = True
+
     def __init__(self, config: Any, objective: Objective, init: LoadedRun, data_meta: dict[str, Any],
                  tokenizer: dict[str, Any], device: torch.device) -> None:  # fmt: skip
         self.config, self.objective, self.init, self.device = config, objective, init, device
@@ -119,6 +128,9 @@ class FinetuneTask(Task):
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.objective.step(self.step_model, batch, self.device, self.config.train.precision)
+
+    def probe(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.objective.probe(self.model, batch, self.device, self.config.train.precision)
 
     def batch_tokens(self, batch: dict[str, Any]) -> int:
         return self.objective.tokens(batch)

@@ -157,6 +157,9 @@ class _FinetuneConfig(SectionedConfig):
             )
         if not self.data.data:
             raise ConfigError(f"--data is required: a folder written by `tfkit tokenizer tokenize --mode {self.kind}`")
+        if self.kind == "dpo" and self.train.z_loss > 0:
+            raise ConfigError("--z-loss applies to `train pretrain` and `train sft`: the DPO loss compares sequence "
+                              "log-probabilities and adds no softmax term to regularise")
 
 
 @dataclass(kw_only=True)

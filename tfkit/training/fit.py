@@ -19,6 +19,7 @@ on CPU the resumed run logs the same numbers, bit for bit, as one never interrup
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -42,9 +43,12 @@ from tfkit.training.checkpoint import (
     spike_checkpoint_path,
 )
 from tfkit.training.columns import in_declared_order
+from tfkit.training.distributed import SINGLE, Dist, from_env, full_state, load_full_state
+from tfkit.training.monitor import Monitor
 from tfkit.training.optim import build_optimizer
 from tfkit.training.schedule import lr_at
 from tfkit.training.session import (
+    FollowerSession,
     Progress,
     RunResult,
     RunSession,
@@ -54,15 +58,15 @@ from tfkit.training.session import (
     prepare_device,
     stop_reached,
 )
-from tfkit.training.spikes import SpikeDetector, SpikeLog
+from tfkit.training.spikes import SpikeDetector, SpikeLog, StepLossLog
 from tfkit.training.throughput import Throughput, peak_flops
 
 # config fields that may change when a run resumes: where and how it is logged, run and
 # stopped by time; everything else changes what is trained and must match the checkpoint
 RESUMABLE_CHANGES = frozenset({
-    "out", "log_every", "wandb_project", "wandb_entity", "wandb_group", "s3_uri", "s3_every_checkpoint",
+    "out", "log_every", "wandb_project", "wandb_entity", "wandb_group", "s3_uri", "s3_every_checkpoint", "tensorboard",
     "device", "compile", "max_time_seconds", "eval_every", "max_epochs_between_evals", "checkpoint_every",
-    "keep_last", "spike_action", "spike_max_rollbacks", "peak_flops", "max_bad_steps",
+    "keep_last", "spike_action", "spike_max_rollbacks", "peak_flops", "max_bad_steps", "log_step_losses",
 })  # fmt: skip
 # spike actions that must know before the update whether the step is a spike (one device read per step)
 DECIDE_BEFORE_UPDATE = ("checkpoint", "rollback", "stop")
@@ -83,6 +87,14 @@ class Task(ABC):
     count_column: str = "tokens_seen"
     #: what train_config.json records about the data (`data_source` first)
     meta: dict[str, Any]
+    #: `probe` runs the model's attention layers (the monitor records their logits)
+    probed: bool = False
+    #: the processes this task trains on (`tfkit.training.distributed`); one unless the task shards its data
+    dist: Dist = SINGLE
+    #: the model's parameters are sharded over the processes (FSDP): forwards and checkpoints are collective
+    sharded: bool = False
+    #: `probe` returns logits over a vocabulary (their statistics are logged too)
+    output_logits: bool = True
 
     @abstractmethod
     def build(self, device: torch.device, compiled: bool) -> torch.nn.Module:
@@ -118,6 +130,17 @@ class Task(ABC):
     @abstractmethod
     def columns(self) -> tuple[list[str], list[str]]:
         """The columns of `train_log.csv` and `val_log.csv`, as `tfkit.training.columns` declares them."""
+
+    def accumulating(self) -> contextlib.AbstractContextManager:
+        """Around the backward of a micro-batch that is not its step's last (DDP: no gradient sync)."""
+        return contextlib.nullcontext()
+
+    def probe(self, batch: Any) -> torch.Tensor | None:
+        """Forward `batch` through the uncompiled model (the monitor's forward, in eval mode, without gradients).
+
+        Returns the output logits (B, T, V) when `output_logits`, else None.
+        """
+        raise NotImplementedError
 
     def epoch(self) -> float | None:
         """Epochs of the training data done (None: the data has no epochs)."""
@@ -173,6 +196,14 @@ def fit(
     at a step boundary) or `failed` (non-finite steps in a row, a spike with
     `--spike-action stop`, too many rollbacks).
     """
+    dist = task.dist
+    if from_env().active and not dist.active:
+        raise ConfigError(
+            f"{type(task).__name__.removesuffix('Task').lower()} training runs on one process; "
+            "under torchrun only `tfkit train pretrain` shares a run across processes"
+        )
+    if task.sharded and config.train.log_layer_stats:
+        raise ConfigError("--log-layer-stats is not available with --parallel fsdp (the blocks' weights are sharded)")
     horizon = task.horizon()
     if config.optim.warmup_steps is None:  # resolved here, where the run's steps are known, and recorded
         config = config.with_updates({"optim.warmup_steps": default_warmup(horizon)})
@@ -181,9 +212,12 @@ def fit(
     state = None
     if checkpoint is not None:  # checked before anything in the run directory changes
         state = load_checkpoint(checkpoint)
-        check_resumable(state, config, checkpoint)
-    session = RunSession.open(config, callback=callback, overwrite=overwrite, resuming=state is not None)
-    remove_partial_saves(session.run_dir)  # the lock is ours: a temp file there is a killed save's
+        check_resumable(state, config, checkpoint, dist.world)
+    if dist.main:
+        session = RunSession.open(config, callback=callback, overwrite=overwrite, resuming=state is not None)
+        remove_partial_saves(session.run_dir)  # the lock is ours: a temp file there is a killed save's
+    else:
+        session = FollowerSession(config)
     prepare_device(t.seed, device)
     compiled = compile_enabled(t, device)
     model = task.build(device, compiled)
@@ -197,32 +231,51 @@ def fit(
     resumed = state["progress"]["step"] if state is not None else None
     session.start(model, device, compiled=compiled, horizon=horizon, meta=task.meta, resumed_from=checkpoint,
                   resumed_step=resumed, resumed_elapsed=state["elapsed"] if state is not None else 0.0)  # fmt: skip
-    spikes = SpikeLog(session.run_dir)
+    spikes = SpikeLog(session.run_dir) if dist.main else _NOWHERE
+    step_losses = StepLossLog(session.run_dir) if t.log_step_losses and dist.main else None
     if state is not None:
         _restore(state, model, optimizer, run, task)
         spikes.truncate_after(run.progress.step)
+        if step_losses is not None:
+            step_losses.continue_after(run.progress.step)
         task.begin_step(max(run.progress.step - 1, 0))  # the stage of the latest step, for the rows
-        set_rng_state(state["rng"])  # last: nothing above draws from an RNG
+        set_rng_state(state["rng_ranks"][dist.rank] if dist.active else state["rng"])  # last: nothing above draws
+    # sharded, the probe's forward is collective: every rank runs it, rank 0 logs it
+    monitor = Monitor(t if dist.main or task.sharded else _UNMONITORED, model, task)
+    if state is not None and not set(monitor.columns) <= set(_logged_columns(session.run_dir) or monitor.columns):
+        monitor = Monitor(_UNMONITORED, model, task)  # a run logged without these columns goes on without them
     train_columns, val_columns = task.columns()
-    throughput = Throughput(device, _flops_per_token(model, task), peak_flops(device, t.peak_flops))
+    train_columns = train_columns + monitor.columns
+    peak = peak_flops(device, t.peak_flops)  # of one device; mfu is over all the run's devices
+    throughput = Throughput(device, _flops_per_token(model, task), peak * dist.world if peak else None)
     progress, counters, accum = run.progress, run.counters, config.optim.grad_accum_steps
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, spike flag, [loss, norm, limits]) to log
 
     def save(path: Path | None = None) -> None:
         started = time.perf_counter()
         progress.skipped_steps = counters.skipped()
-        state = _checkpoint_state(model, optimizer, run, task, config, session.elapsed())
-        save_checkpoint(path or checkpoint_path(session.run_dir, progress.tokens_seen), state)
+        _write_steps(pending, spikes, step_losses, t.spike_action)  # the steps so far are on disk with it
+        pending.clear()
+        weights = full_state(model, optimizer, task.sharded)  # sharded: gathered by every rank, to rank 0
+        rngs = dist.gather(rng_state())  # each rank's generators (dropout masks differ between GPUs)
+        if dist.main:  # rank 0 writes; the others wait, so a rollback finds the file
+            state = _checkpoint_state(weights, run, task, config, session.elapsed(), dist.world)
+            if dist.active:
+                state["rng_ranks"] = rngs
+            save_checkpoint(path or checkpoint_path(session.run_dir, progress.tokens_seen), state)
+            if path is None:
+                prune_checkpoints(session.run_dir, t.keep_last)
+        dist.barrier()
         if path is None:
             progress.last_checkpoint_step = progress.step
-            prune_checkpoints(session.run_dir, t.keep_last)
         throughput.exclude(time.perf_counter() - started)
 
     def log_train(lr: float) -> str | None:
         """A train row for the steps since the last one (and their spikes); why the run must stop, if it must."""
-        _write_spikes(pending, spikes, t.spike_action)
+        _write_steps(pending, spikes, step_losses, t.spike_action)
         pending.clear()
         row = counters.train_row(progress, session.elapsed(), lr, task, throughput.row(progress.tokens_seen))
+        row.update(monitor.row())
         row = in_declared_order(row, train_columns, "train_log.csv")
         session.log_train(row)
         progress.last_log_step = progress.step
@@ -230,6 +283,12 @@ def fit(
         return counters.failure(t.max_bad_steps)
 
     def evaluate() -> None:
+        if not dist.main:  # rank 0 evaluates and logs; the others go on (sharded: they take part)
+            if task.sharded:
+                task.evaluate()
+            progress.last_eval_step = progress.step
+            progress.last_eval_epoch = progress.epoch or 0.0
+            return
         started = time.perf_counter()
         metrics = task.evaluate()
         spent = time.perf_counter() - started
@@ -246,12 +305,14 @@ def fit(
         while True:
             # stop: a criterion, Ctrl-C / SIGTERM, or a failure; the log always ends at the last step
             epoch = progress.epoch if progress.epoch is not None else 0.0
-            if stop.requested or stop_reached(t, progress.step, progress.tokens_seen, epoch, session.elapsed()):
+            reached = stop_reached(t, progress.step, progress.tokens_seen, epoch, session.elapsed())
+            signalled, reached = dist.any(stop.requested, reached)  # every rank stops at the same step
+            if signalled or reached:
                 failed = log_train(lr) if progress.step > progress.last_log_step else None
                 if failed is not None:
                     session.fail(failed)
-                elif stop.requested:
-                    session.interrupt(stop.signal)
+                elif signalled:  # Ctrl-C or SIGTERM, here or on another rank
+                    session.interrupt(stop.signal or "SIGTERM")
                 break
 
             # learning rate, then the micro-batches: forward and backward
@@ -261,16 +322,24 @@ def fit(
             task.begin_step(progress.step)
             step_loss = torch.zeros((), dtype=torch.float32, device=device)
             step_metrics = torch.zeros(len(task.metric_names), dtype=torch.float32, device=device)
-            for _ in range(accum):
+            for micro in range(accum):
                 started = time.perf_counter()
                 batch = task.next_batch()
                 throughput.data_wait(time.perf_counter() - started)
-                loss, metrics = task.loss(batch)
-                (loss / accum).backward()
+                with task.accumulating() if micro < accum - 1 else contextlib.nullcontext():
+                    loss, metrics = task.loss(batch)
+                    (loss / accum).backward()
                 step_loss += loss.detach().float() / accum
                 if metrics is not None:
                     step_metrics += metrics.float() / accum
                 progress.tokens_seen += task.batch_tokens(batch)
+            if dist.active:  # the global batch's loss: every rank logs and decides on the same numbers
+                step_loss, step_metrics = dist.mean(step_loss), dist.mean(step_metrics)
+            measured = monitor.enabled and (
+                (progress.step + 1) % log.log_every == 0 or progress.step + 1 in (t.max_steps, horizon)
+            )
+            if measured:  # the logits of the logged micro-batch, gradients before clipping (counted as training time)
+                monitor.before_update(batch)
 
             # clip, then decide: a non-finite step is skipped; a spike as --spike-action says
             grad_norm = counters.clip(params, config.optim.grad_clip)
@@ -283,6 +352,8 @@ def fit(
                 spikes.write(_spike_row(values, t.spike_action))
                 if t.spike_action == "checkpoint":
                     save(spike_checkpoint_path(session.run_dir, progress.step + 1))  # the state before the update
+                    no_spike = torch.zeros_like(spike)  # written above; its loss still goes to step_losses.csv
+                    pending.append((progress.step + 1, no_spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits])))
                 elif t.spike_action == "stop":
                     counters.zero_grad(optimizer)
                     session.fail(f"loss spike at step {progress.step + 1} (--spike-action stop)")
@@ -294,13 +365,18 @@ def fit(
                         session.fail(why)
                         break
                     pending.clear()
+                    monitor.row()  # the measurement of the abandoned step is dropped
                     session.truncate_logs(progress.step)
+                    if step_losses is not None:
+                        step_losses.continue_after(progress.step)
                     continue
             else:
                 pending.append((progress.step + 1, spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits])))
 
             # the optimizer step (skipped on the device when `skip`), counted
             counters.update(optimizer, step_loss, step_metrics if task.metric_names else None, grad_norm, skip)
+            if measured:
+                monitor.after_update()
             progress.step += 1
             progress.epoch = task.epoch()
 
@@ -327,6 +403,8 @@ def fit(
         if progress.last_checkpoint_step != progress.step:
             save()
         progress.skipped_steps = counters.skipped()
+    if step_losses is not None:
+        step_losses.close()
     return session.finish(progress, task)
 
 
@@ -345,14 +423,21 @@ def resolve_resume(resume: str | Path, run_dir: Path) -> Path | None:
     return path
 
 
-def check_resumable(state: Any, config: Any, checkpoint: Path) -> None:
+def check_resumable(state: Any, config: Any, checkpoint: Path, world: int = 1) -> None:
     """Refuse a checkpoint that cannot continue this run: not a training checkpoint, or other settings.
 
     Settings that change what is trained (model, data, optimizer, schedule, stop by steps,
     tokens or epochs, seed) must match the checkpoint's; `RESUMABLE_CHANGES` may differ.
+    So must the number of processes (`world`): each one's share of the data depends on it.
     """
     if not isinstance(state, dict) or not {"progress", "optimizer", "config", "rng"} <= set(state):
         raise DataError(f"--resume {checkpoint} is not a tfkit training checkpoint (no optimizer or progress)")
+    trained_on = state.get("world_size", 1)
+    if trained_on != world:
+        raise ConfigError(
+            f"--resume {checkpoint}: the run was trained on {trained_on} process(es), this is {world}; "
+            f"resume it with torchrun --nproc-per-node {trained_on} (in all, over the nodes)"
+        )
     try:
         saved = type(config).from_dict(state["config"], source=str(checkpoint)).to_flat_dict()
     except ConfigError as e:
@@ -373,12 +458,13 @@ def _flops_per_token(model: torch.nn.Module, task: Task) -> float | None:
 
 
 def _checkpoint_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run, task: Task, config: Any, elapsed: float
+    weights: tuple[dict, dict], run: _Run, task: Task, config: Any, elapsed: float, world: int = 1
 ) -> dict[str, Any]:
+    """Everything a checkpoint holds; `weights` the model's and optimizer's state (`full_state`)."""
     progress = run.progress
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": weights[0],
+        "optimizer": weights[1],
         "step": progress.step,
         "tokens_seen": progress.tokens_seen,
         "epoch": progress.epoch,
@@ -391,6 +477,7 @@ def _checkpoint_state(
         "config": config.to_dict(),
         "rng": rng_state(),
         "tfkit_version": tfkit.__version__,
+        "world_size": world,
         **task.checkpoint_extra(),
     }
 
@@ -398,8 +485,7 @@ def _checkpoint_state(
 def _restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run,
              task: Task, *, data: bool = True) -> None:  # fmt: skip
     """Put a checkpoint's model, optimizer, counters and (with `data`) the task's data position back."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_full_state(model, optimizer, state["model"], state["optimizer"], task.sharded)
     run.progress.load_state_dict(state["progress"])
     run.counters.load_state_dict(state["counters"])
     run.detector.load_state_dict(state["spikes"])
@@ -424,6 +510,32 @@ def _rollback(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     return None
 
 
+def _logged_columns(run_dir: Path) -> list[str] | None:
+    """The header of the run's train_log.csv, None when there is none."""
+    import csv
+
+    path = run_dir / "train_log.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), None)
+
+
+class _Nowhere:
+    """The spike and step logs of a rank that writes no files."""
+
+    def write(self, *args: Any) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+
+_NOWHERE: Any = _Nowhere()
+# the monitor of a rank that logs nothing
+_UNMONITORED = type("Unmonitored", (), {"log_logits": False, "log_layer_stats": False})()
+
+
 def _spike_row(values: list[float], action: str) -> dict[str, Any]:
     step, loss, norm, loss_limit, norm_limit = values
     return {
@@ -432,14 +544,22 @@ def _spike_row(values: list[float], action: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _write_spikes(pending: list[tuple[int, torch.Tensor, torch.Tensor]], spikes: SpikeLog, action: str) -> None:
-    """The spikes among the steps since the last train row (one device read for all of them)."""
+def _write_steps(
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]], spikes: SpikeLog, step_losses: StepLossLog | None,
+    action: str,
+) -> None:
+    """The steps since the last train row: their spikes, and with --log-step-losses every step's loss.
+
+    One device read for all of them (two without the step log and with a spike).
+    """
     if not pending:
         return
     flags = torch.stack([flag for _, flag, _ in pending]).tolist()
-    if not any(flags):
+    if step_losses is None and not any(flags):
         return
     values = torch.stack([v for _, _, v in pending]).tolist()
     for (step, _, _), flag, row in zip(pending, flags, values):
         if flag:
             spikes.write(_spike_row([step, *row], action))
+    if step_losses is not None:
+        step_losses.write([(step, row[0], row[1]) for (step, _, _), row in zip(pending, values)])

@@ -64,8 +64,7 @@ def total_steps(config: IclRunConfig) -> int | None:
     limits = [t.max_steps] if t.max_steps is not None else []
     if t.max_tokens is not None:
         per_prompt = config.task.batch_size * config.optim.grad_accum_steps
-        c = config.curriculum
-        if c.points_start is None:
+        if config.points_start == config.task.n_points:
             limits.append(math.ceil(t.max_tokens / (per_prompt * config.task.n_points)))
         else:
             step, seen = 0, 0

@@ -10,6 +10,14 @@ reuses its `model`, `optim`, `train` and `log` sections; it adds
 - `loop`: the model kind (`gpt`: the blocks applied once; `looped`: applied `--n-loops`
   times with input injection) and the loop window of the loss.
 
+The defaults are a recipe that learns linear regression at d=5 with 11 points on one CPU
+thread in a few minutes (normalised error at the last point below 0.3, against 0.68 for
+the averaging estimator; benchmarks/icl_learning.py): one block of width 64 with 4 heads
+looped 6 times, the loss on the last 3 loops, AdamW at 3e-3 with cosine decay over 4,000
+steps, and a curriculum from 2 dims and 5 points that reaches the task's size at step
+1,500. Without the curriculum and the unit-scale read-in (tfkit.models.looped) the model
+sits on the zero predictor for thousands of steps.
+
 This module imports no torch, so the CLI can build options from it at `--help` time.
 """
 
@@ -20,7 +28,6 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from tfkit.config import (
-    DEFAULT_MAX_STEPS,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -35,13 +42,38 @@ from tfkit.config import (
 from tfkit.errors import ConfigError
 
 TASKS = ("linear_regression", "sparse_linear_regression", "noisy_linear_regression", "relu_2nn", "decision_tree")
-DEFAULT_N_LOOPS = 10
+DEFAULT_N_LOOPS = 6
+DEFAULT_LOOP_WINDOW = 3
+# curriculum starts when none is given (capped at the task's size): small problems first
+DEFAULT_DIMS_START = 2
+DEFAULT_POINTS_START = 5
+# steps of a run given no stop: the recipe's error at the last point is below 0.3 well before
+DEFAULT_ICL_STEPS = 4000
 # ModelConfig fields that mean nothing for vector inputs (no token table, no tied output)
 UNUSED_MODEL_FIELDS = ("tie_embeddings",)
 # TrainConfig fields that need epochs: prompts are drawn fresh every step, so there are none
 UNUSED_TRAIN_FIELDS = ("max_epochs", "max_epochs_between_evals")
+# TrainConfig fields about the output softmax of a language model: icl's read-out is a regression
+SOFTMAX_FIELDS = ("z_loss", "log_logits")
 # a full decision tree of this depth already has 2 billion nodes per prompt
 MAX_TREE_DEPTH = 30
+
+
+@dataclass(kw_only=True)
+class IclModelConfig(ModelConfig):
+    """`ModelConfig` with the defaults of the icl recipe: one block of width 64 with 4 heads."""
+
+    depth: int = opt(1, "Number of transformer blocks (a looped model applies them --n-loops times).")
+    num_heads: int = opt(4, "Attention heads per block; must divide --width.")
+
+
+@dataclass(kw_only=True)
+class IclTrainConfig(TrainConfig):
+    """`TrainConfig` whose default stop is the icl recipe's."""
+
+    max_steps: int | None = opt(
+        None, f"Stop after this many optimizer steps (default {DEFAULT_ICL_STEPS} if no stop is given)."
+    )
 
 
 @dataclass(kw_only=True)
@@ -96,17 +128,27 @@ class TaskConfig:
 class CurriculumConfig:
     """Values that grow during training: start, then + inc every interval steps, up to the end.
 
-    The ends are --n-dims, --n-points and --n-loops; a start left unset is the end (no curriculum).
+    The ends are --n-dims, --n-points and --n-loops. Dims start at 2 and points at 5 unless
+    given (capped at the end; a start equal to the end turns that curriculum off); loops start
+    at the end unless given (no loops curriculum).
     """
 
     SECTION: ClassVar[str] = "curriculum"
 
-    dims_start: int | None = opt(None, "Dims curriculum: input dimension at step 0 (default --n-dims).")
+    dims_start: int | None = opt(
+        None,
+        f"Dims curriculum: input dimension at step 0 (default {DEFAULT_DIMS_START}, or --n-dims if smaller; "
+        "--n-dims turns it off).",
+    )
     dims_inc: int = opt(1, "Dims curriculum: increase per interval.")
-    dims_interval: int = opt(2000, "Dims curriculum: steps between increases.")
-    points_start: int | None = opt(None, "Points curriculum: in-context points at step 0 (default --n-points).")
+    dims_interval: int = opt(500, "Dims curriculum: steps between increases.")
+    points_start: int | None = opt(
+        None,
+        f"Points curriculum: in-context points at step 0 (default {DEFAULT_POINTS_START}, or --n-points if "
+        "smaller; --n-points turns it off).",
+    )
     points_inc: int = opt(2, "Points curriculum: increase per interval.")
-    points_interval: int = opt(2000, "Points curriculum: steps between increases.")
+    points_interval: int = opt(500, "Points curriculum: steps between increases.")
     loops_start: int | None = opt(None, "Loops curriculum (--model looped): loops at step 0 (default --n-loops).")
     loops_inc: int = opt(2, "Loops curriculum: increase per interval.")
     loops_interval: int = opt(500, "Loops curriculum: steps between increases.")
@@ -138,7 +180,9 @@ class LoopConfig:
         None, f"Looped model: times the blocks are applied (the end of the loops curriculum; default {DEFAULT_N_LOOPS})."
     )
     loop_window: int | None = opt(
-        None, "Looped model: the loss covers the last N loops; earlier loops run without gradients (default: all)."
+        None,
+        f"Looped model: the loss covers the last N loops; earlier loops run without gradients "
+        f"(default {DEFAULT_LOOP_WINDOW}, or --n-loops if fewer).",
     )
     eval_loops: int | None = opt(
         None, "Looped model: evaluate the loss after each of 1..N loops (default twice --n-loops).", cli=False
@@ -167,7 +211,7 @@ class LoopConfig:
     @property
     def window(self) -> int:
         """Loops the loss covers at the end of training."""
-        return self.loop_window if self.loop_window is not None else self.loops
+        return self.loop_window if self.loop_window is not None else min(DEFAULT_LOOP_WINDOW, self.loops)
 
     @property
     def scored_loops(self) -> int:
@@ -181,12 +225,12 @@ class LoopConfig:
 LOOP_ONLY = ("loop.n_loops", "loop.loop_window", "loop.eval_loops", "curriculum.loops_start")
 
 ICL_SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
+    "model": IclModelConfig,
     "task": TaskConfig,
     "curriculum": CurriculumConfig,
     "loop": LoopConfig,
     "optim": OptimConfig,
-    "train": TrainConfig,
+    "train": IclTrainConfig,
     "log": LogConfig,
 }
 
@@ -197,12 +241,12 @@ class IclRunConfig(SectionedConfig):
 
     SECTIONS: ClassVar[dict[str, type]] = ICL_SECTIONS
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: IclModelConfig = field(default_factory=IclModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: IclTrainConfig = field(default_factory=IclTrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
@@ -212,19 +256,22 @@ class IclRunConfig(SectionedConfig):
             ("points_start", c.points_start, "n_points", self.task.n_points, "points_inc"),
             ("loops_start", c.loops_start, "n_loops", self.loop.loops, "loops_inc"),
         )
-        for start_name, start, end_name, end, inc_name in ends:
-            if start is not None and end < start:
+        for start_name, given, end_name, end, inc_name in ends:
+            start = getattr(self, start_name)
+            if given is not None and end < given:
                 raise ConfigError(
                     f"{option_label(end_name)} {end} (the end of the curriculum) is below "
                     f"{option_label(start_name)} {start}"
                 )
-            if start is not None and start < end and getattr(c, inc_name) == 0:
+            if start < end and getattr(c, inc_name) == 0:
                 raise ConfigError(
                     f"{option_label(inc_name)} 0 never grows {option_label(start_name)} {start} to "
                     f"{option_label(end_name)} {end}; give a positive increment"
                 )
         if self.loop.model == "gpt" and c.loops_start is not None:
             raise ConfigError("--loops-start applies to --model looped only (--model gpt runs its blocks once)")
+        if self.train.z_loss:
+            raise ConfigError("--z-loss: icl's read-out is a regression, with no softmax over a vocabulary to regularise")
         for name in UNUSED_TRAIN_FIELDS:
             if getattr(self.train, name) is not None:
                 raise ConfigError(
@@ -236,6 +283,24 @@ class IclRunConfig(SectionedConfig):
                 f"max_seq_len {self.model.max_seq_len} is shorter than a prompt of --n-points {self.task.n_points} "
                 f"({2 * self.task.n_points} tokens: x and y interleaved)"
             )
+
+    @property
+    def dims_start(self) -> int:
+        """Input dimension at step 0: the one given, else the default start capped at --n-dims."""
+        given = self.curriculum.dims_start
+        return given if given is not None else min(DEFAULT_DIMS_START, self.task.n_dims)
+
+    @property
+    def points_start(self) -> int:
+        """In-context points at step 0: the one given, else the default start capped at --n-points."""
+        given = self.curriculum.points_start
+        return given if given is not None else min(DEFAULT_POINTS_START, self.task.n_points)
+
+    @property
+    def loops_start(self) -> int:
+        """Loops at step 0: the one given, else the end (no loops curriculum)."""
+        given = self.curriculum.loops_start
+        return given if given is not None else self.loop.loops
 
     def memory_parts(self, accelerator: bool) -> dict[str, int]:
         task, C = self.task, self.model.width
@@ -266,7 +331,8 @@ class IclRunConfig(SectionedConfig):
         return {k: v for k, v in updates.items() if k not in LOOP_ONLY}
 
     def resolved(self) -> IclRunConfig:
-        """Fill what the options imply: the prompt length, the loop counts, the default stop and --out.
+        """Fill what the options imply: the prompt length, the curriculum starts, the loop counts, the default
+        stop and --out.
 
         Refuses (ConfigError) a run that cannot fit in its device's memory.
         """
@@ -277,8 +343,10 @@ class IclRunConfig(SectionedConfig):
             updates["loop.n_loops"] = self.loop.loops
             updates["loop.loop_window"] = self.loop.window
             updates["loop.eval_loops"] = self.loop.scored_loops
+        updates["curriculum.dims_start"] = self.dims_start
+        updates["curriculum.points_start"] = self.points_start
         if not self.has_stop_criterion():
-            updates["train.max_steps"] = DEFAULT_MAX_STEPS
+            updates["train.max_steps"] = DEFAULT_ICL_STEPS
         if self.log.out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             updates["log.out"] = f"runs/icl-{self.task.task}-{stamp}"

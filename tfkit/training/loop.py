@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from tfkit.data.loaders import BatchCursor, ProcessSource, open_source, train_ba
 from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
 from tfkit.training.columns import pretrain_columns
+from tfkit.training import distributed
+from tfkit.training.distributed import SINGLE, Dist
 from tfkit.training.fit import Task, fit
+from tfkit.training.objectives import z_loss
 from tfkit.training.session import RunResult, TrainCallback
 
 __all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "resolve_device", "train"]
@@ -72,10 +76,10 @@ def resolve_config(config: RunConfig, source: ProcessSource) -> RunConfig:
     return config.with_updates(updates) if updates else config
 
 
-def total_steps(config: RunConfig, steps_per_epoch: int) -> int | None:
-    """The step horizon implied by the step, token and epoch limits (None: time only)."""
+def total_steps(config: RunConfig, steps_per_epoch: int, world: int = 1) -> int | None:
+    """The step horizon implied by the step, token and epoch limits (None: time only); `world` processes."""
     t = config.train
-    tokens_per_step = config.data.batch_size * config.data.seq_len * config.optim.grad_accum_steps
+    tokens_per_step = config.data.batch_size * config.data.seq_len * config.optim.grad_accum_steps * world
     limits = []
     if t.max_steps is not None:
         limits.append(t.max_steps)
@@ -145,12 +149,17 @@ def evaluate(
 class PretrainTask(Task):
     """Next-token prediction on windows of a token source (a built-in process or token shards)."""
 
-    def __init__(self, config: RunConfig, source: ProcessSource, device: torch.device) -> None:
-        self.config, self.source, self.device = config, source, device
+    probed = True
+
+    def __init__(self, config: RunConfig, source: ProcessSource, device: torch.device, dist: Dist = SINGLE) -> None:
+        self.config, self.source, self.device, self.dist = config, source, device, dist
         self.batch_size, self.seq_len = config.data.batch_size, config.data.seq_len
-        self.per_epoch = source.sequences_per_epoch // self.batch_size  # micro-batches per epoch
+        # global micro-batches per epoch: of --batch-size rows on each of `dist.world` processes
+        self.per_epoch = source.sequences_per_epoch // (self.batch_size * dist.world)
         self.cursor = BatchCursor()
-        self.batches = train_batches(source, self.batch_size, self.cursor)  # reads the cursor lazily
+        self.batches = train_batches(source, self.batch_size, self.cursor, dist.rank, dist.world)  # reads the cursor lazily
+        self.ddp: Any = None
+        self.sharded = dist.active and config.train.parallel == "fsdp"
         self.meta = {
             "data_source": source.description,
             # token shards name their tokenizer; `tfkit generate` and `train sft --init` read it here
@@ -163,11 +172,36 @@ class PretrainTask(Task):
 
     def build(self, device: torch.device, compiled: bool) -> torch.nn.Module:
         self.model = GPT(self.config.model).to(device)
-        self.step_model = torch.compile(self.model) if compiled else self.model
+        step_model: torch.nn.Module = self.model
+        if self.sharded:  # every rank holds 1/world of the weights, gradients and optimizer state
+            distributed.shard(self.model, list(self.model.transformer.h))
+        elif self.dist.active:  # gradients averaged over the ranks; rank 0's initial weights broadcast
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            # the only buffers (rotary tables) are functions of the config: nothing to broadcast, so a
+            # forward on rank 0 alone (evaluation) issues no collective the other ranks would miss
+            step_model = self.ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+        self.step_model = torch.compile(step_model) if compiled else step_model
         return self.model
 
+    @contextlib.contextmanager
+    def accumulating(self) -> Iterator[None]:
+        if self.ddp is not None:
+            with self.ddp.no_sync():
+                yield
+        elif self.sharded:
+            self.model.set_requires_gradient_sync(False)  # type: ignore[operator]
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(True)  # type: ignore[operator]
+        else:
+            yield
+
     def horizon(self) -> int | None:
-        return total_steps(self.config, max(1, self.per_epoch // self.config.optim.grad_accum_steps))
+        steps_per_epoch = max(1, self.per_epoch // self.config.optim.grad_accum_steps)
+        return total_steps(self.config, steps_per_epoch, self.dist.world)
 
     def next_batch(self) -> torch.Tensor:
         self.window_np = next(self.batches)  # (B, T+1)
@@ -181,13 +215,30 @@ class PretrainTask(Task):
         with _autocast(self.device, self.config.train.precision):
             logits = self.step_model(inputs)  # (B, T, V)
         self.per_token = F.cross_entropy(logits.float().flatten(0, 1), self.targets.flatten(), reduction="none")
-        return self.per_token.mean(), None
+        loss = self.per_token.mean()
+        if self.config.train.z_loss > 0:
+            loss = loss + self.config.train.z_loss * z_loss(logits)
+        return loss, None
+
+    def probe(self, batch: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.device, self.config.train.precision):
+            logits = self.model(batch[:, :-1])  # (B, T, V)
+        self._reshard()
+        return logits
+
+    def _reshard(self) -> None:
+        """After a forward without backward, FSDP keeps the root's gathered weights; drop them.
+
+        Otherwise the next training forward would reuse them after the optimizer changed the shards.
+        """
+        if self.sharded:
+            self.model.reshard()  # type: ignore[operator]
 
     def batch_tokens(self, batch: torch.Tensor) -> int:
-        return self.batch_size * self.seq_len
+        return self.batch_size * self.seq_len * self.dist.world  # the global micro-batch
 
     def shape(self) -> tuple[int, int]:
-        return self.batch_size * self.config.optim.grad_accum_steps, self.seq_len
+        return self.batch_size * self.config.optim.grad_accum_steps * self.dist.world, self.seq_len
 
     def epoch(self) -> float:
         return self.cursor.epoch + self.cursor.batch / self.per_epoch
@@ -196,7 +247,11 @@ class PretrainTask(Task):
         return pretrain_columns(self.seq_len, self.source.has_optimum)
 
     def evaluate(self) -> dict[str, Any]:
-        return evaluate(self.step_model, self.source, self.device, self.config.train.precision, self.batch_size)
+        # under DDP rank 0 evaluates alone: through the model itself, not the wrapper
+        model = self.model if self.ddp is not None else self.step_model
+        metrics = evaluate(model, self.source, self.device, self.config.train.precision, self.batch_size)
+        self._reshard()
+        return metrics
 
     def train_fields(self) -> dict[str, Any]:
         """Per-position relative loss on the last micro-batch of the logged step (synthetic processes only)."""
@@ -233,8 +288,14 @@ def train(
     (described in `RunResult.pushed`); a push that fails then raises `StorageError`, the
     run saved on disk.
     """
-    device = resolve_device(config.train.device)
-    source = open_source(config.data, config.train.seed)
-    config = resolve_config(config, source)
-    return fit(PretrainTask(config, source, device), config, device, callback=callback, overwrite=overwrite,
-               resume=resume)  # fmt: skip
+    if distributed.from_env().active and config.log.out is None:
+        raise ConfigError("--out is required under torchrun: every process must name the same run directory")
+    dist = distributed.init(config.train.device)
+    try:
+        device = distributed.rank_device(resolve_device(config.train.device), dist)
+        source = open_source(config.data, config.train.seed)
+        config = resolve_config(config, source)
+        return fit(PretrainTask(config, source, device, dist), config, device, callback=callback, overwrite=overwrite,
+                   resume=resume)  # fmt: skip
+    finally:
+        distributed.shutdown(dist)

@@ -3,6 +3,8 @@
 - `lm_loss`: next-token cross-entropy averaged over every target (pretraining).
 - `masked_lm_loss`: cross-entropy averaged over the targets a mask selects (SFT: the
   response tokens), with the number of correct argmax predictions among them.
+- `z_loss`: the mean of log^2 Z, Z the output softmax's normaliser (PaLM; Wortsman et
+  al. 2023): added as `--z-loss` times it, it keeps the output logits from drifting.
 - `sequence_logps`: per-sequence log-probability, summed (or averaged) over the masked targets.
 - `dpo_loss`: the preference losses of DPO (Rafailov et al. 2023) on sequence
   log-probabilities of a policy and a frozen reference, as TRL defines them:
@@ -39,6 +41,18 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of every target: logits (B, T, V), targets (B, T) -> (B, T)."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+def z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of (log Z)^2 over positions, log Z = logsumexp of the logits: (B, T, V) -> scalar.
+
+    With `mask` (B, T), the mean over the positions where it is true (0 when none is).
+    """
+    log_z = logits.float().logsumexp(-1)  # (B, T)
+    if mask is None:
+        return log_z.square().mean()
+    mask = mask.bool()
+    return (log_z.square() * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_lm_loss(

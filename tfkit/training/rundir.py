@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from tfkit.errors import ConfigError
-from tfkit.io import write_json_atomic
+from tfkit.io import write_atomic, write_json_atomic
 
-RUN_FILES = ("train_config.json", "train_log.csv", "val_log.csv", "summary.json", "checkpoints")
+RUN_FILES = (
+    "train_config.json", "train_log.csv", "val_log.csv", "summary.json", "checkpoints", "tensorboard", "spikes.csv",
+    "step_losses.csv", "beliefs.json", "beliefs.csv", "belief_points.csv",
+)  # fmt: skip
 LOCK_NAME = ".lock"
 REPLACED_PREFIX = ".replaced."  # `.replaced.<random>.tmp`: an old run set aside (S3 pushes skip `.*.tmp`)
 SUMMARY_RESERVE_NAME = ".summary-reserve.tmp"
@@ -111,13 +114,22 @@ def replacing(run_dir: Path, names: list[str]) -> Iterator[None]:
     The body writes the new run's first files (`train_config.json`); when it raises, what
     it wrote under `RUN_FILES` is removed and the old files return unchanged. Once it
     returns, the old files are deleted. Moving them is renaming: it needs no disk space.
+    Files that were there and not set aside (a resumed run's logs and checkpoints) are
+    never removed.
     """
+    kept = {name for name in RUN_FILES if (run_dir / name).exists() and name not in names}
+    # a resumed run's record is rewritten by the body: its old bytes go back if the start fails
+    record = run_dir / "train_config.json"
+    old_record = record.read_bytes() if "train_config.json" in kept else None
     aside = _set_aside(run_dir, names) if names else None
     try:
         yield
     except BaseException:
         for name in RUN_FILES:
-            _remove(run_dir / name)
+            if name not in kept:
+                _remove(run_dir / name)
+        if old_record is not None:
+            write_atomic(record, lambda tmp: tmp.write_bytes(old_record))
         if aside is not None:
             _restore(run_dir, aside)
         raise

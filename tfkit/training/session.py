@@ -161,7 +161,7 @@ def run_meta(device: torch.device, compiled: bool) -> dict[str, Any]:
 
 
 def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) -> TrackerGroup:
-    """CSV logs in the run directory, and wandb when the config names a project."""
+    """CSV logs in the run directory, wandb when the config names a project, TensorBoard with `--tensorboard`."""
     trackers: list[Tracker] = [CsvTracker(run_dir)]
     if config.log.wandb_project:
         from tfkit.tracking.wandb import WandbTracker
@@ -177,6 +177,10 @@ def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) 
                 run_id=meta.get("wandb_id"),  # a resumed run continues the same wandb run
             )
         )
+    if config.log.tensorboard:
+        from tfkit.tracking.tensorboard import TensorBoardTracker
+
+        trackers.append(TensorBoardTracker(run_dir))
     return TrackerGroup(trackers)
 
 
@@ -241,10 +245,15 @@ class StepCounters:
 
     @staticmethod
     def clip(params: list[torch.nn.Parameter], grad_clip: float) -> torch.Tensor:
-        """The gradients' total norm before clipping; clipped to `grad_clip` when it is positive."""
+        """The gradients' total norm before clipping; clipped to `grad_clip` when it is positive.
+
+        With sharded parameters (FSDP) the norm is a DTensor over the processes: returned whole.
+        """
         if grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     @staticmethod
     def non_finite(step_loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
@@ -551,3 +560,45 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
         return json.loads((run_dir / "train_config.json").read_text()).get("meta", {})
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+class FollowerSession(RunSession):
+    """The session of a rank other than 0 in a multi-process run (`tfkit.training.distributed`).
+
+    It trains in step with rank 0 and keeps the clock and the status, but writes nothing:
+    rank 0 owns the run directory, its logs, checkpoints, summary and S3 pushes.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config, Path(config.log.out), None, TrainCallback())
+
+    def start(self, model: torch.nn.Module, device: torch.device, *, compiled: bool, horizon: int | None,
+              meta: dict[str, Any], resumed_from: Path | None = None, resumed_step: int | None = None,
+              resumed_elapsed: float = 0.0) -> None:  # fmt: skip
+        self.device, self.horizon = device, horizon
+        self.num_params = model.num_params()  # type: ignore[operator]
+        self.num_params_ne = model.num_params(non_embedding=True)  # type: ignore[operator]
+        self.offset = resumed_elapsed
+        self.t0 = time.perf_counter()
+
+    def log_train(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_val(self, row: dict[str, Any]) -> None:
+        pass
+
+    def truncate_logs(self, step: int) -> None:
+        pass
+
+    def checkpoint_written(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def guard(self, progress: Progress, task: Any) -> Iterator[_Flag]:
+        flag = _Flag()
+        with _interrupt_flag(flag):
+            yield flag
+
+    def finish(self, progress: Progress, task: Any) -> RunResult:
+        return RunResult(run_dir=self.run_dir, status=self.status, summary=self.summary(progress, task),
+                         message=self.message, stopped_by=self.stopped_by)  # fmt: skip

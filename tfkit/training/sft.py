@@ -26,7 +26,7 @@ from tfkit.training.columns import SFT_METRICS, sft_columns
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.finetune_config import SftRunConfig
 from tfkit.training.loop import _autocast
-from tfkit.training.objectives import masked_lm_loss
+from tfkit.training.objectives import masked_lm_loss, z_loss
 from tfkit.training.session import RunResult, TrainCallback
 
 
@@ -58,8 +58,9 @@ def sft_forward(
 class SftObjective(Objective):
     train_metrics = SFT_METRICS
 
-    def __init__(self, data: SftData) -> None:
+    def __init__(self, data: SftData, z_loss: float = 0.0) -> None:
         self.data = data
+        self.z_loss = z_loss
         self.batch_size = data.batch_size
         self.seq_len = data.seq_len
 
@@ -75,8 +76,16 @@ class SftObjective(Objective):
         with _autocast(device, precision):
             logits, targets, scored = sft_forward(model, on_device)
         loss, correct, count = masked_lm_loss(logits, targets, scored)
+        if self.z_loss > 0:
+            loss = loss + self.z_loss * z_loss(logits, scored)
         accuracy = correct.float() / count.clamp(min=1)
         return loss, accuracy.detach().reshape(1)
+
+    def probe(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
+              precision: str) -> torch.Tensor:  # fmt: skip
+        on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
+        with _autocast(device, precision):
+            return sft_forward(model, on_device)[0]
 
     def columns(self) -> tuple[list[str], list[str]]:
         return sft_columns()
@@ -138,6 +147,6 @@ def train_sft(
         "tokens_per_epoch": data.tokens_per_epoch(),
     }
     return run_finetune(
-        config, SftObjective(data), init, data_meta=data_meta, tokenizer=tokenizer_record(init, dataset),
+        config, SftObjective(data, config.train.z_loss), init, data_meta=data_meta, tokenizer=tokenizer_record(init, dataset),
         callback=callback, overwrite=overwrite, resume=resume,
     )  # fmt: skip

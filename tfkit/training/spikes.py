@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tfkit.training.columns import SPIKE_COLUMNS
+from tfkit.training.columns import SPIKE_COLUMNS, STEP_LOSS_COLUMNS
 
 SPIKE_ACTIONS = ("log", "checkpoint", "skip", "rollback", "stop")
 
@@ -111,3 +111,34 @@ class SpikeLog:
                 writer.writerows(rows)
 
         write_atomic(self.path, write)
+
+
+class StepLossLog:
+    """`step_losses.csv` (--log-step-losses): every step's train_loss and grad_norm.
+
+    The values come from the device at train-row points (the loop keeps them there in
+    between), and the rows since the last train row go to disk in one write.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        from tfkit.tracking.csv import CsvLog
+
+        self.log = CsvLog(Path(run_dir) / "step_losses.csv")
+
+    def write(self, rows: list[tuple[int, float, float]]) -> None:
+        if not rows:
+            return
+        if self.log.columns is None:  # a new file: its header with the first row
+            step, loss, norm = rows[0]
+            self.log.write(dict(zip(STEP_LOSS_COLUMNS, (step, loss, norm))))
+            rows = rows[1:]
+        if rows:
+            self.log.write_many([list(row) for row in rows])
+
+    def continue_after(self, step: int) -> None:
+        """Keep the rows up to `step` (a resumed or rolled-back run trains the later steps again)."""
+        self.log.close()
+        self.log.continue_after(step)
+
+    def close(self) -> None:
+        self.log.close()
