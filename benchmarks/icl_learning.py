@@ -40,8 +40,9 @@ MODELS = {
 }
 
 
-def run_one(name: str, seed: int, steps: int | None, out: Path) -> dict:
+def run_one(name: str, seed: int, steps: int | None, out: Path, threads: int = 1) -> dict:
     """Train one model with one seed; its last evaluation, parameter count and wall time."""
+    torch.set_num_threads(threads)
     updates = {**MODELS[name], "seed": seed, "device": "cpu", "out": str(out / f"{name}-{seed}"), "eval_every": 500}
     if steps is not None:
         updates["max_steps"] = steps
@@ -70,17 +71,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: each model's)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    results: dict[str, list[dict]] = {}
+    runs = [(name, seed) for name in args.models for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    results: dict[str, list[dict]] = {name: [] for name in args.models}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            for seed in range(args.first_seed, args.first_seed + args.seeds):
-                r = run_one(name, seed, args.steps, Path(tmp))
-                results.setdefault(name, []).append(r)
-                print(f"{name:7s} seed {seed}: error at the last point {r['error']:.3f}  "
-                      f"{r['steps']} steps  {r['wall']:.0f} s", flush=True)  # fmt: skip
+        if args.jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(run_one, name, seed, args.steps, Path(tmp), args.threads) for name, seed in runs]
+                done = [f.result() for f in futures]
+        else:
+            done = [run_one(name, seed, args.steps, Path(tmp), args.threads) for name, seed in runs]
+        for (name, seed), r in zip(runs, done):
+            results[name].append(r)
+            print(f"{name:7s} seed {seed}: error at the last point {r['error']:.3f}  "
+                  f"{r['steps']} steps  {r['wall']:.0f} s", flush=True)  # fmt: skip
 
     n = IclRunConfig().task.n_points
     print(f"\nlinear regression, d={IclRunConfig().task.n_dims}, error at point {n} (normalised: squared error / d), "
