@@ -47,6 +47,21 @@ def test_help_lists_command_groups():
         assert group in out.stdout
 
 
+def test_root_help_skips_the_rich_layout():
+    # most of `tfkit --help`'s time was typer's rich help layout; the root lists its commands plainly
+    code = (
+        "import sys, contextlib, io\n"
+        "from tfkit.cli.app import app\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0 and 'train' in r.output and 'ablate' in r.output, r.output\n"
+        "print('typer.rich_utils' in sys.modules)\n"
+    )
+    out = run(sys.executable, "-c", code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def test_version_and_module_entry_point():
     out = run(sys.executable, "-m", "tfkit", "--version")
     assert out.returncode == 0

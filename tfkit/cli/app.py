@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 import tfkit
 from tfkit.cli._errors import USER_ERROR, command, interrupted, is_user_os_error, os_error_message
@@ -23,8 +24,21 @@ from tfkit.cli.train import train_app
 from tfkit.errors import TfkitError
 from tfkit.signals import raise_on_sigterm
 
+class RootGroup(TyperGroup):
+    """The root command; `tfkit --help` is printed plainly.
+
+    Typer's rich help layout imports `typer.rich_utils` and its rich dependencies, which is
+    most of the time `tfkit --help` takes; the command list needs none of it. Every
+    subcommand's help keeps the rich layout.
+    """
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super(TyperGroup, self).format_help(ctx, formatter)  # click's plain layout, past Typer's rich one
+
+
 app = typer.Typer(
     name="tfkit",
+    cls=RootGroup,
     help="Small-transformer research: data, tokenizers, training, ablations, plots and storage.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from tfkit.config import DEFAULT_MAX_STEPS, RunConfig
 from tfkit.data.loaders import BatchCursor, ProcessSource, open_source, train_batches
 from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
-from tfkit.training.columns import pretrain_columns
 from tfkit.training import distributed
+from tfkit.training.columns import pretrain_columns
 from tfkit.training.distributed import SINGLE, Dist
 from tfkit.training.fit import Task, fit
 from tfkit.training.objectives import z_loss
