@@ -44,11 +44,11 @@ class Probe:
 
     probed, output_logits = True, True
 
-    def __init__(self, model: GPT, precision: torch.autocast | None) -> None:
-        self.model, self.precision = model, precision
+    def __init__(self, model: GPT, bf16: bool) -> None:
+        self.model, self.bf16 = model, bf16
 
     def probe(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision is not None):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             return self.model(batch[:, :-1])
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4), device)
     batch = torch.randint(0, p["vocab_size"], (p["batch_size"], p["seq_len"] + 1), device=device)
     bf16 = device.type == "cuda"
-    task = Probe(model, bf16 or None)
+    task = Probe(model, bf16)
     logits_only = Monitor(SimpleNamespace(log_logits=True, log_layer_stats=False), model, task)
     with_layers = Monitor(SimpleNamespace(log_logits=True, log_layer_stats=True), model, task)
 

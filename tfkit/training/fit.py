@@ -24,6 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -533,7 +534,7 @@ class _Nowhere:
 
 _NOWHERE: Any = _Nowhere()
 # the monitor of a rank that logs nothing
-_UNMONITORED = type("Unmonitored", (), {"log_logits": False, "log_layer_stats": False})()
+_UNMONITORED = SimpleNamespace(log_logits=False, log_layer_stats=False)
 
 
 def _spike_row(values: list[float], action: str) -> dict[str, Any]:
