@@ -31,7 +31,7 @@ def test_import_and_help_do_not_import_torch():
         "    r = CliRunner().invoke(tfkit.cli.app.app, [*cmd.split(), '--help'])\n"
         "    assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('torch', 'numpy', 'wandb', 'yaml', 'boto3', 'botocore', 'datasets', 'tokenizers',\n"
-        "                     'pyarrow') if m in sys.modules]\n"
+        "                     'pyarrow', 'submitit', 'cloudpickle') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     out = run(sys.executable, "-c", code)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import polars as pl
 from typer.testing import CliRunner
 
 from tfkit.ablate.grid import parse_sweeps
+from tfkit.ablate.jobs import RunJob
 from tfkit.ablate.kinds import kind_of
 from tfkit.ablate.plan import plan_ablation
-from tfkit.ablate.runner import spec_from_job
 from tfkit.cli.app import app
 from tfkit.training.icl_config import ICL_SECTIONS, IclRunConfig
 
@@ -63,10 +64,8 @@ def test_icl_grid_plan_and_worker_jobs(tmp_path):
     one, two = (plan.params[s.setting_id][0] for s in plan.settings[:3:2])  # depth 1 vs 2, 5 points
     assert one < two
     spec = plan.specs[0]
-    job = {"kind": kind_of(spec.config).name, "config": spec.config.to_dict(),
-           "setting": {"setting_id": spec.setting.setting_id, "values": spec.setting.values},
-           "run": {"run_num": 0, "seed": 0, "run_id": spec.run_id}}  # fmt: skip
-    assert spec_from_job(job).config == spec.config
+    job = pickle.loads(pickle.dumps(RunJob(spec, None, 1, str(tmp_path))))  # as a launcher submits it
+    assert job.spec.config == spec.config and kind_of(job.spec.config).name == "icl"
 
 
 def test_bad_icl_sweep_is_one_line_and_exit_2(tmp_path):

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from tfkit.ablate.processes import owner_tag
 from tfkit.ablate.results import ResultsFile
 from tfkit.cli.app import app
 
@@ -38,10 +38,12 @@ def environment(tmp_path: Path) -> dict[str, str]:
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """`tfkit ablate` in its own session and process group, as a terminal starts a command."""
     command = [sys.executable, "-m", "tfkit", "ablate", *args]
     return subprocess.Popen(
-        command, cwd=tmp_path, env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        command, cwd=tmp_path, env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -63,8 +65,8 @@ def wait_for_runs(path: Path, proc: subprocess.Popen, n: int) -> None:
         time.sleep(0.05)
 
 
-def workers_of(parent: int) -> list[int]:
-    """The ablation worker processes whose parent is `parent`."""
+def children_of(parent: int, marker: bytes) -> list[int]:
+    """The processes whose parent is `parent` and whose command line holds `marker`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -74,9 +76,20 @@ def workers_of(parent: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"tfkit.ablate.worker" in cmdline:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def workers_of(parent: int) -> list[int]:
+    """The local launcher's processes of an ablation: each job's controller and the run it trains."""
+    deadline = time.time() + 30
+    while True:
+        controllers = children_of(parent, b"tfkit.ablate.controller")
+        runs = [pid for c in controllers for pid in children_of(c, b"submitit.core._submit")]
+        if len(runs) == len(controllers) or time.time() > deadline:
+            return controllers + runs
+        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -96,7 +109,8 @@ def wait_until_gone(pids: list[int], seconds: float = 30) -> list[int]:
 
 
 def job_dirs(tmp_path: Path) -> list[Path]:
-    return list((tmp_path / "tmp").glob("tfkit-ablate-*"))
+    """The local launcher's job folders (one per ablation process, named after it)."""
+    return list((tmp_path / "runs" / "ablate" / ".jobs").glob("*"))
 
 
 def assert_each_run_once(path: Path, runs: int) -> pl.DataFrame:
@@ -134,15 +148,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_sigterm_stops_the_workers_and_the_resumed_ablation_trains_each_run_once(tmp_path):
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_a_stop_ends_the_jobs_and_the_resumed_ablation_trains_each_run_once(tmp_path, stop):
     proc = start(tmp_path, *LONG, "--jobs", "2")
     wait_for_runs(tmp_path / "r.csv", proc, 2)
     workers = workers_of(proc.pid)
-    assert len(workers) == 2
-    proc.send_signal(signal.SIGTERM)
+    assert len(workers) == 4  # two jobs, each a controller and its run
+    if stop == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:  # Ctrl-C at a terminal: SIGINT to the foreground process group
+        os.killpg(proc.pid, signal.SIGINT)
     code, output = finish(proc, timeout=60)
-    assert code == 143, output
-    assert "terminated by SIGTERM; resume with: tfkit ablate" in output and "--append" in output
+    if stop == "sigterm":
+        assert code == 143, output
+        assert "terminated by SIGTERM; resume with: tfkit ablate" in output and "--append" in output
+    else:
+        assert code == 130, output
+        assert "interrupted; resume with: tfkit ablate" in output and "--append" in output
     assert wait_until_gone(workers, seconds=5) == []  # the parent waited for them
     assert job_dirs(tmp_path) == []  # its job folder went with it
     df = pl.read_csv(tmp_path / "r.csv")
@@ -159,7 +181,7 @@ def test_kill_9_of_the_parent_ends_its_workers(tmp_path, monkeypatch):
     proc = start(tmp_path, *LONG, "--jobs", "2")
     wait_for_runs(tmp_path / "r.csv", proc, 2)
     workers = workers_of(proc.pid)
-    assert len(workers) == 2
+    assert len(workers) == 4
     proc.kill()
     finish(proc)
     assert wait_until_gone(workers) == [], "workers outlived their parent"
@@ -168,11 +190,10 @@ def test_kill_9_of_the_parent_ends_its_workers(tmp_path, monkeypatch):
     assert (tmp_path / "r.csv").stat().st_size == size  # nobody writes any more
     last = pl.read_csv(tmp_path / "r.csv").group_by("run_id", maintain_order=True).last()
     assert last["run_status"].to_list() == ["interrupted", "interrupted"]  # stopped, not trained on as orphans
-    assert [p.name.startswith(f"tfkit-ablate-{proc.pid}-") for p in job_dirs(tmp_path)] == [True]
-    live = tmp_path / "tmp" / f"tfkit-ablate-{os.getpid()}-0-x"  # a live process's folder stays
+    assert [p.name.startswith(f"{proc.pid}-") for p in job_dirs(tmp_path)] == [True]
+    live = tmp_path / "runs" / "ablate" / ".jobs" / owner_tag()  # a live process's folder stays
     live.mkdir()
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     resumed = ablate(tmp_path, *LONG, "--append")
     assert resumed.exit_code == 0, resumed.output
     assert_each_run_once(tmp_path / "r.csv", 3)

@@ -1,40 +1,28 @@
 """Running an ablation: results columns, one run with its rows, and many runs at once.
 
-`run_ablation` trains the runs of a plan in order, in this process (`jobs=1`) or in
-`jobs` worker processes (`python -m tfkit.ablate.worker`), each run through the same
-train function as its `tfkit train` command (`tfkit.ablate.kinds`). Rows go to the
-results file as the run evaluates (see `tfkit.ablate.results`). Nothing here prints:
-progress goes to an `AblationCallback`.
+`run_ablation` trains the runs of a plan in order: in this process (`jobs=1`), or as
+jobs of a launcher (`tfkit.ablate.launch`: local processes or SLURM, through submitit),
+each run through the same train function as its `tfkit train` command
+(`tfkit.ablate.kinds`). Rows go to the results file as the run evaluates (see
+`tfkit.ablate.results`). Nothing here prints: progress goes to an `AblationCallback`.
 
 Each run is claimed just before it is trained (`claim_run`), so ablations sharing a
 results file never train one run twice, and a crashed run's claim is free again.
-Ctrl-C and SIGTERM stop the current runs at a step boundary, workers included; workers
-also end when this process ends, even by kill -9; their temp job folder is removed on
-the way out, or at the next ablation's start if this process was killed.
+Ctrl-C and SIGTERM stop the current runs at a step boundary, jobs included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tfkit.ablate.grid import RunSpec, Setting
 from tfkit.ablate.kinds import KINDS, ExperimentKind, kind_of
-from tfkit.ablate.processes import owner_alive, owner_tag
 from tfkit.ablate.results import ID_COLUMNS, PARAM_COLUMNS, ResultsFile, RunClaim
 from tfkit.signals import Terminated
 from tfkit.training.columns import CARRIED_TRAIN_COLUMNS, POSITION_COLUMNS
@@ -247,17 +235,28 @@ def run_ablation(
     jobs: int = 1,
     devices: list[str] | None = None,
     callback: AblationCallback | None = None,
+    launcher: Any = None,
 ) -> AblationResult:
     """Train `specs` in order, each once its claim is taken; stop launching runs after Ctrl-C or SIGTERM.
 
-    The current runs stop cleanly at a step boundary. Job folders that ablations killed
-    earlier left in the temp folder are removed first.
+    With one job and no `launcher` the runs train in this process; otherwise they are jobs
+    of `launcher` (`tfkit.ablate.launch`; default: the local launcher with `jobs` at once).
+    The current runs stop cleanly at a step boundary.
     """
+    from tfkit.ablate.launch import LocalLauncher, remove_stale_job_dirs, run_jobs
+
     callback = callback or AblationCallback()
-    remove_stale_job_dirs()
-    if jobs <= 1:
+    runs_dirs = {Path(spec.config.log.out).parent for spec in specs}
+    for runs_dir in runs_dirs:  # job folders of local launchers killed earlier
+        remove_stale_job_dirs(runs_dir)
+    if launcher is None and jobs <= 1:
         return _run_here(specs, results, devices, callback)
-    return _run_workers(specs, results, jobs, devices, callback)
+    if launcher is None:
+        launcher = LocalLauncher(next(iter(runs_dirs), Path(".")), jobs, devices)
+    threads = None  # torch's default: OMP_NUM_THREADS when set, else the cores a SLURM job was given
+    if launcher.name == "local" and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // launcher.window)  # the cores shared by the jobs at once
+    return run_jobs(specs, results, launcher, callback, threads)
 
 
 def _with_device(spec: RunSpec, device: str | None) -> RunSpec:
@@ -292,165 +291,3 @@ def _run_here(
         by = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
         return AblationResult(outcomes, interrupted=True, stopped_by=by)
     return AblationResult(outcomes, interrupted=False)
-
-
-JOB_DIR_PREFIX = "tfkit-ablate-"
-
-
-def make_job_dir() -> Path:
-    """A private temp folder for worker job files, named after this process (see `remove_stale_job_dirs`)."""
-    return Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{owner_tag()}-"))
-
-
-def remove_stale_job_dirs(tmp: str | Path | None = None) -> list[Path]:
-    """Remove the job folders of ablations that ended without cleaning up (kill -9); returns them.
-
-    Only this user's folders whose owner process is gone are touched.
-    """
-    removed = []
-    root = Path(tmp or tempfile.gettempdir())
-    with contextlib.suppress(OSError):
-        for path in root.glob(f"{JOB_DIR_PREFIX}*"):
-            parts = path.name[len(JOB_DIR_PREFIX) :].split("-")
-            if len(parts) != 3 or not parts[0].isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                mine = path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
-                if mine and not owner_alive(f"{parts[0]}-{parts[1]}"):
-                    shutil.rmtree(path)
-                    removed.append(path)
-    return removed
-
-
-@contextlib.contextmanager
-def _on_stop_signals(handler: Any) -> Iterator[None]:
-    """Route Ctrl-C and SIGTERM to `handler` (in the main thread; elsewhere nothing is installed)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            if old is not None:
-                signal.signal(sig, old)
-
-
-def _run_workers(
-    specs: list[RunSpec],
-    results: ResultsFile | None,
-    jobs: int,
-    devices: list[str] | None,
-    callback: AblationCallback,
-) -> AblationResult:
-    """Up to `jobs` worker processes at once, each in its own session and process group.
-
-    Ctrl-C and SIGTERM are forwarded to the workers, which stop at a step boundary; the
-    ablation then waits for them. A worker holds its run's claim (inherited) and ends
-    when this process ends, even by kill -9 (`tfkit.ablate.processes.die_with_parent`).
-    """
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    pending = deque(specs)
-    running: dict[int, tuple[subprocess.Popen, RunSpec, Path, RunClaim | None]] = {}  # slot -> worker
-    outcomes: list[RunOutcome] = []
-    stop = threading.Event()
-    stopped_by: list[str] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        stop.set()
-        stopped_by.append(signal.Signals(signum).name)
-        for proc, *_ in running.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    tmp = make_job_dir()
-    try:
-        with _on_stop_signals(forward):
-            while pending or running:
-                free = [slot for slot in range(jobs) if slot not in running]
-                while pending and free and not stop.is_set():
-                    spec = _with_device(pending.popleft(), devices[free[0] % len(devices)] if devices else None)
-                    claim, skipped = claim_run(spec, results)
-                    if skipped is not None:
-                        outcomes.append(skipped)
-                        callback.on_run_end(spec, skipped)
-                        continue
-                    slot = free.pop(0)
-                    try:
-                        proc, outcome_path = _start_worker(spec, results, claim, tmp, threads)
-                    except BaseException:
-                        if claim is not None:
-                            claim.release()
-                        raise
-                    running[slot] = (proc, spec, outcome_path, claim)
-                    callback.on_run_start(spec)
-                    if stop.is_set():  # a signal came while it started
-                        proc.send_signal(signal.SIGTERM if stopped_by[-1:] == ["SIGTERM"] else signal.SIGINT)
-                for slot, (proc, spec, outcome_path, claim) in list(running.items()):
-                    if proc.poll() is None:
-                        continue
-                    del running[slot]
-                    if claim is not None:
-                        claim.release()
-                    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                    if outcome_path.exists():
-                        outcome = RunOutcome(**json.loads(outcome_path.read_text()))
-                    else:
-                        last = stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-                        outcome = RunOutcome(spec.run_id, "error", message=f"worker died: {last[0]}")
-                    outcomes.append(outcome)
-                    callback.on_run_end(spec, outcome)
-                    if outcome.status == "interrupted":
-                        stop.set()
-                        stopped_by.append(outcome.stopped_by or "SIGINT")
-                if stop.is_set():
-                    pending.clear()
-                if results is not None:
-                    results.settle()
-                time.sleep(0.05)
-    finally:
-        for proc, _, _, claim in running.values():  # only on an unexpected error: do not leave orphans
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.kill()
-            proc.wait()
-            if claim is not None:
-                claim.release()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return AblationResult(outcomes, interrupted=stop.is_set(), stopped_by=(stopped_by or [None])[0])
-
-
-def _start_worker(
-    spec: RunSpec, results: ResultsFile | None, claim: RunClaim | None, tmp: Path, threads: int
-) -> tuple[subprocess.Popen, Path]:
-    """Start the worker process of one run; it inherits the run's claim."""
-    outcome_path = tmp / f"{spec.run_id}.json"
-    job = {
-        "kind": kind_of(spec.config).name,
-        "config": spec.config.to_dict(),
-        "setting": {"setting_id": spec.setting.setting_id, "values": spec.setting.values},
-        "run": {"run_num": spec.run_num, "seed": spec.seed, "run_id": spec.run_id},
-        "results": None if results is None else {"path": str(results.path), "columns": results.columns},
-        "threads": threads,
-        "outcome": str(outcome_path),
-        "parent_pid": os.getpid(),
-    }
-    job_path = tmp / f"{spec.run_id}.job.json"
-    job_path.write_text(json.dumps(job))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tfkit.ablate.worker", str(job_path)],
-        start_new_session=True,  # signals reach workers only through forward(); killpg ends all of one
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        pass_fds=() if claim is None else (claim.fd,),
-    )
-    return proc, outcome_path
-
-
-def spec_from_job(job: dict[str, Any]) -> RunSpec:
-    """Rebuild a RunSpec from a worker's job file."""
-    config = KINDS[job["kind"]].config_class.from_dict(job["config"], source="job file")
-    setting = Setting(setting_id=job["setting"]["setting_id"], values=job["setting"]["values"], config=config)
-    run = job["run"]
-    return RunSpec(setting=setting, run_num=run["run_num"], seed=run["seed"], run_id=run["run_id"], config=config)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import shlex
@@ -43,6 +44,11 @@ ICL_HELP = (
 )
 
 
+class Launcher(enum.StrEnum):
+    local = "local"
+    slurm = "slurm"
+
+
 def ablate(
     ctx: typer.Context,
     options: dict[str, Any],
@@ -67,9 +73,64 @@ def ablate(
     name: Annotated[
         str | None, typer.Option("--name", help="Ablation name: the wandb group (default: the logfile's stem).")
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once, as separate processes.")] = 1,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Runs at once (local: separate processes; slurm: the array's cap).",
+            rich_help_panel="Launcher",
+        ),
+    ] = None,
     devices: Annotated[
-        str | None, typer.Option("--devices", help="Comma-separated devices for the jobs, e.g. cuda:0,cuda:1.")
+        str | None,
+        typer.Option(
+            "--devices", help="Comma-separated devices for the jobs, e.g. cuda:0,cuda:1.", rich_help_panel="Launcher"
+        ),
+    ] = None,
+    launcher: Annotated[
+        Launcher | None,
+        typer.Option(
+            "--launcher",
+            help="local: processes on this machine (the default with --jobs above 1); slurm: one SLURM job per run.",
+            rich_help_panel="Launcher",
+        ),
+    ] = None,
+    slurm_partition: Annotated[
+        str | None, typer.Option("--slurm-partition", help="SLURM partition.", rich_help_panel="Launcher")
+    ] = None,
+    gpus_per_run: Annotated[
+        int | None, typer.Option("--gpus-per-run", help="GPUs per SLURM job (default 1).", rich_help_panel="Launcher")
+    ] = None,
+    slurm_time: Annotated[
+        int | None,
+        typer.Option(
+            "--slurm-time",
+            help="Time limit per job in minutes (default 60); requeued at it.",
+            rich_help_panel="Launcher",
+        ),
+    ] = None,
+    slurm_cpus: Annotated[
+        int | None, typer.Option("--slurm-cpus", help="CPUs per SLURM job.", rich_help_panel="Launcher")
+    ] = None,
+    slurm_mem: Annotated[
+        str | None, typer.Option("--slurm-mem", help="Memory per SLURM job, e.g. 64G.", rich_help_panel="Launcher")
+    ] = None,
+    slurm_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--slurm-option",
+            help="Any other sbatch option: NAME=VALUE or NAME (repeatable).",
+            rich_help_panel="Launcher",
+        ),
+    ] = None,
+    slurm_setup: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--slurm-setup",
+            help="A shell line run before each job, e.g. 'module load cuda' (repeatable).",
+            rich_help_panel="Launcher",
+        ),
     ] = None,
     review: Annotated[bool, typer.Option("--review-settings", help="Show the settings and ask to proceed.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (with --review-settings).")] = False,
@@ -103,17 +164,23 @@ def ablate(
     group = name or logfile.stem
     base = base.with_updates({"log.wandb_project": wandb_project, "log.wandb_group": group if wandb_project else None})
     device_list = _parse_devices(devices)
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    if device_list and jobs == 1 and len(device_list) > 1:
-        jobs = len(device_list)
+    slurm = _slurm_options(
+        launcher, slurm_partition, gpus_per_run, slurm_time, slurm_cpus, slurm_mem, slurm_options, slurm_setup
+    )
+    if launcher == "slurm" and device_list:
+        raise ConfigError("--devices places local jobs; with --launcher slurm ask for GPUs with --gpus-per-run")
+    if launcher != "slurm":
+        jobs = jobs or (len(device_list) if device_list else 1)
     if append and not log_csv:
         raise ConfigError("--append resumes from the results file: add -c/--log-csv")
 
     plan = plan_ablation(base, axes, num_runs=num_runs, seed=base.train.seed, runs_dir=runs_dir)
-    _check_devices(
-        device_list or [s.config.train.device for s in plan.settings], "--devices" if device_list else "--device"
-    )
+    if launcher != "slurm":  # a cluster's devices are not this machine's
+        _check_devices(
+            device_list or [s.config.train.device for s in plan.settings], "--devices" if device_list else "--device"
+        )
     results = None
     done: set[str] = set()
     statuses: dict[str, str] = {}
@@ -139,22 +206,36 @@ def ablate(
     if review and not yes and is_interactive() and not typer.confirm(f"Train {len(todo)} runs?", default=True):
         raise typer.Exit(1)
 
+    job_launcher = None
+    if todo and (launcher == "slurm" or launcher == "local"):
+        from tfkit.ablate.launch import LocalLauncher, SlurmLauncher
+
+        if launcher == "slurm":
+            job_launcher = SlurmLauncher(runs_dir, slurm, jobs, name=f"tfkit-{group}")
+        else:
+            job_launcher = LocalLauncher(runs_dir, jobs or 1, device_list)
     if results is not None:
         results = ResultsFile.open(logfile, plan.columns, append=append, overwrite=overwrite)
         _report_opened(results, todo, statuses)
     if not todo:
         console.print(f"All {len(plan.specs)} runs are done in {logfile}; nothing to train.")
     else:
+        at_once = f", {jobs} at a time" if jobs and jobs > 1 else ""
+        where = f" on SLURM (logs: {job_launcher.folder})" if launcher == "slurm" else ""
         console.print(
             f"Training {len(todo)} runs ({len(plan.settings)} settings x {num_runs} seeds"
             + (f", {len(done)} already done" if done else "")
-            + (f", {jobs} at a time" if jobs > 1 else "")
+            + at_once
             + ")"
+            + where,
+            highlight=False,
         )
-    display = AblationDisplay(len(todo), plan.varying, quiet, one_at_a_time=jobs == 1)
+    display = AblationDisplay(len(todo), plan.varying, quiet, one_at_a_time=job_launcher is None and jobs == 1)
     try:
         with display:
-            outcome = run_ablation(todo, results, jobs=jobs, devices=device_list, callback=display)
+            outcome = run_ablation(
+                todo, results, jobs=jobs or 1, devices=device_list, callback=display, launcher=job_launcher
+            )
     finally:  # an --overwrite that ends before its first row puts the old file back
         restored = results is not None and results.finish()
     if restored:
@@ -229,6 +310,47 @@ command(ablate_app, "icl", cls=MultiValueCommand, help=ICL_HELP)(
         _for_kind(ablate, "icl", drop=("params",))
     )
 )
+
+
+def _slurm_options(
+    launcher: str | None,
+    partition: str | None,
+    gpus_per_run: int | None,
+    time_min: int | None,
+    cpus: int | None,
+    mem: str | None,
+    options: list[str] | None,
+    setup: list[str] | None,
+) -> Any:
+    """The SLURM options given, checked; refused (naming one) without --launcher slurm."""
+    from tfkit.ablate.launch import SlurmOptions, parse_sbatch_options
+
+    given = {
+        "--slurm-partition": partition, "--gpus-per-run": gpus_per_run, "--slurm-time": time_min,
+        "--slurm-cpus": cpus, "--slurm-mem": mem, "--slurm-option": options, "--slurm-setup": setup,
+    }  # fmt: skip
+    if launcher != "slurm":
+        named = [name for name, value in given.items() if value]
+        if named:
+            raise ConfigError(f"{named[0]} applies to SLURM jobs: add --launcher slurm")
+        return None
+    for name, value in (("--gpus-per-run", gpus_per_run), ("--slurm-time", time_min), ("--slurm-cpus", cpus)):
+        if value is not None and value < (0 if name == "--gpus-per-run" else 1):
+            raise ConfigError(f"{name} must be at least {0 if name == '--gpus-per-run' else 1}, got {value}")
+    if gpus_per_run is not None and gpus_per_run > 1:
+        raise ConfigError(
+            f"--gpus-per-run {gpus_per_run}: a SLURM job trains one run on one GPU; "
+            "for one run on several GPUs, run torchrun inside sbatch (see the README)"
+        )
+    return SlurmOptions(
+        partition=partition,
+        gpus_per_run=1 if gpus_per_run is None else gpus_per_run,
+        time_min=time_min or 60,
+        cpus_per_run=cpus,
+        mem=mem,
+        sbatch=parse_sbatch_options(options or []),
+        setup=list(setup or []),
+    )
 
 
 def _parse_devices(devices: str | None) -> list[str] | None:

@@ -1,0 +1,244 @@
+"""`tfkit ablate --launcher local|slurm`: runs as submitit jobs, locally and on a (fake) SLURM cluster.
+
+The SLURM tests run the real `tfkit ablate` against fake sbatch / srun / sacct / scancel /
+scontrol executables on PATH (`tests/ablate/fake_slurm.py`), which run the submitted
+script on this machine with the environment a SLURM job has. So the script submitit
+writes, its array, the timeout signal, `scontrol requeue` and `scancel` are all exercised
+as on a cluster; only the scheduler is a stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from tests.ablate import fake_slurm
+from tfkit.cli.app import app
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; POSIX signals")
+
+runner = CliRunner()
+TINY = ["--depth", "1", "--num-heads", "1", "--seq-len", "8", "--batch-size", "4", "--device", "cpu",
+        "--set", "data.train_sequences=256", "--set", "data.val_examples=32"]  # fmt: skip
+GRID = [*TINY, "--width", "16", "32", "--num-runs", "2", "--max-steps", "30", "--eval-every", "10"]
+# one run long enough to be signalled while it trains
+LONG = [*TINY, "--width", "16", "--max-steps", "600", "--eval-every", "50", "-c", "--logfile", "r.csv"]
+
+
+@pytest.fixture
+def slurm(tmp_path: Path) -> dict[str, str]:
+    """The environment of a machine where sbatch and friends are the fake ones."""
+    bin_dir, state = tmp_path / "fake-bin", tmp_path / "fake-slurm"
+    fake_slurm.install(bin_dir, state)
+    yield {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
+    for pid_file in state.glob("*.srun.pid"):  # a failed test leaves no job running
+        key = pid_file.name[: -len(".srun.pid")]
+        if (state / f"{key}.state").read_text() == "RUNNING":
+            with_pid = int(pid_file.read_text())
+            try:
+                os.kill(with_pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Runs trained in this process use one CPU thread, as the jobs do (OMP_NUM_THREADS=1): the same sums."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "COLUMNS": "200", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def ablate(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return runner.invoke(app, ["ablate", *args], env={"COLUMNS": "200", "OMP_NUM_THREADS": "1", **(env or {})})
+    finally:
+        os.chdir(cwd)
+
+
+def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`tfkit ablate` in its own session, as a terminal starts it: a Ctrl-C goes to its process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfkit", "ablate", *args],
+        cwd=tmp_path,
+        env=environment(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def wait_for_rows(path: Path, proc: subprocess.Popen, rows: int) -> None:
+    deadline = time.time() + 90
+    while not path.exists() or len(path.read_bytes().splitlines()) < rows + 1:
+        assert proc.poll() is None, finish(proc)[1]
+        assert time.time() < deadline, "no results rows in time"
+        time.sleep(0.05)
+
+
+def finals(path: Path) -> pl.DataFrame:
+    """Each run's last row, after checking that every run has one completed row per evaluation."""
+    df = pl.read_csv(path)
+    assert df.select("run_id", "step").is_duplicated().sum() == 0, df.select("run_id", "step", "run_status")
+    last = df.group_by("run_id", maintain_order=True).last().sort("run_id")
+    assert set(last["run_status"]) == {"completed"}, last.select("run_id", "run_status")
+    return last
+
+
+def test_slurm_launcher_submits_one_array_and_every_run_comes_back(tmp_path, slurm):
+    options = ["--slurm-partition", "gpu", "--gpus-per-run", "1", "--slurm-time", "120", "--jobs", "2",
+               "--slurm-option", "qos=high", "--slurm-setup", "export TFKIT_SETUP_RAN=1"]  # fmt: skip
+    result = ablate(tmp_path, *GRID, "-c", "--logfile", "slurm.csv", "--launcher", "slurm", *options, env=slurm)
+    assert result.exit_code == 0, result.output
+    assert "Training 4 runs (2 settings x 2 seeds, 2 at a time) on SLURM" in result.output
+
+    scripts = list((tmp_path / "fake-slurm").glob("*.sh"))
+    assert len(scripts) == 1  # one submission: an array of the 4 runs, 2 at a time
+    script = scripts[0].read_text()
+    for line in ("--array=0-3%2", "--partition=gpu", "--gpus-per-node=1", "--time=120", "--signal=USR2@90",
+                 "--requeue", "--qos=high", "--job-name=tfkit-slurm"):  # fmt: skip
+        assert f"#SBATCH {line}\n" in script, script
+    assert "export TFKIT_SETUP_RAN=1\n" in script and "submitit.core._submit" in script
+    logs = tmp_path / "runs" / "ablate" / "slurm"
+    assert len(list(logs.glob("*_log.out"))) == 4  # kept, one per run
+
+    # the same runs trained here give the same numbers: the jobs trained exactly these runs
+    here = ablate(tmp_path, *GRID, "-c", "--logfile", "here.csv", "--runs-dir", "runs/here")
+    assert here.exit_code == 0, here.output
+    on_slurm, local = finals(tmp_path / "slurm.csv"), finals(tmp_path / "here.csv")
+    assert on_slurm.height == 4
+    assert on_slurm["run_id"].to_list() == local["run_id"].to_list()
+    assert on_slurm["val_loss"].to_list() == local["val_loss"].to_list()
+
+    again = ablate(tmp_path, *GRID, "-c", "--logfile", "slurm.csv", "--append", "--launcher", "slurm", env=slurm)
+    assert again.exit_code == 0 and "All 4 runs are done" in again.output
+    assert len(list((tmp_path / "fake-slurm").glob("*.sh"))) == 1  # nothing submitted
+
+
+def test_a_timed_out_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, slurm):
+    proc = start(tmp_path, *LONG, "--launcher", "slurm", env=slurm)
+    wait_for_rows(tmp_path / "r.csv", proc, 2)
+    # the time limit is near: SLURM sends the job USR2 (--signal=USR2@90)
+    subprocess.run(["scancel", "--signal", "USR2", "100"], env=environment(slurm), check=True)
+    code, output = finish(proc)
+    assert code == 0, output
+
+    log = "".join(p.read_text() for p in (tmp_path / "runs" / "ablate" / "slurm").glob("*_log.out"))
+    assert "Requeued job 100" in log and log.count("Starting with JobEnvironment") == 2, log
+    run_dir = next(p for p in (tmp_path / "runs" / "ablate").iterdir() if (p / "train_log.csv").exists())
+    train_log = pl.read_csv(run_dir / "train_log.csv")
+    assert train_log["step"].is_duplicated().sum() == 0 and train_log["step"].max() == 600
+
+    # the requeued run equals one trained without a break, evaluation by evaluation
+    here = ablate(tmp_path, *LONG[:-1], "here.csv", "--runs-dir", "runs/here")
+    assert here.exit_code == 0, here.output
+    requeued, straight = pl.read_csv(tmp_path / "r.csv"), pl.read_csv(tmp_path / "here.csv")
+    assert requeued["step"].to_list() == straight["step"].to_list()
+    assert requeued["val_loss"].to_list() == straight["val_loss"].to_list()
+    finals(tmp_path / "r.csv")
+
+
+def test_ctrl_c_cancels_the_slurm_jobs_and_append_finishes_them(tmp_path, slurm):
+    args = [*TINY, "--width", "16", "32", "--max-steps", "2000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
+    proc = start(tmp_path, *args, "--launcher", "slurm", env=slurm)
+    wait_for_rows(tmp_path / "r.csv", proc, 2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal: this process only (the jobs are the cluster's)
+    code, output = finish(proc)
+    assert code == 130, output
+    assert "interrupted; resume with: tfkit ablate" in output and "--launcher slurm" in output
+    states = [p.read_text() for p in (tmp_path / "fake-slurm").glob("*.state")]
+    assert states and set(states) == {"CANCELLED"}, states
+    last = pl.read_csv(tmp_path / "r.csv").group_by("run_id").last()
+    assert set(last["run_status"]) == {"interrupted"}  # each stopped at a step boundary
+
+    resumed = ablate(tmp_path, *args, "--append", "--launcher", "slurm", env=slurm)
+    assert resumed.exit_code == 0, resumed.output
+    assert "Re-running 2 unfinished runs" in resumed.output
+    assert finals(tmp_path / "r.csv").height == 2
+
+
+def test_local_launcher_requeues_a_run_on_the_timeout_signal(tmp_path):
+    proc = start(tmp_path, *LONG, "--launcher", "local")
+    wait_for_rows(tmp_path / "r.csv", proc, 2)
+    task = job_processes(proc.pid)[1]
+    os.kill(task, signal.SIGUSR2)  # what the local controller sends before a job's time limit
+    code, output = finish(proc)
+    assert code == 0, output
+    assert not (tmp_path / "runs" / "ablate" / ".jobs").exists()  # the job folder went with it
+
+    here = ablate(tmp_path, *LONG[:-1], "here.csv", "--runs-dir", "runs/here")
+    assert here.exit_code == 0, here.output
+    requeued, straight = pl.read_csv(tmp_path / "r.csv"), pl.read_csv(tmp_path / "here.csv")
+    assert requeued["val_loss"].to_list() == straight["val_loss"].to_list()
+    finals(tmp_path / "r.csv")
+
+
+def job_processes(parent: int) -> list[int]:
+    """The local launcher's first job under `parent`: [its controller, the run's process]."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for controller in children_of(parent, b"tfkit.ablate.controller"):
+            tasks = children_of(controller, b"submitit.core._submit")
+            if tasks:
+                return [controller, tasks[0]]
+        time.sleep(0.05)
+    raise AssertionError("no job process found")
+
+
+def children_of(parent: int, marker: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--slurm-partition", "gpu"], "--slurm-partition applies to SLURM jobs: add --launcher slurm"),
+        (["--gpus-per-run", "1", "--launcher", "local"], "--gpus-per-run applies to SLURM jobs"),
+        (["--launcher", "slurm", "--devices", "cpu"], "with --launcher slurm ask for GPUs with --gpus-per-run"),
+        (["--launcher", "slurm", "--gpus-per-run", "2"], "run torchrun inside sbatch"),
+        (["--launcher", "slurm", "--slurm-time", "0"], "--slurm-time must be at least 1"),
+        (["--launcher", "slurm", "--slurm-option", "=x"], "expected an sbatch option"),
+        (["--launcher", "slurm"], "--launcher slurm needs sbatch and srun on PATH"),
+    ],
+)
+def test_bad_launcher_options_are_one_line_and_exit_2(tmp_path, args, message):
+    result = ablate(
+        tmp_path, *TINY, "--max-steps", "5", "-c", "--logfile", "r.csv", *args, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "runs").exists()

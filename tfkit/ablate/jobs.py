@@ -1,0 +1,122 @@
+"""One ablation run as a submitit job: what a launcher submits, locally or to SLURM.
+
+`RunJob` is a `submitit.helpers.Checkpointable`: submitit pickles it, runs it in a job
+process and pickles what it returns (a `RunOutcome` as a dict). The job claims its run
+in the results file itself (`claim_run`), so a run is trained by one process at a time
+however many ablations and cluster nodes share the file, and rows reach the file once.
+
+Signals inside a job:
+- SIGTERM or SIGINT (Ctrl-C forwarded by the local launcher, `scancel`, a preemption):
+  the run stops at the next step boundary with a checkpoint and the job ends with the
+  run `interrupted`.
+- The timeout signal (USR2, sent `signal_delay_s` before the time limit, and what
+  submitit sends on preemption): the run stops the same way, then the job is requeued
+  through submitit's protocol (`checkpoint` resubmits this same job), and the new
+  attempt resumes from the checkpoint (`resume="auto"`). submitit counts timeouts:
+  after `max_num_timeout` of them the job ends instead.
+
+Under the local launcher the job also ends with its controller process, even by kill -9.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from typing import Any
+
+from submitit.helpers import Checkpointable
+
+from tfkit.ablate.grid import RunSpec
+
+
+class RunJob(Checkpointable):
+    """Train one run of an ablation; returns its `RunOutcome` as a dict (never raises for a failed run)."""
+
+    def __init__(self, spec: RunSpec, results: tuple[str, list[str]] | None, threads: int | None, cwd: str) -> None:
+        self.spec = spec
+        self.results = results  # (path, columns) of the results file, or None without -c
+        self.threads = threads  # CPU threads for torch; None: torch's default
+        self.cwd = cwd  # the ablation's working directory: relative paths in the config are from there
+
+    def __call__(self) -> dict[str, Any]:
+        from tfkit.ablate.processes import die_with_parent
+        from tfkit.signals import raise_on_sigterm
+
+        os.chdir(self.cwd)
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+            die_with_parent(os.getppid())  # the controller: its end ends this run (at a step boundary)
+        raise_on_sigterm()  # until the trainer installs its own handler, and after it
+        timeout_handler = _TimeoutHandler()
+        outcome = self._run(timeout_handler)
+        if timeout_handler.asked and outcome["status"] == "interrupted":
+            timeout_handler.requeue()  # does not return: submitit requeues this job and exits
+        return outcome
+
+    def _run(self, timeout_handler: _TimeoutHandler) -> dict[str, Any]:
+        from tfkit.ablate.runner import RunOutcome, claim_run, run_one
+        from tfkit.signals import Terminated
+
+        spec = self.spec
+        try:
+            with timeout_handler:
+                if self.threads:
+                    import torch
+
+                    torch.set_num_threads(self.threads)
+                results = None
+                if self.results is not None:
+                    from tfkit.ablate.results import ResultsFile
+
+                    results = ResultsFile(*self.results)
+                claim, skipped = claim_run(spec, results)
+                if skipped is not None:
+                    return dataclasses.asdict(skipped)
+                try:
+                    outcome = run_one(spec, results)
+                finally:
+                    if claim is not None:
+                        claim.release()
+        except KeyboardInterrupt as e:  # stopped before the run began
+            by = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+            outcome = RunOutcome(spec.run_id, "interrupted", message="interrupted", stopped_by=by)
+        except Exception as e:  # the results file or claim could not be opened
+            outcome = RunOutcome(spec.run_id, "error", message=f"{type(e).__name__}: {e}")
+        return dataclasses.asdict(outcome)
+
+
+class _TimeoutHandler:
+    """The job's timeout signal stops the run like SIGTERM; `requeue` then hands over to submitit.
+
+    submitit's own handler checkpoints and requeues from inside the signal handler, in the
+    middle of a training step. Here the signal only asks the run to stop at the next step
+    boundary (through the current SIGTERM handler: the trainer's, which saves a checkpoint);
+    submitit's handler runs once the run has stopped.
+    """
+
+    def __init__(self) -> None:
+        from submitit import JobEnvironment
+
+        self.signum = JobEnvironment._usr_sig()
+        self.submitit_handler: Any = None
+        self.asked = False
+
+    def __enter__(self) -> _TimeoutHandler:
+        self.submitit_handler = signal.getsignal(self.signum)
+        signal.signal(self.signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(self.signum, self.submitit_handler or signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.asked:
+            return
+        self.asked = True
+        stop = signal.getsignal(signal.SIGTERM)
+        if callable(stop):
+            stop(signal.SIGTERM, frame)
+
+    def requeue(self) -> None:
+        if callable(self.submitit_handler):
+            self.submitit_handler(self.signum, None)

@@ -1,0 +1,358 @@
+"""Launchers: the runs of an ablation as submitit jobs, on this machine or on a SLURM cluster.
+
+Both launchers submit the same job (`tfkit.ablate.jobs.RunJob`) through submitit:
+
+- `local`: up to `--jobs` runs at once as local processes (submitit's local executor;
+  each job is a controller process and its task). `--devices` are dealt to the jobs
+  in turn. Ctrl-C or SIGTERM here is forwarded to the running jobs as SIGTERM: each
+  stops at a step boundary with a checkpoint, and this process waits for them. The
+  jobs end with this process even on kill -9 (`tfkit.ablate.controller`). Their logs
+  and pickles are in `<runs-dir>/.jobs/<owner>/`, removed at the end unless a run
+  failed there (then its log is named), or by the next ablation if this one was killed.
+- `slurm`: every run is submitted at once as one job array (`--jobs` caps how many run
+  at once), with `--signal=USR2@90` (stop, checkpoint and requeue before the time
+  limit) and `--requeue` (a preempted job comes back and resumes). Logs are kept in
+  `<runs-dir>/slurm/`. Ctrl-C here cancels the jobs (`scancel`): they stop at a step
+  boundary. If this process ends any other way the jobs go on, and their rows still
+  reach the results file, which every job appends to itself.
+
+Nothing here prints: progress goes to the ablation's callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tfkit.ablate.grid import RunSpec
+from tfkit.ablate.processes import owner_alive, owner_tag
+from tfkit.ablate.results import ResultsFile
+from tfkit.errors import ConfigError
+
+LOCAL_JOBS_DIR = ".jobs"
+NO_TIME_LIMIT_MIN = 60 * 24 * 365  # the local launcher's jobs are not timed out
+
+
+@dataclass
+class SlurmOptions:
+    """What `--launcher slurm` asks of the cluster for each run."""
+
+    partition: str | None = None
+    gpus_per_run: int = 1
+    time_min: int = 60  # the job's time limit; the run is checkpointed and requeued before it
+    cpus_per_run: int | None = None
+    mem: str | None = None  # e.g. 64G
+    sbatch: dict[str, str | bool] = field(default_factory=dict)  # any other sbatch option: {"qos": "high"}
+    setup: list[str] = field(default_factory=list)  # shell lines before the run (module load, activate)
+    max_requeues: int = 3  # timeouts before a run is given up (preemptions are not counted)
+    folder: str | None = None  # logs and pickles (default: <runs-dir>/slurm); on a shared file system
+
+
+def parse_sbatch_options(items: list[str]) -> dict[str, str | bool]:
+    """`--slurm-option qos=high --slurm-option exclusive` -> {"qos": "high", "exclusive": True}."""
+    options: dict[str, str | bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"--slurm-option {item!r}: expected an sbatch option as NAME=VALUE or NAME")
+        options[key] = value if sep else True
+    return options
+
+
+class Launcher:
+    """Submits jobs, tells when one has finished, and stops them; see the module docstring."""
+
+    name = ""
+    window = 1  # jobs submitted and not finished at once
+    poll_s = 0.1
+    folder: Path
+
+    def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
+        """Submit `(RunJob, slot)` pairs; returns the submitit jobs in the same order."""
+        raise NotImplementedError
+
+    def finished(self, job: Any) -> bool:
+        raise NotImplementedError
+
+    def stop(self, jobs: list[Any], signum: int) -> None:
+        raise NotImplementedError
+
+    def close(self, failed: bool) -> None:
+        """The ablation is over: clean up what need not be kept."""
+
+
+def _local_executor_class() -> Any:
+    """submitit's local executor, with jobs that end with this process (see `tfkit.ablate.controller`)."""
+    import submitit
+    from submitit.local.local import LocalJob
+
+    class LocalExecutor(submitit.LocalExecutor):
+        def _submit_command(self, command: str) -> Any:
+            env = dict(os.environ)
+            env.update(
+                SUBMITIT_LOCAL_NTASKS="1",
+                SUBMITIT_LOCAL_COMMAND=command,
+                SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * self.parameters.get("timeout_min", NO_TIME_LIMIT_MIN))),
+                SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(self.parameters.get("signal_delay_s", 30))),
+                SUBMITIT_LOCAL_NODEID="0",
+                SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+                SUBMITIT_STDERR_TO_STDOUT="",
+                SUBMITIT_EXECUTOR="local",
+                SUBMITIT_LOCAL_WITH_SHELL="",
+            )  # devices are named in each run's config: CUDA_VISIBLE_DEVICES is left as it is
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tfkit.ablate.controller", str(self.folder), str(os.getpid())],
+                env=env,
+                start_new_session=True,  # a Ctrl-C at the terminal reaches the jobs only through `stop`
+            )
+            return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=[0])
+
+    return LocalExecutor
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def __init__(self, runs_dir: Path, jobs: int, devices: list[str] | None, timeout_min: float | None = None) -> None:
+        remove_stale_job_dirs(runs_dir)
+        self.folder = Path(runs_dir) / LOCAL_JOBS_DIR / owner_tag()
+        self.window = jobs
+        self.devices = devices
+        self.executor = _local_executor_class()(self.folder)
+        self.executor.update_parameters(timeout_min=timeout_min or NO_TIME_LIMIT_MIN)
+
+    def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
+        return [self.executor.submit(job) for job, _ in jobs]
+
+    def finished(self, job: Any) -> bool:
+        return job.done()
+
+    def stop(self, jobs: list[Any], signum: int) -> None:
+        for job in jobs:
+            process = job._process
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(OSError):
+                    process.send_signal(signal.SIGTERM)  # the controller forwards it to the run
+
+    def close(self, failed: bool) -> None:
+        if not failed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.folder.parent.rmdir()  # only if no other ablation's folder is there
+
+
+def remove_stale_job_dirs(runs_dir: Path) -> list[Path]:
+    """Remove the local job folders of ablations that ended without cleaning up (kill -9); returns them."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in (Path(runs_dir) / LOCAL_JOBS_DIR).iterdir():
+            if path.is_dir() and not path.is_symlink() and not owner_alive(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+class SlurmLauncher(Launcher):
+    name = "slurm"
+    poll_s = 1.0
+
+    def __init__(self, runs_dir: Path, options: SlurmOptions, jobs: int | None, name: str) -> None:
+        import submitit
+
+        if shutil.which("sbatch") is None or shutil.which("srun") is None:
+            raise ConfigError("--launcher slurm needs sbatch and srun on PATH: run it on a SLURM login node")
+        self.folder = Path(options.folder or Path(runs_dir) / "slurm").absolute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.window = sys.maxsize  # the cluster queues them; the array caps how many run at once
+        self.executor = submitit.SlurmExecutor(self.folder, max_num_timeout=options.max_requeues)
+        parameters: dict[str, Any] = {
+            "job_name": name,
+            "time": options.time_min,
+            "nodes": 1,
+            "ntasks_per_node": 1,
+            "signal_delay_s": 90,
+            "additional_parameters": {"requeue": True, **options.sbatch},
+        }
+        if options.partition:
+            parameters["partition"] = options.partition
+        if options.gpus_per_run:
+            parameters["gpus_per_node"] = options.gpus_per_run
+        if options.cpus_per_run:
+            parameters["cpus_per_task"] = options.cpus_per_run
+        if options.mem:
+            parameters["mem"] = options.mem
+        if options.setup:
+            parameters["setup"] = list(options.setup)
+        if jobs:
+            parameters["array_parallelism"] = jobs
+        self.executor.update_parameters(**parameters)
+        self.submitted: list[Any] = []
+        self._checked: dict[str, float] = {}
+
+    def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
+        with self.executor.batch():
+            delayed = [self.executor.submit(job) for job, _ in jobs]
+        self.submitted.extend(delayed)
+        return delayed
+
+    def finished(self, job: Any) -> bool:
+        from tfkit.ablate.runner import RunOutcome
+
+        if job.paths.result_pickle.exists():
+            outcome = read_outcome(job, RunOutcome)
+            if outcome is None or outcome.status != "interrupted":
+                return True
+            # interrupted (a preemption, say): final only once the cluster says the job will not come back
+            return self._cluster_done(job, every_s=10.0)
+        return self._cluster_done(job, every_s=None)
+
+    def _cluster_done(self, job: Any, every_s: float | None) -> bool:
+        if every_s is None:
+            return job.watcher.is_done(job.job_id, mode="standard")
+        now = time.monotonic()
+        if now - self._checked.get(job.job_id, 0.0) < every_s:
+            return job.watcher.is_done(job.job_id, mode="cache")
+        self._checked[job.job_id] = now
+        return job.watcher.is_done(job.job_id, mode="force")
+
+    def stop(self, jobs: list[Any], signum: int) -> None:
+        ids = sorted({job.job_id.split("_")[0] for job in self.submitted})
+        if ids:
+            subprocess.run(["scancel", *ids], check=False, capture_output=True)
+
+
+def read_outcome(job: Any, outcome_class: type) -> Any:
+    """The `RunOutcome` a finished job returned, or None when it left none (or an error trace)."""
+    import pickle
+
+    try:
+        with open(job.paths.result_pickle, "rb") as f:
+            kind, value = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError):
+        return None
+    if kind != "success" or not isinstance(value, dict):
+        return None
+    return outcome_class(**value)
+
+
+def _last_error_line(job: Any) -> str:
+    """The last line of a job's error log that says something (a traceback's last line)."""
+    for path in (job.paths.stderr, job.paths.stdout):
+        with contextlib.suppress(OSError):
+            lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+            lines = [line for line in lines if line and not line.startswith("submitit ")]
+            if lines:
+                return lines[-1]
+    return f"no log at {job.paths.stderr}"
+
+
+@contextlib.contextmanager
+def _on_stop_signals(handler: Any) -> Any:
+    """Route Ctrl-C and SIGTERM to `handler` (in the main thread; elsewhere nothing is installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            if old is not None:
+                signal.signal(sig, old)
+
+
+def run_jobs(
+    specs: list[RunSpec],
+    results: ResultsFile | None,
+    launcher: Launcher,
+    callback: Any,
+    threads: int | None = None,
+) -> Any:
+    """Train `specs` as jobs of `launcher`, at most `launcher.window` at a time, in order.
+
+    A run another live process holds is not submitted (`running elsewhere`); the job
+    claims its run itself. Returns the ablation's `AblationResult`.
+    """
+    from tfkit.ablate.jobs import RunJob
+    from tfkit.ablate.runner import AblationResult, RunOutcome, _with_device
+
+    pending = deque(specs)
+    running: dict[int, tuple[Any, RunSpec]] = {}  # slot -> (job, spec)
+    outcomes: list[RunOutcome] = []
+    stop = threading.Event()
+    stopped_by: list[str] = []
+    failed = False
+    devices = getattr(launcher, "devices", None)
+    results_arg = None if results is None else (str(results.path.absolute()), results.columns)
+
+    def forward(signum: int, frame: Any) -> None:
+        stop.set()
+        stopped_by.append(signal.Signals(signum).name)
+        launcher.stop([job for job, _ in running.values()], signum)
+
+    try:
+        with _on_stop_signals(forward):
+            while pending or running:
+                batch: list[tuple[Any, int]] = []
+                specs_of_batch: list[RunSpec] = []
+                free = [
+                    slot for slot in range(min(launcher.window, len(pending) + len(running))) if slot not in running
+                ]
+                while pending and free and not stop.is_set():
+                    spec = pending.popleft()
+                    if results is not None and results.claimed_elsewhere({spec.run_id}):
+                        skipped = RunOutcome(spec.run_id, "skipped", message="running elsewhere")
+                        outcomes.append(skipped)
+                        callback.on_run_end(spec, skipped)
+                        continue
+                    slot = free.pop(0)
+                    spec = _with_device(spec, devices[slot % len(devices)] if devices else None)
+                    batch.append((RunJob(spec, results_arg, threads, os.getcwd()), slot))
+                    specs_of_batch.append(spec)
+                if batch:
+                    for job, spec, (_, slot) in zip(launcher.submit(batch), specs_of_batch, batch, strict=True):
+                        running[slot] = (job, spec)
+                        callback.on_run_start(spec)
+                    if stop.is_set():  # a signal came while they were submitted
+                        launcher.stop([job for job, _ in running.values()], signal.SIGTERM)
+                for slot, (job, spec) in list(running.items()):
+                    if not launcher.finished(job):
+                        continue
+                    del running[slot]
+                    outcome = read_outcome(job, RunOutcome)
+                    if outcome is None:
+                        if stop.is_set() and launcher.name == "slurm":
+                            outcome = RunOutcome(spec.run_id, "interrupted", message="cancelled", stopped_by="SIGTERM")
+                        else:
+                            outcome = RunOutcome(spec.run_id, "error", message=f"job died: {_last_error_line(job)}")
+                    failed = failed or outcome.status == "error"
+                    outcomes.append(outcome)
+                    callback.on_run_end(spec, outcome)
+                    if outcome.status == "interrupted" and launcher.name == "local" and not stop.is_set():
+                        stop.set()  # a run stopped by a signal sent to it: the ablation stops too
+                        stopped_by.append(outcome.stopped_by or "SIGINT")
+                        launcher.stop([job for job, _ in running.values()], signal.SIGTERM)
+                if stop.is_set():
+                    pending.clear()
+                if results is not None:
+                    results.settle()
+                time.sleep(launcher.poll_s)
+    finally:
+        if running and launcher.name == "local":  # only on an unexpected error: leave no orphan
+            for job, _ in running.values():
+                with contextlib.suppress(OSError):
+                    os.killpg(job._process.pid, signal.SIGKILL)
+                    job._process.wait()
+        launcher.close(failed)
+    return AblationResult(outcomes, interrupted=stop.is_set(), stopped_by=(stopped_by or [None])[0])
