@@ -99,6 +99,10 @@ def run(args: list[str]) -> int:
     """The runner of one submitted job: its tasks, at most `parallel` at once, requeued when asked."""
     job_id, parallel, cwd, *keys = args
     script = state_dir() / f"{job_id}.sh"
+    text = script.read_text()
+    per_node = re.search(r"^#SBATCH --ntasks-per-node=(\d+)$", text, flags=re.M)
+    nodes = re.search(r"^#SBATCH --nodes=(\d+)$", text, flags=re.M)
+    ntasks = (int(per_node.group(1)) if per_node else 1) * (int(nodes.group(1)) if nodes else 1)
     pending = list(keys)
     running: dict[str, subprocess.Popen] = {}
     while pending or running:
@@ -106,7 +110,7 @@ def run(args: list[str]) -> int:
             key = pending.pop(0)
             if read_state(key) == "CANCELLED":
                 continue
-            running[key] = start_task(key, job_id, script, cwd)
+            running[key] = start_task(key, job_id, script, cwd, ntasks)
         for key, proc in list(running.items()):
             code = proc.poll()
             if code is None:
@@ -123,12 +127,12 @@ def run(args: list[str]) -> int:
     return 0
 
 
-def start_task(key: str, job_id: str, script: Path, cwd: str) -> subprocess.Popen:
+def start_task(key: str, job_id: str, script: Path, cwd: str, ntasks: int) -> subprocess.Popen:
     array_task = key.split("_")[1] if "_" in key else None
     env = {
         **os.environ,
         "SLURM_JOB_ID": str(int(job_id) * 1000 + int(array_task)) if array_task else job_id,
-        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS": str(ntasks),
         "SLURM_JOB_NUM_NODES": "1",
         "SLURM_NODEID": "0",
         "SLURM_PROCID": "0",
@@ -144,44 +148,50 @@ def start_task(key: str, job_id: str, script: Path, cwd: str) -> subprocess.Pope
         return subprocess.Popen(["bash", str(script)], cwd=cwd, env=env, stdout=log, stderr=log)
 
 
-def expand(pattern: str) -> str:
-    """srun's filename patterns: %j job id, %A array job id, %a array task id, %t task (0)."""
+def expand(pattern: str, task: int) -> str:
+    """srun's filename patterns: %j job id, %A array job id, %a array task id, %t task rank."""
     values = {
         "j": os.environ.get("SLURM_JOB_ID", ""),
         "A": os.environ.get("SLURM_ARRAY_JOB_ID", ""),
         "a": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
-        "t": "0",
+        "t": str(task),
     }
     return re.sub(r"%([jAat])", lambda m: values[m.group(1)], pattern)
 
 
 def srun(args: list[str]) -> int:
+    """The job's tasks (SLURM_NTASKS of them, one node), each with its SLURM_PROCID; signals go to all."""
     output = error = None
     i = 0
     while i < len(args) and args[i].startswith("-"):
         flag = args[i]
         if flag in ("--output", "-o", "--error", "-e"):
-            value = expand(args[i + 1])
             if flag in ("--output", "-o"):
-                output = value
+                output = args[i + 1]
             else:
-                error = value
+                error = args[i + 1]
             i += 2
         else:
             i += 1
     command = args[i:]
-    out = open(output, "a") if output else None
-    err = open(error, "a") if error else out
-    proc = subprocess.Popen(command, stdout=out, stderr=err)
+    procs = []
+    for task in range(int(os.environ.get("SLURM_NTASKS", "1"))):
+        out = open(expand(output, task), "a") if output else None
+        err = open(expand(error, task), "a") if error else out
+        env = {**os.environ, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)}
+        procs.append(subprocess.Popen(command, stdout=out, stderr=err, env=env))
     key = os.environ.get("FAKE_SLURM_KEY", "")
     (state_dir() / f"{key}.srun.pid").write_text(str(os.getpid()))
 
     def forward(signum: int, frame: object) -> None:
-        proc.send_signal(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT):
         signal.signal(sig, forward)
-    code = proc.wait()
+    codes = [proc.wait() for proc in procs]
+    code = next((c for c in codes if c != 0), 0)
     return code if code >= 0 else 128 - code
 
 

@@ -138,6 +138,25 @@ def test_slurm_launcher_submits_one_array_and_every_run_comes_back(tmp_path, slu
     assert len(list((tmp_path / "fake-slurm").glob("*.sh"))) == 1  # nothing submitted
 
 
+def test_a_run_on_two_gpus_is_one_ddp_job_of_two_tasks(tmp_path, slurm):
+    """--gpus-per-run 2: two tasks (here gloo on CPU) train one run with the global batch of both."""
+    unbatched = [a for i, a in enumerate(TINY) if "--batch-size" not in TINY[max(0, i - 1) : i + 1]]
+    args = [*unbatched, "--width", "16", "--max-steps", "40", "--eval-every", "20", "-c"]
+    result = ablate(tmp_path, *args, "--batch-size", "4", "--logfile", "two.csv", "--launcher", "slurm",
+                    "--gpus-per-run", "2", env=slurm)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    script = next((tmp_path / "fake-slurm").glob("*.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2\n" in script and "#SBATCH --gpus-per-node=2\n" in script
+    one = ablate(tmp_path, *args, "--batch-size", "8", "--logfile", "one.csv", "--runs-dir", "runs/one")
+    assert one.exit_code == 0, one.output
+    two, single = pl.read_csv(tmp_path / "two.csv"), pl.read_csv(tmp_path / "one.csv")
+    assert two.height == single.height == 2 and set(two["run_status"]) == {"running", "completed"}
+    assert two["val_loss"].to_list() == pytest.approx(single["val_loss"].to_list(), rel=1e-5)
+    run_dir = tmp_path / two["run_dir"][0]
+    assert pl.read_csv(run_dir / "train_log.csv")["global_batch_size"].to_list()[-1] == 8
+    assert len(list((tmp_path / "runs" / "ablate" / "slurm").glob("*_result.pkl"))) == 2  # one per task
+
+
 def test_a_timed_out_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, slurm):
     proc = start(tmp_path, *LONG, "--launcher", "slurm", env=slurm)
     wait_for_rows(tmp_path / "r.csv", proc, 2)
@@ -162,7 +181,7 @@ def test_a_timed_out_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
 
 
 def test_ctrl_c_cancels_the_slurm_jobs_and_append_finishes_them(tmp_path, slurm):
-    args = [*TINY, "--width", "16", "32", "--max-steps", "2000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
+    args = [*TINY, "--width", "16", "32", "--max-steps", "1000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
     proc = start(tmp_path, *args, "--launcher", "slurm", env=slurm)
     wait_for_rows(tmp_path / "r.csv", proc, 2)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal: this process only (the jobs are the cluster's)
@@ -229,7 +248,7 @@ def children_of(parent: int, marker: bytes) -> list[int]:
         (["--slurm-partition", "gpu"], "--slurm-partition applies to SLURM jobs: add --launcher slurm"),
         (["--gpus-per-run", "1", "--launcher", "local"], "--gpus-per-run applies to SLURM jobs"),
         (["--launcher", "slurm", "--devices", "cpu"], "with --launcher slurm ask for GPUs with --gpus-per-run"),
-        (["--launcher", "slurm", "--gpus-per-run", "2"], "run torchrun inside sbatch"),
+        (["--launcher", "slurm", "--gpus-per-run", "-1"], "--gpus-per-run must be at least 0"),
         (["--launcher", "slurm", "--slurm-time", "0"], "--slurm-time must be at least 1"),
         (["--launcher", "slurm", "--slurm-option", "=x"], "expected an sbatch option"),
         (["--launcher", "slurm"], "--launcher slurm needs sbatch and srun on PATH"),

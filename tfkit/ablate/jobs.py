@@ -16,6 +16,8 @@ Signals inside a job:
   after `max_num_timeout` of them the job ends instead.
 
 Under the local launcher the job also ends with its controller process, even by kill -9.
+A job of several tasks (SLURM, `--gpus-per-run` above 1) trains its run with DDP, one task
+per GPU: rank 0 claims the run and writes its rows, and tells the others whether to train.
 """
 
 from __future__ import annotations
@@ -58,18 +60,22 @@ class RunJob(Checkpointable):
         from tfkit.signals import Terminated
 
         spec = self.spec
+        dist = None
         try:
             with timeout_handler:
                 if self.threads:
                     import torch
 
                     torch.set_num_threads(self.threads)
+                dist = _join_tasks(spec.config.train.device)
                 results = None
-                if self.results is not None:
+                if self.results is not None and (dist is None or dist.main):
                     from tfkit.ablate.results import ResultsFile
 
                     results = ResultsFile(*self.results)
-                claim, skipped = claim_run(spec, results)
+                claim, skipped = claim_run(spec, results)  # rank 0 alone claims and records
+                if dist is not None:
+                    skipped = _from_rank_0(skipped)
                 if skipped is not None:
                     return dataclasses.asdict(skipped)
                 try:
@@ -82,7 +88,40 @@ class RunJob(Checkpointable):
             outcome = RunOutcome(spec.run_id, "interrupted", message="interrupted", stopped_by=by)
         except Exception as e:  # the results file or claim could not be opened
             outcome = RunOutcome(spec.run_id, "error", message=f"{type(e).__name__}: {e}")
+        finally:
+            if dist is not None:
+                from tfkit.training import distributed
+
+                distributed.shutdown(dist)
         return dataclasses.asdict(outcome)
+
+
+def _join_tasks(device: str) -> Any:
+    """A job of several tasks (`--gpus-per-run` above 1) is one DDP run: join its process group.
+
+    Returns the task's `Dist`, or None for a job of one task. The torch environment
+    (MASTER_ADDR, RANK, WORLD_SIZE, LOCAL_RANK) comes from the job's (submitit's
+    `TorchDistributedEnvironment`), as torchrun would set it.
+    """
+    from submitit import JobEnvironment
+
+    if JobEnvironment().num_tasks <= 1:
+        return None
+    from submitit.helpers import TorchDistributedEnvironment
+
+    from tfkit.training import distributed
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return distributed.init(device)
+
+
+def _from_rank_0(value: Any) -> Any:
+    """Rank 0's `value` on every rank (so every task of a job trains its run, or none does)."""
+    import torch.distributed as td
+
+    box = [value]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class _TimeoutHandler:

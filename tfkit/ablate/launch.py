@@ -188,6 +188,7 @@ class SlurmLauncher(Launcher):
             parameters["partition"] = options.partition
         if options.gpus_per_run:
             parameters["gpus_per_node"] = options.gpus_per_run
+            parameters["ntasks_per_node"] = options.gpus_per_run  # one DDP process per GPU
         if options.cpus_per_run:
             parameters["cpus_per_task"] = options.cpus_per_run
         if options.mem:
@@ -209,7 +210,7 @@ class SlurmLauncher(Launcher):
     def finished(self, job: Any) -> bool:
         from tfkit.ablate.runner import RunOutcome
 
-        if job.paths.result_pickle.exists():
+        if job.task(0).paths.result_pickle.exists():
             outcome = read_outcome(job, RunOutcome)
             if outcome is None or outcome.status != "interrupted":
                 return True
@@ -237,7 +238,7 @@ def read_outcome(job: Any, outcome_class: type) -> Any:
     import pickle
 
     try:
-        with open(job.paths.result_pickle, "rb") as f:
+        with open(job.task(0).paths.result_pickle, "rb") as f:  # rank 0's, for a job of several tasks
             kind, value = pickle.load(f)
     except (OSError, EOFError, pickle.UnpicklingError, ValueError):
         return None
@@ -248,13 +249,14 @@ def read_outcome(job: Any, outcome_class: type) -> Any:
 
 def _last_error_line(job: Any) -> str:
     """The last line of a job's error log that says something (a traceback's last line)."""
-    for path in (job.paths.stderr, job.paths.stdout):
+    paths = job.task(0).paths
+    for path in (paths.stderr, paths.stdout):
         with contextlib.suppress(OSError):
             lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
             lines = [line for line in lines if line and not line.startswith("submitit ")]
             if lines:
                 return lines[-1]
-    return f"no log at {job.paths.stderr}"
+    return f"no log at {paths.stderr}"
 
 
 @contextlib.contextmanager

@@ -100,7 +100,12 @@ def ablate(
         str | None, typer.Option("--slurm-partition", help="SLURM partition.", rich_help_panel="Launcher")
     ] = None,
     gpus_per_run: Annotated[
-        int | None, typer.Option("--gpus-per-run", help="GPUs per SLURM job (default 1).", rich_help_panel="Launcher")
+        int | None,
+        typer.Option(
+            "--gpus-per-run",
+            help="GPUs per SLURM job (default 1); above 1, one DDP process per GPU.",
+            rich_help_panel="Launcher",
+        ),
     ] = None,
     slurm_time: Annotated[
         int | None,
@@ -169,6 +174,8 @@ def ablate(
     slurm = _slurm_options(
         launcher, slurm_partition, gpus_per_run, slurm_time, slurm_cpus, slurm_mem, slurm_options, slurm_setup
     )
+    if slurm is not None and slurm.gpus_per_run > 1 and kind != "lm":
+        raise ConfigError(f"--gpus-per-run {slurm.gpus_per_run}: train {kind} runs on one process; use 1")
     if launcher == "slurm" and device_list:
         raise ConfigError("--devices places local jobs; with --launcher slurm ask for GPUs with --gpus-per-run")
     if launcher != "slurm":
@@ -337,11 +344,6 @@ def _slurm_options(
     for name, value in (("--gpus-per-run", gpus_per_run), ("--slurm-time", time_min), ("--slurm-cpus", cpus)):
         if value is not None and value < (0 if name == "--gpus-per-run" else 1):
             raise ConfigError(f"{name} must be at least {0 if name == '--gpus-per-run' else 1}, got {value}")
-    if gpus_per_run is not None and gpus_per_run > 1:
-        raise ConfigError(
-            f"--gpus-per-run {gpus_per_run}: a SLURM job trains one run on one GPU; "
-            "for one run on several GPUs, run torchrun inside sbatch (see the README)"
-        )
     return SlurmOptions(
         partition=partition,
         gpus_per_run=1 if gpus_per_run is None else gpus_per_run,
