@@ -18,6 +18,7 @@ import fcntl
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,13 +85,14 @@ def sbatch(args: list[str]) -> int:
     for key in keys:
         write_state(key, "PENDING")
     log = open(state_dir() / f"{job_id}.runner.log", "a")
-    subprocess.Popen(
+    runner = subprocess.Popen(
         [sys.executable, __file__, "_run", str(job_id), str(parallel), os.getcwd(), *keys],
         start_new_session=True,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
     )
+    (state_dir() / f"{job_id}.runner.pid").write_text(str(runner.pid))  # its process group: the job's processes
     print(f"Submitted batch job {job_id}")
     return 0
 
@@ -140,12 +142,19 @@ def start_task(key: str, job_id: str, script: Path, cwd: str, ntasks: int) -> su
         "SLURM_JOB_NODELIST": "localhost",
         "SLURM_SUBMIT_DIR": cwd,
         "FAKE_SLURM_KEY": key,
+        "MASTER_PORT": str(free_port()),  # a job's DDP rendezvous (real jobs pick one from their id)
     }
     if array_task is not None:
         env.update(SLURM_ARRAY_JOB_ID=job_id, SLURM_ARRAY_TASK_ID=array_task)
     write_state(key, "RUNNING")
     with open(state_dir() / f"{key}.batch.log", "a") as log:
         return subprocess.Popen(["bash", str(script)], cwd=cwd, env=env, stdout=log, stderr=log)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def expand(pattern: str, task: int) -> str:

@@ -35,18 +35,34 @@ LONG = [*TINY, "--width", "16", "--max-steps", "600", "--eval-every", "50", "-c"
 
 @pytest.fixture
 def slurm(tmp_path: Path) -> dict[str, str]:
-    """The environment of a machine where sbatch and friends are the fake ones."""
+    """The environment of a machine where sbatch and friends are the fake ones.
+
+    submitit caches job states in a class-level watcher: cleared, so job ids the fake gives
+    again in another test are asked about afresh. A test that hangs is stopped after 4
+    minutes, and every process of the fake jobs is killed at the end.
+    """
+    from submitit.slurm.slurm import SlurmJob
+
     bin_dir, state = tmp_path / "fake-bin", tmp_path / "fake-slurm"
     fake_slurm.install(bin_dir, state)
-    yield {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
-    for pid_file in state.glob("*.srun.pid"):  # a failed test leaves no job running
-        key = pid_file.name[: -len(".srun.pid")]
-        if (state / f"{key}.state").read_text() == "RUNNING":
-            with_pid = int(pid_file.read_text())
+    SlurmJob.watcher.clear()
+    SlurmJob.watcher._registered = set()
+    previous = signal.signal(signal.SIGALRM, _too_long)
+    signal.alarm(240)
+    try:
+        yield {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        for pid_file in state.glob("*.runner.pid"):
             try:
-                os.kill(with_pid, signal.SIGKILL)
-            except OSError:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
                 pass
+
+
+def _too_long(signum: int, frame: object) -> None:
+    raise TimeoutError("the fake SLURM test ran past 4 minutes")
 
 
 @pytest.fixture(autouse=True)
@@ -91,9 +107,15 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode, out + err
 
 
-def wait_for_rows(path: Path, proc: subprocess.Popen, rows: int) -> None:
+def wait_for_rows(path: Path, proc: subprocess.Popen, rows: int, runs: int = 1) -> None:
+    """Wait until the results file has `rows` rows from at least `runs` runs."""
+
+    def enough() -> bool:
+        lines = path.read_bytes().splitlines()[1:] if path.exists() else []
+        return len(lines) >= rows and len({line.split(b",")[0] for line in lines}) >= runs
+
     deadline = time.time() + 90
-    while not path.exists() or len(path.read_bytes().splitlines()) < rows + 1:
+    while not enough():
         assert proc.poll() is None, finish(proc)[1]
         assert time.time() < deadline, "no results rows in time"
         time.sleep(0.05)
@@ -154,7 +176,8 @@ def test_a_run_on_two_gpus_is_one_ddp_job_of_two_tasks(tmp_path, slurm):
     assert two["val_loss"].to_list() == pytest.approx(single["val_loss"].to_list(), rel=1e-5)
     run_dir = tmp_path / two["run_dir"][0]
     assert pl.read_csv(run_dir / "train_log.csv")["global_batch_size"].to_list()[-1] == 8
-    assert len(list((tmp_path / "runs" / "ablate" / "slurm").glob("*_result.pkl"))) == 2  # one per task
+    logs = sorted(p.name for p in (tmp_path / "runs" / "ablate" / "slurm").glob("*_log.out"))
+    assert [name.rsplit("_", 2)[-2] for name in logs] == ["0", "1"]  # one log per task
 
 
 def test_a_timed_out_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, slurm):
@@ -181,9 +204,9 @@ def test_a_timed_out_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
 
 
 def test_ctrl_c_cancels_the_slurm_jobs_and_append_finishes_them(tmp_path, slurm):
-    args = [*TINY, "--width", "16", "32", "--max-steps", "1000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
+    args = [*TINY, "--width", "16", "32", "--max-steps", "2000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
     proc = start(tmp_path, *args, "--launcher", "slurm", env=slurm)
-    wait_for_rows(tmp_path / "r.csv", proc, 2)
+    wait_for_rows(tmp_path / "r.csv", proc, 2, runs=2)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal: this process only (the jobs are the cluster's)
     code, output = finish(proc)
     assert code == 130, output
@@ -255,9 +278,9 @@ def children_of(parent: int, marker: bytes) -> list[int]:
     ],
 )
 def test_bad_launcher_options_are_one_line_and_exit_2(tmp_path, args, message):
-    result = ablate(
-        tmp_path, *TINY, "--max-steps", "5", "-c", "--logfile", "r.csv", *args, env={"PATH": "/usr/bin:/bin"}
-    )
+    empty = tmp_path / "no-slurm-here"  # PATH: no sbatch, even on a machine that has one
+    empty.mkdir()
+    result = ablate(tmp_path, *TINY, "--max-steps", "5", "-c", "--logfile", "r.csv", *args, env={"PATH": str(empty)})
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no-slurm-here"]  # nothing written

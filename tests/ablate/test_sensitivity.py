@@ -17,8 +17,17 @@ def results(rows: list[tuple]) -> pl.DataFrame:
     """(width, lr, run_num, status, val_loss) -> a results-like frame; vocab 8, so l_0 = ln 8."""
     return pl.DataFrame(
         [
-            {"run_id": f"w{w}-lr{lr}-r{r}", "setting_id": f"w{w}-lr{lr}", "run_num": r, "width": w, "lr": lr,
-             "vocab_size": 8, "step": 100, "run_status": status, "val_loss": loss}  # fmt: skip
+            {
+                "run_id": f"w{w}-lr{lr}-r{r}",
+                "setting_id": f"w{w}-lr{lr}",
+                "run_num": r,
+                "width": w,
+                "lr": lr,
+                "vocab_size": 8,
+                "step": 100,
+                "run_status": status,
+                "val_loss": loss,
+            }  # fmt: skip
             for w, lr, r, status, loss in rows
         ]
     )

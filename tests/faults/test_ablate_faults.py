@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from tfkit.ablate.processes import owner_tag
+from tfkit.ablate.launch import local_job_dir_name
 from tfkit.ablate.results import ResultsFile
 from tfkit.cli.app import app
 
@@ -194,14 +195,16 @@ def test_kill_9_of_the_parent_ends_its_workers(tmp_path, monkeypatch):
     assert (tmp_path / "r.csv").stat().st_size == size  # nobody writes any more
     last = pl.read_csv(tmp_path / "r.csv").group_by("run_id", maintain_order=True).last()
     assert last["run_status"].to_list() == ["interrupted", "interrupted"]  # stopped, not trained on as orphans
-    assert [p.name.startswith(f"{proc.pid}-") for p in job_dirs(tmp_path)] == [True]
-    live = tmp_path / "runs" / "ablate" / ".jobs" / owner_tag()  # a live process's folder stays
+    assert [p.name.startswith(f"{socket.gethostname()}_{proc.pid}-") for p in job_dirs(tmp_path)] == [True]
+    live = tmp_path / "runs" / "ablate" / ".jobs" / local_job_dir_name()  # a live process's folder stays
+    other = tmp_path / "runs" / "ablate" / ".jobs" / "another-host_1-0"  # as is another machine's
+    other.mkdir()
     live.mkdir()
 
     resumed = ablate(tmp_path, *LONG, "--append")
     assert resumed.exit_code == 0, resumed.output
     assert_each_run_once(tmp_path / "r.csv", 3)
-    assert job_dirs(tmp_path) == [live]  # the dead ablation's job folder is cleaned up
+    assert sorted(job_dirs(tmp_path)) == sorted([live, other])  # the dead ablation's job folder is cleaned up
 
 
 def test_two_identical_ablations_appending_at_once_train_each_run_once(tmp_path):

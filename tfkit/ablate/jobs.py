@@ -42,58 +42,83 @@ class RunJob(Checkpointable):
         self.cwd = cwd  # the ablation's working directory: relative paths in the config are from there
 
     def __call__(self) -> dict[str, Any]:
-        from tfkit.ablate.processes import die_with_parent
-        from tfkit.signals import raise_on_sigterm
+        timeout_handler: _TimeoutHandler | None = None
+        try:
+            from tfkit.ablate.processes import die_with_parent
+            from tfkit.signals import raise_on_sigterm
 
-        os.chdir(self.cwd)
-        if os.environ.get("SUBMITIT_EXECUTOR") == "local":
-            die_with_parent(os.getppid())  # the controller: its end ends this run (at a step boundary)
-        raise_on_sigterm()  # until the trainer installs its own handler, and after it
-        timeout_handler = _TimeoutHandler()
-        outcome = self._run(timeout_handler)
-        if timeout_handler.asked and outcome["status"] == "interrupted":
+            raise_on_sigterm()  # until the trainer installs its own handler, and after it
+            os.chdir(self.cwd)
+            controller = os.environ.get("SUBMITIT_LOCAL_JOB_ID")  # the local launcher's controller
+            if os.environ.get("SUBMITIT_EXECUTOR") == "local" and controller:
+                die_with_parent(int(controller))  # its end ends this run (at a step boundary)
+            timeout_handler = _TimeoutHandler()
+            outcome = self._run(timeout_handler)
+        except KeyboardInterrupt as e:  # stopped while starting (importing torch takes a while)
+            outcome = _outcome(self.spec.run_id, "interrupted", "interrupted", _signal_name(e))
+        if timeout_handler is not None and timeout_handler.asked and outcome["status"] == "interrupted":
             timeout_handler.requeue()  # does not return: submitit requeues this job and exits
         return outcome
 
     def _run(self, timeout_handler: _TimeoutHandler) -> dict[str, Any]:
-        from tfkit.ablate.runner import RunOutcome, claim_run, run_one
-        from tfkit.signals import Terminated
-
         spec = self.spec
         dist = None
         try:
             with timeout_handler:
+                from tfkit.ablate.runner import claim_run, run_one
+
                 if self.threads:
                     import torch
 
                     torch.set_num_threads(self.threads)
                 dist = _join_tasks(spec.config.train.device)
-                results = None
-                if self.results is not None and (dist is None or dist.main):
-                    from tfkit.ablate.results import ResultsFile
+                main = dist is None or dist.main
+                claim = skipped = None
+                failure: str | None = None
+                try:
+                    if self.results is not None and main:
+                        from tfkit.ablate.results import ResultsFile
 
-                    results = ResultsFile(*self.results)
-                claim, skipped = claim_run(spec, results)  # rank 0 alone claims and records
-                if dist is not None:
-                    skipped = _from_rank_0(skipped)
+                        claim, skipped = claim_run(spec, ResultsFile(*self.results))  # rank 0 alone claims
+                except Exception as e:  # the results file or claim could not be opened
+                    failure = f"{type(e).__name__}: {e}"
+                if dist is not None:  # every task of the job trains the run, or none does
+                    skipped, failure = _from_rank_0((skipped, failure))
+                if failure is not None:
+                    return _outcome(spec.run_id, "error", failure)
                 if skipped is not None:
                     return dataclasses.asdict(skipped)
                 try:
-                    outcome = run_one(spec, results)
+                    results = None
+                    if self.results is not None and main:
+                        from tfkit.ablate.results import ResultsFile
+
+                        results = ResultsFile(*self.results)
+                    return dataclasses.asdict(run_one(spec, results))
                 finally:
                     if claim is not None:
                         claim.release()
         except KeyboardInterrupt as e:  # stopped before the run began
-            by = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-            outcome = RunOutcome(spec.run_id, "interrupted", message="interrupted", stopped_by=by)
-        except Exception as e:  # the results file or claim could not be opened
-            outcome = RunOutcome(spec.run_id, "error", message=f"{type(e).__name__}: {e}")
+            return _outcome(spec.run_id, "interrupted", "interrupted", _signal_name(e))
+        except Exception as e:  # joining the other tasks failed
+            return _outcome(spec.run_id, "error", f"{type(e).__name__}: {e}")
         finally:
             if dist is not None:
                 from tfkit.training import distributed
 
                 distributed.shutdown(dist)
-        return dataclasses.asdict(outcome)
+
+
+def _outcome(run_id: str, status: str, message: str, stopped_by: str | None = None) -> dict[str, Any]:
+    """A `RunOutcome` as a dict, made without importing the runner (and torch with it)."""
+    return {"run_id": run_id, "status": status, "summary": {}, "message": message, "time_s": 0.0,
+            "stopped_by": stopped_by}  # fmt: skip
+
+
+def _signal_name(error: KeyboardInterrupt) -> str:
+    from tfkit.signals import Terminated
+
+    return "SIGTERM" if isinstance(error, Terminated) else "SIGINT"
 
 
 def _join_tasks(device: str) -> Any:

@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +42,9 @@ from tfkit.errors import ConfigError
 
 LOCAL_JOBS_DIR = ".jobs"
 NO_TIME_LIMIT_MIN = 60 * 24 * 365  # the local launcher's jobs are not timed out
+STOP_WAIT_S = 300.0  # after a Ctrl-C, how long to wait for cancelled SLURM jobs to end
+KILL_WAIT_S = 60.0  # how long a cancelled job that was running may take to stop (SLURM's KillWait is 30 s)
+ARRAY_MAX = 1000  # runs per job array (SLURM's default MaxArraySize is 1001)
 
 
 @dataclass
@@ -81,6 +85,9 @@ class Launcher:
     def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
         """Submit `(RunJob, slot)` pairs; returns the submitit jobs in the same order."""
         raise NotImplementedError
+
+    def poll(self) -> None:
+        """Refresh what is known of the jobs, once per round of `finished` calls."""
 
     def finished(self, job: Any) -> bool:
         raise NotImplementedError
@@ -126,7 +133,7 @@ class LocalLauncher(Launcher):
 
     def __init__(self, runs_dir: Path, jobs: int, devices: list[str] | None, timeout_min: float | None = None) -> None:
         remove_stale_job_dirs(runs_dir)
-        self.folder = Path(runs_dir) / LOCAL_JOBS_DIR / owner_tag()
+        self.folder = Path(runs_dir) / LOCAL_JOBS_DIR / local_job_dir_name()
         self.window = jobs
         self.devices = devices
         self.executor = _local_executor_class()(self.folder)
@@ -152,12 +159,24 @@ class LocalLauncher(Launcher):
                 self.folder.parent.rmdir()  # only if no other ablation's folder is there
 
 
+def local_job_dir_name(pid: int | None = None) -> str:
+    """`<host>_<pid>-<start time>`: whose local job folder it is, also on a runs dir other machines share."""
+    return f"{socket.gethostname()}_{owner_tag(pid)}"
+
+
 def remove_stale_job_dirs(runs_dir: Path) -> list[Path]:
-    """Remove the local job folders of ablations that ended without cleaning up (kill -9); returns them."""
+    """Remove the local job folders of ablations that ended without cleaning up (kill -9); returns them.
+
+    Only this machine's: another machine's processes cannot be seen from here.
+    """
     removed = []
+    host = socket.gethostname()
     with contextlib.suppress(OSError):
         for path in (Path(runs_dir) / LOCAL_JOBS_DIR).iterdir():
-            if path.is_dir() and not path.is_symlink() and not owner_alive(path.name):
+            owner_host, _, tag = path.name.rpartition("_")
+            if owner_host != host:
+                continue
+            if path.is_dir() and not path.is_symlink() and not owner_alive(tag):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
@@ -199,13 +218,26 @@ class SlurmLauncher(Launcher):
             parameters["array_parallelism"] = jobs
         self.executor.update_parameters(**parameters)
         self.submitted: list[Any] = []
-        self._checked: dict[str, float] = {}
+        self.stopped_at: float | None = None
+        self._last_update = time.monotonic()
 
     def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
-        with self.executor.batch():
-            delayed = [self.executor.submit(job) for job, _ in jobs]
-        self.submitted.extend(delayed)
-        return delayed
+        submitted = []
+        for start in range(0, len(jobs), ARRAY_MAX):
+            with self.executor.batch():
+                delayed = [self.executor.submit(job) for job, _ in jobs[start : start + ARRAY_MAX]]
+            submitted.extend(delayed)
+            self.submitted.extend(delayed)
+        return submitted
+
+    def poll(self) -> None:
+        """Ask the cluster about every job at once (one sacct), at most every 30 s (every 2 s after a stop)."""
+        if not self.submitted:
+            return
+        every = 2.0 if self.stopped_at is not None else 30.0
+        if time.monotonic() - self._last_update >= every:
+            self.submitted[0].watcher.update()
+            self._last_update = time.monotonic()
 
     def finished(self, job: Any) -> bool:
         from tfkit.ablate.runner import RunOutcome
@@ -214,20 +246,18 @@ class SlurmLauncher(Launcher):
             outcome = read_outcome(job, RunOutcome)
             if outcome is None or outcome.status != "interrupted":
                 return True
-            # interrupted (a preemption, say): final only once the cluster says the job will not come back
-            return self._cluster_done(job, every_s=10.0)
-        return self._cluster_done(job, every_s=None)
-
-    def _cluster_done(self, job: Any, every_s: float | None) -> bool:
-        if every_s is None:
-            return job.watcher.is_done(job.job_id, mode="standard")
-        now = time.monotonic()
-        if now - self._checked.get(job.job_id, 0.0) < every_s:
-            return job.watcher.is_done(job.job_id, mode="cache")
-        self._checked[job.job_id] = now
-        return job.watcher.is_done(job.job_id, mode="force")
+            # interrupted by a preemption, say: final once the cluster says the job will not come back
+        done = job.watcher.is_done(job.job_id, mode="cache")
+        if self.stopped_at is None:
+            return done
+        waited = time.monotonic() - self.stopped_at
+        if done and job.task(0).paths.stdout.exists() and not job.task(0).paths.result_pickle.exists():
+            # cancelled while it ran: it has SLURM's KillWait to stop at a step boundary and say so
+            return waited > KILL_WAIT_S
+        return done or waited > STOP_WAIT_S  # still not over long after: left to the cluster
 
     def stop(self, jobs: list[Any], signum: int) -> None:
+        self.stopped_at = self.stopped_at or time.monotonic()
         ids = sorted({job.job_id.split("_")[0] for job in self.submitted})
         if ids:
             subprocess.run(["scancel", *ids], check=False, capture_output=True)
@@ -323,21 +353,35 @@ def run_jobs(
                     batch.append((RunJob(spec, results_arg, threads, os.getcwd()), slot))
                     specs_of_batch.append(spec)
                 if batch:
-                    for job, spec, (_, slot) in zip(launcher.submit(batch), specs_of_batch, batch, strict=True):
+                    try:
+                        jobs = launcher.submit(batch)
+                    except Exception as e:  # sbatch failed (or a Ctrl-C at the terminal reached it too)
+                        if not stop.is_set():
+                            raise ConfigError(f"could not submit the runs: {e}") from e
+                        break
+                    for job, spec, (_, slot) in zip(jobs, specs_of_batch, batch, strict=True):
                         running[slot] = (job, spec)
                         callback.on_run_start(spec)
                     if stop.is_set():  # a signal came while they were submitted
                         launcher.stop([job for job, _ in running.values()], signal.SIGTERM)
+                launcher.poll()
                 for slot, (job, spec) in list(running.items()):
                     if not launcher.finished(job):
                         continue
                     del running[slot]
                     outcome = read_outcome(job, RunOutcome)
+                    if outcome is not None and outcome.run_id != spec.run_id:
+                        outcome = None  # another job's (a reused job id): not this run's
+                    with contextlib.suppress(OSError):
+                        job.task(0).paths.result_pickle.unlink()  # read once: never taken for a later job's
                     if outcome is None:
-                        if stop.is_set() and launcher.name == "slurm":
-                            outcome = RunOutcome(spec.run_id, "interrupted", message="cancelled", stopped_by="SIGTERM")
+                        if stop.is_set():  # stopped before it could say so
+                            outcome = RunOutcome(spec.run_id, "interrupted", message="stopped", stopped_by="SIGTERM")
                         else:
-                            outcome = RunOutcome(spec.run_id, "error", message=f"job died: {_last_error_line(job)}")
+                            log = job.task(0).paths.stderr
+                            outcome = RunOutcome(
+                                spec.run_id, "error", message=f"job died: {_last_error_line(job)} (log: {log})"
+                            )
                     failed = failed or outcome.status == "error"
                     outcomes.append(outcome)
                     callback.on_run_end(spec, outcome)

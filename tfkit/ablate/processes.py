@@ -56,22 +56,27 @@ def owner_alive(tag: str) -> bool:
 def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
     """Get `signum` when the parent process ends, even by `kill -9`.
 
-    On Linux the kernel sends it (prctl PR_SET_PDEATHSIG); everywhere a daemon thread
-    also checks once a second whether the parent changed, which covers other systems and
-    a parent that ended before this process asked.
+    On Linux the kernel sends it (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread
+    checks once a second whether the parent changed. Either way the signal comes once (a
+    second one would ask a run to stop at once rather than at a step boundary), also when
+    the parent ended before this process asked.
     """
+    kernel = False
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+            kernel = libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
         except (OSError, AttributeError):
             pass
+    if os.getppid() != parent_pid:  # the parent is already gone
+        os.kill(os.getpid(), signum)
+        return
+    if kernel:
+        return
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(1.0)
         os.kill(os.getpid(), signum)
 
-    if os.getppid() != parent_pid:  # the parent is already gone
-        os.kill(os.getpid(), signum)
     threading.Thread(target=watch, name="tfkit-parent-watch", daemon=True).start()

@@ -116,7 +116,7 @@ def ablate(
         ),
     ] = None,
     slurm_cpus: Annotated[
-        int | None, typer.Option("--slurm-cpus", help="CPUs per SLURM job.", rich_help_panel="Launcher")
+        int | None, typer.Option("--slurm-cpus", help="CPUs per SLURM task (one task per GPU with --gpus-per-run above 1).", rich_help_panel="Launcher")
     ] = None,
     slurm_mem: Annotated[
         str | None, typer.Option("--slurm-mem", help="Memory per SLURM job, e.g. 64G.", rich_help_panel="Launcher")
