@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 COMMANDS = ("sbatch", "srun", "sacct", "squeue", "scancel", "scontrol")
-FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "PREEMPTED")
 
 
 def state_dir() -> Path:
@@ -123,7 +123,7 @@ def run(args: list[str]) -> int:
                 flag.unlink()
                 write_state(key, "PENDING")
                 pending.insert(0, key)
-            elif read_state(key) != "CANCELLED":
+            elif read_state(key) not in ("CANCELLED", "PREEMPTED"):
                 write_state(key, "COMPLETED" if code == 0 else "FAILED")
         time.sleep(0.05)
     return 0
@@ -261,6 +261,16 @@ def send(key: str, signum: int) -> None:
         os.kill(int(pid_file.read_text()), signum)
     except (OSError, ValueError):
         pass
+
+
+def _preempt(args: list[str]) -> int:
+    """Not a SLURM command: preempt running tasks as PreemptMode=CANCEL does (SIGTERM, then PREEMPTED for good)."""
+    for job_id in args:
+        for key in task_keys(job_id):
+            if read_state(key) == "RUNNING":
+                write_state(key, "PREEMPTED")
+                send(key, signal.SIGTERM)
+    return 0
 
 
 def scontrol(args: list[str]) -> int:

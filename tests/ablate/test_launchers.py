@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.ablate import fake_slurm
+from tests.processes import children_of
 from tfkit.cli.app import app
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; POSIX signals")
@@ -222,6 +223,30 @@ def test_ctrl_c_cancels_the_slurm_jobs_and_append_finishes_them(tmp_path, slurm)
     assert finals(tmp_path / "r.csv").height == 2
 
 
+def test_a_job_preempted_for_good_is_not_waited_for_forever(tmp_path, slurm, monkeypatch):
+    """PreemptMode=CANCEL: the job gets SIGTERM and stays PREEMPTED; the ablation says so and ends."""
+    import threading
+
+    from tfkit.ablate import launch
+
+    monkeypatch.setattr(launch, "PREEMPTED_FINAL_S", 0.0)
+
+    def preempt() -> None:
+        deadline = time.time() + 60
+        results = tmp_path / "r.csv"
+        while time.time() < deadline and (not results.exists() or len(results.read_bytes().splitlines()) < 3):
+            time.sleep(0.05)
+        fake = [sys.executable, fake_slurm.__file__, "_preempt", "100"]
+        subprocess.run(fake, env=environment(slurm), check=True)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    result = ablate(tmp_path, *LONG, "--launcher", "slurm", env=slurm)
+    assert result.exit_code == 1, result.output
+    assert "1 runs were stopped before they finished (cancelled or preempted)" in result.output
+    assert "resume with:" in result.output and "--append" in result.output
+    assert pl.read_csv(tmp_path / "r.csv")["run_status"][-1] == "interrupted"  # at a step boundary
+
+
 def test_local_launcher_requeues_a_run_on_the_timeout_signal(tmp_path):
     proc = start(tmp_path, *LONG, "--launcher", "local")
     wait_for_rows(tmp_path / "r.csv", proc, 2)
@@ -248,21 +273,6 @@ def job_processes(parent: int) -> list[int]:
                 return [controller, tasks[0]]
         time.sleep(0.05)
     raise AssertionError("no job process found")
-
-
-def children_of(parent: int, marker: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.parametrize(

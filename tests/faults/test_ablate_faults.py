@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from tests.processes import children_of
 from tfkit.ablate.launch import local_job_dir_name
 from tfkit.ablate.results import ResultsFile
 from tfkit.cli.app import app
@@ -64,22 +65,6 @@ def wait_for_runs(path: Path, proc: subprocess.Popen, n: int) -> None:
         assert proc.poll() is None, finish(proc)[1]
         assert time.time() < deadline, "no results rows in time"
         time.sleep(0.05)
-
-
-def children_of(parent: int, marker: bytes) -> list[int]:
-    """The processes whose parent is `parent` and whose command line holds `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def workers_of(parent: int) -> list[int]:

@@ -44,6 +44,7 @@ LOCAL_JOBS_DIR = ".jobs"
 NO_TIME_LIMIT_MIN = 60 * 24 * 365  # the local launcher's jobs are not timed out
 STOP_WAIT_S = 300.0  # after a Ctrl-C, how long to wait for cancelled SLURM jobs to end
 KILL_WAIT_S = 60.0  # how long a cancelled job that was running may take to stop (SLURM's KillWait is 30 s)
+PREEMPTED_FINAL_S = 600.0  # a job PREEMPTED this long is not being requeued
 ARRAY_MAX = 1000  # runs per job array (SLURM's default MaxArraySize is 1001)
 
 
@@ -220,6 +221,9 @@ class SlurmLauncher(Launcher):
         self.submitted: list[Any] = []
         self.stopped_at: float | None = None
         self._last_update = time.monotonic()
+        self._preempted: dict[str, float] = {}  # job id -> when it was first seen PREEMPTED
+        self._waiting = False  # a job's result says interrupted: ask the cluster more often
+        self.preempted_final_s = PREEMPTED_FINAL_S
 
     def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
         submitted = []
@@ -234,10 +238,11 @@ class SlurmLauncher(Launcher):
         """Ask the cluster about every job at once (one sacct), at most every 30 s (every 2 s after a stop)."""
         if not self.submitted:
             return
-        every = 2.0 if self.stopped_at is not None else 30.0
+        every = 2.0 if self.stopped_at is not None else 5.0 if self._waiting else 30.0
         if time.monotonic() - self._last_update >= every:
             self.submitted[0].watcher.update()
             self._last_update = time.monotonic()
+        self._waiting = False  # set again by `finished` for a job whose end only the cluster can tell
 
     def finished(self, job: Any) -> bool:
         from tfkit.ablate.runner import RunOutcome
@@ -247,7 +252,8 @@ class SlurmLauncher(Launcher):
             if outcome is None or outcome.status != "interrupted":
                 return True
             # interrupted by a preemption, say: final once the cluster says the job will not come back
-        done = job.watcher.is_done(job.job_id, mode="cache")
+            self._waiting = True
+        done = job.watcher.is_done(job.job_id, mode="cache") or self._preempted_for_good(job)
         if self.stopped_at is None:
             return done
         waited = time.monotonic() - self.stopped_at
@@ -255,6 +261,19 @@ class SlurmLauncher(Launcher):
             # cancelled while it ran: it has SLURM's KillWait to stop at a step boundary and say so
             return waited > KILL_WAIT_S
         return done or waited > STOP_WAIT_S  # still not over long after: left to the cluster
+
+    def _preempted_for_good(self, job: Any) -> bool:
+        """PREEMPTED for `preempted_final_s`: preempted by cancelling (PreemptMode=CANCEL), not coming back.
+
+        submitit counts PREEMPTED as unfinished, since a partition that preempts by
+        requeueing shows it on the way back to PENDING.
+        """
+        state = job.watcher.get_state(job.job_id, mode="cache").upper()
+        if not state.startswith("PREEMPTED"):
+            self._preempted.pop(job.job_id, None)
+            return False
+        since = self._preempted.setdefault(job.job_id, time.monotonic())
+        return time.monotonic() - since >= self.preempted_final_s
 
     def stop(self, jobs: list[Any], signum: int) -> None:
         self.stopped_at = self.stopped_at or time.monotonic()

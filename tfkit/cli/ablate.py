@@ -116,7 +116,12 @@ def ablate(
         ),
     ] = None,
     slurm_cpus: Annotated[
-        int | None, typer.Option("--slurm-cpus", help="CPUs per SLURM task (one task per GPU with --gpus-per-run above 1).", rich_help_panel="Launcher")
+        int | None,
+        typer.Option(
+            "--slurm-cpus",
+            help="CPUs per SLURM task (one task per GPU with --gpus-per-run above 1).",
+            rich_help_panel="Launcher",
+        ),
     ] = None,
     slurm_mem: Annotated[
         str | None, typer.Option("--slurm-mem", help="Memory per SLURM job, e.g. 64G.", rich_help_panel="Launcher")
@@ -285,6 +290,13 @@ def _report_outcome(outcome: Any, log_csv: bool) -> None:
     errors = [o for o in outcome.outcomes if o.status == "error"]
     for o in errors:
         print_error(f"run {o.run_id} failed: {o.message}")
+    stopped = [o for o in outcome.outcomes if o.status == "interrupted"]
+    if stopped and not outcome.interrupted:  # a job stopped by someone else: scancel, a preemption
+        print_error(
+            f"{len(stopped)} runs were stopped before they finished (cancelled or preempted); "
+            f"resume with: {_resume_command(log_csv)}"
+        )
+        raise typer.Exit(1)
     if outcome.interrupted:
         terminated = outcome.stopped_by == "SIGTERM"
         reason = "terminated by SIGTERM" if terminated else "interrupted"
