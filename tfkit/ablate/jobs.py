@@ -154,8 +154,9 @@ class _TimeoutHandler:
 
     submitit's own handler checkpoints and requeues from inside the signal handler, in the
     middle of a training step. Here the signal only asks the run to stop at the next step
-    boundary (through the current SIGTERM handler: the trainer's, which saves a checkpoint);
-    submitit's handler runs once the run has stopped.
+    boundary (`request_stop`: the trainer saves a checkpoint; after a SIGTERM it changes
+    nothing, where a second signal would stop the run mid-step); submitit's handler runs once
+    the run has stopped.
     """
 
     def __init__(self) -> None:
@@ -177,7 +178,11 @@ class _TimeoutHandler:
         if self.asked:
             return
         self.asked = True
-        stop = signal.getsignal(signal.SIGTERM)
+        from tfkit.training.session import request_stop
+
+        if request_stop("SIGTERM"):  # the run stops at the next step boundary (and a SIGTERM too)
+            return
+        stop = signal.getsignal(signal.SIGTERM)  # no run training yet: unwind as SIGTERM does
         if callable(stop):
             stop(signal.SIGTERM, frame)
 

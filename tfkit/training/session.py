@@ -119,7 +119,6 @@ class Progress:
         return row
 
 
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -197,6 +196,23 @@ def stop_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float, elap
     )
 
 
+_ACTIVE_FLAGS: list[_Flag] = []  # the stop flag of the run training in this process, if any
+
+
+def request_stop(signal_name: str = "SIGTERM") -> bool:
+    """Ask the run training in this process to stop at the next step boundary, as a first SIGTERM does.
+
+    For a stop that is not a signal to the trainer (a job's timeout signal): asking twice, or
+    after a SIGTERM, does not escalate to stopping mid-step. False when no run is training.
+    """
+    if not _ACTIVE_FLAGS:
+        return False
+    flag = _ACTIVE_FLAGS[-1]
+    if not flag.requested:
+        flag.requested, flag.signal = True, signal_name
+    return True
+
+
 @contextlib.contextmanager
 def _interrupt_flag(flag: _Flag) -> Iterator[None]:
     """The first Ctrl-C or SIGTERM asks the loop to stop at the next step boundary; a second one raises.
@@ -217,9 +233,11 @@ def _interrupt_flag(flag: _Flag) -> Iterator[None]:
 
     for sig in previous:
         signal.signal(sig, handler)
+    _ACTIVE_FLAGS.append(flag)
     try:
         yield
     finally:
+        _ACTIVE_FLAGS.remove(flag)
         for sig, old in previous.items():
             if old is not None:  # None: a handler not installed from Python, which cannot be put back
                 signal.signal(sig, old)
@@ -369,7 +387,9 @@ class RunSession:
         self.offset = 0.0  # wall time of the run before it was resumed
 
     @classmethod
-    def open(cls, config: Any, *, callback: TrainCallback | None, overwrite: bool, resuming: bool = False) -> RunSession:
+    def open(
+        cls, config: Any, *, callback: TrainCallback | None, overwrite: bool, resuming: bool = False
+    ) -> RunSession:
         """Check the S3 destination, then create and lock the run directory (`config.log.out`).
 
         With `resuming`, the run already in the directory is the one continued: kept, not refused.
