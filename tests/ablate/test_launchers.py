@@ -194,6 +194,7 @@ def test_a_timed_out_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_p
     run_dir = next(p for p in (tmp_path / "runs" / "ablate").iterdir() if (p / "train_log.csv").exists())
     train_log = pl.read_csv(run_dir / "train_log.csv")
     assert train_log["step"].is_duplicated().sum() == 0 and train_log["step"].max() == 600
+    assert resumed_from(run_dir) > 0  # the checkpoint the stop saved (no --checkpoint-every here)
 
     # the requeued run equals one trained without a break, evaluation by evaluation
     here = ablate(tmp_path, *LONG[:-1], "here.csv", "--runs-dir", "runs/here")
@@ -247,6 +248,20 @@ def test_a_job_preempted_for_good_is_not_waited_for_forever(tmp_path, slurm, mon
     assert pl.read_csv(tmp_path / "r.csv")["run_status"][-1] == "interrupted"  # at a step boundary
 
 
+def test_a_job_cancelled_by_hand_is_a_stopped_run_not_an_error(tmp_path, slurm):
+    """`scancel` on the cluster: the running job stops at a step boundary, the pending one never starts."""
+    args = [*TINY, "--width", "16", "32", "--max-steps", "2000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
+    proc = start(tmp_path, *args, "--launcher", "slurm", "--jobs", "1", env=slurm)
+    wait_for_rows(tmp_path / "r.csv", proc, 2)
+    subprocess.run(["scancel", "100"], env=environment(slurm), check=True)
+    code, output = finish(proc)
+    assert code == 1, output
+    assert "2 runs were stopped before they finished (cancelled or preempted)" in output, output
+    assert "failed" not in output and "--append" in output
+    df = pl.read_csv(tmp_path / "r.csv")
+    assert df["run_id"].n_unique() == 1 and df["run_status"][-1] == "interrupted"
+
+
 def test_local_launcher_requeues_a_run_on_the_timeout_signal(tmp_path):
     proc = start(tmp_path, *LONG, "--launcher", "local")
     wait_for_rows(tmp_path / "r.csv", proc, 2)
@@ -255,12 +270,22 @@ def test_local_launcher_requeues_a_run_on_the_timeout_signal(tmp_path):
     code, output = finish(proc)
     assert code == 0, output
     assert not (tmp_path / "runs" / "ablate" / ".jobs").exists()  # the job folder went with it
+    run_dir = next(p for p in (tmp_path / "runs" / "ablate").iterdir() if p.is_dir())
+    assert resumed_from(run_dir) > 0  # requeued: the second attempt continued from the stop's checkpoint
 
     here = ablate(tmp_path, *LONG[:-1], "here.csv", "--runs-dir", "runs/here")
     assert here.exit_code == 0, here.output
     requeued, straight = pl.read_csv(tmp_path / "r.csv"), pl.read_csv(tmp_path / "here.csv")
     assert requeued["val_loss"].to_list() == straight["val_loss"].to_list()
     finals(tmp_path / "r.csv")
+
+
+def resumed_from(run_dir: Path) -> int:
+    """The step a run was last resumed from (0: it was never resumed)."""
+    import json
+
+    resumed = json.loads((run_dir / "train_config.json").read_text())["meta"].get("resumed") or []
+    return resumed[-1]["step"] if resumed else 0
 
 
 def job_processes(parent: int) -> list[int]:

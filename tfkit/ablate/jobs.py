@@ -180,7 +180,10 @@ class _TimeoutHandler:
         self.asked = True
         from tfkit.training.session import request_stop
 
-        if request_stop("SIGTERM"):  # the run stops at the next step boundary (and a SIGTERM too)
+        state = request_stop("SIGTERM")  # training: the run stops at the next step boundary
+        if state == "finished":
+            self.asked = False  # the run is over (pushing, closing): nothing to stop or requeue
+        if state != "not started":
             return
         stop = signal.getsignal(signal.SIGTERM)  # no run training yet: unwind as SIGTERM does
         if callable(stop):

@@ -59,7 +59,7 @@ class SlurmOptions:
     mem: str | None = None  # e.g. 64G
     sbatch: dict[str, str | bool] = field(default_factory=dict)  # any other sbatch option: {"qos": "high"}
     setup: list[str] = field(default_factory=list)  # shell lines before the run (module load, activate)
-    max_requeues: int = 3  # timeouts before a run is given up (preemptions are not counted)
+    max_requeues: int = 3  # requeues after timeouts; the next timeout ends the run (preemptions are not counted)
     folder: str | None = None  # logs and pickles (default: <runs-dir>/slurm); on a shared file system
 
 
@@ -89,6 +89,10 @@ class Launcher:
 
     def poll(self) -> None:
         """Refresh what is known of the jobs, once per round of `finished` calls."""
+
+    def stopped_on_cluster(self, job: Any) -> bool:
+        """Whether something other than this ablation stopped the job (a cluster's scancel, a preemption)."""
+        return False
 
     def finished(self, job: Any) -> bool:
         raise NotImplementedError
@@ -222,16 +226,23 @@ class SlurmLauncher(Launcher):
         self.stopped_at: float | None = None
         self._last_update = time.monotonic()
         self._preempted: dict[str, float] = {}  # job id -> when it was first seen PREEMPTED
+        self._done_since: dict[str, float] = {}  # job id -> when the cluster first said it ended
         self._waiting = False  # a job's result says interrupted: ask the cluster more often
         self.preempted_final_s = PREEMPTED_FINAL_S
 
     def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
-        submitted = []
-        for start in range(0, len(jobs), ARRAY_MAX):
-            with self.executor.batch():
-                delayed = [self.executor.submit(job) for job, _ in jobs[start : start + ARRAY_MAX]]
-            submitted.extend(delayed)
-            self.submitted.extend(delayed)
+        submitted: list[Any] = []
+        try:
+            for start in range(0, len(jobs), ARRAY_MAX):
+                with self.executor.batch():
+                    delayed = [self.executor.submit(job) for job, _ in jobs[start : start + ARRAY_MAX]]
+                submitted.extend(delayed)
+        except BaseException:
+            ids = sorted({job.job_id.split("_")[0] for job in submitted})
+            if ids:  # the arrays already queued would run untracked
+                subprocess.run(["scancel", *ids], check=False, capture_output=True)
+            raise
+        self.submitted.extend(submitted)
         return submitted
 
     def poll(self) -> None:
@@ -254,13 +265,18 @@ class SlurmLauncher(Launcher):
             # interrupted by a preemption, say: final once the cluster says the job will not come back
             self._waiting = True
         done = job.watcher.is_done(job.job_id, mode="cache") or self._preempted_for_good(job)
-        if self.stopped_at is None:
-            return done
-        waited = time.monotonic() - self.stopped_at
         if done and job.task(0).paths.stdout.exists() and not job.task(0).paths.result_pickle.exists():
-            # cancelled while it ran: it has SLURM's KillWait to stop at a step boundary and say so
-            return waited > KILL_WAIT_S
-        return done or waited > STOP_WAIT_S  # still not over long after: left to the cluster
+            # ended while it ran (cancelled, preempted): it has SLURM's KillWait to stop at a step boundary
+            since = self._done_since.setdefault(job.job_id, time.monotonic())
+            return time.monotonic() - since > KILL_WAIT_S
+        if self.stopped_at is not None and time.monotonic() - self.stopped_at > STOP_WAIT_S:
+            return True  # cancelled, and still not over long after: left to the cluster
+        return done
+
+    def stopped_on_cluster(self, job: Any) -> bool:
+        """Whether the cluster cancelled or preempted the job (by hand, by a preemption, by our Ctrl-C)."""
+        state = job.watcher.get_state(job.job_id, mode="cache").upper()
+        return state.startswith(("CANCELLED", "PREEMPTED"))
 
     def _preempted_for_good(self, job: Any) -> bool:
         """PREEMPTED for `preempted_final_s`: preempted by cancelling (PreemptMode=CANCEL), not coming back.
@@ -302,9 +318,9 @@ def _last_error_line(job: Any) -> str:
     for path in (paths.stderr, paths.stdout):
         with contextlib.suppress(OSError):
             lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
-            lines = [line for line in lines if line and not line.startswith("submitit ")]
-            if lines:
-                return lines[-1]
+            said = [line for line in lines if line and not line.startswith("submitit ")]
+            if said or lines:
+                return (said or [line for line in lines if line])[-1]
     return f"no log at {paths.stderr}"
 
 
@@ -344,6 +360,7 @@ def run_jobs(
     stop = threading.Event()
     stopped_by: list[str] = []
     failed = False
+    submit_error: ConfigError | None = None
     devices = getattr(launcher, "devices", None)
     results_arg = None if results is None else (str(results.path.absolute()), results.columns)
 
@@ -371,13 +388,16 @@ def run_jobs(
                     spec = _with_device(spec, devices[slot % len(devices)] if devices else None)
                     batch.append((RunJob(spec, results_arg, threads, os.getcwd()), slot))
                     specs_of_batch.append(spec)
+                jobs = []
                 if batch:
                     try:
                         jobs = launcher.submit(batch)
                     except Exception as e:  # sbatch failed (or a Ctrl-C at the terminal reached it too)
-                        if not stop.is_set():
-                            raise ConfigError(f"could not submit the runs: {e}") from e
-                        break
+                        if not stop.is_set():  # the runs started stop at a step boundary, then this is raised
+                            submit_error = ConfigError(f"could not submit the runs: {e}")
+                        stop.set()
+                        launcher.stop([job for job, _ in running.values()], signal.SIGTERM)
+                        batch = specs_of_batch = []
                     for job, spec, (_, slot) in zip(jobs, specs_of_batch, batch, strict=True):
                         running[slot] = (job, spec)
                         callback.on_run_start(spec)
@@ -396,6 +416,9 @@ def run_jobs(
                     if outcome is None:
                         if stop.is_set():  # stopped before it could say so
                             outcome = RunOutcome(spec.run_id, "interrupted", message="stopped", stopped_by="SIGTERM")
+                        elif launcher.stopped_on_cluster(job):
+                            message = "cancelled or preempted on the cluster"
+                            outcome = RunOutcome(spec.run_id, "interrupted", message=message, stopped_by="SIGTERM")
                         else:
                             log = job.task(0).paths.stderr
                             outcome = RunOutcome(
@@ -420,4 +443,6 @@ def run_jobs(
                     os.killpg(job._process.pid, signal.SIGKILL)
                     job._process.wait()
         launcher.close(failed)
+    if submit_error is not None:
+        raise submit_error
     return AblationResult(outcomes, interrupted=stop.is_set(), stopped_by=(stopped_by or [None])[0])

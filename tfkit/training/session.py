@@ -197,20 +197,22 @@ def stop_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float, elap
 
 
 _ACTIVE_FLAGS: list[_Flag] = []  # the stop flag of the run training in this process, if any
+_TRAINED: list[bool] = []  # a run has trained in this process (appended once)
 
 
-def request_stop(signal_name: str = "SIGTERM") -> bool:
+def request_stop(signal_name: str = "SIGTERM") -> str:
     """Ask the run training in this process to stop at the next step boundary, as a first SIGTERM does.
 
     For a stop that is not a signal to the trainer (a job's timeout signal): asking twice, or
-    after a SIGTERM, does not escalate to stopping mid-step. False when no run is training.
+    after a SIGTERM, does not escalate to stopping mid-step. Returns `training` (asked),
+    `finished` (a run trained here and ended: nothing to stop) or `not started`.
     """
     if not _ACTIVE_FLAGS:
-        return False
+        return "finished" if _TRAINED else "not started"
     flag = _ACTIVE_FLAGS[-1]
     if not flag.requested:
         flag.requested, flag.signal = True, signal_name
-    return True
+    return "training"
 
 
 @contextlib.contextmanager
@@ -234,6 +236,7 @@ def _interrupt_flag(flag: _Flag) -> Iterator[None]:
     for sig in previous:
         signal.signal(sig, handler)
     _ACTIVE_FLAGS.append(flag)
+    _TRAINED[:] = [True]
     try:
         yield
     finally:
