@@ -33,6 +33,20 @@ TINY = {
 
 
 @pytest.fixture
+def one_thread():
+    """Runs trained in this process use one CPU thread, as ablation jobs given OMP_NUM_THREADS=1 do.
+
+    The same sums in the same order: their losses compare bit for bit (and it is fast on a busy machine).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_config(tmp_path: Path) -> RunConfig:
     return RunConfig().with_updates({**TINY, "log.out": str(tmp_path / "run")})
 

@@ -24,7 +24,10 @@ from tests.ablate import fake_slurm
 from tests.processes import children_of
 from tfkit.cli.app import app
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; POSIX signals")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; POSIX signals"),
+]
 
 runner = CliRunner()
 TINY = ["--depth", "1", "--num-heads", "1", "--seq-len", "8", "--batch-size", "4", "--device", "cpu",
@@ -64,17 +67,6 @@ def slurm(tmp_path: Path) -> dict[str, str]:
 
 def _too_long(signum: int, frame: object) -> None:
     raise TimeoutError("the fake SLURM test ran past 4 minutes")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs trained in this process use one CPU thread, as the jobs do (OMP_NUM_THREADS=1): the same sums."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def environment(extra: dict[str, str] | None = None) -> dict[str, str]:

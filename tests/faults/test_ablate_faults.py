@@ -24,7 +24,10 @@ from tfkit.ablate.launch import local_job_dir_name
 from tfkit.ablate.results import ResultsFile
 from tfkit.cli.app import app
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find worker processes")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find worker processes"),
+]
 
 # a model and data small enough that a step takes a millisecond or two on one CPU thread
 TINY = ["--depth", "1", "--width", "16", "--num-heads", "1", "--seq-len", "8", "--batch-size", "4", "--device", "cpu",
@@ -121,17 +124,6 @@ def ablate(tmp_path: Path, *args: str):
         return runner.invoke(app, ["ablate", *args], env={"COLUMNS": "200"})
     finally:
         os.chdir(cwd)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Runs in this process train on one CPU thread, as workers do (fast on a busy machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
