@@ -6,7 +6,9 @@ the results file is read back with polars, as a user reads it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import os
 import signal
 import socket
@@ -308,3 +310,83 @@ def test_a_row_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     results.append([{"run_id": "d", "run_status": "completed", "note": ""}])
     assert pl.read_csv(path)["run_id"].to_list() == ["a", "d"]
     assert [p.read_bytes() for p in tmp_path.glob("r.csv.torn-*")] == [b"c,runn"]
+
+
+def test_overwrite_trains_every_run_of_the_grid_afresh(tmp_path):
+    args = [*TINY, "--num-runs", "2", "--max-steps", "20", "--eval-every", "10", "-c", "--logfile", "r.csv"]
+    first = ablate(tmp_path, *args)
+    assert first.exit_code == 0, first.output
+    val_logs = sorted((tmp_path / "runs" / "ablate").glob("*/val_log.csv"))
+    assert len(val_logs) == 2
+    # stale results, as runs trained before a fix to the code or the data would have logged them
+    for val_log in val_logs:
+        stale = pl.read_csv(val_log).with_columns(pl.lit(9.5).alias("val_loss"))
+        stale.write_csv(val_log)
+
+    again = ablate(tmp_path, *args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    df = assert_each_run_once(tmp_path / "r.csv", 2)
+    assert df["val_loss"].max() < 5, df.select("run_id", "step", "val_loss")
+    for val_log in val_logs:  # the runs were trained again from step 0, not resumed
+        assert pl.read_csv(val_log)["val_loss"].max() < 5
+        meta = json.loads((val_log.parent / "train_config.json").read_text())["meta"]
+        assert "resumed" not in meta
+    assert not list((tmp_path / "runs" / "ablate").glob("*/.*replaced*"))
+
+
+def test_a_job_requeued_under_overwrite_resumes_its_own_run(tmp_path):
+    from tfkit.ablate.runner import resume_mode
+
+    first = ablate(tmp_path, *TINY, "--max-steps", "10", "-c", "--logfile", "r.csv")
+    assert first.exit_code == 0, first.output
+    [run_dir] = (tmp_path / "runs" / "ablate").glob("*-s0")
+    spec = _spec_for(tmp_path, run_dir)
+    assert resume_mode(spec) == "auto"  # --append: a run continues
+    replacing = dataclasses.replace(spec, overwrite_id="abc")
+    assert resume_mode(replacing) is None  # --overwrite: an older run is replaced
+    (run_dir / ".overwrite-id").write_text("abc\n")  # what this --overwrite's first attempt wrote
+    assert resume_mode(replacing) == "auto"  # its requeued attempt continues it
+    assert resume_mode(dataclasses.replace(spec, overwrite_id="def")) is None
+
+
+def _spec_for(tmp_path: Path, run_dir: Path):
+    from tfkit.ablate.grid import RunSpec, Setting
+    from tfkit.config import RunConfig
+
+    config = RunConfig().with_updates({"log.out": str(run_dir)})
+    return RunSpec(Setting("x", {}, config), run_num=0, seed=0, run_id=run_dir.name, config=config)
+
+
+def test_overwrite_is_refused_while_another_ablation_adds_rows(tmp_path):
+    path = tmp_path / "r.csv"
+    appending = start(tmp_path, *TINY, "--max-steps", "1500", "--eval-every", "50", "--lr", "0.02", "-c",
+                      "--logfile", "r.csv", "--append")  # fmt: skip
+    wait_for_runs(path, appending, 1)
+    replacing = ablate(tmp_path, *TINY, "--max-steps", "20", "--lr", "0.001", "-c", "--logfile", "r.csv", "--overwrite")
+    assert replacing.exit_code == 2, replacing.output
+    assert "in use" in replacing.output
+    assert len(replacing.output.strip().splitlines()) == 1, replacing.output
+    code, output = finish(appending)
+    assert code == 0, output
+    df = assert_each_run_once(path, 1)
+    assert df.height == 1500 // 50  # every evaluation of the appending ablation, the final one included
+    # once it has ended, the file is free to replace
+    replaced = ablate(tmp_path, *TINY, "--max-steps", "20", "--lr", "0.001", "-c", "--logfile", "r.csv", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert pl.read_csv(path)["lr"].to_list() == [0.001] * pl.read_csv(path).height
+
+
+def test_a_job_holding_the_results_file_keeps_it_from_being_replaced(tmp_path):
+    from tfkit.errors import ConfigError
+
+    path = tmp_path / "r.csv"
+    columns = ["run_id", "run_status"]
+    ResultsFile.open(path, columns, append=False, overwrite=False).finish()
+    path.write_bytes(b"run_id,run_status\na,running\n")
+    job = ResultsFile(path, columns)
+    job.use()  # as a job of another ablation holds it while it trains
+    with pytest.raises(ConfigError, match="in use"):
+        ResultsFile.open(path, columns, append=False, overwrite=True)
+    assert path.read_bytes() == b"run_id,run_status\na,running\n"
+    job.leave()
+    ResultsFile.open(path, columns, append=False, overwrite=True).finish()

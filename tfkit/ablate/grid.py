@@ -53,6 +53,9 @@ class RunSpec:
     seed: int
     run_id: str
     config: SectionedConfig  # the setting's config with this run's seed and run directory
+    # set by `ablate --overwrite`: the run starts afresh (its old directory replaced) unless
+    # its directory was started by the ablation of this id (a job requeued mid-run resumes)
+    overwrite_id: str | None = None
 
 
 def sweepable_fields(sections: dict[str, type] = SECTIONS) -> dict[str, str]:

@@ -62,10 +62,10 @@ class RunJob(Checkpointable):
 
     def _run(self, timeout_handler: _TimeoutHandler) -> dict[str, Any]:
         spec = self.spec
-        dist = None
+        dist = results = None
         try:
             with timeout_handler:
-                from tfkit.ablate.runner import claim_run, run_one
+                from tfkit.ablate.runner import claim_run, resume_mode, run_one
 
                 if self.threads:
                     import torch
@@ -79,22 +79,20 @@ class RunJob(Checkpointable):
                     if self.results is not None and main:
                         from tfkit.ablate.results import ResultsFile
 
-                        claim, skipped = claim_run(spec, ResultsFile(*self.results))  # rank 0 alone claims
+                        results = ResultsFile(*self.results)
+                        results.use()  # held while this job may add rows: an --overwrite is refused
+                        claim, skipped = claim_run(spec, results)  # rank 0 alone claims
                 except Exception as e:  # the results file or claim could not be opened
                     failure = f"{type(e).__name__}: {e}"
-                if dist is not None:  # every task of the job trains the run, or none does
-                    skipped, failure = _from_rank_0((skipped, failure))
+                resume = resume_mode(spec) if main else None
+                if dist is not None:  # every task of the job trains the run (from one start), or none does
+                    skipped, failure, resume = _from_rank_0((skipped, failure, resume))
                 if failure is not None:
                     return _outcome(spec.run_id, "error", failure)
                 if skipped is not None:
                     return dataclasses.asdict(skipped)
                 try:
-                    results = None
-                    if self.results is not None and main:
-                        from tfkit.ablate.results import ResultsFile
-
-                        results = ResultsFile(*self.results)
-                    return dataclasses.asdict(run_one(spec, results))
+                    return dataclasses.asdict(run_one(spec, results, resume=resume))
                 finally:
                     if claim is not None:
                         claim.release()
@@ -103,6 +101,8 @@ class RunJob(Checkpointable):
         except Exception as e:  # joining the other tasks failed
             return _outcome(spec.run_id, "error", f"{type(e).__name__}: {e}")
         finally:
+            if results is not None:
+                results.leave()
             if dist is not None:
                 from tfkit.training import distributed
 

@@ -20,6 +20,9 @@ included), so a run is never trained twice at once and a crashed run can be take
 
 `--overwrite` moves the old file aside (`.<file>.replaced-<owner>`) and deletes it only
 once the new file holds a row; an ablation that ends before that puts it back as it was.
+A file in use is never replaced: every ablation (and every job) writing to it holds a
+shared `flock` on `.<file>.users` for as long as it may append, and `--overwrite` needs
+that lock exclusively, so it is refused while another ablation still adds rows.
 
 Reading: `read_results(path)` gives a polars frame whose column types come from what each
 column is (`results_schema`), so a column empty in every row is not read as text.
@@ -191,6 +194,8 @@ class ResultsFile:
         self.path = Path(path)
         self.columns = list(columns)
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self.users_path = self.path.with_name(f".{self.path.name}.users")
+        self._users_fd = -1  # the shared lock on `users_path` held while this object may append
         self.claims_dir = self.path.with_name(f".{self.path.name}.claims")
         self.set_aside: list[Path] = []  # side files holding cut-off rows, made by this object
         self.restored: Path | None = None  # an old file put back from an ablation that ended early
@@ -213,6 +218,18 @@ class ResultsFile:
         """
         results = cls.check(path, columns, append=append, overwrite=overwrite)
         results.path.parent.mkdir(parents=True, exist_ok=True)
+        results.use(replace=overwrite)
+        try:
+            results._open(append=append, overwrite=overwrite)
+        except BaseException:
+            results.leave()
+            raise
+        if overwrite:  # replaced: other ablations may append to the new file
+            fcntl.flock(results._users_fd, fcntl.LOCK_SH)
+        return results
+
+    def _open(self, *, append: bool, overwrite: bool) -> None:
+        results = self
         with results._locked():
             results._restore_abandoned()
             if overwrite and results.path.exists():
@@ -229,7 +246,48 @@ class ResultsFile:
             else:
                 results._check_header()  # again: another ablation may have created it meanwhile
                 results._set_aside_torn()
-        return results
+
+    def use(self, *, replace: bool = False) -> None:
+        """Hold the file for appending until `leave` (or the process ends): a shared lock on `users_path`.
+
+        With `replace` (`--overwrite`), the lock is first taken exclusively: ConfigError when
+        another ablation or job holds the file, so its rows are never lost. Once replaced,
+        the lock is shared again, so other ablations may append to the new file.
+        """
+        if self._users_fd >= 0:
+            return
+        fd = os.open(self.users_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if replace:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ConfigError(_in_use(self.path)) from None
+            else:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an --overwrite replaces the file
+        except BaseException:
+            os.close(fd)
+            raise
+        self._users_fd = fd
+
+    def leave(self) -> None:
+        """Release the hold `use` took (the file may be replaced again)."""
+        if self._users_fd >= 0:
+            os.close(self._users_fd)
+            self._users_fd = -1
+
+    def in_use(self) -> bool:
+        """Whether another process holds the file for appending now (without taking anything)."""
+        if not self.users_path.is_file():
+            return False
+        fd = os.open(self.users_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     @classmethod
     def check(cls, path: str | Path, columns: list[str], *, append: bool, overwrite: bool) -> ResultsFile:
@@ -239,6 +297,8 @@ class ResultsFile:
             raise ConfigError("--append and --overwrite exclude each other")
         if results.path.is_dir():
             raise ConfigError(f"--logfile {results.path} is a directory")
+        if overwrite and results.exists() and results.in_use():
+            raise ConfigError(_in_use(results.path))
         if results.exists() and not overwrite:
             if not append:
                 raise ConfigError(
@@ -471,14 +531,20 @@ class ResultsFile:
             self._replaced = None
 
     def finish(self) -> bool:
-        """End of the ablation: put the file `--overwrite` moved aside back if no row came; True if so."""
-        self.settle()
-        if self._replaced is None:
-            return False
-        with self._locked():
-            os.replace(self._replaced, self.path)
-        self.restored, self._replaced = self.path, None
-        return True
+        """End of the ablation: put the file `--overwrite` moved aside back if no row came; True if so.
+
+        The hold on the file (`use`) ends here.
+        """
+        try:
+            self.settle()
+            if self._replaced is None:
+                return False
+            with self._locked():
+                os.replace(self._replaced, self.path)
+            self.restored, self._replaced = self.path, None
+            return True
+        finally:
+            self.leave()
 
     def _restore_abandoned(self) -> None:
         """Put back a file an `--overwrite` moved aside before its process died with no row written."""
@@ -501,6 +567,13 @@ class ResultsFile:
                 return f.read(1) != b""
         except FileNotFoundError:
             return False
+
+
+def _in_use(path: Path) -> str:
+    return (
+        f"{path} is in use: another ablation is still adding rows to it; wait for it to end, "
+        "or pass another --logfile"
+    )
 
 
 def _names(columns: list[str], most: int = 6) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from tfkit.ablate.grid import RunSpec, Setting
 from tfkit.ablate.kinds import KINDS, ExperimentKind, kind_of
 from tfkit.ablate.results import ID_COLUMNS, PARAM_COLUMNS, ResultsFile, RunClaim
+from tfkit.io import write_atomic
 from tfkit.signals import Terminated
 from tfkit.training.columns import CARRIED_TRAIN_COLUMNS, POSITION_COLUMNS
 from tfkit.training.loop import TrainCallback
@@ -34,6 +35,8 @@ TRAIN_METRICS = CARRIED_TRAIN_COLUMNS
 # config fields that are not setting columns: the seed is an id column; the rest say
 # where the run goes and how it is logged
 NOT_SETTING = ("seed", "out", "wandb_project", "wandb_entity", "wandb_group", "tensorboard")
+# in a run directory started by `ablate --overwrite`: the id of that ablation (see `resume_mode`)
+OVERWRITE_MARK = ".overwrite-id"
 
 
 def setting_columns(kind: ExperimentKind = KINDS["lm"]) -> list[str]:
@@ -103,8 +106,12 @@ class RowRecorder(TrainCallback):
             **{name: flat[name] for name in self.setting_columns},
         }
         self.model = config.model
+        self.overwrite_id = spec.overwrite_id
 
     def on_start(self, info: dict[str, Any]) -> None:
+        if self.overwrite_id is not None:  # this run directory now belongs to this --overwrite
+            mark = Path(info["run_dir"]) / OVERWRITE_MARK
+            write_atomic(mark, lambda tmp: tmp.write_text(self.overwrite_id + "\n"))
         self.base.update({name: info[name] for name in PARAM_COLUMNS})
         # the resolved config: what the data decided (vocab, context) and the default stop
         self.base.update({name: info["config"][name] for name in self.setting_columns})
@@ -172,17 +179,39 @@ class RowRecorder(TrainCallback):
         self.pending = None
 
 
-def run_one(spec: RunSpec, results: ResultsFile | None, callback: TrainCallback | None = None) -> RunOutcome:
+def resume_mode(spec: RunSpec) -> str | None:
+    """How a run of an ablation starts: `auto` (from its latest complete checkpoint, if any) or None (afresh).
+
+    A run continues whatever its directory holds, except under `ablate --overwrite`
+    (`spec.overwrite_id`): then it starts afresh and replaces the old run, unless this same
+    ablation started the directory (a job requeued at its time limit or preempted resumes).
+    """
+    if spec.overwrite_id is None:
+        return "auto"
+    try:
+        mark = (Path(spec.config.log.out) / OVERWRITE_MARK).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return "auto" if mark == spec.overwrite_id else None
+
+
+def run_one(
+    spec: RunSpec, results: ResultsFile | None, callback: TrainCallback | None = None, *, resume: str | None = "auto"
+) -> RunOutcome:
     """Train one run of an ablation and record its rows; never raises for a failed run.
 
     The caller holds the run's claim (`claim_run`) when there is a results file.
+
+    Args:
+        resume: `resume_mode(spec)`, decided by the caller (for a DDP job, once for all its tasks).
     """
     train = kind_of(spec.config).train()
     recorder = RowRecorder(spec, results, callback)
     start = time.perf_counter()
     try:
-        # an unfinished run continues from its last complete checkpoint (none: a fresh start)
-        result = train(spec.config, callback=recorder, overwrite=True, resume="auto")
+        # `auto`: an unfinished run continues from its last complete checkpoint (none: a fresh
+        # start); None: a fresh start that replaces what the directory holds
+        result = train(spec.config, callback=recorder, overwrite=True, resume=resume)
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before the run's loop
         with contextlib.suppress(Exception):
             recorder.flush("interrupted")
@@ -279,7 +308,7 @@ def _run_here(
                 continue
             try:
                 callback.on_run_start(spec)
-                outcome = run_one(spec, results, callback.train)
+                outcome = run_one(spec, results, callback.train, resume=resume_mode(spec))
             finally:
                 if claim is not None:
                     claim.release()

@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import inspect
 import shlex
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,7 +68,12 @@ def ablate(
         "results.csv"
     ),
     append: Annotated[bool, typer.Option(help="Add to an existing --logfile; skip runs it has finished.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --logfile and run directories.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Start afresh: replace --logfile and retrain every run of the grid, replacing its run directory."
+        ),
+    ] = False,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where each run's directory goes.")] = Path(
         "runs/ablate"
     ),
@@ -201,6 +208,9 @@ def ablate(
         statuses = results.run_statuses() if append else {}
         done = {s.run_id for s in plan.specs if statuses.get(s.run_id) in ("completed", "failed")}
     todo = [s for s in plan.specs if s.run_id not in done]
+    if overwrite:  # every run starts afresh, replacing its old directory (a requeued job resumes its own)
+        overwrite_id = uuid.uuid4().hex
+        todo = [dataclasses.replace(s, overwrite_id=overwrite_id) for s in todo]
     if not (append or overwrite):
         taken = [s for s in todo if (Path(s.config.log.out) / "train_config.json").exists()]
         if taken:
