@@ -390,3 +390,60 @@ def test_a_job_holding_the_results_file_keeps_it_from_being_replaced(tmp_path):
     assert path.read_bytes() == b"run_id,run_status\na,running\n"
     job.leave()
     ResultsFile.open(path, columns, append=False, overwrite=True).finish()
+
+
+def test_ctrl_c_before_any_run_has_ended_exits_130_with_the_resume_command(tmp_path):
+    proc = start(tmp_path, *TINY, "--lr", "0.001", "0.003", "--max-steps", "3000", "--eval-every", "50", "-c",
+                 "--logfile", "r.csv", "--jobs", "2")  # fmt: skip
+    wait_for_runs(tmp_path / "r.csv", proc, 2)  # both learning rates have rows, no run has ended
+    os.killpg(proc.pid, signal.SIGINT)
+    code, output = finish(proc, timeout=60)
+    assert code == 130, output
+    assert "Traceback" not in output
+    assert "interrupted; resume with: tfkit ablate" in output
+
+
+def test_a_full_disk_on_the_results_file_stops_the_grid_with_one_line(tmp_path, monkeypatch):
+    import tfkit.ablate.results as results_module
+
+    real_append = results_module.append_whole
+    writes = []
+
+    def disk_full_after_three_rows(fd, data, path):
+        writes.append(data)
+        if len(writes) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(fd, data, path)
+
+    monkeypatch.setattr(results_module, "append_whole", disk_full_after_three_rows)
+    args = [*TINY, "--lr", "0.001", "0.002", "0.003", "--max-steps", "40", "--eval-every", "10", "-c"]
+    result = ablate(tmp_path, *args, "--logfile", "r.csv")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert errors == [f"Error: could not write {Path('r.csv')}: No space left on device"], result.output
+    assert len(list((tmp_path / "runs" / "ablate").iterdir())) == 1  # the grid stopped with its first run
+    assert pl.read_csv(tmp_path / "r.csv").height == 3  # the rows written stay whole
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_runs_dir_that_cannot_hold_runs_is_refused_before_the_grid_starts(tmp_path, where):
+    (tmp_path / "taken").write_text("a user's file\n")
+    runs_dir = "taken" if where == "a file" else "taken/runs"
+    result = ablate(tmp_path, *TINY, "--lr", "0.001", "0.002", "--max-steps", "5", "-c", "--runs-dir", runs_dir)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "taken" in result.output
+    assert (tmp_path / "taken").read_text() == "a user's file\n"
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_a_run_killed_by_the_system_is_reported_with_the_cause(tmp_path):
+    proc = start(tmp_path, *TINY, "--num-runs", "2", "--max-steps", "1500", "--eval-every", "50", "-c",
+                 "--logfile", "r.csv", "--jobs", "2")  # fmt: skip
+    wait_for_runs(tmp_path / "r.csv", proc, 2)
+    controllers = children_of(proc.pid, b"tfkit.ablate.controller")
+    victim = children_of(controllers[0], b"submitit.core._submit")[0]
+    os.kill(victim, signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    code, output = finish(proc)
+    assert code == 1, output
+    assert "failed: job died: the run's process was killed by SIGKILL" in output, output

@@ -30,6 +30,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from tfkit.ablate.grid import RunSpec
+from tfkit.ablate.results import ResultsWriteError
 
 
 class RunJob(Checkpointable):
@@ -98,6 +99,8 @@ class RunJob(Checkpointable):
                         claim.release()
         except KeyboardInterrupt as e:  # stopped before the run began
             return _outcome(spec.run_id, "interrupted", "interrupted", _signal_name(e))
+        except ResultsWriteError as e:  # the ablation's other runs would fail on it too: it stops
+            return {**_outcome(spec.run_id, "error", str(e)), "fatal": True}
         except Exception as e:  # joining the other tasks failed
             return _outcome(spec.run_id, "error", f"{type(e).__name__}: {e}")
         finally:

@@ -38,7 +38,7 @@ from typing import Any
 from tfkit.ablate.grid import RunSpec
 from tfkit.ablate.processes import owner_alive, owner_tag
 from tfkit.ablate.results import ResultsFile
-from tfkit.errors import ConfigError
+from tfkit.errors import ConfigError, StorageError
 
 LOCAL_JOBS_DIR = ".jobs"
 NO_TIME_LIMIT_MIN = 60 * 24 * 365  # the local launcher's jobs are not timed out
@@ -319,8 +319,8 @@ def _last_error_line(job: Any) -> str:
         with contextlib.suppress(OSError):
             lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
             said = [line for line in lines if line and not line.startswith("submitit ")]
-            if said or lines:
-                return (said or [line for line in lines if line])[-1]
+            if said or lines:  # the controller's own line names a signal that killed the run
+                return (said or [line for line in lines if line])[-1].removeprefix("tfkit: ")
     return f"no log at {paths.stderr}"
 
 
@@ -361,6 +361,7 @@ def run_jobs(
     stopped_by: list[str] = []
     failed = False
     submit_error: ConfigError | None = None
+    results_error: StorageError | None = None  # the results file failed in a job: the ablation stops
     devices = getattr(launcher, "devices", None)
     results_arg = None if results is None else (str(results.path.absolute()), results.columns)
 
@@ -427,6 +428,10 @@ def run_jobs(
                     failed = failed or outcome.status == "error"
                     outcomes.append(outcome)
                     callback.on_run_end(spec, outcome)
+                    if outcome.fatal and results_error is None:
+                        results_error = StorageError(outcome.message or "the results file could not be written")
+                        stop.set()
+                        launcher.stop([job for job, _ in running.values()], signal.SIGTERM)
                     if outcome.status == "interrupted" and launcher.name == "local" and not stop.is_set():
                         stop.set()  # a run stopped by a signal sent to it: the ablation stops too
                         stopped_by.append(outcome.stopped_by or "SIGINT")
@@ -443,6 +448,8 @@ def run_jobs(
                     os.killpg(job._process.pid, signal.SIGKILL)
                     job._process.wait()
         launcher.close(failed)
+    if results_error is not None:
+        raise results_error
     if submit_error is not None:
         raise submit_error
     return AblationResult(outcomes, interrupted=stop.is_set(), stopped_by=(stopped_by or [None])[0])

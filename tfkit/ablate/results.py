@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tfkit.ablate.processes import owner_alive, owner_tag
-from tfkit.errors import ConfigError, DataError
+from tfkit.errors import ConfigError, DataError, StorageError
 from tfkit.io import append_whole, write_atomic
 
 ID_COLUMNS = ("run_id", "setting_id", "run_num", "seed", "run_status", "run_dir")
@@ -63,6 +63,10 @@ COUNT_COLUMNS = (
     "run_num", "seed", *PARAM_COLUMNS, "step", "tokens_seen", "points_seen", "skipped_steps",
     "curriculum_dims", "curriculum_points", "curriculum_loops",
 )  # fmt: skip
+
+
+class ResultsWriteError(StorageError):
+    """The shared results file could not be written (a full disk, a read-only file system): the ablation stops."""
 
 
 def format_cell(value: Any) -> str:

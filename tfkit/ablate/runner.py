@@ -23,7 +23,7 @@ from typing import Any
 
 from tfkit.ablate.grid import RunSpec, Setting
 from tfkit.ablate.kinds import KINDS, ExperimentKind, kind_of
-from tfkit.ablate.results import ID_COLUMNS, PARAM_COLUMNS, ResultsFile, RunClaim
+from tfkit.ablate.results import ID_COLUMNS, PARAM_COLUMNS, ResultsFile, ResultsWriteError, RunClaim
 from tfkit.io import write_atomic
 from tfkit.signals import Terminated
 from tfkit.training.columns import CARRIED_TRAIN_COLUMNS, POSITION_COLUMNS
@@ -69,6 +69,7 @@ class RunOutcome:
     message: str | None = None
     time_s: float = 0.0  # wall time of the run in this ablation
     stopped_by: str | None = None  # SIGINT or SIGTERM, for an interrupted run
+    fatal: bool = False  # the shared results file failed (`message` says why): the ablation stops
 
 
 class AblationCallback:
@@ -93,6 +94,7 @@ class RowRecorder(TrainCallback):
         self.forward = forward or TrainCallback()
         self.pending: dict[str, Any] | None = None
         self.wrote = False  # a row of this run is in the results file
+        self.write_error: ResultsWriteError | None = None  # the results file could not be written
         self.latest_train: dict[str, Any] = {}
         config = spec.config
         flat = config.to_flat_dict()
@@ -173,7 +175,12 @@ class RowRecorder(TrainCallback):
 
     def flush(self, status: str) -> None:
         if self.pending is not None and self.results is not None:
-            self.results.append([{**self.pending, "run_status": status}])
+            try:
+                self.results.append([{**self.pending, "run_status": status}])
+            except OSError as e:  # the rows already written stay whole (`append` writes all or nothing)
+                reason = e.strerror or type(e).__name__
+                self.write_error = ResultsWriteError(f"could not write {self.results.path}: {reason}")
+                raise self.write_error from e
             self.results.settle()
             self.wrote = True
         self.pending = None
@@ -200,7 +207,8 @@ def run_one(
 ) -> RunOutcome:
     """Train one run of an ablation and record its rows; never raises for a failed run.
 
-    The caller holds the run's claim (`claim_run`) when there is a results file.
+    The caller holds the run's claim (`claim_run`) when there is a results file. Raises
+    `ResultsWriteError` when that file cannot be written: the other runs would fail on it too.
 
     Args:
         resume: `resume_mode(spec)`, decided by the caller (for a DDP job, once for all its tasks).
@@ -219,9 +227,15 @@ def run_one(
         time_s = time.perf_counter() - start
         return RunOutcome(spec.run_id, "interrupted", message="interrupted", time_s=time_s, stopped_by=by)
     except Exception as e:  # a broken run (out of memory, bad data) must not end the ablation
+        if recorder.write_error is not None:
+            raise recorder.write_error from None
         with contextlib.suppress(Exception):  # the results file itself may be what failed
             recorder.flush("error")
+        if recorder.write_error is not None:
+            raise recorder.write_error from None
         return RunOutcome(spec.run_id, "error", message=f"{type(e).__name__}: {e}", time_s=time.perf_counter() - start)
+    if recorder.write_error is not None:
+        raise recorder.write_error
     by = getattr(result, "stopped_by", None) if result.status == "interrupted" else None
     return RunOutcome(spec.run_id, result.status, result.summary, result.message, time.perf_counter() - start, by)
 

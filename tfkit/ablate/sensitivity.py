@@ -95,10 +95,14 @@ def lr_sensitivity(
     finals = clip_diverged(results, metric).filter(pl.col("run_status").is_in(list(DONE_STATUSES)))
     if group_by is None:
         group_by = [c for c in setting_columns(results)[0] if c != "lr"]
-    out = []
+    out: list[Sensitivity] = []
+    if finals.is_empty():  # no run has ended yet (an ablation stopped before its first run ended)
+        return out
     groups = finals.group_by(group_by, maintain_order=True) if group_by else [((), finals)]
     for key, part in groups:
-        per_lr = part.group_by("lr").agg(pl.col(metric).mean()).sort("lr")
+        per_lr = part.group_by("lr").agg(pl.col(metric).mean()).drop_nulls(metric).sort("lr")
+        if per_lr.is_empty():  # runs that failed before any evaluation: no loss to compare
+            continue
         best = per_lr.row(per_lr.get_column(metric).arg_min(), named=True)
         by_seed = []
         for _, runs in part.group_by("run_num"):

@@ -11,8 +11,10 @@ import dataclasses
 import enum
 import functools
 import inspect
+import os
 import shlex
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -228,6 +230,8 @@ def ablate(
     if review and not yes and is_interactive() and not typer.confirm(f"Train {len(todo)} runs?", default=True):
         raise typer.Exit(1)
 
+    if todo:
+        _check_runs_dir(runs_dir)
     job_launcher = None
     if todo and (launcher == "slurm" or launcher == "local"):
         from tfkit.ablate.launch import LocalLauncher, SlurmLauncher
@@ -375,6 +379,22 @@ def _slurm_options(
         sbatch=parse_sbatch_options(options or []),
         setup=list(setup or []),
     )
+
+
+def _check_runs_dir(runs_dir: Path) -> None:
+    """Refuse a --runs-dir that cannot hold the runs before any run starts (each would fail on it).
+
+    Raises ConfigError for a file in its place, OSError (one line, exit 2) for a folder not writable.
+    """
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ConfigError(f"--runs-dir {runs_dir} is a file, not a folder")
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=runs_dir, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:  # said of --runs-dir, not of the probe file
+        raise (OSError(e.errno, e.strerror, str(runs_dir)) if e.errno else e) from None
 
 
 def _parse_devices(devices: str | None) -> list[str] | None:
