@@ -26,12 +26,14 @@ def train_run(out: Path) -> None:
     from tfkit.config import RunConfig
     from tfkit.training.loop import train
 
-    config = RunConfig().with_updates({
-        "model": {"depth": 4, "width": 64, "num_heads": 4},
-        "data": {"data": "mess3", "seq_len": 10, "batch_size": 64, "val_examples": 64},
-        "train": {"max_steps": 5, "eval_every": 10**6, "device": "cpu"},
-        "log": {"out": str(out), "log_every": 10},
-    })  # fmt: skip
+    config = RunConfig().with_updates(
+        {
+            "model": {"depth": 4, "width": 64, "num_heads": 4},
+            "data": {"data": "mess3", "seq_len": 10, "batch_size": 64, "val_examples": 64},
+            "train": {"max_steps": 5, "eval_every": 10**6, "device": "cpu"},
+            "log": {"out": str(out), "log_every": 10},
+        }
+    )
     train(config, overwrite=True)
 
 
@@ -64,9 +66,11 @@ def main() -> None:
         times["pictures (matplotlib import included)"] = time.perf_counter() - started
 
     settings = result.settings
-    print(f"{settings['num_sequences']:,} sequences x {settings['seq_len']} positions, layers "
-          f"{', '.join(settings['layers'])}; device {settings['device']}, torch threads {torch.get_num_threads()} "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")  # fmt: skip
+    print(
+        f"{settings['num_sequences']:,} sequences x {settings['seq_len']} positions, layers "
+        f"{', '.join(settings['layers'])}; device {settings['device']}, torch threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+    )
     for name, seconds in times.items():
         print(f"  {name:<52} {seconds:7.2f} s")
     total = sum(times.values())

@@ -37,7 +37,10 @@ def main() -> None:
     h, b = statistics.median(help_s), statistics.median(bare_s)
     print(f"tfkit --help      {h * 1e3:7.1f} ms (median of {args.repeats}; min {min(help_s) * 1e3:.1f} ms)")
     print(f"python -c pass    {b * 1e3:7.1f} ms")
-    print(f"tfkit's own part  {(h - b) * 1e3:7.1f} ms; target: tfkit --help under 300 ms: {'met' if h < 0.3 else 'NOT met'}")
+    print(
+        f"tfkit's own part  {(h - b) * 1e3:7.1f} ms; "
+        f"target: tfkit --help under 300 ms: {'met' if h < 0.3 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

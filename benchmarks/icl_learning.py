@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
+from tfkit.config.icl import IclRunConfig
 from tfkit.training.icl import train_icl
-from tfkit.training.icl_config import IclRunConfig
 
 MODELS = {
     "looped": {},
@@ -87,22 +87,29 @@ def main() -> None:
                 done = [f.result() for f in futures]
         else:
             done = [run_one(name, seed, args.steps, Path(tmp), args.threads) for name, seed in runs]
-        for (name, seed), r in zip(runs, done):
+        for (name, seed), r in zip(runs, done, strict=False):
             results[name].append(r)
-            print(f"{name:7s} seed {seed}: error at the last point {r['error']:.3f}  "
-                  f"{r['steps']} steps  {r['wall']:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"{name:7s} seed {seed}: error at the last point {r['error']:.3f}  "
+                f"{r['steps']} steps  {r['wall']:.0f} s",
+                flush=True,
+            )
 
     n = IclRunConfig().task.n_points
-    print(f"\nlinear regression, d={IclRunConfig().task.n_dims}, error at point {n} (normalised: squared error / d), "
-          f"{args.seeds} seed(s), {args.threads} thread(s)\n")  # fmt: skip
+    print(
+        f"\nlinear regression, d={IclRunConfig().task.n_dims}, error at point {n} (normalised: squared error / d), "
+        f"{args.seeds} seed(s), {args.threads} thread(s)\n"
+    )
     print("| model | params | steps | wall s / run | error (mean ± std) | per seed |")
     print("|---|---:|---:|---:|---:|---|")
     for name, rs in results.items():
         errors = [r["error"] for r in rs]
         std = statistics.stdev(errors) if len(errors) > 1 else 0.0
         label = "looped (1 block x 6)" if name == "looped" else "gpt (8 blocks)"
-        print(f"| {label} | {rs[0]['params']:,} | {rs[0]['steps']:,} | {statistics.mean(r['wall'] for r in rs):.0f} | "
-              f"{statistics.mean(errors):.3f} ± {std:.3f} | {', '.join(f'{e:.3f}' for e in errors)} |")  # fmt: skip
+        print(
+            f"| {label} | {rs[0]['params']:,} | {rs[0]['steps']:,} | {statistics.mean(r['wall'] for r in rs):.0f} | "
+            f"{statistics.mean(errors):.3f} ± {std:.3f} | {', '.join(f'{e:.3f}' for e in errors)} |"
+        )
     baselines = next(iter(results.values()))[0]["baselines"]
     for b, label in (("zero", "zero predictor"), ("averaging", "averaging"), ("least_squares", "least squares")):
         print(f"| {label} | | | | {baselines[b]:.3f} | |")

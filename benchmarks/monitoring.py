@@ -66,8 +66,13 @@ def main() -> None:
     p = PRESETS[args.preset]
     device = torch.device(args.device)
     torch.manual_seed(0)
-    config = ModelConfig(depth=p["depth"], width=p["width"], num_heads=p["num_heads"], vocab_size=p["vocab_size"],
-                         max_seq_len=p["seq_len"])  # fmt: skip
+    config = ModelConfig(
+        depth=p["depth"],
+        width=p["width"],
+        num_heads=p["num_heads"],
+        vocab_size=p["vocab_size"],
+        max_seq_len=p["seq_len"],
+    )
     model = GPT(config).to(device)
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4), device)
     batch = torch.randint(0, p["vocab_size"], (p["batch_size"], p["seq_len"] + 1), device=device)
@@ -113,13 +118,19 @@ def main() -> None:
         layers.append(measured(with_layers))
     step_s, probe_s, layer_s = (statistics.median(v) for v in (steps, probes, layers))
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    print(f"preset {args.preset} on {device}{threads}: depth {p['depth']}, width {p['width']}, seq_len {p['seq_len']}, "
-          f"batch {p['batch_size']}, vocab {p['vocab_size']}; median of {args.repeats}")  # fmt: skip
+    print(
+        f"preset {args.preset} on {device}{threads}: depth {p['depth']}, width {p['width']}, seq_len {p['seq_len']}, "
+        f"batch {p['batch_size']}, vocab {p['vocab_size']}; median of {args.repeats}"
+    )
     print(f"training step                          {step_s * 1e3:8.1f} ms")
-    print(f"monitor, --log-logits (default)        {probe_s * 1e3:8.1f} ms   "
-          f"overhead every {LOG_EVERY} steps {probe_s / (LOG_EVERY * step_s):6.2%}")  # fmt: skip
-    print(f"monitor, --log-logits --log-layer-stats {layer_s * 1e3:7.1f} ms   "
-          f"overhead every {LOG_EVERY} steps {layer_s / (LOG_EVERY * step_s):6.2%}")  # fmt: skip
+    print(
+        f"monitor, --log-logits (default)        {probe_s * 1e3:8.1f} ms   "
+        f"overhead every {LOG_EVERY} steps {probe_s / (LOG_EVERY * step_s):6.2%}"
+    )
+    print(
+        f"monitor, --log-logits --log-layer-stats {layer_s * 1e3:7.1f} ms   "
+        f"overhead every {LOG_EVERY} steps {layer_s / (LOG_EVERY * step_s):6.2%}"
+    )
 
 
 if __name__ == "__main__":

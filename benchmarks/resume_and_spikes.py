@@ -36,14 +36,25 @@ PRESETS = {
 
 
 def config_for(preset: dict, device: str, out: Path, steps: int) -> RunConfig:
-    return RunConfig().with_updates({
-        "model": {"depth": preset["depth"], "width": preset["width"], "num_heads": preset["num_heads"],
-                  "vocab_size": preset["vocab_size"]},
-        "data": {"data": "mess3", "seq_len": preset["seq_len"], "batch_size": preset["batch_size"],
-                 "train_sequences": preset["batch_size"] * 64, "val_examples": preset["batch_size"]},
-        "train": {"max_steps": steps, "eval_every": 10**6, "checkpoint_every": steps, "device": device},
-        "log": {"out": str(out), "log_every": 10},
-    })  # fmt: skip
+    return RunConfig().with_updates(
+        {
+            "model": {
+                "depth": preset["depth"],
+                "width": preset["width"],
+                "num_heads": preset["num_heads"],
+                "vocab_size": preset["vocab_size"],
+            },
+            "data": {
+                "data": "mess3",
+                "seq_len": preset["seq_len"],
+                "batch_size": preset["batch_size"],
+                "train_sequences": preset["batch_size"] * 64,
+                "val_examples": preset["batch_size"],
+            },
+            "train": {"max_steps": steps, "eval_every": 10**6, "checkpoint_every": steps, "device": device},
+            "log": {"out": str(out), "log_every": 10},
+        }
+    )
 
 
 def step_seconds(out: Path) -> float:
@@ -70,7 +81,8 @@ def main() -> None:
         steps, extra = preset["steps"], 10
         # checkpoints at `steps` and at the end: the first is what the resume below starts from
         config = config_for(preset, args.device, root / "fresh", steps + extra).with_updates(
-            {"train.checkpoint_every": steps})  # fmt: skip
+            {"train.checkpoint_every": steps}
+        )
         train(config, overwrite=True)
         step = step_seconds(root / "fresh")
 
@@ -110,11 +122,18 @@ def main() -> None:
 
     print(f"preset {args.preset} on {device}: one optimizer step {step * 1e3:.1f} ms")
     print(f"spike test per step      {check * 1e6:8.1f} us   {check / step:8.4%} of a step")
-    print(f"checkpoint save ({size_mb:.1f} MB) {statistics.median(saves) * 1e3:8.1f} ms   "
-          f"{statistics.median(saves) / step:8.2f} steps")  # fmt: skip
-    print(f"checkpoint read          {statistics.median(loads) * 1e3:8.1f} ms   {statistics.median(loads) / step:8.2f} steps")
-    print(f"resumed run, {extra} steps    {resumed:8.2f} s   fresh run, {extra} steps {fresh:8.2f} s   "
-          f"resume overhead {resumed - fresh:+.2f} s ({(resumed - fresh) / step:+.1f} steps)")  # fmt: skip
+    print(
+        f"checkpoint save ({size_mb:.1f} MB) {statistics.median(saves) * 1e3:8.1f} ms   "
+        f"{statistics.median(saves) / step:8.2f} steps"
+    )
+    print(
+        f"checkpoint read          {statistics.median(loads) * 1e3:8.1f} ms   "
+        f"{statistics.median(loads) / step:8.2f} steps"
+    )
+    print(
+        f"resumed run, {extra} steps    {resumed:8.2f} s   fresh run, {extra} steps {fresh:8.2f} s   "
+        f"resume overhead {resumed - fresh:+.2f} s ({(resumed - fresh) / step:+.1f} steps)"
+    )
 
 
 if __name__ == "__main__":

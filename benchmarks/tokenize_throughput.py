@@ -80,8 +80,14 @@ def main() -> None:
 
         def tfkit_run(num_proc: int) -> float:
             start = time.perf_counter()
-            tokenize_dataset(tmp / "raw", tmp / "tokenizer.json", tmp / f"tok{num_proc}", num_proc=num_proc,
-                             batch_size=args.batch_size, overwrite=True)  # fmt: skip
+            tokenize_dataset(
+                tmp / "raw",
+                tmp / "tokenizer.json",
+                tmp / f"tok{num_proc}",
+                num_proc=num_proc,
+                batch_size=args.batch_size,
+                overwrite=True,
+            )
             return nbytes / 1e6 / (time.perf_counter() - start)
 
         results: dict[str, list[float]] = {"reference": [], "tfkit --num-proc 1": [], "tfkit --num-proc 2": []}
@@ -91,8 +97,10 @@ def main() -> None:
             results["tfkit --num-proc 2"].append(tfkit_run(2))
         same = (tmp / "tok1" / "train.bin").read_bytes() == (tmp / "tok2" / "train.bin").read_bytes()
 
-    print(f"corpus: {nbytes / 1e6:.1f} MB, {len(texts):,} documents, vocab {args.vocab_size}, "
-          f"{os.cpu_count()} CPUs, {args.rounds} rounds (median)")  # fmt: skip
+    print(
+        f"corpus: {nbytes / 1e6:.1f} MB, {len(texts):,} documents, vocab {args.vocab_size}, "
+        f"{os.cpu_count()} CPUs, {args.rounds} rounds (median)"
+    )
     ref = statistics.median(results["reference"])
     for name, values in results.items():
         med = statistics.median(values)

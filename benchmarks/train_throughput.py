@@ -48,11 +48,9 @@ from tfkit.training.loop import train
 PRESETS = {
     # ~1-2 minutes in all on a 2-core CPU. The data (mess3) has 3 symbols, but a 4096-token
     # vocabulary gives the model a realistically sized embedding/head.
-    "small": dict(depth=4, width=256, num_heads=4, seq_len=128, batch_size=16, vocab_size=4096,
-                  steps=20, warmup=10),
+    "small": dict(depth=4, width=256, num_heads=4, seq_len=128, batch_size=16, vocab_size=4096, steps=20, warmup=10),
     # GPT-2 small (124M) shape with nanoGPT's padded vocabulary; batch sized for one 80 GB GPU.
-    "gpt2": dict(depth=12, width=768, num_heads=12, seq_len=1024, batch_size=16, vocab_size=50304,
-                 steps=50, warmup=10),
+    "gpt2": dict(depth=12, width=768, num_heads=12, seq_len=1024, batch_size=16, vocab_size=50304, steps=50, warmup=10),
 }
 H100_BF16_DENSE = 989e12  # H100 SXM, bf16 tensor cores, dense (no sparsity)
 
@@ -149,8 +147,11 @@ def reference_round(config: RunConfig, device: torch.device, use_compile: bool, 
     no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type in ("cuda", "cpu", "mps"),
-    )  # fmt: skip
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        fused=device.type in ("cuda", "cpu", "mps"),
+    )
     total = warmup + steps
     data = sample_windows(total * d.batch_size, d.seq_len, config.train.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -162,10 +163,8 @@ def reference_round(config: RunConfig, device: torch.device, use_compile: bool, 
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, o, total)
         window = data[step * d.batch_size : (step + 1) * d.batch_size]
-        if device.type == "cuda":
-            window = window.pin_memory().to(device, non_blocking=True)
-        else:
-            window = window.to(device)
+        on_cuda = device.type == "cuda"
+        window = window.pin_memory().to(device, non_blocking=True) if on_cuda else window.to(device)
         x, y = window[:, :-1], window[:, 1:]
         with autocast:
             logits = step_model(x)
@@ -242,16 +241,28 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    config = RunConfig().with_updates({
-        "model.depth": preset["depth"], "model.width": preset["width"], "model.num_heads": preset["num_heads"],
-        "model.vocab_size": preset["vocab_size"], "model.max_seq_len": seq_len,
-        "data.data": "mess3", "data.seq_len": seq_len, "data.batch_size": batch,
-        # one epoch = exactly the steps run, so no new epoch is sampled inside the timed window
-        "data.train_sequences": batch * (warmup + steps), "data.val_examples": batch,
-        "train.max_steps": warmup + steps, "train.eval_every": 10**9, "train.device": str(device),
-        "optim.warmup_steps": default_warmup(warmup + steps),  # what tfkit resolves, for both loops
-        "train.compile": args.compile, "train.precision": "auto", "log.log_every": warmup,
-    })  # fmt: skip
+    config = RunConfig().with_updates(
+        {
+            "model.depth": preset["depth"],
+            "model.width": preset["width"],
+            "model.num_heads": preset["num_heads"],
+            "model.vocab_size": preset["vocab_size"],
+            "model.max_seq_len": seq_len,
+            "data.data": "mess3",
+            "data.seq_len": seq_len,
+            "data.batch_size": batch,
+            # one epoch = exactly the steps run, so no new epoch is sampled inside the timed window
+            "data.train_sequences": batch * (warmup + steps),
+            "data.val_examples": batch,
+            "train.max_steps": warmup + steps,
+            "train.eval_every": 10**9,
+            "train.device": str(device),
+            "optim.warmup_steps": default_warmup(warmup + steps),  # what tfkit resolves, for both loops
+            "train.compile": args.compile,
+            "train.precision": "auto",
+            "log.log_every": warmup,
+        }
+    )
     flops_per_token = GPT(config.model).flops_per_token(seq_len)
     configs = {
         "tfkit": config.with_updates({"train.log_layer_stats": args.layer_stats}),
@@ -260,10 +271,14 @@ def main() -> int:
 
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"preset {args.preset}: depth {preset['depth']}, width {preset['width']}, heads {preset['num_heads']}, "
-          f"vocab {preset['vocab_size']}, seq_len {seq_len}, batch {batch}")  # fmt: skip
-    print(f"device {name}{threads}; compile {'on' if use_compile else 'off'}; "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; torch {torch.__version__}")
+    print(
+        f"preset {args.preset}: depth {preset['depth']}, width {preset['width']}, heads {preset['num_heads']}, "
+        f"vocab {preset['vocab_size']}, seq_len {seq_len}, batch {batch}"
+    )
+    print(
+        f"device {name}{threads}; compile {'on' if use_compile else 'off'}; "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; torch {torch.__version__}"
+    )
     print(f"{args.rounds} rounds x ({warmup} warmup + {steps} timed steps) per loop, alternating order")
     sys.stdout.flush()
 
@@ -291,15 +306,19 @@ def main() -> int:
         print(f"WARNING: parameter counts differ ({params['tfkit']} vs {params['reference']})")
     print(f"(spread = (max - min) / median over rounds; wall time {time.perf_counter() - wall0:.0f} s)")
     if device.type == "cuda":
-        print(f"MFU = tokens/s * flops_per_token / peak_flops, flops_per_token = {flops_per_token:.4g} "
-              f"(GPT.flops_per_token({seq_len}): 6 N_matmul + 12 depth seq_len width), "
-              f"peak_flops = {args.peak_flops:.4g}")  # fmt: skip
+        print(
+            f"MFU = tokens/s * flops_per_token / peak_flops, flops_per_token = {flops_per_token:.4g} "
+            f"(GPT.flops_per_token({seq_len}): 6 N_matmul + 12 depth seq_len width), "
+            f"peak_flops = {args.peak_flops:.4g}"
+        )
         for k in loops:
             print(f"MFU {k}: {med[k] * flops_per_token / args.peak_flops:.1%}")
     print(f"ratio tfkit/reference: {med['tfkit'] / med['reference']:.2f}")
     monitored = "logit probe" + (" and layer stats" if args.layer_stats else "")
-    print(f"monitoring ({monitored} every {warmup} steps): tfkit/tfkit bare {med['tfkit'] / med['tfkit bare']:.3f}, "
-          f"overhead {1 - med['tfkit'] / med['tfkit bare']:.1%}")
+    print(
+        f"monitoring ({monitored} every {warmup} steps): tfkit/tfkit bare {med['tfkit'] / med['tfkit bare']:.3f}, "
+        f"overhead {1 - med['tfkit'] / med['tfkit bare']:.1%}"
+    )
     return 0
 
 

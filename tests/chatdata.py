@@ -54,8 +54,16 @@ def save_splits(path: Path, splits: dict[str, dict[str, list]]) -> Path:
 def rule_pairs(count: int, vocab_size: int, seed: int, prompt_len: int = 4, response_len: int = 4) -> dict[str, list]:
     """Preference pairs where the chosen response holds only even token ids and the rejected only odd ones."""
     rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {k: [] for k in ("prompt_input_ids", "chosen_input_ids", "chosen_loss_mask",
-                                             "rejected_input_ids", "rejected_loss_mask")}  # fmt: skip
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "prompt_input_ids",
+            "chosen_input_ids",
+            "chosen_loss_mask",
+            "rejected_input_ids",
+            "rejected_loss_mask",
+        )
+    }
     for _ in range(count):
         prompt = rng.integers(0, vocab_size, prompt_len).tolist()
         chosen = (2 * rng.integers(0, vocab_size // 2, response_len)).tolist()

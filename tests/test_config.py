@@ -36,9 +36,15 @@ def test_round_trip_through_dict():
 
 def test_set_converts_by_field_type():
     config = RunConfig().with_overrides(
-        ["model.depth=4", "optim.lr=3e-4", "model.qk_norm=true", "train.max_tokens=1_000_000",
-         "train.max_time_seconds=none", "data.process_params=x=0.2,alpha=0.5"]
-    )  # fmt: skip
+        [
+            "model.depth=4",
+            "optim.lr=3e-4",
+            "model.qk_norm=true",
+            "train.max_tokens=1_000_000",
+            "train.max_time_seconds=none",
+            "data.process_params=x=0.2,alpha=0.5",
+        ]
+    )
     assert config.model.depth == 4 and isinstance(config.model.depth, int)
     assert config.optim.lr == 3e-4
     assert config.model.qk_norm is True

@@ -74,12 +74,32 @@ def test_messages_are_one_line_in_a_narrow_terminal(tmp_path):
     bad.parent.mkdir()
     bad.write_bytes(b"fine\nnot \xff fine\n")
     args = ["data", "download", str(bad), "--val-fraction", "0", "--cache-dir", str(tmp_path / "c"), "--quiet"]
-    out = subprocess.run([sys.executable, "-m", "tfkit", *args, "--output-dir", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=120, env=NARROW)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "tfkit", *args, "--output-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=NARROW,
+    )
     assert out.returncode == 0, out.stderr
     warning = [line for line in (out.stdout + out.stderr).splitlines() if "Warning" in line]
     assert warning == [f"Warning: {bad}: replaced 1 invalid UTF-8 sequence(s) with U+FFFD"]
-    err = subprocess.run([sys.executable, "-m", "tfkit", "train", "pretrain", "--data", str(bad.parent / "nothing"),
-                          "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=NARROW)  # fmt: skip
+    err = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfkit",
+            "train",
+            "pretrain",
+            "--data",
+            str(bad.parent / "nothing"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=NARROW,
+    )
     assert err.returncode == 2
     assert len(err.stderr.strip().splitlines()) == 1 and str(bad.parent / "nothing") in err.stderr, err.stderr

@@ -14,7 +14,68 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-WORDS = ["once", "upon", "a", "time", "there", "was", "a", "little", "girl", "named", "lily", "she", "loved", "to", "play", "in", "the", "park", "with", "her", "dog", "one", "day", "the", "sun", "was", "bright", "and", "the", "birds", "sang", "happy", "songs", "tom", "found", "a", "red", "ball", "under", "the", "big", "tree", "they", "ran", "and", "jumped", "and", "laughed", "until", "the", "moon", "came", "up", "mom", "said", "it", "is", "time", "for", "bed"]
+WORDS = [
+    "once",
+    "upon",
+    "a",
+    "time",
+    "there",
+    "was",
+    "a",
+    "little",
+    "girl",
+    "named",
+    "lily",
+    "she",
+    "loved",
+    "to",
+    "play",
+    "in",
+    "the",
+    "park",
+    "with",
+    "her",
+    "dog",
+    "one",
+    "day",
+    "the",
+    "sun",
+    "was",
+    "bright",
+    "and",
+    "the",
+    "birds",
+    "sang",
+    "happy",
+    "songs",
+    "tom",
+    "found",
+    "a",
+    "red",
+    "ball",
+    "under",
+    "the",
+    "big",
+    "tree",
+    "they",
+    "ran",
+    "and",
+    "jumped",
+    "and",
+    "laughed",
+    "until",
+    "the",
+    "moon",
+    "came",
+    "up",
+    "mom",
+    "said",
+    "it",
+    "is",
+    "time",
+    "for",
+    "bed",
+]
 
 
 def story(rng: random.Random) -> str:
@@ -42,13 +103,18 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def instruction_records(count: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [
-        {"instruction": f"Tell a story about {rng.choice(WORDS)}.", "input": "" if i % 2 else story(rng),
-         "output": story(rng)}
+        {
+            "instruction": f"Tell a story about {rng.choice(WORDS)}.",
+            "input": "" if i % 2 else story(rng),
+            "output": story(rng),
+        }
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def preference_records(count: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": f"What did {rng.choice(WORDS)} do?", "chosen": story(rng), "rejected": story(rng)}
-            for _ in range(count)]  # fmt: skip
+    return [
+        {"prompt": f"What did {rng.choice(WORDS)} do?", "chosen": story(rng), "rejected": story(rng)}
+        for _ in range(count)
+    ]

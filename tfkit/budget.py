@@ -232,8 +232,9 @@ def count_model(model: ModelConfig, seq_len: int) -> dict[str, Any]:
     }
 
 
-def activation_memory(model: ModelConfig, batch_size: int, seq_len: int, precision: str,
-                      fused_attention: bool = True) -> dict[str, int]:  # fmt: skip
+def activation_memory(
+    model: ModelConfig, batch_size: int, seq_len: int, precision: str, fused_attention: bool = True
+) -> dict[str, int]:
     """Bytes of activations one micro-batch keeps for the backward pass: `per_layer`, `output` and `total`.
 
     The per-layer count follows Korthikanti et al. (2022), "Reducing Activation

@@ -34,7 +34,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # it names the temp file first; the user knows `path` (a folder standing there)
+            raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         raise with_filename(e, path) from None

@@ -14,6 +14,7 @@ Only the standard library: the wrappers may run under any python3.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -84,7 +85,7 @@ def sbatch(args: list[str]) -> int:
         keys, parallel = [str(job_id)], 1
     for key in keys:
         write_state(key, "PENDING")
-    log = open(state_dir() / f"{job_id}.runner.log", "a")
+    log = open(state_dir() / f"{job_id}.runner.log", "a")  # noqa: SIM115  (the runner's, it outlives this call)
     runner = subprocess.Popen(
         [sys.executable, __file__, "_run", str(job_id), str(parallel), os.getcwd(), *keys],
         start_new_session=True,
@@ -185,8 +186,8 @@ def srun(args: list[str]) -> int:
     command = args[i:]
     procs = []
     for task in range(int(os.environ.get("SLURM_NTASKS", "1"))):
-        out = open(expand(output, task), "a") if output else None
-        err = open(expand(error, task), "a") if error else out
+        out = open(expand(output, task), "a") if output else None  # noqa: SIM115  (held by the task)
+        err = open(expand(error, task), "a") if error else out  # noqa: SIM115
         env = {**os.environ, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)}
         procs.append(subprocess.Popen(command, stdout=out, stderr=err, env=env))
     key = os.environ.get("FAKE_SLURM_KEY", "")
@@ -257,10 +258,8 @@ def send(key: str, signum: int) -> None:
         if pid_file.exists():
             break
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(OSError, ValueError):
         os.kill(int(pid_file.read_text()), signum)
-    except (OSError, ValueError):
-        pass
 
 
 def _preempt(args: list[str]) -> int:

@@ -14,8 +14,13 @@ def test_cartesian_product_in_given_order_with_invalid_combinations_listed():
     axes = {"model.depth": [1, 2], "model.width": [32, 48], "model.num_heads": [1, 3]}
     settings, skipped = expand(RunConfig(), axes)
     assert [(s.values["depth"], s.values["width"], s.values["num_heads"]) for s in settings] == [
-        (1, 32, 1), (1, 48, 1), (1, 48, 3), (2, 32, 1), (2, 48, 1), (2, 48, 3),
-    ]  # fmt: skip
+        (1, 32, 1),
+        (1, 48, 1),
+        (1, 48, 3),
+        (2, 32, 1),
+        (2, 48, 1),
+        (2, 48, 3),
+    ]
     assert [(s.values["depth"], s.values["width"], s.values["num_heads"]) for s in skipped] == [(1, 32, 3), (2, 32, 3)]
     assert all("--num-heads (3) must divide --width (32)" in s.reason for s in skipped)
     assert len({s.setting_id for s in settings}) == 6
@@ -27,8 +32,11 @@ def test_values_are_typed_and_repeats_count_once():
     settings, skipped = expand(RunConfig(), {"optim.lr": ["1e-3", "0.001", "3e-3"], "model.qk_norm": ["true", "false"]})
     # "1e-3" and "0.001" are the same config: the second is reported as a duplicate
     assert [(s.values["lr"], s.values["qk_norm"]) for s in settings] == [
-        (1e-3, True), (1e-3, False), (3e-3, True), (3e-3, False),
-    ]  # fmt: skip
+        (1e-3, True),
+        (1e-3, False),
+        (3e-3, True),
+        (3e-3, False),
+    ]
     assert [s.reason for s in skipped] == ["same model as an earlier setting"] * 2
     # a value that is not of the field's type skips its combinations, with the reason
     settings, skipped = expand(RunConfig(), {"optim.lr": ["abc", "1e-3"]})
@@ -80,8 +88,13 @@ def test_runs_use_seed_plus_run_number_run_major(tmp_path):
     settings, _ = expand(RunConfig(), {"model.depth": [1, 2]})
     specs = plan_runs(settings, num_runs=3, seed=1000, runs_dir=tmp_path)
     assert [(s.setting.values["depth"], s.seed, s.run_num) for s in specs] == [
-        (1, 1000, 0), (2, 1000, 0), (1, 1001, 1), (2, 1001, 1), (1, 1002, 2), (2, 1002, 2),
-    ]  # fmt: skip
+        (1, 1000, 0),
+        (2, 1000, 0),
+        (1, 1001, 1),
+        (2, 1001, 1),
+        (1, 1002, 2),
+        (2, 1002, 2),
+    ]
     for spec in specs:
         assert spec.config.train.seed == spec.seed
         assert spec.run_id == f"{spec.setting.setting_id}-s{spec.seed}"
@@ -106,8 +119,16 @@ def test_plan_counts_parameters_and_rejects_unknown_data(tmp_path):
 
 def test_setting_id_is_what_is_trained_not_how_it_is_run_or_observed():
     base = RunConfig()
-    observed = {"train.checkpoint_every": 7, "train.keep_last": 2, "train.eval_every": 3, "train.device": "cpu",
-                "train.compile": "off", "log.log_every": 1, "log.out": "elsewhere", "train.seed": 9}  # fmt: skip
+    observed = {
+        "train.checkpoint_every": 7,
+        "train.keep_last": 2,
+        "train.eval_every": 3,
+        "train.device": "cpu",
+        "train.compile": "off",
+        "log.log_every": 1,
+        "log.out": "elsewhere",
+        "train.seed": 9,
+    }
     assert setting_id(base.with_updates(observed)) == setting_id(base)
     assert setting_id(base.with_updates({"optim.lr": 1e-4})) != setting_id(base)
     assert setting_id(base.with_updates({"train.spike_action": "skip"})) != setting_id(base)

@@ -9,6 +9,7 @@ as on a cluster; only the scheduler is a stand-in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,8 +31,22 @@ pytestmark = [
 ]
 
 runner = CliRunner()
-TINY = ["--depth", "1", "--num-heads", "1", "--seq-len", "8", "--batch-size", "4", "--device", "cpu",
-        "--set", "data.train_sequences=256", "--set", "data.val_examples=32"]  # fmt: skip
+TINY = [
+    "--depth",
+    "1",
+    "--num-heads",
+    "1",
+    "--seq-len",
+    "8",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--set",
+    "data.train_sequences=256",
+    "--set",
+    "data.val_examples=32",
+]
 GRID = [*TINY, "--width", "16", "32", "--num-runs", "2", "--max-steps", "30", "--eval-every", "10"]
 # one run long enough to be signalled while it trains
 LONG = [*TINY, "--width", "16", "--max-steps", "600", "--eval-every", "50", "-c", "--logfile", "r.csv"]
@@ -59,10 +74,8 @@ def slurm(tmp_path: Path) -> dict[str, str]:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
         for pid_file in state.glob("*.runner.pid"):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
 
 
 def _too_long(signum: int, frame: object) -> None:
@@ -124,8 +137,20 @@ def finals(path: Path) -> pl.DataFrame:
 
 
 def test_slurm_launcher_submits_one_array_and_every_run_comes_back(tmp_path, slurm):
-    options = ["--slurm-partition", "gpu", "--gpus-per-run", "1", "--slurm-time", "120", "--jobs", "2",
-               "--slurm-option", "qos=high", "--slurm-setup", "export TFKIT_SETUP_RAN=1"]  # fmt: skip
+    options = [
+        "--slurm-partition",
+        "gpu",
+        "--gpus-per-run",
+        "1",
+        "--slurm-time",
+        "120",
+        "--jobs",
+        "2",
+        "--slurm-option",
+        "qos=high",
+        "--slurm-setup",
+        "export TFKIT_SETUP_RAN=1",
+    ]
     result = ablate(tmp_path, *GRID, "-c", "--logfile", "slurm.csv", "--launcher", "slurm", *options, env=slurm)
     assert result.exit_code == 0, result.output
     assert "Training 4 runs (2 settings x 2 seeds, 2 at a time) on SLURM" in result.output
@@ -133,8 +158,16 @@ def test_slurm_launcher_submits_one_array_and_every_run_comes_back(tmp_path, slu
     scripts = list((tmp_path / "fake-slurm").glob("*.sh"))
     assert len(scripts) == 1  # one submission: an array of the 4 runs, 2 at a time
     script = scripts[0].read_text()
-    for line in ("--array=0-3%2", "--partition=gpu", "--gpus-per-node=1", "--time=120", "--signal=USR2@90",
-                 "--requeue", "--qos=high", "--job-name=tfkit-slurm"):  # fmt: skip
+    for line in (
+        "--array=0-3%2",
+        "--partition=gpu",
+        "--gpus-per-node=1",
+        "--time=120",
+        "--signal=USR2@90",
+        "--requeue",
+        "--qos=high",
+        "--job-name=tfkit-slurm",
+    ):
         assert f"#SBATCH {line}\n" in script, script
     assert "export TFKIT_SETUP_RAN=1\n" in script and "submitit.core._submit" in script
     logs = tmp_path / "runs" / "ablate" / "slurm"
@@ -157,8 +190,19 @@ def test_a_run_on_two_gpus_is_one_ddp_job_of_two_tasks(tmp_path, slurm):
     """--gpus-per-run 2: two tasks (here gloo on CPU) train one run with the global batch of both."""
     unbatched = [a for i, a in enumerate(TINY) if "--batch-size" not in TINY[max(0, i - 1) : i + 1]]
     args = [*unbatched, "--width", "16", "--max-steps", "40", "--eval-every", "20", "-c"]
-    result = ablate(tmp_path, *args, "--batch-size", "4", "--logfile", "two.csv", "--launcher", "slurm",
-                    "--gpus-per-run", "2", env=slurm)  # fmt: skip
+    result = ablate(
+        tmp_path,
+        *args,
+        "--batch-size",
+        "4",
+        "--logfile",
+        "two.csv",
+        "--launcher",
+        "slurm",
+        "--gpus-per-run",
+        "2",
+        env=slurm,
+    )
     assert result.exit_code == 0, result.output
     script = next((tmp_path / "fake-slurm").glob("*.sh")).read_text()
     assert "#SBATCH --ntasks-per-node=2\n" in script and "#SBATCH --gpus-per-node=2\n" in script

@@ -16,8 +16,17 @@ COLUMNS = ["run_id", "setting_id", "run_num", "seed", "run_status", "depth", "qk
 
 
 def row(run_id: str, status: str = "completed", val_loss: float = 1.5) -> dict:
-    return {"run_id": run_id, "setting_id": "abc", "run_num": 0, "seed": 3, "run_status": status,
-            "depth": 2, "qk_norm": True, "val_loss": val_loss, "note": 'has "quotes", commas\nand a newline'}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "setting_id": "abc",
+        "run_num": 0,
+        "seed": 3,
+        "run_status": status,
+        "depth": 2,
+        "qk_norm": True,
+        "val_loss": val_loss,
+        "note": 'has "quotes", commas\nand a newline',
+    }
 
 
 def test_cells_read_back_typed_by_polars(tmp_path):
@@ -33,7 +42,9 @@ def test_cells_read_back_typed_by_polars(tmp_path):
 
 def test_existing_file_is_left_untouched_without_append_or_overwrite(tmp_path):
     path = tmp_path / "r.csv"
-    ResultsFile.open(path, COLUMNS, append=False, overwrite=False).append([row("a")])
+    first = ResultsFile.open(path, COLUMNS, append=False, overwrite=False)
+    first.append([row("a")])
+    first.finish()  # the ablation that wrote it has ended: the file may be replaced
     before = path.read_bytes()
     with pytest.raises(ConfigError, match="already exists; pass --append"):
         ResultsFile.open(path, COLUMNS, append=False, overwrite=False)
@@ -42,6 +53,9 @@ def test_existing_file_is_left_untouched_without_append_or_overwrite(tmp_path):
     assert path.read_bytes() == before
     appended = ResultsFile.open(path, COLUMNS, append=True, overwrite=False)
     assert appended.done_run_ids() == {"a"} and path.read_bytes() == before
+    with pytest.raises(ConfigError, match="in use"):  # while that ablation still appends
+        ResultsFile.open(path, COLUMNS, append=False, overwrite=True)
+    appended.finish()
     ResultsFile.open(path, COLUMNS, append=False, overwrite=True)
     assert path.read_text() == ",".join(COLUMNS) + "\n"
 

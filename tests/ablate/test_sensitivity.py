@@ -27,7 +27,7 @@ def results(rows: list[tuple]) -> pl.DataFrame:
                 "step": 100,
                 "run_status": status,
                 "val_loss": loss,
-            }  # fmt: skip
+            }
             for w, lr, r, status, loss in rows
         ]
     )
@@ -35,13 +35,21 @@ def results(rows: list[tuple]) -> pl.DataFrame:
 
 def test_lr_sensitivity_by_hand_with_a_diverged_run_clipped_at_the_initial_loss():
     l0 = math.log(8)
-    frame = results([
-        # width 16: seed 0 reaches 1.0 / 1.2 / 1.6 over the three lrs; seed 1 diverges at the largest
-        (16, 1e-3, 0, "completed", 1.2), (16, 1e-2, 0, "completed", 1.0), (16, 1e-1, 0, "completed", 1.6),
-        (16, 1e-3, 1, "completed", 1.3), (16, 1e-2, 1, "completed", 1.1), (16, 1e-1, 1, "failed", 1.05),
-        # width 32: the same loss at every lr, and one above l_0 (counted as l_0)
-        (32, 1e-3, 0, "completed", 1.0), (32, 1e-2, 0, "completed", 1.0), (32, 1e-1, 0, "completed", 9.0),
-    ])  # fmt: skip
+    frame = results(
+        [
+            # width 16: seed 0 reaches 1.0 / 1.2 / 1.6 over the three lrs; seed 1 diverges at the largest
+            (16, 1e-3, 0, "completed", 1.2),
+            (16, 1e-2, 0, "completed", 1.0),
+            (16, 1e-1, 0, "completed", 1.6),
+            (16, 1e-3, 1, "completed", 1.3),
+            (16, 1e-2, 1, "completed", 1.1),
+            (16, 1e-1, 1, "failed", 1.05),
+            # width 32: the same loss at every lr, and one above l_0 (counted as l_0)
+            (32, 1e-3, 0, "completed", 1.0),
+            (32, 1e-2, 0, "completed", 1.0),
+            (32, 1e-1, 0, "completed", 9.0),
+        ]
+    )
     found = {s.group["width"]: s for s in lr_sensitivity(frame)}
     seed0 = (1.2 + 1.0 + 1.6) / 3 - 1.0
     seed1 = (1.3 + 1.1 + l0) / 3 - 1.1  # the failed run counts as l_0, not as its last 1.05
@@ -66,8 +74,9 @@ def test_an_ablation_over_lr_prints_the_sensitivity_and_plots_it(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     args = [a for a in tiny_cli_args(tmp_path / "unused")[:-2]]
     runner = CliRunner()
-    result = runner.invoke(app, ["ablate", *args, "--lr", "1e-3", "30", "--num-runs", "1", "-c",
-                                 "--logfile", "res.csv", "--quiet"])  # fmt: skip
+    result = runner.invoke(
+        app, ["ablate", *args, "--lr", "1e-3", "30", "--num-runs", "1", "-c", "--logfile", "res.csv", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     assert "LR sensitivity" in result.output
     [line] = [line for line in result.output.splitlines() if "LR sensitivity" in line and "seed(s)" in line]
@@ -86,8 +95,26 @@ def test_a_run_that_fails_before_its_first_evaluation_is_a_diverged_result(tmp_p
     # still has its row in the results, counted at the initial loss by the LR sensitivity
     monkeypatch.chdir(tmp_path)
     args = [a for a in tiny_cli_args(tmp_path / "unused")[:-2]]
-    result = CliRunner().invoke(app, ["ablate", *args, "--lr", "1e-3", "1e9", "--num-runs", "1", "--eval-every", "100",
-                                      "--set", "train.max_bad_steps=2", "-c", "--logfile", "res.csv", "--quiet"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "ablate",
+            *args,
+            "--lr",
+            "1e-3",
+            "1e9",
+            "--num-runs",
+            "1",
+            "--eval-every",
+            "100",
+            "--set",
+            "train.max_bad_steps=2",
+            "-c",
+            "--logfile",
+            "res.csv",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     frame = pl.read_csv(tmp_path / "res.csv")
     failed = frame.filter(pl.col("lr") == 1e9)

@@ -17,8 +17,13 @@ from tfkit.training.loop import train
 
 @pytest.mark.parametrize(("block", "positions"), [("sequential", "learned"), ("parallel", "rotary")])
 def test_hooks_capture_the_forward_pass_layer_by_layer(block, positions):
-    config = RunConfig().with_updates({**TINY, "model.block": block, "model.positions": positions,
-                                       "model.vocab_size": 5, "model.max_seq_len": 7}).model  # fmt: skip
+    config = (
+        RunConfig()
+        .with_updates(
+            {**TINY, "model.block": block, "model.positions": positions, "model.vocab_size": 5, "model.max_seq_len": 7}
+        )
+        .model
+    )
     torch.manual_seed(0)
     model = GPT(config)
     tokens = np.random.default_rng(0).integers(0, 5, size=(9, 7))
@@ -45,8 +50,9 @@ def test_hooks_capture_the_forward_pass_layer_by_layer(block, positions):
 
 def test_the_random_init_control_is_the_run_at_step_0(tmp_path):
     # a learning rate far below float32 resolution: one step leaves every weight as it was built
-    config = RunConfig().with_updates({**TINY, "train.max_steps": 1, "train.seed": 7, "optim.lr": 1e-30,
-                                       "log.out": str(tmp_path / "run")})  # fmt: skip
+    config = RunConfig().with_updates(
+        {**TINY, "train.max_steps": 1, "train.seed": 7, "optim.lr": 1e-30, "log.out": str(tmp_path / "run")}
+    )
     assert train(config).status == "completed"
     loaded = load_run(tmp_path / "run")
     control = initial_model(loaded.model_config, seed=7).state_dict()

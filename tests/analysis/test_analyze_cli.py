@@ -61,8 +61,9 @@ def test_beliefs_writes_the_table_files_and_pictures(run_dir):
     for name in ("belief_simplex", "belief_simplex_controls", "belief_probe_over_training"):
         assert (run_dir / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
-    plotted = runner.invoke(app, ["plot", str(run_dir), "-t", "belief_probe_over_training", "-o",
-                                  str(run_dir / "again.png")])  # fmt: skip
+    plotted = runner.invoke(
+        app, ["plot", str(run_dir), "-t", "belief_probe_over_training", "-o", str(run_dir / "again.png")]
+    )
     assert plotted.exit_code == 0, plotted.output
     assert (run_dir / "again.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -37,8 +37,22 @@ def test_append_with_other_execution_options_trains_nothing(tmp_path):
     first = ablate(tmp_path, *grid, "--checkpoint-every", "4", "-c", "--logfile", "r.csv")
     assert first.exit_code == 0, first.output
     before = pl.read_csv(tmp_path / "r.csv")
-    again = ablate(tmp_path, *grid, "--checkpoint-every", "6", "--eval-every", "5", "--log-every", "3",
-                   "--keep-last", "1", "-c", "--logfile", "r.csv", "--append")  # fmt: skip
+    again = ablate(
+        tmp_path,
+        *grid,
+        "--checkpoint-every",
+        "6",
+        "--eval-every",
+        "5",
+        "--log-every",
+        "3",
+        "--keep-last",
+        "1",
+        "-c",
+        "--logfile",
+        "r.csv",
+        "--append",
+    )
     assert again.exit_code == 0, again.output
     assert "All 4 runs are done" in again.output
     assert pl.read_csv(tmp_path / "r.csv").equals(before)
@@ -52,15 +66,28 @@ def test_append_with_other_execution_options_trains_nothing(tmp_path):
 
 def test_space_separated_and_repeated_values_mean_the_same(tmp_path):
     spaced = ablate(tmp_path, "--depth", "4", "8", "--width", "192", "--seed", "5", "--num-runs", "2", "--dry-run")
-    repeated = ablate(tmp_path, "--depth", "4", "--depth", "8", "--width=192", "--num-runs", "2", "--seed", "5", "--dry-run")
+    repeated = ablate(
+        tmp_path, "--depth", "4", "--depth", "8", "--width=192", "--num-runs", "2", "--seed", "5", "--dry-run"
+    )
     assert spaced.exit_code == 0, spaced.output
     assert spaced.output == repeated.output
     assert "2 settings x 2 runs" in spaced.output and "4 of 4 runs to train" in spaced.output
     # single-valued options before and after multi-valued ones, and several values in one --sweep
     mixed = ablate(
-        tmp_path, "--num-runs", "1", "--lr", "1e-3", "3e-3", "--seed", "2", "--sweep", "optim.beta2=0.95,0.99",
-        "--width", "64", "--dry-run",
-    )  # fmt: skip
+        tmp_path,
+        "--num-runs",
+        "1",
+        "--lr",
+        "1e-3",
+        "3e-3",
+        "--seed",
+        "2",
+        "--sweep",
+        "optim.beta2=0.95,0.99",
+        "--width",
+        "64",
+        "--dry-run",
+    )
     assert mixed.exit_code == 0, mixed.output
     assert "4 settings x 1 runs" in mixed.output
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
@@ -78,7 +105,16 @@ def test_grid_results_file_and_resume(tmp_path):
     assert all(s == [0, 1] for s in seeds)
     finals = df.filter(pl.col("run_status") == "completed")
     assert finals.height == 12 and (finals["step"] == 30).all()
-    for column in ("val_loss", "train_loss", "excess_loss", "num_params", "current_lr", "grad_norm", "tokens_seen", "val_loss_8"):
+    for column in (
+        "val_loss",
+        "train_loss",
+        "excess_loss",
+        "num_params",
+        "current_lr",
+        "grad_norm",
+        "tokens_seen",
+        "val_loss_8",
+    ):
         assert finals[column].null_count() == 0, column
     assert (tmp_path / finals["run_dir"][0] / "summary.json").exists()
 
@@ -90,14 +126,19 @@ def test_grid_results_file_and_resume(tmp_path):
     # delete one run's rows: exactly that run is trained again, with the same result
     gone = df["run_id"][5]
     (tmp_path / "r.csv").write_text(
-        "".join(line for line in (tmp_path / "r.csv").read_text().splitlines(keepends=True) if not line.startswith(gone))
+        "".join(
+            line for line in (tmp_path / "r.csv").read_text().splitlines(keepends=True) if not line.startswith(gone)
+        )
     )
     resumed = ablate(tmp_path, *GRID, "-c", "--logfile", "r.csv", "--append")
     assert resumed.exit_code == 0, resumed.output
     assert "Training 1 runs" in resumed.output and "11 already done" in resumed.output
     after = pl.read_csv(tmp_path / "r.csv")
     assert after["run_id"].n_unique() == 12
-    assert after.filter(pl.col("run_id") == gone)["val_loss"].to_list() == df.filter(pl.col("run_id") == gone)["val_loss"].to_list()
+    assert (
+        after.filter(pl.col("run_id") == gone)["val_loss"].to_list()
+        == df.filter(pl.col("run_id") == gone)["val_loss"].to_list()
+    )
 
 
 def test_existing_results_are_never_overwritten_unasked(tmp_path):
@@ -155,8 +196,25 @@ def test_parallel_jobs_give_the_same_runs(tmp_path):
 
 
 def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
-    args = [sys.executable, "-m", "tfkit", "ablate", "--depth", "1", "2", "--max-steps", "1500", "--eval-every", "20",
-            "--device", "cpu", "-c", "--logfile", "r.csv", *FAST]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "tfkit",
+        "ablate",
+        "--depth",
+        "1",
+        "2",
+        "--max-steps",
+        "1500",
+        "--eval-every",
+        "20",
+        "--device",
+        "cpu",
+        "-c",
+        "--logfile",
+        "r.csv",
+        *FAST,
+    ]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = tmp_path / "r.csv"
     deadline = time.time() + 60
@@ -185,7 +243,9 @@ def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result = ablate(tmp_path, "--width", "32", "64", "--max-steps", "5", "-cw", "--wandb-project", "abl", "--logfile", "grid.csv")
+    result = ablate(
+        tmp_path, "--width", "32", "64", "--max-steps", "5", "-cw", "--wandb-project", "abl", "--logfile", "grid.csv"
+    )
     assert result.exit_code == 0, result.output
     files = sorted(tmp_path.glob("runs/ablate/*/wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2
@@ -221,7 +281,8 @@ def test_true_model_scale_of_explicit_shapes_is_their_size_against_the_base(tmp_
     assert finals.sort("num_params")["true_model_scale"].is_sorted()
 
     out = tmp_path / "scale.png"
-    plot = runner.invoke(app, ["plot", str(tmp_path / "results.csv"), "-t", "final_vs_param", "--x", "true_model_scale",
-                               "-o", str(out)])  # fmt: skip
+    plot = runner.invoke(
+        app, ["plot", str(tmp_path / "results.csv"), "-t", "final_vs_param", "--x", "true_model_scale", "-o", str(out)]
+    )
     assert plot.exit_code == 0, plot.output
     assert out.stat().st_size > 0

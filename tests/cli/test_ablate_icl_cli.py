@@ -14,12 +14,30 @@ from tfkit.ablate.jobs import RunJob
 from tfkit.ablate.kinds import kind_of
 from tfkit.ablate.plan import plan_ablation
 from tfkit.cli.app import app
-from tfkit.training.icl_config import ICL_SECTIONS, IclRunConfig
+from tfkit.config.icl import ICL_SECTIONS, IclRunConfig
 
 runner = CliRunner()
 
-TINY = ["--depth", "1", "--width", "16", "--num-heads", "2", "--batch-size", "8", "--max-steps", "4",
-        "--eval-every", "2", "--log-every", "2", "--device", "cpu", "--set", "task.val_examples=32"]  # fmt: skip
+TINY = [
+    "--depth",
+    "1",
+    "--width",
+    "16",
+    "--num-heads",
+    "2",
+    "--batch-size",
+    "8",
+    "--max-steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--log-every",
+    "2",
+    "--device",
+    "cpu",
+    "--set",
+    "task.val_examples=32",
+]
 
 
 def ablate(tmp_path: Path, *args: str):
@@ -40,8 +58,18 @@ def test_sweeping_loops_writes_results_and_resumes(tmp_path):
     finals = df.filter(pl.col("run_status") == "completed")
     assert sorted(finals["n_loops"].to_list()) == [2, 2, 3, 3] and set(finals["seed"]) == {0, 1}
     assert (finals["step"] == 4).all() and df.height == 8  # two evaluations per run
-    for column in ("val_loss", "train_loss", "val_loss_11", "least_squares_loss_11", "averaging_loss_11",
-                   "val_loss_loop_4", "curriculum_loops", "num_params", "task", "loop_window"):  # fmt: skip
+    for column in (
+        "val_loss",
+        "train_loss",
+        "val_loss_11",
+        "least_squares_loss_11",
+        "averaging_loss_11",
+        "val_loss_loop_4",
+        "curriculum_loops",
+        "num_params",
+        "task",
+        "loop_window",
+    ):
         assert finals[column].null_count() == 0, column
     # eval_loops is resolved per run (2 x n_loops); the 2-loop runs have no loop 5 and 6
     assert finals.filter(pl.col("n_loops") == 2)["val_loss_loop_5"].null_count() == 2
@@ -55,8 +83,9 @@ def test_sweeping_loops_writes_results_and_resumes(tmp_path):
 
 def test_icl_grid_plan_and_worker_jobs(tmp_path):
     assert parse_sweeps(["loop.model=gpt,looped", "n_dims=5,10"], ICL_SECTIONS) == {
-        "loop.model": ["gpt", "looped"], "task.n_dims": ["5", "10"],
-    }  # fmt: skip
+        "loop.model": ["gpt", "looped"],
+        "task.n_dims": ["5", "10"],
+    }
     base = IclRunConfig().with_updates({"width": 16, "num_heads": 2})
     plan = plan_ablation(base, {"task.n_points": [5, 9], "model.depth": [1, 2]}, num_runs=1, seed=0, runs_dir=tmp_path)
     assert len(plan.settings) == 4 and plan.varying == ["n_points", "depth"]
@@ -88,8 +117,11 @@ def test_looped_and_deep_models_in_one_grid(tmp_path):
 
 def test_options_before_icl_are_refused_not_dropped(tmp_path):
     """`tfkit ablate --num-runs 2 icl` and `tfkit ablate --depth 4 8 icl` name what they would lose, write nothing."""
-    for before, named in ((["--num-runs", "2"], "--num-runs"), (["--depth", "4", "8"], "--depth"),
-                          (["-c", "--logfile", "x.csv"], "--log-csv, --logfile")):  # fmt: skip
+    for before, named in (
+        (["--num-runs", "2"], "--num-runs"),
+        (["--depth", "4", "8"], "--depth"),
+        (["-c", "--logfile", "x.csv"], "--log-csv, --logfile"),
+    ):
         cwd = os.getcwd()
         os.chdir(tmp_path)
         try:
@@ -104,7 +136,8 @@ def test_options_before_icl_are_refused_not_dropped(tmp_path):
     named = ablate(tmp_path, "--name", "icl", "--dry-run")
     assert named.exit_code == 0, named.output
     # the multi-value form before no subcommand keeps working
-    plain = runner.invoke(app, ["ablate", "--depth", "1", "2", "--width", "16", "--num-heads", "1", "2", "--num-runs",
-                                "5", "--dry-run"])  # fmt: skip
+    plain = runner.invoke(
+        app, ["ablate", "--depth", "1", "2", "--width", "16", "--num-heads", "1", "2", "--num-runs", "5", "--dry-run"]
+    )
     assert plain.exit_code == 0, plain.output
     assert "4 settings x 5 runs" in plain.output

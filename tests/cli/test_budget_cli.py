@@ -12,8 +12,20 @@ from typer.testing import CliRunner
 from tfkit.cli.app import app
 
 runner = CliRunner()
-GPT2_SMALL = ("--depth", "12", "--width", "768", "--num-heads", "12", "--seq-len", "1024", "--batch-size", "16",
-              "--set", "model.vocab_size=50304")  # fmt: skip
+GPT2_SMALL = (
+    "--depth",
+    "12",
+    "--width",
+    "768",
+    "--num-heads",
+    "12",
+    "--seq-len",
+    "1024",
+    "--batch-size",
+    "16",
+    "--set",
+    "model.vocab_size=50304",
+)
 
 
 def invoke(*args):
@@ -28,10 +40,22 @@ GPT2_SMALL_PARAMS = 124_373_760
 def test_table_shows_every_section():
     result = invoke("budget", *GPT2_SMALL, "--max-steps", "10000", "--gpu", "H100", "--mfu", "0.4")
     assert result.exit_code == 0, result.output
-    for text in ("Model", "parameters", f"124M ({GPT2_SMALL_PARAMS:,})", "non-embedding parameters", "FLOPs per token",
-                 "Chinchilla-optimal tokens", "tokens per parameter", "training FLOPs", "Memory per device",
-                 "AdamW moments (fp32)", "activations (bf16, batch 16 x 1024)", "total", "Time on H100 at 40% MFU",
-                 "training time"):  # fmt: skip
+    for text in (
+        "Model",
+        "parameters",
+        f"124M ({GPT2_SMALL_PARAMS:,})",
+        "non-embedding parameters",
+        "FLOPs per token",
+        "Chinchilla-optimal tokens",
+        "tokens per parameter",
+        "training FLOPs",
+        "Memory per device",
+        "AdamW moments (fp32)",
+        "activations (bf16, batch 16 x 1024)",
+        "total",
+        "Time on H100 at 40% MFU",
+        "training time",
+    ):
         assert text in result.output, text
 
 
@@ -45,16 +69,48 @@ def test_json_holds_the_numbers():
     assert data["stop"] == "--max-tokens" and data["tokens"] >= 1e9 and data["gpu"] == "A100"
     assert data["memory_bytes"]["total"] == sum(v for k, v in data["memory_bytes"].items() if k != "total")
     assert data["time_s"] == pytest.approx(data["train_flops"] / (312e12 * 0.4))
-    config = PlannedRunConfig().with_updates({"depth": 12, "width": 768, "num_heads": 12, "seq_len": 1024,
-                                              "batch_size": 16, "vocab_size": 50304, "max_tokens": 10**9})  # fmt: skip
+    config = PlannedRunConfig().with_updates(
+        {
+            "depth": 12,
+            "width": 768,
+            "num_heads": 12,
+            "seq_len": 1024,
+            "batch_size": 16,
+            "vocab_size": 50304,
+            "max_tokens": 10**9,
+        }
+    )
     assert data == json.loads(json.dumps(estimate_budget(config, gpu="a100").to_dict()))
 
 
 def test_a_training_command_line_with_budget_in_place_of_train_pretrain(tmp_path):
     """Every option of `train pretrain` is taken (and --model-scale derives the shape); nothing is written."""
-    args = ("--data", "rrxor", "--model-scale", "0.5", "--num-heads", "4", "--block", "parallel", "--positions",
-            "rotary", "--activation", "swiglu", "--max-tokens", "2000000", "--eval-every", "50", "--lr", "1e-3",
-            "--out", tmp_path / "run", "--set", "optim.beta2=0.95", "--param", "pR1=0.4")  # fmt: skip
+    args = (
+        "--data",
+        "rrxor",
+        "--model-scale",
+        "0.5",
+        "--num-heads",
+        "4",
+        "--block",
+        "parallel",
+        "--positions",
+        "rotary",
+        "--activation",
+        "swiglu",
+        "--max-tokens",
+        "2000000",
+        "--eval-every",
+        "50",
+        "--lr",
+        "1e-3",
+        "--out",
+        tmp_path / "run",
+        "--set",
+        "optim.beta2=0.95",
+        "--param",
+        "pR1=0.4",
+    )
     result = invoke("budget", *args, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

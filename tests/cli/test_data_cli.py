@@ -28,7 +28,7 @@ def test_optimal_loss_rrxor_json_is_exact():
     assert abs(losses[0] - math.log(2)) < 1e-12
     assert abs(losses[1] - math.log(2)) < 1e-12
     assert abs(losses[2] - (math.log(3) - 2 / 3 * math.log(2))) < 1e-12
-    assert all(a >= b - 1e-12 for a, b in zip(losses, losses[1:]))
+    assert all(a >= b - 1e-12 for a, b in zip(losses, losses[1:], strict=False))
     assert losses[-1] > data["entropy_rate"]
 
 
@@ -90,8 +90,19 @@ def _write_books(folder: Path, count: int, lines: int = 12) -> dict[str, str]:
 
 
 def _download_cli(tmp_path: Path, source: Path, *options: str):
-    return runner.invoke(app, ["data", "download", str(source), "--output-dir", str(tmp_path / "raw"),
-                               "--cache-dir", str(tmp_path / "cache"), *options])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "data",
+            "download",
+            str(source),
+            "--output-dir",
+            str(tmp_path / "raw"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *options,
+        ],
+    )
 
 
 def test_text_files_are_documents_carved_whole_and_tokenized_without_inner_end_of_text(tmp_path):
@@ -115,11 +126,34 @@ def test_text_files_are_documents_carved_whole_and_tokenized_without_inner_end_o
     assert not set(splits["validation"]) & set(splits["test"])
 
     tok = tmp_path / "tokenizer.json"
-    trained = runner.invoke(app, ["tokenizer", "train", "--dataset-dir", str(tmp_path / "raw"), "--vocab-size", "300",
-                                  "--output-path", str(tok)])  # fmt: skip
+    trained = runner.invoke(
+        app,
+        [
+            "tokenizer",
+            "train",
+            "--dataset-dir",
+            str(tmp_path / "raw"),
+            "--vocab-size",
+            "300",
+            "--output-path",
+            str(tok),
+        ],
+    )
     assert trained.exit_code == 0, trained.output
-    done = runner.invoke(app, ["tokenizer", "tokenize", "--dataset-dir", str(tmp_path / "raw"), "--tokenizer-path",
-                               str(tok), "--output-dir", str(tmp_path / "shards"), "--json"])  # fmt: skip
+    done = runner.invoke(
+        app,
+        [
+            "tokenizer",
+            "tokenize",
+            "--dataset-dir",
+            str(tmp_path / "raw"),
+            "--tokenizer-path",
+            str(tok),
+            "--output-dir",
+            str(tmp_path / "shards"),
+            "--json",
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["splits"]["train"]["documents"] == 7
     tokenizer = Tokenizer.from_file(str(tok))

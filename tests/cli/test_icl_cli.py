@@ -11,18 +11,51 @@ from typer.testing import CliRunner
 from tfkit.cli._options import cli_fields
 from tfkit.cli.app import app
 from tfkit.cli.icl import EXCLUDED
-from tfkit.training.icl_config import ICL_SECTIONS
+from tfkit.config.icl import ICL_SECTIONS
 
 runner = CliRunner()
 
-TINY = ["--depth", "1", "--width", "16", "--num-heads", "2", "--batch-size", "8", "--max-steps", "4",
-        "--eval-every", "2", "--log-every", "2", "--device", "cpu", "--set", "task.val_examples=32"]  # fmt: skip
+TINY = [
+    "--depth",
+    "1",
+    "--width",
+    "16",
+    "--num-heads",
+    "2",
+    "--batch-size",
+    "8",
+    "--max-steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--log-every",
+    "2",
+    "--device",
+    "cpu",
+    "--set",
+    "task.val_examples=32",
+]
 
 
 def test_looped_run_writes_the_icl_columns(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "icl", *TINY, "--model", "looped", "--n-loops", "3", "--loop-window", "2",
-            "--dims-start", "3", "--dims-interval", "2", "--out", str(out)]  # fmt: skip
+    args = [
+        "train",
+        "icl",
+        *TINY,
+        "--model",
+        "looped",
+        "--n-loops",
+        "3",
+        "--loop-window",
+        "2",
+        "--dims-start",
+        "3",
+        "--dims-interval",
+        "2",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "least squares" in result.output and "averaging" in result.output
@@ -30,8 +63,18 @@ def test_looped_run_writes_the_icl_columns(tmp_path):
     assert train_log["curriculum_dims"].to_list() == [3, 4]  # rows after steps 2 and 4: 0-based steps 1 and 3
     assert set(train_log["curriculum_loops"]) == {3}
     val_log = pl.read_csv(out / "val_log.csv")
-    for column in ("val_loss", "val_loss_1", "val_loss_11", "least_squares_loss_11", "knn_loss_11",
-                   "averaging_loss_11", "zero_loss_11", "val_loss_loop_1", "val_loss_loop_6", "curriculum_dims"):  # fmt: skip
+    for column in (
+        "val_loss",
+        "val_loss_1",
+        "val_loss_11",
+        "least_squares_loss_11",
+        "knn_loss_11",
+        "averaging_loss_11",
+        "zero_loss_11",
+        "val_loss_loop_1",
+        "val_loss_loop_6",
+        "curriculum_dims",
+    ):
         assert val_log[column].null_count() == 0, column
     assert (val_log["least_squares_loss_11"] < 1e-6).all()  # 10 earlier points, d = 5, no noise
     summary = json.loads((out / "summary.json").read_text())
@@ -45,9 +88,35 @@ def test_a_tiny_looped_model_leaves_the_zero_predictor_plateau(tmp_path):
     this run stays at the zero predictor (1.00 at the last point) for all 200 steps.
     """
     out = tmp_path / "run"
-    args = ["train", "icl", "--n-dims", "2", "--n-points", "6", "--width", "32", "--n-loops", "3",
-            "--loop-window", "2", "--lr", "1e-2", "--batch-size", "256", "--max-steps", "200",
-            "--eval-every", "200", "--device", "cpu", "--set", "task.val_examples=256", "--out", str(out), "-q"]  # fmt: skip
+    args = [
+        "train",
+        "icl",
+        "--n-dims",
+        "2",
+        "--n-points",
+        "6",
+        "--width",
+        "32",
+        "--n-loops",
+        "3",
+        "--loop-window",
+        "2",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "256",
+        "--max-steps",
+        "200",
+        "--eval-every",
+        "200",
+        "--device",
+        "cpu",
+        "--set",
+        "task.val_examples=256",
+        "--out",
+        str(out),
+        "-q",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     last = pl.read_csv(out / "val_log.csv").row(-1, named=True)
@@ -56,8 +125,9 @@ def test_a_tiny_looped_model_leaves_the_zero_predictor_plateau(tmp_path):
 
 
 def test_gpt_model_json_summary(tmp_path):
-    result = runner.invoke(app, ["train", "icl", *TINY, "--model", "gpt", "--task", "relu_2nn", "--json",
-                                 "--out", str(tmp_path / "run")])  # fmt: skip
+    result = runner.invoke(
+        app, ["train", "icl", *TINY, "--model", "gpt", "--task", "relu_2nn", "--json", "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["curriculum_loops"] == 1 and summary["run_dir"] == str(tmp_path / "run")

@@ -20,11 +20,25 @@ def results(tmp_path):
     for width in (32, 64):
         for seed in (0, 1):
             for step in (10, 20):
-                rows.append({"run_id": f"w{width}-s{seed}", "setting_id": f"w{width}", "run_num": seed, "seed": seed,
-                             "run_status": "running" if step == 10 else "completed", "depth": 2, "width": width,
-                             "data": "mess3", "num_params": width * 100, "step": step, "tokens_seen": step * 64,
-                             "val_loss": 1.1 - step / 1000 - width / 1e5 + seed / 1e4, "train_loss": 1.2 - step / 1000,
-                             "val_relative_loss_1": 1.01, "val_relative_loss_2": 1.02})  # fmt: skip
+                rows.append(
+                    {
+                        "run_id": f"w{width}-s{seed}",
+                        "setting_id": f"w{width}",
+                        "run_num": seed,
+                        "seed": seed,
+                        "run_status": "running" if step == 10 else "completed",
+                        "depth": 2,
+                        "width": width,
+                        "data": "mess3",
+                        "num_params": width * 100,
+                        "step": step,
+                        "tokens_seen": step * 64,
+                        "val_loss": 1.1 - step / 1000 - width / 1e5 + seed / 1e4,
+                        "train_loss": 1.2 - step / 1000,
+                        "val_relative_loss_1": 1.01,
+                        "val_relative_loss_2": 1.02,
+                    }
+                )
     path = tmp_path / "results.csv"
     pl.DataFrame(rows).write_csv(path)
     return path
@@ -41,7 +55,19 @@ def test_default_picture_beside_the_input(results):
 @pytest.mark.parametrize(("suffix", "magic"), [(".svg", b"<?xml"), (".pdf", b"%PDF")])
 def test_format_follows_the_extension(results, tmp_path, suffix, magic):
     out = tmp_path / "pics" / f"final{suffix}"
-    args = ["plot", str(results), "-t", "final_vs_param", "--x", "width", "--no-logy", "--band", "minmax", "-o", str(out)]
+    args = [
+        "plot",
+        str(results),
+        "-t",
+        "final_vs_param",
+        "--x",
+        "width",
+        "--no-logy",
+        "--band",
+        "minmax",
+        "-o",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(magic)
@@ -49,11 +75,29 @@ def test_format_follows_the_extension(results, tmp_path, suffix, magic):
 
 def test_options_override_the_template_and_list_templates(results, tmp_path):
     out = tmp_path / "pos.png"
-    args = ["plot", str(results), "-t", "relative_loss_by_position", "--filter", "width == 64", "--agg", "median", "-o", str(out)]
+    args = [
+        "plot",
+        str(results),
+        "-t",
+        "relative_loss_by_position",
+        "--filter",
+        "width == 64",
+        "--agg",
+        "median",
+        "-o",
+        str(out),
+    ]
     assert runner.invoke(app, args).exit_code == 0 and out.exists()
     listed = runner.invoke(app, ["plot", "--list-templates", "--json"])
     names = {t["name"] for t in json.loads(listed.output)}
-    assert {"loss_curves", "final_vs_param", "heatmap", "relative_loss_by_position", "lr_and_grad_norm", "dpo_rewards"} <= names
+    assert {
+        "loss_curves",
+        "final_vs_param",
+        "heatmap",
+        "relative_loss_by_position",
+        "lr_and_grad_norm",
+        "dpo_rewards",
+    } <= names
     custom = tmp_path / "mine.toml"
     custom.write_text('description = "x"\nkind = "final"\nx = "width"\ny = ["train_loss"]\n')
     assert runner.invoke(app, ["plot", str(results), "-t", str(custom), "-o", str(tmp_path / "m.png")]).exit_code == 0
@@ -72,7 +116,11 @@ def test_options_override_the_template_and_list_templates(results, tmp_path):
         (None, ["--filter", "dpeth IN (1, 2) OR width = 32"], "needs column(s) dpeth; the data has run_id"),
         (None, ["--filter", 'data = "mess3" OR width = 32'], "(text values go in single quotes: 'mess3') needs"),
         (None, ["--filter", "width == wide"], "width holds numbers, and 'wide' is not one"),
-        (None, ["--filter", "width = 32 AND depth = 3"], "matches no rows; width has values [32, 64]; depth has values [2]"),
+        (
+            None,
+            ["--filter", "width = 32 AND depth = 3"],
+            "matches no rows; width has values [32, 64]; depth has values [2]",
+        ),
         (None, ["--band", "wide"], "band must be one of std, minmax, ci95, none"),
         (None, ["-o", "x.gif"], "--out must end in .png, .svg or .pdf"),
         ("missing", [], "does not exist"),

@@ -56,10 +56,30 @@ def work(tmp_path_factory) -> Path:
     tokenize_dataset(root / "dpo_raw", root / "chat.json", root / "dpo", mode="dpo")
     tokenize_dataset(root / "yes_no_raw", root / "chat.json", root / "yes_no_dpo", mode="dpo")
     pretrained = invoke(
-        "train", "pretrain", "--data", root / "shards", "--depth", "2", "--width", "64", "--num-heads", "2",
-        "--seq-len", "48", "--batch-size", "8", "--max-steps", "10", "--eval-every", "10",
-        "--set", "data.val_examples=8", "--out", root / "pre", *TINY,
-    )  # fmt: skip
+        "train",
+        "pretrain",
+        "--data",
+        root / "shards",
+        "--depth",
+        "2",
+        "--width",
+        "64",
+        "--num-heads",
+        "2",
+        "--seq-len",
+        "48",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "10",
+        "--eval-every",
+        "10",
+        "--set",
+        "data.val_examples=8",
+        "--out",
+        root / "pre",
+        *TINY,
+    )
     assert pretrained.exit_code == 0, pretrained.output
     return root
 
@@ -72,28 +92,65 @@ def yes_no_pairs(count: int, seed: int) -> list[dict]:
     pairs = []
     for _ in range(count):
         subject = " ".join(rng.choice(WORDS) for _ in range(3))
-        pairs.append({"prompt": f"Is it {subject}?", "chosen": f"yes it is {subject}.", "rejected": f"no it is {subject}."})
+        pairs.append(
+            {"prompt": f"Is it {subject}?", "chosen": f"yes it is {subject}.", "rejected": f"no it is {subject}."}
+        )
     return pairs
 
 
 def test_pretrain_sft_dpo_from_init_learns_and_keeps_the_model(work, tmp_path):
-    """The whole chain through the CLI, DPO with a live reference: preferences are learned, the model stays one model."""
+    """The whole chain through the CLI, DPO with a live reference: preferences are learned, one model throughout."""
     sft = invoke(
-        "train", "sft", "--init", work / "pre", "--data", work / "sft", "--out", tmp_path / "sft", "--batch-size", "4",
-        "--max-steps", "10", "--eval-every", "10", *TINY,
-    )  # fmt: skip
+        "train",
+        "sft",
+        "--init",
+        work / "pre",
+        "--data",
+        work / "sft",
+        "--out",
+        tmp_path / "sft",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "10",
+        "--eval-every",
+        "10",
+        *TINY,
+    )
     assert sft.exit_code == 0, sft.output
     dpo = invoke(
-        "train", "dpo", "--init", tmp_path / "sft", "--data", work / "yes_no_dpo", "--out", tmp_path / "dpo",
-        "--beta", "0.1", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "0", "--max-steps", "30",
-        "--log-every", "10", "--eval-every", "30", *TINY,
-    )  # fmt: skip
+        "train",
+        "dpo",
+        "--init",
+        tmp_path / "sft",
+        "--data",
+        work / "yes_no_dpo",
+        "--out",
+        tmp_path / "dpo",
+        "--beta",
+        "0.1",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "0",
+        "--max-steps",
+        "30",
+        "--log-every",
+        "10",
+        "--eval-every",
+        "30",
+        *TINY,
+    )
     assert dpo.exit_code == 0, dpo.output
     with open(tmp_path / "dpo" / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["rewards_accuracies"]) > 0.5 and float(rows[-1]["rewards_margins"]) > 0
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) < 0.7
-    summaries = [json.loads((d / "summary.json").read_text()) for d in (work / "pre", tmp_path / "sft", tmp_path / "dpo")]
+    summaries = [
+        json.loads((d / "summary.json").read_text()) for d in (work / "pre", tmp_path / "sft", tmp_path / "dpo")
+    ]
     assert summaries[2]["val_rewards_accuracies"] > 0.5 and summaries[2]["val_rewards_margins"] > 0
     assert len({s["num_params"] for s in summaries}) == 1, [s["num_params"] for s in summaries]
     import torch
@@ -109,10 +166,30 @@ def test_pretrain_sft_dpo_from_init_learns_and_keeps_the_model(work, tmp_path):
 
 def test_sft_then_generate_reproduces_a_trained_response(work):
     sft = invoke(
-        "train", "sft", "--init", work / "pre", "--data", work / "sft", "--out", work / "sft_run",
-        "--batch-size", "4", "--max-steps", "150", "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "75",
-        "--weight-decay", "0", "--json", "--device", "cpu",
-    )  # fmt: skip
+        "train",
+        "sft",
+        "--init",
+        work / "pre",
+        "--data",
+        work / "sft",
+        "--out",
+        work / "sft_run",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "150",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "10",
+        "--eval-every",
+        "75",
+        "--weight-decay",
+        "0",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert sft.exit_code == 0, sft.output
     summary = json.loads(sft.stdout)
     assert summary["status"] == "completed" and summary["val_acc"] > 0.95
@@ -122,12 +199,33 @@ def test_sft_then_generate_reproduces_a_trained_response(work):
     assert config["meta"]["tokenizer_path"] == str((work / "chat.json").resolve())
     assert config["model"]["width"] == 64 and config["model"]["max_seq_len"] == 48  # from --init
     for record in TAUGHT[:2]:
-        out = invoke("generate", "--run", work / "sft_run", "--prompt", record["instruction"],
-                     "--temperature", "0", "--max-new-tokens", "40", "--device", "cpu")  # fmt: skip
+        out = invoke(
+            "generate",
+            "--run",
+            work / "sft_run",
+            "--prompt",
+            record["instruction"],
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "40",
+            "--device",
+            "cpu",
+        )
         assert out.exit_code == 0, out.output
         assert out.stdout.strip() == record["output"]
-    as_json = invoke("generate", "--run", work / "sft_run", "--prompt", TAUGHT[2]["instruction"],
-                     "--temperature", "0", "--json", "--device", "cpu")  # fmt: skip
+    as_json = invoke(
+        "generate",
+        "--run",
+        work / "sft_run",
+        "--prompt",
+        TAUGHT[2]["instruction"],
+        "--temperature",
+        "0",
+        "--json",
+        "--device",
+        "cpu",
+    )
     reply = json.loads(as_json.stdout)
     assert reply["text"] == TAUGHT[2]["output"] and reply["checkpoint"].endswith(".pt")
 
@@ -135,9 +233,27 @@ def test_sft_then_generate_reproduces_a_trained_response(work):
 def test_dpo_logs_the_metrics_the_plot_template_reads(work):
     out = work / "dpo_run"
     dpo = invoke(
-        "train", "dpo", "--init", work / "pre", "--data", work / "dpo", "--beta", "0.1", "--out", out,
-        "--batch-size", "8", "--max-steps", "4", "--log-every", "1", "--eval-every", "4", "--precompute-ref", *TINY,
-    )  # fmt: skip
+        "train",
+        "dpo",
+        "--init",
+        work / "pre",
+        "--data",
+        work / "dpo",
+        "--beta",
+        "0.1",
+        "--out",
+        out,
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "4",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "4",
+        "--precompute-ref",
+        *TINY,
+    )
     assert dpo.exit_code == 0, dpo.output
     with open(out / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
@@ -148,31 +264,92 @@ def test_dpo_logs_the_metrics_the_plot_template_reads(work):
     with open(out / "val_log.csv") as f:
         assert "val_rewards_accuracies" in next(csv.DictReader(f))
     config = json.loads((out / "train_config.json").read_text())
-    assert config["dpo"] == {"init": str(work / "pre"), "ref": None, "beta": 0.1, "label_smoothing": 0.0,
-                             "loss_type": "sigmoid", "precompute_ref": True}  # fmt: skip
+    assert config["dpo"] == {
+        "init": str(work / "pre"),
+        "ref": None,
+        "beta": 0.1,
+        "label_smoothing": 0.0,
+        "loss_type": "sigmoid",
+        "precompute_ref": True,
+    }
 
 
 def test_generate_finds_the_pretraining_tokenizer_and_streams(work):
     meta = json.loads((work / "pre" / "train_config.json").read_text())["meta"]
     assert meta["tokenizer_path"] == str((work / "chat.json").resolve())
-    out = invoke("generate", "--run", work / "pre", "--prompt", "Once upon a time", "--no-chat",
-                 "--max-new-tokens", "6", "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--json", "--device", "cpu")  # fmt: skip
+    out = invoke(
+        "generate",
+        "--run",
+        work / "pre",
+        "--prompt",
+        "Once upon a time",
+        "--no-chat",
+        "--max-new-tokens",
+        "6",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert out.exit_code == 0, out.output
     reply = json.loads(out.stdout)
     assert 1 <= len(reply["token_ids"]) <= 6
-    again = invoke("generate", "--run", work / "pre", "--prompt", "Once upon a time", "--no-chat",
-                   "--max-new-tokens", "6", "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--device", "cpu")  # fmt: skip
+    again = invoke(
+        "generate",
+        "--run",
+        work / "pre",
+        "--prompt",
+        "Once upon a time",
+        "--no-chat",
+        "--max-new-tokens",
+        "6",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    )
     assert again.exit_code == 0 and again.stdout.strip() == reply["text"].strip()
-    override = invoke("generate", "--run", work / "pre", "--prompt", "Hi", "--tokenizer-path", work / "chat.json",
-                      "--max-new-tokens", "2", "--device", "cpu")  # fmt: skip
+    override = invoke(
+        "generate",
+        "--run",
+        work / "pre",
+        "--prompt",
+        "Hi",
+        "--tokenizer-path",
+        work / "chat.json",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+    )
     assert override.exit_code == 0, override.output
     assert "Warning" not in override.stderr  # the run's own tokenizer
     other = work / "other.json"
     shutil.copy(work / "chat.json", other)
     with open(other, "a") as f:
         f.write("\n")  # the same vocabulary, another file: not what the run recorded
-    mismatched = invoke("generate", "--run", work / "pre", "--prompt", "Hi", "--tokenizer-path", other,
-                        "--max-new-tokens", "2", "--device", "cpu")  # fmt: skip
+    mismatched = invoke(
+        "generate",
+        "--run",
+        work / "pre",
+        "--prompt",
+        "Hi",
+        "--tokenizer-path",
+        other,
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+    )
     assert mismatched.exit_code == 0, mismatched.output
     assert "is not the tokenizer the run was trained with" in mismatched.stderr
 
@@ -186,8 +363,18 @@ def test_post_training_options_stay_off_pretrain():
         return set(re.findall(r"(--[a-z0-9-]+)", text))
 
     assert not flags(pretrain) & {"--init", "--beta", "--packing", "--ref", "--precompute-ref", "--loss-type"}
-    assert {"--init", "--ref", "--beta", "--label-smoothing", "--loss-type", "--precompute-ref", "--lr",
-            "--max-steps", "--batch-size", "--seq-len"} <= flags(dpo)  # fmt: skip
+    assert {
+        "--init",
+        "--ref",
+        "--beta",
+        "--label-smoothing",
+        "--loss-type",
+        "--precompute-ref",
+        "--lr",
+        "--max-steps",
+        "--batch-size",
+        "--seq-len",
+    } <= flags(dpo)
     assert "--packing" in flags(sft) and not flags(sft) & {"--beta", "--depth", "--width", "--num-heads"}
 
 
@@ -195,8 +382,9 @@ def _without_rejected(work: Path, tmp: Path) -> Path:
     import datasets
 
     splits = datasets.load_from_disk(str(work / "dpo"))
-    broken = datasets.DatasetDict({k: v.remove_columns(["rejected_input_ids", "rejected_loss_mask"])
-                                   for k, v in splits.items()})  # fmt: skip
+    broken = datasets.DatasetDict(
+        {k: v.remove_columns(["rejected_input_ids", "rejected_loss_mask"]) for k, v in splits.items()}
+    )
     broken.save_to_disk(str(tmp / "broken"))
     shutil.copy(work / "dpo" / "tfkit_tokenized.json", tmp / "broken" / "tfkit_tokenized.json")
     return tmp / "broken"

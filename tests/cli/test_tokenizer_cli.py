@@ -25,13 +25,41 @@ def workflow(tmp_path_factory):
     write_stories(root / "stories" / "part-a.txt", 700, seed=1)
     write_stories(root / "stories" / "part-b.txt", 700, seed=2)
     steps = {
-        "download": ("data", "download", root / "stories", "--output-dir", root / "raw", "--val-fraction", "0.1",
-                     "--sample-by", "line", "--cache-dir", root / "cache"),
-        "train": ("tokenizer", "train", "--dataset-dir", root / "raw", "--vocab-size", "320",
-                  "--output-path", root / "tok" / "tokenizer.json"),
-        "tokenize": ("tokenizer", "tokenize", "--dataset-dir", root / "raw", "--tokenizer-path",
-                     root / "tok" / "tokenizer.json", "--output-dir", root / "shards", "--json"),
-    }  # fmt: skip
+        "download": (
+            "data",
+            "download",
+            root / "stories",
+            "--output-dir",
+            root / "raw",
+            "--val-fraction",
+            "0.1",
+            "--sample-by",
+            "line",
+            "--cache-dir",
+            root / "cache",
+        ),
+        "train": (
+            "tokenizer",
+            "train",
+            "--dataset-dir",
+            root / "raw",
+            "--vocab-size",
+            "320",
+            "--output-path",
+            root / "tok" / "tokenizer.json",
+        ),
+        "tokenize": (
+            "tokenizer",
+            "tokenize",
+            "--dataset-dir",
+            root / "raw",
+            "--tokenizer-path",
+            root / "tok" / "tokenizer.json",
+            "--output-dir",
+            root / "shards",
+            "--json",
+        ),
+    }
     results = {name: invoke(*args) for name, args in steps.items()}
     for name, result in results.items():
         assert result.exit_code == 0, (name, result.output)
@@ -60,8 +88,16 @@ def test_workflow_outputs(workflow):
 
 def test_inspect(workflow):
     root, _ = workflow
-    args = ("tokenizer", "inspect", "--tokenized-dir", root / "shards", "--raw-dataset-dir", root / "raw",
-            "--tokenizer-path", root / "tok" / "tokenizer.json")  # fmt: skip
+    args = (
+        "tokenizer",
+        "inspect",
+        "--tokenized-dir",
+        root / "shards",
+        "--raw-dataset-dir",
+        root / "raw",
+        "--tokenizer-path",
+        root / "tok" / "tokenizer.json",
+    )
     shown = invoke(*args, "--split", "validation", "--index", "3", "--no-interactive")
     assert shown.exit_code == 0, shown.output
     assert "validation document 3 of 140" in shown.output
@@ -78,10 +114,36 @@ def test_pretrain_on_shards_lowers_the_val_loss(workflow):
     root, _ = workflow
     out = root / "run"
     result = invoke(
-        "train", "pretrain", "--data", root / "shards", "--depth", "1", "--width", "32", "--num-heads", "2",
-        "--seq-len", "32", "--batch-size", "16", "--max-steps", "40", "--eval-every", "20", "--lr", "1e-2",
-        "--warmup-steps", "5", "--device", "cpu", "--out", out, "--set", "data.val_examples=32", "--quiet",
-    )  # fmt: skip
+        "train",
+        "pretrain",
+        "--data",
+        root / "shards",
+        "--depth",
+        "1",
+        "--width",
+        "32",
+        "--num-heads",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "40",
+        "--eval-every",
+        "20",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--set",
+        "data.val_examples=32",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     with open(out / "val_log.csv") as f:
         rows = list(csv.DictReader(f))
@@ -92,8 +154,20 @@ def test_pretrain_on_shards_lowers_the_val_loss(workflow):
     assert config["model"]["vocab_size"] == json.loads((root / "shards" / "train.json").read_text())["vocab_size"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and "optimal_loss" not in summary
-    too_small = invoke("train", "pretrain", "--data", root / "shards", "--set", "model.vocab_size=100",
-                       "--max-steps", "1", "--device", "cpu", "--out", root / "run2")  # fmt: skip
+    too_small = invoke(
+        "train",
+        "pretrain",
+        "--data",
+        root / "shards",
+        "--set",
+        "model.vocab_size=100",
+        "--max-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        root / "run2",
+    )
     assert too_small.exit_code == 2
     assert "smaller than the data's vocabulary" in too_small.output
 
@@ -106,11 +180,32 @@ def test_sft_through_the_cli(tmp_path):
     assert (
         invoke("data", "download", tmp_path / "alpaca.jsonl", "--output-dir", tmp_path / "raw", *cache).exit_code == 0
     )
-    trained = invoke("tokenizer", "train", "--dataset-dir", tmp_path / "raw", "--profile", "chat",
-                     "--vocab-size", "300", "--output-path", tmp_path / "chat.json")  # fmt: skip
+    trained = invoke(
+        "tokenizer",
+        "train",
+        "--dataset-dir",
+        tmp_path / "raw",
+        "--profile",
+        "chat",
+        "--vocab-size",
+        "300",
+        "--output-path",
+        tmp_path / "chat.json",
+    )
     assert trained.exit_code == 0, trained.output
-    done = invoke("tokenizer", "tokenize", "--dataset-dir", tmp_path / "raw", "--tokenizer-path",
-                  tmp_path / "chat.json", "--output-dir", tmp_path / "sft", "--mode", "sft", "--quiet")  # fmt: skip
+    done = invoke(
+        "tokenizer",
+        "tokenize",
+        "--dataset-dir",
+        tmp_path / "raw",
+        "--tokenizer-path",
+        tmp_path / "chat.json",
+        "--output-dir",
+        tmp_path / "sft",
+        "--mode",
+        "sft",
+        "--quiet",
+    )
     assert done.exit_code == 0, done.output
     assert json.loads((tmp_path / "sft" / "tfkit_tokenized.json").read_text())["mode"] == "sft"
 
@@ -162,8 +257,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 def test_invalid_utf8_warns(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"fine\nnot \xff fine\n")
-    result = invoke("data", "download", tmp_path / "bad.txt", "--output-dir", tmp_path / "out", "--val-fraction", "0",
-                    "--cache-dir", tmp_path / "c", "--quiet")  # fmt: skip
+    result = invoke(
+        "data",
+        "download",
+        tmp_path / "bad.txt",
+        "--output-dir",
+        tmp_path / "out",
+        "--val-fraction",
+        "0",
+        "--cache-dir",
+        tmp_path / "c",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "Warning:" in result.output and "replaced 1 invalid UTF-8 sequence(s)" in result.output
 
@@ -174,13 +279,44 @@ def test_a_corpus_of_a_few_megabytes_through_the_cli(tmp_path):
 
     lines = write_stories(tmp_path / "big" / "stories.txt", 24000, seed=7)
     assert (tmp_path / "big" / "stories.txt").stat().st_size > 2_000_000
-    assert invoke("data", "download", tmp_path / "big", "--output-dir", tmp_path / "raw", "--val-fraction", "0.05",
-                  "--sample-by", "line", "--cache-dir", tmp_path / "cache", "-q").exit_code == 0  # fmt: skip
+    assert (
+        invoke(
+            "data",
+            "download",
+            tmp_path / "big",
+            "--output-dir",
+            tmp_path / "raw",
+            "--val-fraction",
+            "0.05",
+            "--sample-by",
+            "line",
+            "--cache-dir",
+            tmp_path / "cache",
+            "-q",
+        ).exit_code
+        == 0
+    )
     tok = tmp_path / "tokenizer.json"
-    assert invoke("tokenizer", "train", "--dataset-dir", tmp_path / "raw", "--vocab-size", "512", "--output-path", tok).exit_code == 0
+    assert (
+        invoke(
+            "tokenizer", "train", "--dataset-dir", tmp_path / "raw", "--vocab-size", "512", "--output-path", tok
+        ).exit_code
+        == 0
+    )
     for n in (1, 2):
-        result = invoke("tokenizer", "tokenize", "--dataset-dir", tmp_path / "raw", "--tokenizer-path", tok,
-                        "--output-dir", tmp_path / f"p{n}", "--num-proc", n, "--json")  # fmt: skip
+        result = invoke(
+            "tokenizer",
+            "tokenize",
+            "--dataset-dir",
+            tmp_path / "raw",
+            "--tokenizer-path",
+            tok,
+            "--output-dir",
+            tmp_path / f"p{n}",
+            "--num-proc",
+            n,
+            "--json",
+        )
         assert result.exit_code == 0, result.output
     for name in ("train.bin", "train.docs.npy", "train.json", "validation.bin"):
         assert (tmp_path / "p1" / name).read_bytes() == (tmp_path / "p2" / name).read_bytes(), name

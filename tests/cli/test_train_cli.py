@@ -54,9 +54,19 @@ def test_yaml_then_options_then_set(tmp_path):
     drop = {"--depth", "--width"}
     args = [a for i, a in enumerate(args) if a not in drop and (i == 0 or args[i - 1] not in drop)]
     result = invoke(
-        "train", "pretrain", "--config", str(config), *args, "--width", "32",
-        "--set", "optim.weight_decay=0.05", "--param", "x=0.2", "--quiet",
-    )  # fmt: skip
+        "train",
+        "pretrain",
+        "--config",
+        str(config),
+        *args,
+        "--width",
+        "32",
+        "--set",
+        "optim.weight_decay=0.05",
+        "--param",
+        "x=0.2",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["model"]["depth"] == 1  # from YAML

@@ -195,9 +195,7 @@ def test_process_properties():
     names = [process.name for process in list_processes()]
     assert names == list(PROCESSES)
     unifilar = {process.name: process.is_unifilar for process in list_processes()}
-    assert unifilar == {
-        "mess3": False, "rrxor": True, "zero-one-random": True, "golden-mean": True, "even": True
-    }
+    assert unifilar == {"mess3": False, "rrxor": True, "zero-one-random": True, "golden-mean": True, "even": True}
     rrxor = get_process("rrxor")
     assert (rrxor.vocab_size, rrxor.num_states) == (2, 5)
     np.testing.assert_allclose(rrxor.stationary, [1 / 3, 1 / 6, 1 / 6, 1 / 6, 1 / 6], atol=1e-12)

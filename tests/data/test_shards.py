@@ -112,8 +112,10 @@ def test_shard_source_windows(tmp_path):
     epoch0 = source.epoch_tokens(0)[:]
     assert epoch0.shape == (source.sequences_per_epoch, 17)
     # every window is a contiguous slice of the train shard, on one grid of stride seq_len
-    starts = [int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(train, 17) == w, axis=1))[0])
-              for w in epoch0[:20]]  # fmt: skip
+    starts = [
+        int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(train, 17) == w, axis=1))[0])
+        for w in epoch0[:20]
+    ]
     assert len({s % 16 for s in starts}) == 1
     # one epoch visits each grid window once
     assert len(set(map(bytes, epoch0))) == len(epoch0)

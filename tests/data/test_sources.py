@@ -119,8 +119,11 @@ def test_invalid_utf8_in_records_is_replaced_and_counted(tmp_path, name, data):
     assert [source["invalid_utf8"] for source in result.sources] == [3, 0]
     assert result.warnings == [f"{tmp_path / name}: replaced 3 invalid UTF-8 sequence(s) with U+FFFD"]
     assert load_raw(tmp_path / "out").splits["train"]["text"][:] == [
-        "good", "bad \ufffd\ufffd x", "end \ufffd", "sch\u00f6n \ufffd already"
-    ]  # fmt: skip
+        "good",
+        "bad \ufffd\ufffd x",
+        "end \ufffd",
+        "sch\u00f6n \ufffd already",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -241,13 +244,24 @@ def test_paragraphs_and_lines_are_counted_per_file_as_the_text_builder_makes_the
     (tmp_path / "t" / "b.txt").write_bytes(b"\n\nfirst of b\nstill first\n\nsecond of b\n\n")
     lines = _download(tmp_path, [tmp_path / "t"], out="l", sample_by="line", val_fraction=0)
     assert load_raw(tmp_path / "l").splits["train"]["text"][:] == [
-        "one", "two", "three \ufffd", "four", "para two", "first of b", "still first", "second of b"
-    ]  # fmt: skip
+        "one",
+        "two",
+        "three \ufffd",
+        "four",
+        "para two",
+        "first of b",
+        "still first",
+        "second of b",
+    ]
     assert lines.sources[0]["invalid_utf8"] == 1
     _download(tmp_path, [tmp_path / "t"], out="p", sample_by="paragraph", val_fraction=0)
     assert load_raw(tmp_path / "p").splits["train"]["text"][:] == [
-        "one\ntwo", "three \ufffd\nfour", "para two", "first of b\nstill first", "second of b"
-    ]  # fmt: skip
+        "one\ntwo",
+        "three \ufffd\nfour",
+        "para two",
+        "first of b\nstill first",
+        "second of b",
+    ]
 
 
 def test_paragraphs_of_many_files_are_carved_by_whole_files(tmp_path):

@@ -32,25 +32,51 @@ pytestmark = [
 ]
 
 # a model and data small enough that a step takes a millisecond or two on one CPU thread
-TINY = ["--depth", "1", "--width", "16", "--num-heads", "1", "--seq-len", "8", "--batch-size", "4", "--device", "cpu",
-        "--set", "data.train_sequences=256", "--set", "data.val_examples=32"]  # fmt: skip
+TINY = [
+    "--depth",
+    "1",
+    "--width",
+    "16",
+    "--num-heads",
+    "1",
+    "--seq-len",
+    "8",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--set",
+    "data.train_sequences=256",
+    "--set",
+    "data.val_examples=32",
+]
 # runs long enough to be signalled while they train
 LONG = [*TINY, "--num-runs", "3", "--max-steps", "3000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    return {**os.environ, "COLUMNS": "200", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-            "TMPDIR": str(tmp_path / "tmp")}  # fmt: skip
+    return {
+        **os.environ,
+        "COLUMNS": "200",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen:
     """`tfkit ablate` in its own session and process group, as a terminal starts a command."""
     command = [sys.executable, "-m", "tfkit", "ablate", *args]
     return subprocess.Popen(
-        command, cwd=tmp_path, env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command,
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -335,7 +361,7 @@ def test_overwrite_trains_every_run_of_the_grid_afresh(tmp_path):
 
 
 def test_a_job_requeued_under_overwrite_resumes_its_own_run(tmp_path):
-    from tfkit.ablate.runner import resume_mode
+    from tfkit.ablate.run import resume_mode
 
     first = ablate(tmp_path, *TINY, "--max-steps", "10", "-c", "--logfile", "r.csv")
     assert first.exit_code == 0, first.output
@@ -359,8 +385,20 @@ def _spec_for(tmp_path: Path, run_dir: Path):
 
 def test_overwrite_is_refused_while_another_ablation_adds_rows(tmp_path):
     path = tmp_path / "r.csv"
-    appending = start(tmp_path, *TINY, "--max-steps", "1500", "--eval-every", "50", "--lr", "0.02", "-c",
-                      "--logfile", "r.csv", "--append")  # fmt: skip
+    appending = start(
+        tmp_path,
+        *TINY,
+        "--max-steps",
+        "1500",
+        "--eval-every",
+        "50",
+        "--lr",
+        "0.02",
+        "-c",
+        "--logfile",
+        "r.csv",
+        "--append",
+    )
     wait_for_runs(path, appending, 1)
     replacing = ablate(tmp_path, *TINY, "--max-steps", "20", "--lr", "0.001", "-c", "--logfile", "r.csv", "--overwrite")
     assert replacing.exit_code == 2, replacing.output
@@ -393,8 +431,22 @@ def test_a_job_holding_the_results_file_keeps_it_from_being_replaced(tmp_path):
 
 
 def test_ctrl_c_before_any_run_has_ended_exits_130_with_the_resume_command(tmp_path):
-    proc = start(tmp_path, *TINY, "--lr", "0.001", "0.003", "--max-steps", "3000", "--eval-every", "50", "-c",
-                 "--logfile", "r.csv", "--jobs", "2")  # fmt: skip
+    proc = start(
+        tmp_path,
+        *TINY,
+        "--lr",
+        "0.001",
+        "0.003",
+        "--max-steps",
+        "3000",
+        "--eval-every",
+        "50",
+        "-c",
+        "--logfile",
+        "r.csv",
+        "--jobs",
+        "2",
+    )
     wait_for_runs(tmp_path / "r.csv", proc, 2)  # both learning rates have rows, no run has ended
     os.killpg(proc.pid, signal.SIGINT)
     code, output = finish(proc, timeout=60)
@@ -438,8 +490,21 @@ def test_a_runs_dir_that_cannot_hold_runs_is_refused_before_the_grid_starts(tmp_
 
 
 def test_a_run_killed_by_the_system_is_reported_with_the_cause(tmp_path):
-    proc = start(tmp_path, *TINY, "--num-runs", "2", "--max-steps", "1500", "--eval-every", "50", "-c",
-                 "--logfile", "r.csv", "--jobs", "2")  # fmt: skip
+    proc = start(
+        tmp_path,
+        *TINY,
+        "--num-runs",
+        "2",
+        "--max-steps",
+        "1500",
+        "--eval-every",
+        "50",
+        "-c",
+        "--logfile",
+        "r.csv",
+        "--jobs",
+        "2",
+    )
     wait_for_runs(tmp_path / "r.csv", proc, 2)
     controllers = children_of(proc.pid, b"tfkit.ablate.controller")
     victim = children_of(controllers[0], b"submitit.core._submit")[0]

@@ -45,7 +45,8 @@ class Outcome:
 
 
 def _child(args: list[str], conn) -> None:
-    vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    status = Path("/proc/self/status").read_text().splitlines()
+    vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + CHILD_MEMORY, resource.RLIM_INFINITY))
     start = time.monotonic()
     result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
@@ -130,8 +131,9 @@ def test_seed_range_is_stated_and_the_largest_seed_trains(tmp_path):
     assert not (tmp_path / "run").exists()
     out = tmp_path / "largest"
     # a real training run: in this process (a forked child could wait forever on torch's thread pool)
-    done = CliRunner().invoke(app, ["train", "pretrain", *tiny_cli_args(out), "--seed", str(2**63 - 1),
-                                    "--max-steps", "2", "-q"])  # fmt: skip
+    done = CliRunner().invoke(
+        app, ["train", "pretrain", *tiny_cli_args(out), "--seed", str(2**63 - 1), "--max-steps", "2", "-q"]
+    )
     assert done.exit_code == 0, f"{done.exception}\n{done.output}"
     assert (out / "summary.json").is_file()
 
@@ -159,12 +161,84 @@ def test_ablate_refuses_before_touching_the_old_results(tmp_path):
     results.write_text("run_id,seed,val_loss\nabc-s0,0,0.9\n")
     before = results.read_bytes()
     line = tfkit(
-        "ablate", "--depth", "1", "2", "--width", "32", "--num-heads", "2", "--seq-len", "8", "--batch-size", "16",
-        "--max-steps", "2", "--device", "cpu", "--lr", "nan", "-c", "--logfile", results, "--overwrite",
-        "--runs-dir", tmp_path / "runs", "-y",
-    ).one_error_line()  # fmt: skip
+        "ablate",
+        "--depth",
+        "1",
+        "2",
+        "--width",
+        "32",
+        "--num-heads",
+        "2",
+        "--seq-len",
+        "8",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--lr",
+        "nan",
+        "-c",
+        "--logfile",
+        results,
+        "--overwrite",
+        "--runs-dir",
+        tmp_path / "runs",
+        "-y",
+    ).one_error_line()
     assert "--lr" in line
     assert results.read_bytes() == before
+    assert not (tmp_path / "runs").exists()
+
+
+def tiny_ablate(tmp_path: Path, *args: object) -> Outcome:
+    """`tfkit ablate` over the tiny mess3 model, its runs under `tmp_path`."""
+    return tfkit(
+        "ablate",
+        "--data",
+        "mess3",
+        "--depth",
+        "1",
+        "--width",
+        "32",
+        "--num-heads",
+        "2",
+        "--seq-len",
+        "10",
+        "--max-steps",
+        "5",
+        "--runs-dir",
+        tmp_path / "runs",
+        *args,
+        timeout=60,
+    )
+
+
+def test_ablate_refuses_a_grid_too_large_to_plan_before_expanding_it(tmp_path):
+    outcome = tiny_ablate(tmp_path, "--num-runs", "1000000000", "--dry-run")
+    line = outcome.one_error_line()
+    assert "1,000,000,000 runs (1 setting x 1,000,000,000 runs each)" in line and "--max-runs 10,000" in line
+    assert outcome.seconds < 10  # counted from the axes: not one run expanded (~1 ms each)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_max_runs_bounds_settings_times_runs(tmp_path):
+    grid = ("--depth", "1", "2", "--width", "32", "64", "--num-runs", "3", "--dry-run")
+    line = tiny_ablate(tmp_path, *grid, "--max-runs", "11").one_error_line()
+    assert "12 runs (4 settings x 3 runs each), more than --max-runs 11" in line
+    planned = tiny_ablate(tmp_path, *grid, "--max-runs", "12")
+    assert planned.exit_code == 0, planned.output
+    assert "12 of 12 runs to train" in planned.output
+
+
+def test_ablate_append_to_a_binary_file_names_it(tmp_path):
+    logfile = tmp_path / "weights.bin"
+    logfile.write_bytes(bytes(range(256)) * 64)  # not UTF-8 from its second half on
+    before = logfile.read_bytes()
+    line = tiny_ablate(tmp_path, "-c", "--logfile", logfile, "--append").one_error_line()
+    assert f"{logfile}: it is not a results file" in line
+    assert logfile.read_bytes() == before
     assert not (tmp_path / "runs").exists()
 
 
@@ -184,10 +258,17 @@ def test_config_that_is_not_a_yaml_file(tmp_path, kind):
 
 
 # nine levels of nine references: 9**9 (387 million) strings from about 500 bytes
-BILLION_LAUGHS = "lr: [" + ", ".join(
-    ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    + [f"&{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]" for p, n in zip("abcdefgh", "bcdefghi")]
-) + "]\n"
+BILLION_LAUGHS = (
+    "lr: ["
+    + ", ".join(
+        ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        + [
+            f"&{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+            for p, n in zip("abcdefgh", "bcdefghi", strict=False)
+        ]
+    )
+    + "]\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -220,10 +301,27 @@ def test_error_messages_echo_at_most_a_short_part_of_a_value(tmp_path, text):
 @pytest.mark.parametrize("seq_len", ["10000000", "100000"])
 def test_a_context_that_cannot_fit_is_refused_with_the_size_it_needs(tmp_path, monkeypatch, seq_len):
     # the same answer on every test machine: one with 16 GiB of RAM
-    monkeypatch.setattr(tfkit_config, "host_memory", lambda: 16 * GIB, raising=False)
+    monkeypatch.setattr(tfkit_config.memory, "host_memory", lambda: 16 * GIB)
     out = tmp_path / "run"
-    outcome = tfkit("train", "pretrain", "--depth", "2", "--width", "32", "--num-heads", "2", "--seq-len", seq_len,
-                    "--max-steps", "2", "--device", "cpu", "--out", out, timeout=20)  # fmt: skip
+    outcome = tfkit(
+        "train",
+        "pretrain",
+        "--depth",
+        "2",
+        "--width",
+        "32",
+        "--num-heads",
+        "2",
+        "--seq-len",
+        seq_len,
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        timeout=20,
+    )
     line = outcome.one_error_line()
     assert f"--seq-len {seq_len}" in line and "GiB" in line and "16.0 GiB" in line
     assert not out.exists()
@@ -231,8 +329,9 @@ def test_a_context_that_cannot_fit_is_refused_with_the_size_it_needs(tmp_path, m
 
 def test_a_model_too_large_to_build_is_refused_before_the_old_run_is_touched(victim):
     before = snapshot(victim)
-    line = tfkit("train", "pretrain", *tiny_cli_args(victim), "--overwrite",
-                 "--set", "model.max_seq_len=2000000000").one_error_line()  # fmt: skip
+    line = tfkit(
+        "train", "pretrain", *tiny_cli_args(victim), "--overwrite", "--set", "model.max_seq_len=2000000000"
+    ).one_error_line()
     assert "max_seq_len" in line and "1,048,576" in line
     assert snapshot(victim) == before
 

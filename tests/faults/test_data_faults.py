@@ -55,14 +55,25 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("faults")
     write_stories(root / "stories.txt", 6000, seed=3)
-    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, seed=0, sample_by="line",
-             cache_dir=str(root / "cache"))
+    download(
+        [str(root / "stories.txt")],
+        root / "raw",
+        val_fraction=0.1,
+        seed=0,
+        sample_by="line",
+        cache_dir=str(root / "cache"),
+    )
     train_tokenizer(root / "raw", root / "chat.json", vocab_size=320, profile="chat")
     tokenize_dataset(root / "raw", root / "chat.json", root / "shards")
     vocab_size = load_tokenizer(root / "chat.json").get_vocab_size(with_added_tokens=True)
     write_init_run(root / "run", vocab_size=vocab_size, max_seq_len=CONTEXT)
-    return {"root": root, "raw": root / "raw", "tokenizer": root / "chat.json", "shards": root / "shards",
-            "run": root / "run"}  # fmt: skip
+    return {
+        "root": root,
+        "raw": root / "raw",
+        "tokenizer": root / "chat.json",
+        "shards": root / "shards",
+        "run": root / "run",
+    }
 
 
 def damaged_copy(data, tmp_path: Path, damage) -> Path:
@@ -109,11 +120,40 @@ def _command(name: str, shards: Path, data, tmp_path: Path) -> list:
     if name == "count":
         return ["tokenizer", "count", "--tokenized-dir", shards]
     if name == "inspect":
-        return ["tokenizer", "inspect", "--tokenized-dir", shards, "--raw-dataset-dir", data["raw"],
-                "--tokenizer-path", data["tokenizer"], "--no-interactive"]  # fmt: skip
-    return ["train", "pretrain", "--data", shards, "--depth", "1", "--width", "32", "--num-heads", "2",
-            "--seq-len", "16", "--batch-size", "4", "--max-steps", "30", "--device", "cpu", "--quiet",
-            "--out", tmp_path / "out"]  # fmt: skip
+        return [
+            "tokenizer",
+            "inspect",
+            "--tokenized-dir",
+            shards,
+            "--raw-dataset-dir",
+            data["raw"],
+            "--tokenizer-path",
+            data["tokenizer"],
+            "--no-interactive",
+        ]
+    return [
+        "train",
+        "pretrain",
+        "--data",
+        shards,
+        "--depth",
+        "1",
+        "--width",
+        "32",
+        "--num-heads",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "30",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        tmp_path / "out",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -150,8 +190,21 @@ def test_token_id_outside_the_vocabulary_is_refused_before_training(data, tmp_pa
 
 @pytest.mark.parametrize("option, value", [("--temperature", "nan"), ("--temperature", "inf")])
 def test_generate_refuses_a_temperature_that_is_not_a_finite_number(data, option, value):
-    result = invoke("generate", "--run", data["run"], "--tokenizer-path", data["tokenizer"], "--prompt", "hi",
-                    "--max-new-tokens", "2", "--device", "cpu", option, value)  # fmt: skip
+    result = invoke(
+        "generate",
+        "--run",
+        data["run"],
+        "--tokenizer-path",
+        data["tokenizer"],
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+        option,
+        value,
+    )
     assert_one_line(result, "--temperature must be a finite number")
     assert result.stdout == ""
 
@@ -160,10 +213,26 @@ def test_generate_refuses_a_prompt_that_is_not_utf8(data):
     """Bytes that are not UTF-8 on the command line: one line, not a TypeError from the tokenizer."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
     done = subprocess.run(
-        [sys.executable, "-m", "tfkit", "generate", "--run", str(data["run"]), "--tokenizer-path",
-         str(data["tokenizer"]), "--prompt", b"ok \xff\xfe", "--max-new-tokens", "2", "--device", "cpu"],
-        capture_output=True, env=env, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tfkit",
+            "generate",
+            "--run",
+            str(data["run"]),
+            "--tokenizer-path",
+            str(data["tokenizer"]),
+            "--prompt",
+            b"ok \xff\xfe",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr.decode(errors="replace")
     assert done.stdout == b""
     lines = done.stderr.decode().strip().splitlines()
@@ -179,8 +248,17 @@ def test_generate_warns_when_the_prompt_is_cut(data):
     prompt = "once upon a time there was a little girl named lily she loved to play in the park with her dog"
     ids, _ = prompt_ids(load_tokenizer(data["tokenizer"]), prompt)
     assert len(ids) > CONTEXT
-    args = ("generate", "--run", data["run"], "--tokenizer-path", data["tokenizer"], "--max-new-tokens", "2",
-            "--device", "cpu")  # fmt: skip
+    args = (
+        "generate",
+        "--run",
+        data["run"],
+        "--tokenizer-path",
+        data["tokenizer"],
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+    )
     long = invoke(*args, "--prompt", prompt)
     assert long.exit_code == 0, long.output
     warning = [line for line in long.stderr.splitlines() if "Warning" in line]
@@ -195,14 +273,23 @@ def test_tokenizer_train_says_the_vocabulary_fell_short(data, tmp_path):
     from tfkit.tokenizer.train import load_tokenizer
 
     out = tmp_path / "big.json"
-    result = invoke("tokenizer", "train", "--dataset-dir", data["raw"], "--vocab-size", "10000000",
-                    "--output-path", out, "--quiet")  # fmt: skip
+    result = invoke(
+        "tokenizer", "train", "--dataset-dir", data["raw"], "--vocab-size", "10000000", "--output-path", out, "--quiet"
+    )
     assert result.exit_code == 0, result.output
     reached = load_tokenizer(out).get_vocab_size(with_added_tokens=True)
     assert reached < 2000
     assert f"the vocabulary reached only {reached:,} of the 10,000,000 ids" in result.stderr
-    refused = invoke("tokenizer", "train", "--dataset-dir", data["raw"], "--vocab-size", str(10**11),
-                     "--output-path", tmp_path / "huge.json")  # fmt: skip
+    refused = invoke(
+        "tokenizer",
+        "train",
+        "--dataset-dir",
+        data["raw"],
+        "--vocab-size",
+        str(10**11),
+        "--output-path",
+        tmp_path / "huge.json",
+    )
     assert_one_line(refused, "--vocab-size must be at most")  # the trainer would abort reserving 4.5 TB
     assert not (tmp_path / "huge.json").exists()
 
@@ -216,8 +303,20 @@ def test_a_killed_tokenize_leaves_nothing_behind_after_the_next_run(data, tmp_pa
     import socket
 
     out = tmp_path / "out"
-    args = ["tokenizer", "tokenize", "--dataset-dir", str(data["raw"]), "--tokenizer-path", str(data["tokenizer"]),
-            "--output-dir", str(out), "--overwrite", "--batch-size", "10", "--quiet"]  # fmt: skip
+    args = [
+        "tokenizer",
+        "tokenize",
+        "--dataset-dir",
+        str(data["raw"]),
+        "--tokenizer-path",
+        str(data["tokenizer"]),
+        "--output-dir",
+        str(out),
+        "--overwrite",
+        "--batch-size",
+        "10",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
     proc = subprocess.Popen([sys.executable, "-m", "tfkit", *args], env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

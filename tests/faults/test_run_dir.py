@@ -34,8 +34,13 @@ LONG = ["--max-steps", "100000", "--max-time-seconds", "60", "--quiet"]
 
 
 def tfkit(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tfkit", *args], env=env or ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfkit", *args],
+        env=env or ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def pretrain(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -68,8 +73,11 @@ def one_error_line(rc: int, stderr: str, *needles: str) -> None:
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under `root` but the lock (relative path -> bytes)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".lock"}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def old_run(root: Path) -> dict[str, bytes]:
@@ -269,8 +277,9 @@ def test_sigterm_unwinds_a_command_like_ctrl_c(tmp_path):
         "root.main()\n"
     )
     marker = tmp_path / "work"
-    proc = subprocess.Popen([sys.executable, "-c", script, str(marker)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(marker)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 60
     while not Path(f"{marker}.tmp").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -42,6 +44,60 @@ def test_a_silent_endpoint_ends_in_one_line_within_the_timeout(tmp_path, s3_env,
     assert "Traceback" not in result.output
     assert len(silent_server.accepted) == 3
     assert not (tmp_path / "copy").exists()
+
+
+def tfkit_s3(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """`tfkit s3 *args` in a child process, which the test stops if it runs past `timeout`."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "tfkit", "s3", *args],
+            check=False,
+            env={**os.environ, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"tfkit s3 {' '.join(args)} was still running after {timeout:g} s")
+
+
+@pytest.mark.parametrize("trickle_server", ["body", "headers"], indirect=True)
+@pytest.mark.parametrize("command", ["ls", "pull"])
+def test_an_endpoint_that_trickles_is_retried_and_ends_in_one_line(tmp_path, s3_env, trickle_server, command):
+    # 200 and a body of 100 MB (or headers without end) at one step every 0.5 s: every read
+    # gets something within --timeout, but the answer as a whole never comes
+    args = {"ls": ["s3://bucket/"], "pull": ["s3://bucket/r", str(tmp_path / "copy")]}[command]
+    start = time.monotonic()
+    result = tfkit_s3(command, *args, "--json", "--endpoint-url", trickle_server.url, "--timeout", "1")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert elapsed < 15, elapsed  # 3 tries of about 1 s each, plus short pauses
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    retries = [line for line in lines if "retrying (attempt" in line]
+    errors = [line for line in lines if line not in retries]
+    slow = {"body": "its body came slower than 8 KiB/s", "headers": "its status and headers took over 1 s"}
+    expected = f"{trickle_server.url} answered too slowly ({slow[trickle_server.mode]})"
+    assert len(retries) == 2 and f"{expected}; retrying (attempt 2/3)" in retries[0], result.stderr
+    assert len(errors) == 1 and f"{expected}, tried 3 times" in errors[0], result.stderr
+    assert len(trickle_server.requests) == 3
+    assert not (tmp_path / "copy").exists()
+
+
+@pytest.mark.parametrize("trickle_server", ["object"], indirect=True)
+def test_a_download_that_trickles_ends_in_one_line(tmp_path, s3_env, trickle_server):
+    # the listing comes at once; the object's 1 MB comes a byte every 0.5 s
+    start = time.monotonic()
+    copy = tmp_path / "copy"
+    result = tfkit_s3("pull", "s3://bucket/r", str(copy), "--endpoint-url", trickle_server.url, "--timeout", "1")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert elapsed < 15, elapsed  # boto3's managed download tries it 5 times, about 1 s each
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{trickle_server.url} answered too slowly (its body came slower than 8 KiB/s)" in lines[0], lines[0]
+    assert [line.split()[0] for line in trickle_server.requests].count("GET") >= 2  # the listing, then the object
+    assert [path.name for path in copy.rglob("*") if path.is_file()] == []  # no partial file
 
 
 def test_the_timeout_must_be_a_positive_number(tmp_path, s3_env, silent_server):
@@ -116,6 +172,7 @@ def test_pulled_files_get_the_umask_mode(tmp_path, s3_server, s3, bucket):
     assert files.keys() >= tree(run).keys()
     assert set(files.values()) == {0o640}, files  # 0o666 under umask 027, as any new file
     assert set(folders.values()) == {0o750}, folders
+
 
 def test_push_skips_symlinks_that_lead_out_of_the_directory(tmp_path, s3_server, s3, bucket):
     run = make_run(tmp_path / "run")

@@ -15,8 +15,17 @@ KINDS = [("sequential", "learned"), ("sequential", "rotary"), ("parallel", "lear
 
 def tiny_model(block: str, positions: str, max_seq_len: int = 12) -> GPT:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=40, max_seq_len=max_seq_len, depth=2, width=32, num_heads=2, block=block,
-                         positions=positions, qk_norm=positions == "rotary", init_std=0.3)  # fmt: skip
+    config = ModelConfig(
+        vocab_size=40,
+        max_seq_len=max_seq_len,
+        depth=2,
+        width=32,
+        num_heads=2,
+        block=block,
+        positions=positions,
+        qk_norm=positions == "rotary",
+        init_std=0.3,
+    )
     return GPT(config).eval()
 
 

@@ -302,9 +302,7 @@ def group_ids(groups):
 @pytest.mark.parametrize("decay_norms_and_biases", [False, True])
 def test_param_groups_partition(overrides, decay_embeddings, decay_norms_and_biases):
     model = make_model(**overrides)
-    groups = model.param_groups(
-        0.1, decay_embeddings=decay_embeddings, decay_norms_and_biases=decay_norms_and_biases
-    )
+    groups = model.param_groups(0.1, decay_embeddings=decay_embeddings, decay_norms_and_biases=decay_norms_and_biases)
     ids = group_ids(groups)
     assert len(ids) == len(set(ids))  # no duplicates, even with tying
     assert set(ids) == {id(p) for p in model.parameters()}

@@ -23,8 +23,9 @@ runner = CliRunner()
 
 def tiny_ssm(block: str, max_seq_len: int = 40, **overrides) -> GPT:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=40, max_seq_len=max_seq_len, depth=2, width=32, block=block, mixer="ssm",
-                         init_std=0.3, **overrides)  # fmt: skip
+    config = ModelConfig(
+        vocab_size=40, max_seq_len=max_seq_len, depth=2, width=32, block=block, mixer="ssm", init_std=0.3, **overrides
+    )
     return GPT(config).eval()
 
 
@@ -125,10 +126,34 @@ def val_rows(run: Path) -> list[dict[str, str]]:
 # zero-one-random repeats 0, 1, a random bit: the next token depends on the phase, which the
 # last token alone does not give (a model without its mixer stays at excess loss ~0.32 nats)
 PRETRAIN = [
-    "train", "pretrain", "--data", "zero-one-random", "--mixer", "ssm", "--depth", "1", "--width", "32",
-    "--seq-len", "8", "--batch-size", "32", "--lr", "2e-2", "--max-steps", "100", "--eval-every", "50",
-    "--checkpoint-every", "60", "--set", "data.val_examples=256", "--device", "cpu", "--quiet",
-]  # fmt: skip
+    "train",
+    "pretrain",
+    "--data",
+    "zero-one-random",
+    "--mixer",
+    "ssm",
+    "--depth",
+    "1",
+    "--width",
+    "32",
+    "--seq-len",
+    "8",
+    "--batch-size",
+    "32",
+    "--lr",
+    "2e-2",
+    "--max-steps",
+    "100",
+    "--eval-every",
+    "50",
+    "--checkpoint-every",
+    "60",
+    "--set",
+    "data.val_examples=256",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def test_an_ssm_model_learns_a_process_and_resumes_through_the_cli(tmp_path):
@@ -152,22 +177,53 @@ def test_generate_runs_on_an_ssm_model(tmp_path):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(["the cat sat on the mat"] * 10, trainer)
     tokenizer.save(str(tmp_path / "tok.json"))
     run = write_init_run(tmp_path / "run", vocab_size=320, max_seq_len=16, mixer="ssm")
-    out = runner.invoke(app, ["generate", "--run", str(run), "--tokenizer-path", str(tmp_path / "tok.json"),
-                              "--prompt", "the cat", "--max-new-tokens", "20", "--temperature", "0", "--json",
-                              "--device", "cpu"])  # fmt: skip
+    out = runner.invoke(
+        app,
+        [
+            "generate",
+            "--run",
+            str(run),
+            "--tokenizer-path",
+            str(tmp_path / "tok.json"),
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "20",
+            "--temperature",
+            "0",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert 1 <= len(json.loads(out.stdout)["token_ids"]) <= 20
 
 
 @pytest.mark.parametrize(("flag", "said"), [(["--qk-norm"], "--qk-norm"), (["--positions", "rotary"], "rotary")])
 def test_attention_only_options_are_refused_with_ssm(tmp_path, flag, said):
-    out = runner.invoke(app, ["train", "pretrain", "--data", "mess3", "--mixer", "ssm", *flag, "--max-steps", "1",
-                              "--out", str(tmp_path / "run")])  # fmt: skip
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "pretrain",
+            "--data",
+            "mess3",
+            "--mixer",
+            "ssm",
+            *flag,
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert out.exit_code == 2
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and said in lines[0] and "--mixer ssm" in lines[0], out.output

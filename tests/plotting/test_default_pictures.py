@@ -35,11 +35,24 @@ def ablation_rows(lrs=(1e-3,), excess=True) -> list[dict]:
                     setting = f"d{depth}w{width}lr{lr}"
                     for i in range(6):
                         gap = 5e-3 * 0.63**i * (1 + 0.1 * seed + 0.05 * depth + width / 640 + lr * 100)
-                        row = {"run_id": f"{setting}-s{seed}", "setting_id": setting, "run_num": seed, "seed": seed,
-                               "run_status": "completed", "depth": depth, "width": width, "lr": lr, "data": "mess3",
-                               "activation": "gelu", "num_params": 1000 * depth + 100 * width, "step": 100 * (i + 1),
-                               "tokens_seen": 64_000 * (i + 1), "time_s": 1.0 + i + 0.3 * seed,
-                               "val_loss": OPTIMAL + gap, "train_loss": OPTIMAL + gap * 1.1}  # fmt: skip
+                        row = {
+                            "run_id": f"{setting}-s{seed}",
+                            "setting_id": setting,
+                            "run_num": seed,
+                            "seed": seed,
+                            "run_status": "completed",
+                            "depth": depth,
+                            "width": width,
+                            "lr": lr,
+                            "data": "mess3",
+                            "activation": "gelu",
+                            "num_params": 1000 * depth + 100 * width,
+                            "step": 100 * (i + 1),
+                            "tokens_seen": 64_000 * (i + 1),
+                            "time_s": 1.0 + i + 0.3 * seed,
+                            "val_loss": OPTIMAL + gap,
+                            "train_loss": OPTIMAL + gap * 1.1,
+                        }
                         if excess:
                             row |= {"optimal_loss": OPTIMAL, "excess_loss": gap}
                         rows.append(row)
@@ -77,8 +90,11 @@ def drawn(monkeypatch):
 def visible_ticks(axis) -> list[str]:
     """The labels of the major ticks inside the axis' view."""
     lo, hi = sorted(axis.get_view_interval())
-    return [label.get_text() for loc, label in zip(axis.get_majorticklocs(), axis.get_ticklabels(), strict=True)
-            if lo <= loc <= hi]  # fmt: skip
+    return [
+        label.get_text()
+        for loc, label in zip(axis.get_majorticklocs(), axis.get_ticklabels(), strict=True)
+        if lo <= loc <= hi
+    ]
 
 
 def line(ax, label):
@@ -150,7 +166,10 @@ def test_final_vs_param_names_what_varies_and_colours_by_what_is_not_the_size(tm
     assert fig_legend(ax) == ["depth ∈ {1, 2}, width ∈ {32, 64}"]
 
     ax = drawn(write(tmp_path, ablation_rows(lrs=(1e-3, 3e-3)), "lr.csv"), "-t", "final_vs_param").axes[0]
-    assert fig_legend(ax) == ["lr=0.001 (depth ∈ {1, 2}, width ∈ {32, 64})", "lr=0.003 (depth ∈ {1, 2}, width ∈ {32, 64})"]
+    assert fig_legend(ax) == [
+        "lr=0.001 (depth ∈ {1, 2}, width ∈ {32, 64})",
+        "lr=0.003 (depth ∈ {1, 2}, width ∈ {32, 64})",
+    ]
     colours = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
     assert len(set(colours.values())) == 2
     assert all(len(c.lines[0].get_xdata()) == 4 for c in ax.containers)  # one point per size, never pooled
@@ -158,9 +177,20 @@ def test_final_vs_param_names_what_varies_and_colours_by_what_is_not_the_size(tm
 
 def test_seeds_logged_at_different_x_are_averaged_on_a_common_grid(tmp_path, drawn):
     curves = {0: ([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.5, 1.0]), 1: ([1.5, 2.5, 3.5, 4.5], [5.0, 3.0, 2.0, 1.5])}
-    rows = [{"run_id": f"r{seed}", "setting_id": "s", "seed": seed, "depth": 1, "step": 10 * (i + 1), "time_s": t,
-             "val_loss": v, "run_status": "completed"}
-            for seed, (ts, vs) in curves.items() for i, (t, v) in enumerate(zip(ts, vs, strict=True))]  # fmt: skip
+    rows = [
+        {
+            "run_id": f"r{seed}",
+            "setting_id": "s",
+            "seed": seed,
+            "depth": 1,
+            "step": 10 * (i + 1),
+            "time_s": t,
+            "val_loss": v,
+            "run_status": "completed",
+        }
+        for seed, (ts, vs) in curves.items()
+        for i, (t, v) in enumerate(zip(ts, vs, strict=True))
+    ]
     fig = drawn(write(tmp_path, rows), "--x", "time_s", "--y", "val_loss", "--band", "minmax")
     (ax,) = fig.axes
     (mean,) = ax.get_lines()
@@ -173,7 +203,9 @@ def test_seeds_logged_at_different_x_are_averaged_on_a_common_grid(tmp_path, dra
 
     ax = drawn(write(tmp_path, rows, "steps.csv"), "--x", "step", "--y", "val_loss").axes[0]
     (mean,) = ax.get_lines()  # logged at the same steps: the values themselves, to the last step
-    assert list(mean.get_xdata()) == [10, 20, 30, 40] and list(mean.get_ydata()) == pytest.approx([4.5, 3.0, 2.25, 1.25])
+    assert list(mean.get_xdata()) == [10, 20, 30, 40] and list(mean.get_ydata()) == pytest.approx(
+        [4.5, 3.0, 2.25, 1.25]
+    )
 
 
 @pytest.mark.parametrize(

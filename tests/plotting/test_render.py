@@ -31,8 +31,25 @@ def ablation(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        args = ["ablate", "--depth", "1", "2", "--width", "16", "32", "--num-runs", "2", "--max-steps", "15",
-                "--eval-every", "5", "--log-every", "5", "-c", *FAST]  # fmt: skip
+        args = [
+            "ablate",
+            "--depth",
+            "1",
+            "2",
+            "--width",
+            "16",
+            "32",
+            "--num-runs",
+            "2",
+            "--max-steps",
+            "15",
+            "--eval-every",
+            "5",
+            "--log-every",
+            "5",
+            "-c",
+            *FAST,
+        ]
         result = CliRunner().invoke(app, args)
     finally:
         os.chdir(cwd)
@@ -48,7 +65,14 @@ def legend_texts(ax) -> list[str]:
 
 def test_every_template_is_listed_with_a_description():
     names = {t.name: t for t in list_templates()}
-    for name in ("loss_curves", "final_vs_param", "heatmap", "relative_loss_by_position", "lr_and_grad_norm", "dpo_rewards"):
+    for name in (
+        "loss_curves",
+        "final_vs_param",
+        "heatmap",
+        "relative_loss_by_position",
+        "lr_and_grad_norm",
+        "dpo_rewards",
+    ):
         assert names[name].description
 
 
@@ -59,16 +83,24 @@ def test_loss_curves_default(ablation):
     assert ax.get_xlabel() == "tokens_seen" and ax.get_ylabel() == "loss (nats)"
     labels = legend_texts(ax)
     # a colour per setting, a line style per metric: each named once
-    assert labels == ["depth=1, width=16", "depth=1, width=32", "depth=2, width=16", "depth=2, width=32",
-                      "val_loss", "train_loss"]  # fmt: skip
+    assert labels == [
+        "depth=1, width=16",
+        "depth=1, width=32",
+        "depth=2, width=16",
+        "depth=2, width=32",
+        "val_loss",
+        "train_loss",
+    ]
     title = fig._suptitle.get_text()
     assert title.startswith("Loss curves") and "seq_len=6" in title and "max_steps=15" in title
     # the drawn line is the mean over the two seeds at every evaluation
     line = next(line for line in ax.get_lines() if line.get_label() == "depth=2, width=16")
     expected = (
         frame.filter((pl.col("depth") == 2) & (pl.col("width") == 16))
-        .group_by("tokens_seen").agg(pl.col("val_loss").mean()).sort("tokens_seen")
-    )  # fmt: skip
+        .group_by("tokens_seen")
+        .agg(pl.col("val_loss").mean())
+        .sort("tokens_seen")
+    )
     assert list(line.get_xdata()) == expected["tokens_seen"].to_list()
     assert list(line.get_ydata()) == pytest.approx(expected["val_loss"].to_list())
     assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 8
@@ -113,11 +145,27 @@ def test_run_directories_and_globs(ablation):
 
 def known_frame() -> pl.DataFrame:
     rows = []
-    values = {("a", 0): [3.0, 2.0], ("a", 1): [5.0, 1.0], ("a", 2): [4.0, 0.0], ("b", 0): [1.0, 1.0], ("b", 1): [2.0, 1.5]}
+    values = {
+        ("a", 0): [3.0, 2.0],
+        ("a", 1): [5.0, 1.0],
+        ("a", 2): [4.0, 0.0],
+        ("b", 0): [1.0, 1.0],
+        ("b", 1): [2.0, 1.5],
+    }
     for (setting, seed), losses in values.items():
         for step, loss in zip((10, 20), losses, strict=True):
-            rows.append({"run_id": f"{setting}{seed}", "setting_id": setting, "seed": seed, "depth": 1 if setting == "a" else 2,
-                         "tokens_seen": step * 100, "step": step, "val_loss": loss, "run_status": "completed"})  # fmt: skip
+            rows.append(
+                {
+                    "run_id": f"{setting}{seed}",
+                    "setting_id": setting,
+                    "seed": seed,
+                    "depth": 1 if setting == "a" else 2,
+                    "tokens_seen": step * 100,
+                    "step": step,
+                    "val_loss": loss,
+                    "run_status": "completed",
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -133,7 +181,11 @@ def test_mean_and_band_over_seeds_of_the_same_setting():
     assert min(band) == pytest.approx(1.0 - 1.0) and max(band) == pytest.approx(4.0 + std)
 
     stats = aggregate(frame.filter(pl.col("setting_id") == "a"), ["step"], "val_loss", "median", "minmax")
-    assert stats["centre"].to_list() == [4.0, 1.0] and stats["lo"].to_list() == [3.0, 0.0] and stats["hi"].to_list() == [5.0, 2.0]
+    assert (
+        stats["centre"].to_list() == [4.0, 1.0]
+        and stats["lo"].to_list() == [3.0, 0.0]
+        and stats["hi"].to_list() == [5.0, 2.0]
+    )
     ci = aggregate(frame.filter(pl.col("setting_id") == "b"), ["step"], "val_loss", "mean", "ci95")
     half = t95(2) * statistics.stdev([1.0, 2.0]) / math.sqrt(2)
     assert ci["lo"][0] == pytest.approx(1.5 - half) and ci["hi"][0] == pytest.approx(1.5 + half)
@@ -142,11 +194,27 @@ def test_mean_and_band_over_seeds_of_the_same_setting():
 
 
 def test_dpo_rewards_template_on_dpo_columns():
-    rows = [{"run_id": f"r{seed}", "setting_id": "s", "seed": seed, "step": step, "rewards_chosen": 0.1 * step,
-             "rewards_rejected": -0.1 * step, "rewards_margins": 0.2 * step, "rewards_accuracies": 0.5 + 0.01 * step}
-            for seed in (0, 1) for step in (1, 2, 3)]  # fmt: skip
+    rows = [
+        {
+            "run_id": f"r{seed}",
+            "setting_id": "s",
+            "seed": seed,
+            "step": step,
+            "rewards_chosen": 0.1 * step,
+            "rewards_rejected": -0.1 * step,
+            "rewards_margins": 0.2 * step,
+            "rewards_accuracies": 0.5 + 0.01 * step,
+        }
+        for seed in (0, 1)
+        for step in (1, 2, 3)
+    ]
     fig = render(pl.DataFrame(rows), load_template("dpo_rewards"))
-    assert [a.get_title() for a in fig.axes] == ["rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies"]
+    assert [a.get_title() for a in fig.axes] == [
+        "rewards_chosen",
+        "rewards_rejected",
+        "rewards_margins",
+        "rewards_accuracies",
+    ]
     assert list(fig.axes[2].get_lines()[0].get_ydata()) == pytest.approx([0.2, 0.4, 0.6])
 
 
@@ -167,11 +235,18 @@ def test_missing_columns_and_filters_name_what_exists(ablation):
 
 
 def test_settings_of_every_run_kind_are_recognised():
-    from tfkit.plotting.data import setting_columns
+    from tfkit.ablate.analysis import swept_columns
 
-    frame = pl.DataFrame({"run_id": ["a", "b"], "n_loops": [10, 20], "task": ["linear_regression"] * 2,
-                          "depth": [1, 1], "lr": [1e-3, 1e-3]})  # fmt: skip
-    swept, fixed = setting_columns(frame)
+    frame = pl.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "n_loops": [10, 20],
+            "task": ["linear_regression"] * 2,
+            "depth": [1, 1],
+            "lr": [1e-3, 1e-3],
+        }
+    )
+    swept, fixed = swept_columns(frame)
     assert swept == ["n_loops"]
     assert fixed == {"depth": 1, "lr": 1e-3, "task": "linear_regression"}
 
@@ -183,9 +258,20 @@ def grid_frame() -> pl.DataFrame:
         for width, heads in ((4, 1), (8, 1), (8, 2)):
             for seed in (0, 1):
                 loss = depth + width / 10 + heads / 100 + seed / 1000
-                rows.append({"run_id": f"{depth}-{width}-{heads}-{seed}", "setting_id": f"{depth}-{width}-{heads}",
-                             "seed": seed, "depth": depth, "width": width, "num_heads": heads, "step": 10,
-                             "num_params": depth * 1000 + width * 10, "val_loss": loss, "run_status": "completed"})  # fmt: skip
+                rows.append(
+                    {
+                        "run_id": f"{depth}-{width}-{heads}-{seed}",
+                        "setting_id": f"{depth}-{width}-{heads}",
+                        "seed": seed,
+                        "depth": depth,
+                        "width": width,
+                        "num_heads": heads,
+                        "step": 10,
+                        "num_params": depth * 1000 + width * 10,
+                        "val_loss": loss,
+                        "run_status": "completed",
+                    }
+                )
     return pl.DataFrame(rows)
 
 
@@ -215,4 +301,6 @@ def test_run_directories_carry_their_train_metrics_like_results(ablation):
     columns = ["run_id", "step", "val_loss", "train_loss", "grad_norm", "current_lr"]
     assert runs.select(columns).sort("run_id", "step").equals(results.select(columns).sort("run_id", "step"))
     fig = render(runs, load_template("loss_curves"))  # the default picture works on run directories
-    assert legend_texts(fig.axes[0])[-2:] == ["val_loss", "train_loss"] and "depth=1, width=16" in legend_texts(fig.axes[0])
+    assert legend_texts(fig.axes[0])[-2:] == ["val_loss", "train_loss"] and "depth=1, width=16" in legend_texts(
+        fig.axes[0]
+    )

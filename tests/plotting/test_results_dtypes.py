@@ -26,8 +26,24 @@ def results(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        args = ["ablate", "--depth", "1", "--width", "16", "32", "--num-runs", "2", "--max-steps", "4",
-                "--eval-every", "2", "--log-every", "10", "-c", *FAST]  # fmt: skip
+        args = [
+            "ablate",
+            "--depth",
+            "1",
+            "--width",
+            "16",
+            "32",
+            "--num-runs",
+            "2",
+            "--max-steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--log-every",
+            "10",
+            "-c",
+            *FAST,
+        ]
         result = runner.invoke(app, args)
     finally:
         os.chdir(cwd)
@@ -40,12 +56,25 @@ def test_columns_empty_in_every_row_keep_their_types(results):
     empty = ["max_tokens", "max_epochs", "model_scale", "checkpoint_every", "current_lr", "train_loss", "grad_norm"]
     assert all(df[name].null_count() == df.height for name in empty)  # the case this is about
     expected = {
-        "max_tokens": pl.Int64, "checkpoint_every": pl.Int64, "max_epochs": pl.Float64, "model_scale": pl.Float64,
-        "max_time_seconds": pl.Float64, "current_lr": pl.Float64, "train_loss": pl.Float64, "grad_norm": pl.Float64,
-        "skipped_steps": pl.Int64, "depth": pl.Int64, "seed": pl.Int64, "lr": pl.Float64, "val_loss": pl.Float64,
-        "qk_norm": pl.Boolean, "tie_embeddings": pl.Boolean, "activation": pl.String, "run_id": pl.String,
+        "max_tokens": pl.Int64,
+        "checkpoint_every": pl.Int64,
+        "max_epochs": pl.Float64,
+        "model_scale": pl.Float64,
+        "max_time_seconds": pl.Float64,
+        "current_lr": pl.Float64,
+        "train_loss": pl.Float64,
+        "grad_norm": pl.Float64,
+        "skipped_steps": pl.Int64,
+        "depth": pl.Int64,
+        "seed": pl.Int64,
+        "lr": pl.Float64,
+        "val_loss": pl.Float64,
+        "qk_norm": pl.Boolean,
+        "tie_embeddings": pl.Boolean,
+        "activation": pl.String,
+        "run_id": pl.String,
         "true_model_scale": pl.Float64,
-    }  # fmt: skip
+    }
     assert {name: df.schema[name] for name in expected} == expected
     # the schema alone, for plain polars
     header = pl.read_csv(results, n_rows=0).columns

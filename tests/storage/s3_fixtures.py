@@ -6,11 +6,13 @@ restores os.environ afterwards; `bucket` creates a fresh bucket. `FlakyProxy` si
 between boto3 and moto: it forwards every request and can answer chosen ones with an
 injected error (a transient 500, a 403) or hold them until released, and it records
 what it saw, so the tests exercise boto3's own retries and headers over HTTP.
-`SilentServer` accepts connections and never answers (an endpoint that hangs).
+`SilentServer` accepts connections and never answers (an endpoint that hangs);
+`TrickleServer` answers, but a byte or a header line at a time (an endpoint that crawls).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import logging
@@ -309,5 +311,106 @@ class SilentServer:
 @pytest.fixture
 def silent_server() -> Iterator[SilentServer]:
     server = SilentServer()
+    yield server
+    server.close()
+
+
+LISTING = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>r/</Prefix>'
+    "<KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents><Key>r/big.bin</Key>"
+    '<LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>"tfkit-test"</ETag><Size>{size}</Size>'
+    "<StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>"
+)
+
+
+class TrickleServer:
+    """An HTTP server on 127.0.0.1 whose every answer crawls: a step every `every` seconds.
+
+    `mode="body"`: `200` with `Content-Length: 100000000`, then one byte per step.
+    `mode="headers"`: the status line, then one header line per step, never the blank line.
+    `mode="object"`: a listing of `r/big.bin` (`size` bytes) and its HEAD come at once; a GET
+    of the object sends its headers and then one byte of it per step (a pull's download).
+    `requests` records each request line it read.
+    """
+
+    def __init__(self, mode: str, every: float = 0.5, size: int = 100_000_000) -> None:
+        self.mode, self.every, self.size = mode, every, size
+        self.requests: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as f:
+            try:
+                while not self._stop.is_set():
+                    line = f.readline().decode("latin-1").strip()
+                    if not line:
+                        return
+                    self.requests.append(line)
+                    while f.readline() not in (b"\r\n", b"\n", b""):  # the headers (GET/HEAD: no body)
+                        pass
+                    method, target = line.split()[:2]
+                    if self.mode == "object" and "list-type=2" in target:
+                        body = LISTING.format(size=self.size).encode()
+                        conn.sendall(self._head(len(body), "application/xml") + body)
+                    elif self.mode == "object" and method == "HEAD":
+                        conn.sendall(self._head(self.size, "application/octet-stream"))
+                    elif self.mode == "headers":
+                        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                        self._crawl(conn, (f"X-Step-{n}: {n}\r\n".encode() for n in itertools.count()))
+                    else:
+                        conn.sendall(self._head(self.size, "application/xml"))
+                        self._crawl(conn, itertools.repeat(b"<"))
+            except OSError:  # the client hung up
+                return
+
+    def _head(self, length: int, kind: str) -> bytes:
+        return f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n".encode()
+
+    def _crawl(self, conn: socket.socket, steps: Iterator[bytes]) -> None:
+        for step in steps:
+            if self._stop.wait(self.every):
+                return
+            conn.sendall(step)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        for conn in self._conns:  # a server thread may still wait for the next request
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def trickle_server(request: pytest.FixtureRequest) -> Iterator[TrickleServer]:
+    mode = getattr(request, "param", "body")
+    server = TrickleServer(mode, size=1_000_000 if mode == "object" else 100_000_000)
     yield server
     server.close()

@@ -102,8 +102,14 @@ def test_dotenv_fills_only_unset_aws_variables(tmp_path, monkeypatch, capfd):
         b"AWS_NO_VALUE\n"
         b"not a line \xff\n"
     )
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN",
-                 "AWS_NO_VALUE", "WANDB_API_KEY"):  # fmt: skip
+    for name in (
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+        "AWS_SESSION_TOKEN",
+        "AWS_NO_VALUE",
+        "WANDB_API_KEY",
+    ):
         monkeypatch.setenv(name, "placeholder")
         monkeypatch.delenv(name)  # restored (to unset) after the test
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "already-set")

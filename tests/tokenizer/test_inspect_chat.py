@@ -13,10 +13,18 @@ from tests.textdata import write_jsonl
 from tfkit.cli.app import app
 
 runner = CliRunner()
-INSTRUCTIONS = [{"instruction": f"Say the number {i}.", "input": "Please." if i % 2 else "",
-                 "output": f"The number is {i}!"} for i in range(12)]  # fmt: skip
-PAIRS = [{"prompt": f"Is {i} even?", "chosen": f"Yes, {i} is even." if i % 2 == 0 else f"No, {i} is odd.",
-          "rejected": f"No, {i} is odd." if i % 2 == 0 else f"Yes, {i} is even."} for i in range(12)]  # fmt: skip
+INSTRUCTIONS = [
+    {"instruction": f"Say the number {i}.", "input": "Please." if i % 2 else "", "output": f"The number is {i}!"}
+    for i in range(12)
+]
+PAIRS = [
+    {
+        "prompt": f"Is {i} even?",
+        "chosen": f"Yes, {i} is even." if i % 2 == 0 else f"No, {i} is odd.",
+        "rejected": f"No, {i} is odd." if i % 2 == 0 else f"Yes, {i} is even.",
+    }
+    for i in range(12)
+]
 SCORED = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
 
 
@@ -31,15 +39,45 @@ def chat(tmp_path_factory):
     for name, records in (("sft", INSTRUCTIONS), ("dpo", PAIRS)):
         write_jsonl(root / name / "train.jsonl", records)  # train and valid files: the train split keeps its order
         write_jsonl(root / name / "valid.jsonl", records[:2])
-        done = invoke("data", "download", root / name, "--output-dir", root / f"{name}_raw", "--cache-dir",
-                      root / "cache", "--quiet")  # fmt: skip
+        done = invoke(
+            "data",
+            "download",
+            root / name,
+            "--output-dir",
+            root / f"{name}_raw",
+            "--cache-dir",
+            root / "cache",
+            "--quiet",
+        )
         assert done.exit_code == 0, done.output
-    trained = invoke("tokenizer", "train", "--dataset-dir", root / "sft_raw", "--profile", "chat", "--vocab-size",
-                     "300", "--output-path", root / "chat.json", "--quiet")  # fmt: skip
+    trained = invoke(
+        "tokenizer",
+        "train",
+        "--dataset-dir",
+        root / "sft_raw",
+        "--profile",
+        "chat",
+        "--vocab-size",
+        "300",
+        "--output-path",
+        root / "chat.json",
+        "--quiet",
+    )
     assert trained.exit_code == 0, trained.output
     for mode in ("sft", "dpo"):
-        done = invoke("tokenizer", "tokenize", "--dataset-dir", root / f"{mode}_raw", "--tokenizer-path",
-                      root / "chat.json", "--output-dir", root / mode / "tok", "--mode", mode, "--quiet")  # fmt: skip
+        done = invoke(
+            "tokenizer",
+            "tokenize",
+            "--dataset-dir",
+            root / f"{mode}_raw",
+            "--tokenizer-path",
+            root / "chat.json",
+            "--output-dir",
+            root / mode / "tok",
+            "--mode",
+            mode,
+            "--quiet",
+        )
         assert done.exit_code == 0, done.output
     return root
 
@@ -59,8 +97,17 @@ def test_sft_example_marks_the_response_as_scored(chat):
 
 
 def test_dpo_pair_labels_chosen_and_rejected(chat):
-    shown = invoke("tokenizer", "inspect", "--tokenized-dir", chat / "dpo" / "tok", "--split", "validation",
-                   "--index", "1", "--no-interactive")  # fmt: skip
+    shown = invoke(
+        "tokenizer",
+        "inspect",
+        "--tokenized-dir",
+        chat / "dpo" / "tok",
+        "--split",
+        "validation",
+        "--index",
+        "1",
+        "--no-interactive",
+    )
     assert shown.exit_code == 0, shown.output
     header = r"validation pair 1 of 2: prompt \d+ tokens; chosen \d+ tokens \(\d+ scored\), rejected \d+ tokens"
     assert re.match(header, shown.output)
@@ -72,16 +119,21 @@ def test_dpo_pair_labels_chosen_and_rejected(chat):
 
 
 def test_json_gives_ids_mask_and_segments(chat):
-    sft = json.loads(invoke("tokenizer", "inspect", "--tokenized-dir", chat / "sft" / "tok", "--index", "4",
-                            "--json").stdout)  # fmt: skip
+    sft = json.loads(
+        invoke("tokenizer", "inspect", "--tokenized-dir", chat / "sft" / "tok", "--index", "4", "--json").stdout
+    )
     (example,) = sft["sequences"]
     assert sft["mode"] == "sft" and sft["num_examples"] == 12
     assert [s["text"] for s in example["segments"] if s["scored"]] == ["The number is 4!<|end|>"]
-    assert sum(example["loss_mask"]) == example["scored_tokens"] == sum(s["tokens"] for s in example["segments"]
-                                                                          if s["scored"])  # fmt: skip
+    assert (
+        sum(example["loss_mask"])
+        == example["scored_tokens"]
+        == sum(s["tokens"] for s in example["segments"] if s["scored"])
+    )
     assert len(example["ids"]) == len(example["loss_mask"]) == len(example["pieces"])
-    dpo = json.loads(invoke("tokenizer", "inspect", "--tokenized-dir", chat / "dpo" / "tok", "--index", "2",
-                            "--json").stdout)  # fmt: skip
+    dpo = json.loads(
+        invoke("tokenizer", "inspect", "--tokenized-dir", chat / "dpo" / "tok", "--index", "2", "--json").stdout
+    )
     chosen, rejected = dpo["sequences"]
     assert (chosen["name"], rejected["name"]) == ("chosen", "rejected")
     assert chosen["marked"].endswith("[[Yes, 2 is even.<|end|>]]")
@@ -107,8 +159,9 @@ def test_on_a_terminal_prompt_and_response_have_different_styles(chat, monkeypat
 
 
 def test_pages_through_examples(chat):
-    paged = invoke("tokenizer", "inspect", "--tokenized-dir", chat / "sft" / "tok", "--interactive",
-                   input="n\nj 7\np\nq\n")  # fmt: skip
+    paged = invoke(
+        "tokenizer", "inspect", "--tokenized-dir", chat / "sft" / "tok", "--interactive", input="n\nj 7\np\nq\n"
+    )
     assert paged.exit_code == 0, paged.output
     headers = [line for line in paged.output.splitlines() if "example" in line and " of 12" in line]
     assert [h.split(":")[0].rsplit(">", 1)[-1].strip() for h in headers] == [

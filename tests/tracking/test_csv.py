@@ -13,12 +13,12 @@ def test_rows_are_on_disk_as_soon_as_written(tmp_path):
     log = CsvLog(tmp_path / "log.csv")
     log.write({"step": 1, "loss": 0.1 + 0.2, "bad": float("nan")})
     # readable before close: a crashed run keeps its rows
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
     assert rows == [{"step": "1", "loss": repr(0.1 + 0.2), "bad": "NaN"}]
     assert float(rows[0]["loss"]) == 0.1 + 0.2
     log.write({"step": 2, "loss": 1.0})  # a missing column stays empty
     log.close()
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
     assert rows[1] == {"step": "2", "loss": "1.0", "bad": ""}
 
 

@@ -3,13 +3,17 @@
 Each run goes through the real CLI; the event files are read with TensorBoard's own
 `EventAccumulator` (what the TensorBoard app shows) and, for resumes and rollbacks, also
 record by record without its purging, so a point left past a checkpoint is seen even
-where a reader would hide it.
+where a reader would hide it. A full disk and a read-only folder are a small tmpfs of
+their own under `<run>/tensorboard` (as in tests/faults, they need root).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,7 @@ from typer.testing import CliRunner
 
 from tests.chatdata import rule_pairs, save_splits, sft_examples, write_init_run
 from tests.conftest import tiny_cli_args
+from tests.faults import test_run_dir as faults
 from tfkit.cli.app import app
 
 pytest.importorskip("tensorboard")
@@ -29,6 +34,8 @@ from tensorboard.backend.event_processing.event_file_loader import RawEventFileL
 from tensorboard.compat.proto.event_pb2 import Event
 
 Points = dict[str, list[tuple[int, float]]]
+
+tmpfs = faults.tmpfs  # a 1 MiB tmpfs, unmounted afterwards (skips without root)
 
 
 def tfkit(*args: str) -> None:
@@ -130,9 +137,27 @@ def test_fine_tuning_writes_every_csv_number_as_a_scalar(tmp_path, kind):
     val = sft_examples(8, 16, 1) if kind == "sft" else rule_pairs(8, 16, 1)
     data = save_splits(tmp_path / "data", {"train": examples, "validation": val})
     run = tmp_path / "run"
-    tfkit("train", kind, "--init", write_init_run(tmp_path / "init", 16, 16), "--data", data, "--batch-size", "8",
-          "--max-steps", "10", "--log-every", "5", "--eval-every", "5", "--device", "cpu", "--tensorboard",
-          "--out", run)  # fmt: skip
+    tfkit(
+        "train",
+        kind,
+        "--init",
+        write_init_run(tmp_path / "init", 16, 16),
+        "--data",
+        data,
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "10",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "5",
+        "--device",
+        "cpu",
+        "--tensorboard",
+        "--out",
+        run,
+    )
     assert_same_as_csv(run)
     assert [s for s, _ in tensorboard_points(run)["val_loss"]] == [5, 10]
 
@@ -162,8 +187,20 @@ def test_a_spike_rollback_drops_the_points_after_the_checkpoint(tmp_path, monkey
     monkeypatch.setattr(loop.PretrainTask, "begin_step", begin_step)
     monkeypatch.setattr(loop.PretrainTask, "loss", poisoned_loss)
     run = tmp_path / "run"
-    tfkit("train", "pretrain", *tiny_cli_args(run), "--tensorboard", "--max-steps", "40", "--checkpoint-every", "20",
-          "--spike-action", "rollback", "--set", "train.spike_min_history=10")  # fmt: skip
+    tfkit(
+        "train",
+        "pretrain",
+        *tiny_cli_args(run),
+        "--tensorboard",
+        "--max-steps",
+        "40",
+        "--checkpoint-every",
+        "20",
+        "--spike-action",
+        "rollback",
+        "--set",
+        "train.spike_min_history=10",
+    )
     with open(run / "spikes.csv", newline="") as f:
         assert [(int(r["step"]), r["action"]) for r in csv.DictReader(f)] == [(POISONED_STEP, "rollback")]
     assert_same_as_csv(run)
@@ -172,8 +209,18 @@ def test_a_spike_rollback_drops_the_points_after_the_checkpoint(tmp_path, monkey
 
 def test_ablation_runs_each_get_their_own_event_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tfkit("ablate", *tiny_cli_args(tmp_path / "unused")[:-2], "--num-runs", "2", "-c",
-          "--tensorboard", "--runs-dir", "runs", "--logfile", "results.csv")  # fmt: skip
+    tfkit(
+        "ablate",
+        *tiny_cli_args(tmp_path / "unused")[:-2],
+        "--num-runs",
+        "2",
+        "-c",
+        "--tensorboard",
+        "--runs-dir",
+        "runs",
+        "--logfile",
+        "results.csv",
+    )
     runs = sorted(p.parent for p in (tmp_path / "runs").glob("*/train_config.json"))
     assert len(runs) == 2
     for run in runs:
@@ -212,3 +259,84 @@ def test_help_does_not_import_tensorboard():
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ---- a full disk, a read-only folder -------------------------------------------------
+
+
+def whole_records(path: Path) -> int:
+    """The event file holds whole records only (none cut off at its end); returns how many."""
+    data = path.read_bytes()
+    offset = count = 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        offset += 8 + 4 + length + 4  # length, its checksum, the event, its checksum
+        assert offset <= len(data), f"{path.name}: its last record is cut off"
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_full_or_read_only_folder_ends_in_one_line_naming_it(tmp_path, tmpfs, fault):
+    run = tmp_path / "run"
+    tfkit("train", "pretrain", *tiny_cli_args(run), "--tensorboard", "--checkpoint-every", "10")
+    # the resumed run writes its event files on a file system of their own: only they meet the fault
+    shutil.rmtree(run / "tensorboard")
+    (run / "tensorboard").symlink_to(tmpfs)
+    if fault == "full":
+        faults.fill(tmpfs, 4096)  # room for a few rows
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    resume = faults.tfkit(
+        "train",
+        "pretrain",
+        "--resume",
+        str(run / "checkpoints" / "1280.pt"),
+        "--out",
+        str(run),
+        "--log-every",
+        "1",
+        "--quiet",
+    )
+    rc, _, stderr = faults.finish(resume)
+
+    said = "no space left on device writing" if fault == "full" else "is on a read-only file system"
+    faults.one_error_line(rc, stderr, said, str(run / "tensorboard" / "events.out.tfevents."))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert ("No space left on device" if fault == "full" else "Read-only file system") in summary["message"]
+    assert faults.csv_is_whole(run / "train_log.csv")
+    with open(run / "train_log.csv", newline="") as f:
+        logged = {int(row["step"]): float(row["train_loss"]) for row in csv.DictReader(f)}
+    assert list(logged) == [5, 10, *range(11, max(logged) + 1)]
+    if fault == "full":
+        [path] = (run / "tensorboard").glob("*tfevents*")
+        assert whole_records(path) > 0
+        # every point written before the disk filled is read back
+        got = tensorboard_points(run)["train_loss"]
+        assert [s for s, _ in got] == list(range(11, 11 + len(got))) and len(got) > 1
+        np.testing.assert_array_equal(
+            np.array([v for _, v in got], dtype=np.float32), np.array([logged[s] for s, _ in got], dtype=np.float32)
+        )
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_resume_that_cannot_rewrite_the_event_files_leaves_them_as_they_were(tmp_path, tmpfs, fault):
+    from tfkit.tracking.tensorboard import TensorBoardTracker
+
+    tracker = TensorBoardTracker(tmpfs)
+    for step in range(1, 201):
+        tracker.log_train({"step": step, "train_loss": 1 / step, "note": "x"})
+    tracker.close()
+    before = faults.snapshot(tmpfs)
+    if fault == "full":
+        faults.fill(tmpfs, 0)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    with pytest.raises(OSError) as caught:
+        TensorBoardTracker(tmpfs).continue_after(100)
+    assert caught.value.errno == (errno.ENOSPC if fault == "full" else errno.EROFS)
+    assert caught.value.filename == str(tmpfs / "tensorboard")
+    after = faults.snapshot(tmpfs)
+    after.pop("filler", None)
+    assert after == before  # the same event files, byte for byte, and no temp file left

@@ -15,6 +15,8 @@ import pytest
 from tests.chatdata import one_torch_thread, rule_pairs, save_splits, sft_examples, write_init_run  # noqa: F401
 from tfkit.ablate.results import PARAM_COLUMNS
 from tfkit.config import RunConfig
+from tfkit.config.finetune import DpoRunConfig, SftRunConfig
+from tfkit.config.icl import IclRunConfig
 from tfkit.plotting.templates import list_templates, load_template
 from tfkit.training.columns import (
     CARRIED_MONITOR_COLUMNS,
@@ -27,8 +29,6 @@ from tfkit.training.columns import (
     pretrain_columns,
     sft_columns,
 )
-from tfkit.training.finetune_config import DpoRunConfig, SftRunConfig
-from tfkit.training.icl_config import IclRunConfig
 
 VOCAB = 16
 # the default monitoring of a one-block model whose outputs are logits (--log-logits)
@@ -55,11 +55,20 @@ def check_run(result, declared: tuple[list[str], list[str]], count: str, monitor
 def test_pretrain_logs_its_declared_columns(tmp_path):
     from tfkit.training.loop import train
 
-    config = RunConfig().with_updates({
-        "model.depth": 1, "model.width": 16, "model.num_heads": 2, "data.seq_len": 6, "data.batch_size": 4,
-        "data.train_sequences": 64, "data.val_examples": 8, "optim.grad_accum_steps": 2,
-        "log.out": str(tmp_path / "run"), **STEPS,
-    })  # fmt: skip
+    config = RunConfig().with_updates(
+        {
+            "model.depth": 1,
+            "model.width": 16,
+            "model.num_heads": 2,
+            "data.seq_len": 6,
+            "data.batch_size": 4,
+            "data.train_sequences": 64,
+            "data.val_examples": 8,
+            "optim.grad_accum_steps": 2,
+            "log.out": str(tmp_path / "run"),
+            **STEPS,
+        }
+    )
     result = train(config)
     check_run(result, pretrain_columns(6, has_optimum=True), "tokens_seen", LOGITS_ONE_LAYER)
     with open(result.run_dir / "train_log.csv", newline="") as f:
@@ -71,10 +80,20 @@ def test_pretrain_logs_its_declared_columns(tmp_path):
 def test_icl_logs_its_declared_columns(tmp_path):
     from tfkit.training.icl import train_icl
 
-    config = IclRunConfig().with_updates({
-        "depth": 1, "width": 16, "num_heads": 2, "n_loops": 2, "loop_window": 1, "batch_size": 4, "n_points": 5,
-        "task.val_examples": 8, "log.out": str(tmp_path / "run"), **STEPS,
-    })  # fmt: skip
+    config = IclRunConfig().with_updates(
+        {
+            "depth": 1,
+            "width": 16,
+            "num_heads": 2,
+            "n_loops": 2,
+            "loop_window": 1,
+            "batch_size": 4,
+            "n_points": 5,
+            "task.val_examples": 8,
+            "log.out": str(tmp_path / "run"),
+            **STEPS,
+        }
+    )
     result = train_icl(config)
     resolved = config.resolved()
     check_run(result, icl_columns(5, resolved.loop.scored_loops), "points_seen")
@@ -83,11 +102,18 @@ def test_icl_logs_its_declared_columns(tmp_path):
 def test_sft_logs_its_declared_columns(tmp_path):
     from tfkit.training.sft import train_sft
 
-    data = save_splits(tmp_path / "data", {"train": sft_examples(16, VOCAB, 0), "validation": sft_examples(4, VOCAB, 1)})
-    config = SftRunConfig().with_updates({
-        "sft.init": str(write_init_run(tmp_path / "init", VOCAB, 24)), "data.data": str(data), "data.batch_size": 4,
-        "log.out": str(tmp_path / "run"), **STEPS,
-    })  # fmt: skip
+    data = save_splits(
+        tmp_path / "data", {"train": sft_examples(16, VOCAB, 0), "validation": sft_examples(4, VOCAB, 1)}
+    )
+    config = SftRunConfig().with_updates(
+        {
+            "sft.init": str(write_init_run(tmp_path / "init", VOCAB, 24)),
+            "data.data": str(data),
+            "data.batch_size": 4,
+            "log.out": str(tmp_path / "run"),
+            **STEPS,
+        }
+    )
     check_run(train_sft(config), sft_columns(), "tokens_seen", monitor_columns(2, output_logits=True, blocks=0))
 
 
@@ -95,10 +121,15 @@ def test_dpo_logs_its_declared_columns(tmp_path):
     from tfkit.training.dpo import train_dpo
 
     data = save_splits(tmp_path / "pairs", {"train": rule_pairs(16, VOCAB, 0), "validation": rule_pairs(4, VOCAB, 1)})
-    config = DpoRunConfig().with_updates({
-        "dpo.init": str(write_init_run(tmp_path / "init", VOCAB, 16)), "data.data": str(data),
-        "data.batch_size": 4, "log.out": str(tmp_path / "run"), **STEPS,
-    })  # fmt: skip
+    config = DpoRunConfig().with_updates(
+        {
+            "dpo.init": str(write_init_run(tmp_path / "init", VOCAB, 16)),
+            "data.data": str(data),
+            "data.batch_size": 4,
+            "log.out": str(tmp_path / "run"),
+            **STEPS,
+        }
+    )
     check_run(train_dpo(config), dpo_columns(), "tokens_seen", monitor_columns(2, output_logits=True, blocks=0))
 
 

@@ -24,20 +24,66 @@ from tfkit.cli.app import app
 
 REPO = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).parent / "killer"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "WANDB_MODE": "offline",
-       "PYTHONPATH": os.pathsep.join([str(KILLER), str(REPO)])}  # fmt: skip
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "COLUMNS": "200",
+    "WANDB_MODE": "offline",
+    "PYTHONPATH": os.pathsep.join([str(KILLER), str(REPO)]),
+}
 for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     ENV.pop(name, None)
-SHAPE = ["--data", "mess3", "--positions", "rotary", "--depth", "2", "--width", "32", "--num-heads", "2", "--seq-len", "8", "--max-steps", "20",
-         "--log-every", "5", "--eval-every", "10", "--checkpoint-every", "10", "--device", "cpu", "--dropout", "0.0",
-         "--set", "data.train_sequences=1024", "--set", "data.val_examples=256", "--set", "optim.grad_accum_steps=2"]  # fmt: skip
+SHAPE = [
+    "--data",
+    "mess3",
+    "--positions",
+    "rotary",
+    "--depth",
+    "2",
+    "--width",
+    "32",
+    "--num-heads",
+    "2",
+    "--seq-len",
+    "8",
+    "--max-steps",
+    "20",
+    "--log-every",
+    "5",
+    "--eval-every",
+    "10",
+    "--checkpoint-every",
+    "10",
+    "--device",
+    "cpu",
+    "--dropout",
+    "0.0",
+    "--set",
+    "data.train_sequences=1024",
+    "--set",
+    "data.val_examples=256",
+    "--set",
+    "optim.grad_accum_steps=2",
+]
 # the columns that depend on the clock, the machine or the process count, not on what is trained
 CLOCK = {"time_s", "tokens_per_s", "mfu", "peak_memory_mb", "data_wait_frac"}
 
 
 def torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "tfkit", "train", "pretrain", *args, "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tfkit",
+        "train",
+        "pretrain",
+        *args,
+        "--quiet",
+    ]
     return subprocess.run(command, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
 
 
@@ -52,13 +98,15 @@ def per_micro_batch(column: str) -> bool:
 
 
 def numbers(path: Path) -> list[dict[str, float]]:
-    return [{k: float(v) for k, v in row.items() if k not in CLOCK and v != "" and not per_micro_batch(k)}
-            for row in rows(path)]  # fmt: skip
+    return [
+        {k: float(v) for k, v in row.items() if k not in CLOCK and v != "" and not per_micro_batch(k)}
+        for row in rows(path)
+    ]
 
 
 def assert_close(a: list[dict[str, float]], b: list[dict[str, float]], rel: float) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert x.keys() == y.keys()
         for key in x:
             assert x[key] == pytest.approx(y[key], rel=rel, abs=1e-7), (x["step"], key)
@@ -92,15 +140,17 @@ def test_fsdp_killed_in_one_rank_resumes_to_the_losses_of_ddp(two_ranks, tmp_pat
     tokens_at_20 = 20 * 32 * 8
     sharded = ["--parallel", "fsdp"]
     # rank 0 dies (kill -9) as it starts the checkpoint of step 20: torchrun ends rank 1 too
-    killed = torchrun(*SHAPE, *sharded, "--batch-size", "8", "--out", str(out),
-                      env={"TFKIT_KILL_AT": f"{tokens_at_20}:1"})  # fmt: skip
+    killed = torchrun(
+        *SHAPE, *sharded, "--batch-size", "8", "--out", str(out), env={"TFKIT_KILL_AT": f"{tokens_at_20}:1"}
+    )
     assert killed.returncode != 0
     assert "exitcode" in killed.stderr and "-9" in killed.stderr  # torchrun names the rank that died and how
     assert not (out / "checkpoints" / f"{tokens_at_20}.pt").exists()
     assert (out / "checkpoints" / f"{tokens_at_20 // 2}.pt").exists()  # step 10: resumable
     # one process cannot continue a two-process run
-    refused = CliRunner().invoke(app, ["train", "pretrain", *SHAPE, *sharded, "--batch-size", "8", "--out", str(out),
-                                       "--resume", "auto"])  # fmt: skip
+    refused = CliRunner().invoke(
+        app, ["train", "pretrain", *SHAPE, *sharded, "--batch-size", "8", "--out", str(out), "--resume", "auto"]
+    )
     assert refused.exit_code == 2
     assert "trained on 2 process(es), this is 1" in refused.output
     resumed = torchrun(*SHAPE, *sharded, "--batch-size", "8", "--out", str(out), "--resume", "auto")
@@ -116,14 +166,15 @@ def test_fsdp_killed_in_one_rank_resumes_to_the_losses_of_ddp(two_ranks, tmp_pat
 
     model = load_run(str(out), "--init").build(torch.device("cpu"))
     reference = load_run(str(two_ranks), "--init").build(torch.device("cpu"))
-    for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values()):
+    for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values(), strict=False):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
 
 
 def test_only_pretraining_runs_on_several_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    result = CliRunner().invoke(app, ["train", "icl", "--max-steps", "2", "--device", "cpu", "--out",
-                                      str(tmp_path / "icl")])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["train", "icl", "--max-steps", "2", "--device", "cpu", "--out", str(tmp_path / "icl")]
+    )
     assert result.exit_code == 2
     assert "under torchrun only `tfkit train pretrain`" in result.output

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from tests.chatdata import one_torch_thread, rule_pairs, save_splits, write_init_run  # noqa: F401
+from tfkit.config.finetune import DpoRunConfig
 from tfkit.errors import DataError
 from tfkit.training.dpo import train_dpo
-from tfkit.training.finetune_config import DpoRunConfig
 
 VOCAB = 16
 METRICS = [
@@ -38,11 +38,19 @@ def read_csv(path):
 
 def config_for(tmp_path, pairs_dir, **updates):
     init = write_init_run(tmp_path / "init", VOCAB, 16)
-    return DpoRunConfig().with_updates({
-        "dpo.init": str(init), "data.data": str(pairs_dir), "data.batch_size": 16, "optim.lr": 1e-3,
-        "optim.warmup_steps": 0, "train.device": "cpu", "log.log_every": 1, "log.out": str(tmp_path / "run"),
-        **updates,
-    })  # fmt: skip
+    return DpoRunConfig().with_updates(
+        {
+            "dpo.init": str(init),
+            "data.data": str(pairs_dir),
+            "data.batch_size": 16,
+            "optim.lr": 1e-3,
+            "optim.warmup_steps": 0,
+            "train.device": "cpu",
+            "log.log_every": 1,
+            "log.out": str(tmp_path / "run"),
+            **updates,
+        }
+    )
 
 
 @pytest.mark.parametrize("precompute_ref", [False, True])
@@ -78,8 +86,11 @@ def test_ipo_averages_log_probabilities_over_the_response_as_trl(tmp_path, pairs
 @pytest.mark.parametrize("precompute_ref", [False, True])
 def test_rewards_accuracies_rise_on_a_simple_preference_rule(tmp_path, pairs_dir, precompute_ref):
     # chosen responses use only even token ids, rejected ones only odd ids
-    config = config_for(tmp_path, pairs_dir, **{"train.max_steps": 40, "train.eval_every": 20, "log.log_every": 5,
-                                                "dpo.precompute_ref": precompute_ref})  # fmt: skip
+    config = config_for(
+        tmp_path,
+        pairs_dir,
+        **{"train.max_steps": 40, "train.eval_every": 20, "log.log_every": 5, "dpo.precompute_ref": precompute_ref},
+    )
     result = train_dpo(config)
     train_rows = read_csv(result.run_dir / "train_log.csv")
     val_rows = read_csv(result.run_dir / "val_log.csv")
@@ -97,8 +108,11 @@ def test_rewards_accuracies_rise_on_a_simple_preference_rule(tmp_path, pairs_dir
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge"])
 def test_other_losses_and_an_explicit_reference(tmp_path, pairs_dir, loss_type):
     ref = write_init_run(tmp_path / "ref", VOCAB, 16, seed=0)
-    config = config_for(tmp_path, pairs_dir, **{"train.max_steps": 20, "dpo.loss_type": loss_type, "dpo.ref": str(ref),
-                                                "log.log_every": 10})  # fmt: skip
+    config = config_for(
+        tmp_path,
+        pairs_dir,
+        **{"train.max_steps": 20, "dpo.loss_type": loss_type, "dpo.ref": str(ref), "log.log_every": 10},
+    )
     result = train_dpo(config)
     rows = read_csv(result.run_dir / "train_log.csv")
     assert float(rows[-1]["rewards_accuracies"]) > 0.9

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+from tfkit.config.icl import TASKS, IclRunConfig, TaskConfig
 from tfkit.data.icl import (
     Stage,
     averaging_predictions,
@@ -23,12 +24,20 @@ from tfkit.data.icl import (
 )
 from tfkit.errors import ConfigError
 from tfkit.training.icl import build_model, total_steps, train_icl, window_loss
-from tfkit.training.icl_config import TASKS, IclRunConfig, TaskConfig
 
 TINY = {
-    "depth": 1, "width": 16, "num_heads": 2, "n_loops": 3, "loop_window": 2, "batch_size": 8,
-    "task.val_examples": 32, "max_steps": 6, "eval_every": 3, "log_every": 2, "device": "cpu",
-}  # fmt: skip
+    "depth": 1,
+    "width": 16,
+    "num_heads": 2,
+    "n_loops": 3,
+    "loop_window": 2,
+    "batch_size": 8,
+    "task.val_examples": 32,
+    "max_steps": 6,
+    "eval_every": 3,
+    "log_every": 2,
+    "device": "cpu",
+}
 
 
 def gen(seed: int) -> torch.Generator:
@@ -61,10 +70,21 @@ def test_sparse_and_tree_targets_are_what_they_claim():
 
 def test_curriculum_follows_start_increment_and_interval():
     config = IclRunConfig().with_updates(
-        {"n_dims": 8, "dims_start": 2, "dims_inc": 3, "dims_interval": 10,
-         "n_points": 9, "points_start": 5, "points_inc": 2, "points_interval": 4,
-         "n_loops": 6, "loops_start": 1, "loops_inc": 1, "loops_interval": 1}
-    )  # fmt: skip
+        {
+            "n_dims": 8,
+            "dims_start": 2,
+            "dims_inc": 3,
+            "dims_interval": 10,
+            "n_points": 9,
+            "points_start": 5,
+            "points_inc": 2,
+            "points_interval": 4,
+            "n_loops": 6,
+            "loops_start": 1,
+            "loops_inc": 1,
+            "loops_interval": 1,
+        }
+    )
     stages = [stage_at(step, config) for step in (0, 3, 4, 9, 10, 20, 1000)]
     assert [s.dims for s in stages] == [2, 2, 2, 2, 5, 8, 8]
     assert [s.points for s in stages] == [5, 5, 7, 9, 9, 9, 9]

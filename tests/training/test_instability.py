@@ -45,7 +45,9 @@ def train(tmp_path: Path, name: str, *extra: str) -> Path:
 
 def test_z_loss_is_the_mean_squared_log_normaliser():
     # log Z of [0, 0, 0] is ln 3; of [ln 2, 0] is ln 3 too; of [5, 5] is 5 + ln 2
-    logits = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2.0), 0.0, -math.inf]], [[5.0, 5.0, -math.inf], [1.0, 2.0, 3.0]]])
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0], [math.log(2.0), 0.0, -math.inf]], [[5.0, 5.0, -math.inf], [1.0, 2.0, 3.0]]]
+    )
     log_z = [math.log(3), math.log(3), 5 + math.log(2), math.log(math.e + math.e**2 + math.e**3)]
     assert z_loss(logits).item() == pytest.approx(sum(v * v for v in log_z) / 4, rel=1e-6)
     mask = torch.tensor([[True, False], [False, True]])
@@ -73,8 +75,9 @@ def test_z_loss_adds_its_coefficient_times_log_z_squared_to_the_training_loss(tm
 def test_weight_decay_shrinks_a_weight_by_the_expected_factor(mode):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=5, max_seq_len=4, depth=1, width=8, num_heads=2))
-    config = OptimConfig(lr=0.01, weight_decay=0.1, weight_decay_mode=mode, schedule="cosine", warmup_steps=2,
-                         min_lr_ratio=0.1)  # fmt: skip
+    config = OptimConfig(
+        lr=0.01, weight_decay=0.1, weight_decay_mode=mode, schedule="cosine", warmup_steps=2, min_lr_ratio=0.1
+    )
     optimizer = build_optimizer(model, config, torch.device("cpu"))
     step = 7  # on the cosine, well below the peak
     lr_t = lr_at(step, config, 10)
@@ -109,8 +112,9 @@ def explicit_attention_maxima(model: GPT, idx: torch.Tensor) -> list[float]:
     """q.k / sqrt(hs) of every layer from the projections' outputs, masked causally by hand."""
     projections = []
     hooks = [
-        (block.attn.c_attn if hasattr(block, "attn") and hasattr(block.attn, "c_attn") else block.c_fc)
-        .register_forward_hook(lambda m, i, o: projections.append(o.detach()))
+        (
+            block.attn.c_attn if hasattr(block, "attn") and hasattr(block.attn, "c_attn") else block.c_fc
+        ).register_forward_hook(lambda m, i, o: projections.append(o.detach()))
         for block in model.transformer.h
     ]
     with torch.no_grad():
@@ -121,7 +125,7 @@ def explicit_attention_maxima(model: GPT, idx: torch.Tensor) -> list[float]:
     cfg, maxima = model.config, []
     B, T = idx.shape
     hs = cfg.width // cfg.num_heads
-    for block, out in zip(model.transformer.h, projections):
+    for block, out in zip(model.transformer.h, projections, strict=False):
         q, k = out[..., : cfg.width], out[..., cfg.width : 2 * cfg.width]
         attention = block.attn.attn if hasattr(block.attn, "attn") else block.attn
         q, k, _ = attention.heads(q, k, k)  # head layout, qk-norm and rotary as the model applies them
@@ -131,10 +135,13 @@ def explicit_attention_maxima(model: GPT, idx: torch.Tensor) -> list[float]:
     return maxima
 
 
-@pytest.mark.parametrize("shape", [
-    dict(block="sequential", positions="learned", qk_norm=False),
-    dict(block="parallel", positions="rotary", qk_norm=True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(block="sequential", positions="learned", qk_norm=False),
+        dict(block="parallel", positions="rotary", qk_norm=True),
+    ],
+)
 def test_the_attention_logit_maximum_is_the_one_from_explicit_scores(shape):
     torch.manual_seed(1)
     model = GPT(ModelConfig(vocab_size=11, max_seq_len=9, depth=3, width=16, num_heads=2, init_std=0.3, **shape))
@@ -209,11 +216,14 @@ def test_monitoring_is_logged_and_leaves_training_unchanged(tmp_path):
         assert float(row["train_loss"]) == pytest.approx(mean, rel=1e-5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--z-loss", "-1"], "--z-loss must be >= 0"),
-    (["--eps", "-1e-8"], "--eps must be >= 0"),
-    (["--weight-decay-mode", "sometimes"], "sometimes"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--z-loss", "-1"], "--z-loss must be >= 0"),
+        (["--eps", "-1e-8"], "--eps must be >= 0"),
+        (["--weight-decay-mode", "sometimes"], "sometimes"),
+    ],
+)
 def test_bad_instability_options_end_in_one_line_and_exit_2(tmp_path, args, message):
     result = runner.invoke(app, ["train", "pretrain", *tiny_cli_args(tmp_path / "run"), *args])
     assert result.exit_code == 2

@@ -14,8 +14,12 @@ from tests.conftest import tiny_cli_args
 def test_sigint_saves_and_exits_130(tmp_path):
     out = tmp_path / "run"
     args = tiny_cli_args(out) + ["--max-steps", "1000000", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "tfkit", "train", "pretrain", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfkit", "train", "pretrain", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = out / "train_log.csv"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):

@@ -19,9 +19,27 @@ from tfkit.training.columns import monitor_columns, pretrain_columns
 from tfkit.training.loop import evaluate, train
 
 TRAIN_COLUMNS = [
-    "step", "tokens_seen", "epoch", "time_s", "current_lr", "global_batch_size", "seq_len", "train_loss", "grad_norm",
-]  # fmt: skip
-VAL_COLUMNS = ["step", "tokens_seen", "epoch", "time_s", "val_loss", "val_acc", "val_pplx", "optimal_loss", "excess_loss"]
+    "step",
+    "tokens_seen",
+    "epoch",
+    "time_s",
+    "current_lr",
+    "global_batch_size",
+    "seq_len",
+    "train_loss",
+    "grad_norm",
+]
+VAL_COLUMNS = [
+    "step",
+    "tokens_seen",
+    "epoch",
+    "time_s",
+    "val_loss",
+    "val_acc",
+    "val_pplx",
+    "optimal_loss",
+    "excess_loss",
+]
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -127,7 +145,9 @@ def test_default_stop_when_none_given(tiny_config):
 
 def test_eval_cadence_in_epochs(tiny_config):
     # 64 steps per epoch; eval_every is far away, so evaluations come from the epoch cadence
-    config = tiny_config.with_updates({"train.max_steps": 64, "train.eval_every": 1000, "train.max_epochs_between_evals": 0.25})
+    config = tiny_config.with_updates(
+        {"train.max_steps": 64, "train.eval_every": 1000, "train.max_epochs_between_evals": 0.25}
+    )
     result = train(config)
     steps = [int(r["step"]) for r in read_csv(result.run_dir / "val_log.csv")]
     assert steps == [16, 32, 48, 64]

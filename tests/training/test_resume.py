@@ -28,15 +28,25 @@ from tfkit.training.checkpoint import latest_checkpoint, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).parent / "killer"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "WANDB_MODE": "offline",
-       "PYTHONPATH": os.pathsep.join([str(KILLER), str(REPO)])}  # fmt: skip
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "COLUMNS": "200",
+    "WANDB_MODE": "offline",
+    "PYTHONPATH": os.pathsep.join([str(KILLER), str(REPO)]),
+}
 # columns that depend on the clock or the machine, not on the numbers trained
 CLOCK = {"time_s", "tokens_per_s", "mfu", "peak_memory_mb", "data_wait_frac"}
 
 
 def tfkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tfkit", *map(str, args)], env={**ENV, **(env or {})},
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tfkit", *map(str, args)],
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -73,9 +83,27 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
     assert json.loads((resumed / "train_config.json").read_text())["meta"]["resumed"][0]["step"] == 20
 
 
-PRETRAIN = ["train", "pretrain", *tiny_cli_args(Path("unused"))[:-2], "--max-steps", "40", "--checkpoint-every", "10",
-            "--dropout", "0.1", "--log-every", "5", "--eval-every", "10", "--set", "optim.grad_accum_steps=2",
-            "--z-loss", "1e-3", "--log-layer-stats", "--log-step-losses"]  # fmt: skip
+PRETRAIN = [
+    "train",
+    "pretrain",
+    *tiny_cli_args(Path("unused"))[:-2],
+    "--max-steps",
+    "40",
+    "--checkpoint-every",
+    "10",
+    "--dropout",
+    "0.1",
+    "--log-every",
+    "5",
+    "--eval-every",
+    "10",
+    "--set",
+    "optim.grad_accum_steps=2",
+    "--z-loss",
+    "1e-3",
+    "--log-layer-stats",
+    "--log-step-losses",
+]
 TOKENS_PER_STEP = 16 * 8 * 2  # batch x seq_len x accumulation
 
 
@@ -109,26 +137,82 @@ def shards(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("shards")
     write_stories(root / "stories.txt", 400, seed=0)
-    download([str(root / "stories.txt")], root / "raw", val_fraction=0.1, cache_dir=str(root / "cache"),
-             sample_by="line")  # fmt: skip
+    download(
+        [str(root / "stories.txt")], root / "raw", val_fraction=0.1, cache_dir=str(root / "cache"), sample_by="line"
+    )
     train_tokenizer(root / "raw", root / "tok.json", vocab_size=300)
     tokenize_dataset(root / "raw", root / "tok.json", root / "tok")
     return root / "tok"
 
 
 def test_pretraining_on_token_shards_resumes_bit_for_bit(tmp_path, shards):
-    command = ["train", "pretrain", "--data", str(shards), "--depth", "1", "--width", "32", "--num-heads", "2",
-               "--seq-len", "16", "--batch-size", "8", "--max-steps", "40", "--checkpoint-every", "10",
-               "--log-every", "5", "--eval-every", "20", "--device", "cpu", "--set", "data.val_examples=16"]  # fmt: skip
+    command = [
+        "train",
+        "pretrain",
+        "--data",
+        str(shards),
+        "--depth",
+        "1",
+        "--width",
+        "32",
+        "--num-heads",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "40",
+        "--checkpoint-every",
+        "10",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "20",
+        "--device",
+        "cpu",
+        "--set",
+        "data.val_examples=16",
+    ]
     reference = reference_run(command, tmp_path / "reference")
     assert_same_run(reference, kill_and_resume(command, tmp_path / "run", 30 * 8 * 16))
 
 
 def test_icl_resumes_bit_for_bit(tmp_path):
-    command = ["train", "icl", "--depth", "1", "--width", "16", "--num-heads", "2", "--batch-size", "8",
-               "--max-steps", "40", "--checkpoint-every", "10", "--log-every", "5", "--eval-every", "20",
-               "--device", "cpu", "--n-dims", "3", "--n-points", "6", "--set", "task.val_examples=32",
-               "--points-start", "4", "--points-inc", "1", "--points-interval", "8"]  # fmt: skip
+    command = [
+        "train",
+        "icl",
+        "--depth",
+        "1",
+        "--width",
+        "16",
+        "--num-heads",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "40",
+        "--checkpoint-every",
+        "10",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "20",
+        "--device",
+        "cpu",
+        "--n-dims",
+        "3",
+        "--n-points",
+        "6",
+        "--set",
+        "task.val_examples=32",
+        "--points-start",
+        "4",
+        "--points-inc",
+        "1",
+        "--points-interval",
+        "8",
+    ]
     reference = reference_run(command, tmp_path / "reference")
     # the curriculum sets the points per step, so the checkpoint of step 30 is named by examples seen
     examples = sum(8 * min(4 + step // 8, 6) for step in range(30))
@@ -147,17 +231,45 @@ def chat(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
 def test_fine_tuning_resumes_bit_for_bit(tmp_path, chat, kind):
-    command = ["train", kind, "--init", str(chat["init"]), "--data", str(chat[kind]), "--batch-size", "8",
-               "--max-steps", "40", "--checkpoint-every", "10", "--log-every", "5", "--eval-every", "20",
-               "--device", "cpu", "--lr", "1e-3"]  # fmt: skip
+    command = [
+        "train",
+        kind,
+        "--init",
+        str(chat["init"]),
+        "--data",
+        str(chat[kind]),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "40",
+        "--checkpoint-every",
+        "10",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "20",
+        "--device",
+        "cpu",
+        "--lr",
+        "1e-3",
+    ]
     reference = reference_run(command, tmp_path / "reference")
     # SFT and DPO count real tokens: the checkpoint of step 30 is named by the reference's own count
     at_30 = next(int(r["tokens_seen"]) for r in rows(reference / "train_log.csv") if r["step"] == "30")
     assert_same_run(reference, kill_and_resume(command, tmp_path / "run", at_30))
 
 
-CRASH = ["train", "pretrain", *tiny_cli_args(Path("unused"))[:-2], "--max-steps", "20", "--checkpoint-every", "10",
-         "--log-every", "5"]  # fmt: skip
+CRASH = [
+    "train",
+    "pretrain",
+    *tiny_cli_args(Path("unused"))[:-2],
+    "--max-steps",
+    "20",
+    "--checkpoint-every",
+    "10",
+    "--log-every",
+    "5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +277,14 @@ def crash_reference(tmp_path_factory) -> Path:
     return reference_run(CRASH, tmp_path_factory.mktemp("crash") / "reference")
 
 
-@pytest.mark.parametrize("event", range(1, 9))
+@pytest.mark.parametrize("event", range(1, 12))
 def test_a_crash_at_any_point_of_a_save_leaves_a_checkpoint_to_resume_from(tmp_path, crash_reference, event):
     """Killed after each file event of a checkpoint save, `--resume auto` finds a complete checkpoint and ends the same.
 
     The events of saving the checkpoint of step 20: temp file created, data synced, renamed
-    into place, folder synced, then the same four for the `latest` pointer.
+    into place; the same three for its digest (`.pt.sha256`); folder synced; then temp file,
+    sync, rename and folder sync for the `latest` pointer. Killed before its digest is in
+    place, the checkpoint loads as one without a digest; never with a wrong one.
     """
     out = tmp_path / "run"
     killed = tfkit(*CRASH, "--out", out, "--quiet", env={"TFKIT_KILL_AT": f"{20 * 128}:{event}"})
@@ -192,20 +306,64 @@ def test_an_ablation_killed_mid_run_continues_it_from_its_checkpoint(tmp_path):
 
     from tfkit.ablate.results import read_results
 
-    grid = ["ablate", "--depth", "1", "2", "--width", "16", "--num-heads", "1", "--max-steps", "30",
-            "--checkpoint-every", "10", "--eval-every", "5", "--log-every", "5", "--seq-len", "8", "--batch-size", "8",
-            "--set", "data.train_sequences=512", "--set", "data.val_examples=64", "--device", "cpu", "-c"]  # fmt: skip
+    grid = [
+        "ablate",
+        "--depth",
+        "1",
+        "2",
+        "--width",
+        "16",
+        "--num-heads",
+        "1",
+        "--max-steps",
+        "30",
+        "--checkpoint-every",
+        "10",
+        "--eval-every",
+        "5",
+        "--log-every",
+        "5",
+        "--seq-len",
+        "8",
+        "--batch-size",
+        "8",
+        "--set",
+        "data.train_sequences=512",
+        "--set",
+        "data.val_examples=64",
+        "--device",
+        "cpu",
+        "-c",
+    ]
     for name in ("reference", "killed"):
         (tmp_path / name).mkdir()
-    reference = subprocess.run([sys.executable, "-m", "tfkit", *grid], cwd=tmp_path / "reference", env=ENV,
-                               capture_output=True, text=True, timeout=300)  # fmt: skip
+    reference = subprocess.run(
+        [sys.executable, "-m", "tfkit", *grid],
+        cwd=tmp_path / "reference",
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert reference.returncode == 0, reference.stderr
     # killed as the second run starts saving its checkpoint of step 30 (8 x 8 tokens a step)
-    killed = subprocess.run([sys.executable, "-m", "tfkit", *grid], cwd=tmp_path / "killed",
-                            env={**ENV, "TFKIT_KILL_AT": f"{30 * 64}:1"}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-m", "tfkit", *grid],
+        cwd=tmp_path / "killed",
+        env={**ENV, "TFKIT_KILL_AT": f"{30 * 64}:1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr
-    resumed = subprocess.run([sys.executable, "-m", "tfkit", *grid, "--append"], cwd=tmp_path / "killed", env=ENV,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tfkit", *grid, "--append"],
+        cwd=tmp_path / "killed",
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     clock = ["time_s", "run_dir"]
     want = read_results(tmp_path / "reference" / "results.csv").drop(clock).sort("run_id", "step")
@@ -213,27 +371,56 @@ def test_an_ablation_killed_mid_run_continues_it_from_its_checkpoint(tmp_path):
     assert got.height == want.height == 2 * 6
     assert got.equals(want), pl.concat([want, got]).unique(keep="none")
     # the killed run went on from step 20: its config records the resume
-    resumed_runs = [json.loads(p.read_text())["meta"].get("resumed") for p in
-                    (tmp_path / "killed").glob("runs/ablate/*/train_config.json")]  # fmt: skip
+    resumed_runs = [
+        json.loads(p.read_text())["meta"].get("resumed")
+        for p in (tmp_path / "killed").glob("runs/ablate/*/train_config.json")
+    ]
     assert sorted(r[0]["step"] for r in resumed_runs if r) == [20]
 
 
 def test_resume_refuses_other_settings_and_takes_logging_changes(tmp_path):
     out = tmp_path / "run"
-    first = CliRunner().invoke(app, [*PRETRAIN[:2], *tiny_cli_args(out), "--max-steps", "10", "--checkpoint-every", "5",
-                                     "--keep-last", "1", "--quiet"])  # fmt: skip
+    first = CliRunner().invoke(
+        app,
+        [
+            *PRETRAIN[:2],
+            *tiny_cli_args(out),
+            "--max-steps",
+            "10",
+            "--checkpoint-every",
+            "5",
+            "--keep-last",
+            "1",
+            "--quiet",
+        ],
+    )
     assert first.exit_code == 0, first.output
     assert [p.name for p in (out / "checkpoints").glob("*.pt")] == ["1280.pt"]  # --keep-last 1
     before = (out / "train_log.csv").read_bytes()
-    refused = CliRunner().invoke(app, ["train", "pretrain", "--resume", "auto", "--out", str(out), "--lr", "0.5",
-                                       "--width", "64"])  # fmt: skip
+    refused = CliRunner().invoke(
+        app, ["train", "pretrain", "--resume", "auto", "--out", str(out), "--lr", "0.5", "--width", "64"]
+    )
     assert refused.exit_code == 2, refused.output
     assert "lr 0.003 -> 0.5" in refused.output and "width 32 -> 64" in refused.output
     assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
     assert (out / "train_log.csv").read_bytes() == before  # nothing touched
     # a finished run resumed with a later time limit and another log cadence: allowed, nothing left to train
-    again = CliRunner().invoke(app, ["train", "pretrain", "--resume", "auto", "--out", str(out), "--log-every", "2",
-                                     "--max-time-seconds", "600", "--quiet"])  # fmt: skip
+    again = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "pretrain",
+            "--resume",
+            "auto",
+            "--out",
+            str(out),
+            "--log-every",
+            "2",
+            "--max-time-seconds",
+            "600",
+            "--quiet",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert (out / "train_log.csv").read_bytes() == before
     missing = CliRunner().invoke(app, ["train", "pretrain", "--resume", str(tmp_path / "nothing")])
@@ -265,8 +452,9 @@ def test_a_resume_that_fails_to_start_keeps_the_run(tmp_path, monkeypatch):
         raise ConfigError("the logging library failed to start")
 
     monkeypatch.setattr(session, "open_trackers", broken)
-    failed = CliRunner().invoke(app, [*PRETRAIN[:2], *tiny_cli_args(out), "--checkpoint-every", "10",
-                                      "--resume", "auto", "--quiet"])  # fmt: skip
+    failed = CliRunner().invoke(
+        app, [*PRETRAIN[:2], *tiny_cli_args(out), "--checkpoint-every", "10", "--resume", "auto", "--quiet"]
+    )
     assert failed.exit_code == 2 and "failed to start" in failed.output
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert set(after) >= {k for k in before if k.name != "train_config.json"}

@@ -26,7 +26,7 @@ def test_decay_reaches_the_floor_at_the_horizon(schedule):
     mid = 0.1 + 0.9 * (0.5 if schedule == "linear" else 0.5 * (1 + math.cos(math.pi / 2)))
     assert lr_at(60, cfg, 110) == pytest.approx(mid)
     values = [lr_at(s, cfg, 110) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
 def test_constant_and_unknown_horizon_stay_at_peak():

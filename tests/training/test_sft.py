@@ -10,11 +10,11 @@ import torch
 
 from tests.chatdata import one_torch_thread, save_splits, sft_examples, write_init_run  # noqa: F401
 from tfkit.config import ModelConfig
+from tfkit.config.finetune import SftRunConfig
 from tfkit.data.chat import SftData, open_chat_dataset
 from tfkit.errors import ConfigError, DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.checkpoint import latest_checkpoint, load_checkpoint
-from tfkit.training.finetune_config import SftRunConfig
 from tfkit.training.objectives import masked_lm_loss
 from tfkit.training.sft import sft_forward, train_sft
 
@@ -35,8 +35,18 @@ def tensors(batch):
 @torch.no_grad()
 def test_packed_examples_get_their_unpacked_logits(sft_dir, block, positions):
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=VOCAB, max_seq_len=24, depth=2, width=32, num_heads=2, block=block,
-                            positions=positions, init_std=0.3)).eval()  # fmt: skip
+    model = GPT(
+        ModelConfig(
+            vocab_size=VOCAB,
+            max_seq_len=24,
+            depth=2,
+            width=32,
+            num_heads=2,
+            block=block,
+            positions=positions,
+            init_std=0.3,
+        )
+    ).eval()
     data = SftData(open_chat_dataset(sft_dir, "sft"), 24, 4, seed=0, packing=True, val_examples=16)
     batch = data.batch(0, 0)
     rows = data.rows(0)[:4]
@@ -84,17 +94,34 @@ def read_csv(path):
 @pytest.mark.parametrize("packing", [False, True])
 def test_sft_run_learns_and_writes_its_run_directory(tmp_path, sft_dir, packing):
     init = write_init_run(tmp_path / "init", VOCAB, 24)
-    config = SftRunConfig().with_updates({
-        "sft.init": str(init), "sft.packing": packing, "data.data": str(sft_dir), "data.batch_size": 8,
-        "train.max_steps": 60, "train.eval_every": 30, "train.device": "cpu", "log.log_every": 10,
-        "log.out": str(tmp_path / "run"),
-    })  # fmt: skip
+    config = SftRunConfig().with_updates(
+        {
+            "sft.init": str(init),
+            "sft.packing": packing,
+            "data.data": str(sft_dir),
+            "data.batch_size": 8,
+            "train.max_steps": 60,
+            "train.eval_every": 30,
+            "train.device": "cpu",
+            "log.log_every": 10,
+            "log.out": str(tmp_path / "run"),
+        }
+    )
     result = train_sft(config)
     assert result.status == "completed"
     train_rows = read_csv(result.run_dir / "train_log.csv")
     val_rows = read_csv(result.run_dir / "val_log.csv")
-    assert list(train_rows[0])[:9] == ["step", "tokens_seen", "epoch", "time_s", "current_lr", "global_batch_size", "seq_len",
-                                       "train_loss", "train_acc"]  # fmt: skip
+    assert list(train_rows[0])[:9] == [
+        "step",
+        "tokens_seen",
+        "epoch",
+        "time_s",
+        "current_lr",
+        "global_batch_size",
+        "seq_len",
+        "train_loss",
+        "train_acc",
+    ]
     assert list(val_rows[0]) == ["step", "tokens_seen", "epoch", "time_s", "val_loss", "val_acc", "val_pplx"]
     assert [int(r["step"]) for r in val_rows] == [30, 60]
     assert float(train_rows[-1]["train_loss"]) < float(train_rows[0]["train_loss"]) - 0.2

@@ -6,6 +6,9 @@ run `r` (0-based) with seed `seed + r`, so settings can be compared run by run. 
 sweepable config field (`sweep=True` in its `opt()`) can be swept: first-class options
 (`--depth 4 8`) and any other field (`--sweep optim.beta2=0.95,0.99`) alike.
 
+`count_runs` sizes a grid from its axes alone, so one too large to plan (beyond
+`MAX_RUNS` unless asked) is refused before a single config is built.
+
 Ids are content hashes, so the same command always gives the same ids:
 `setting_id` hashes what is trained (the config's `identity` fields: not the seed,
 device, output, or log / eval / checkpoint cadence, see `tfkit.config.opt`) and `run_id`
@@ -19,12 +22,15 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tfkit.config import SECTIONS, SectionedConfig, section_of
 from tfkit.errors import ConfigError
+
+MAX_RUNS = 10_000  # runs an ablation plans at most unless --max-runs says more (expanding costs ~1 ms a run)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,12 @@ def setting_id(config: SectionedConfig) -> str:
                 content[section].pop(f.name)
     text = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def count_runs(axes: dict[str, list[Any]], num_runs: int) -> int:
+    """The runs of the grid before any config is built: the distinct values of every axis
+    multiplied, times `num_runs`; `expand` may still skip some settings, never add one."""
+    return math.prod(len(dict.fromkeys(values)) for values in axes.values()) * max(num_runs, 0)
 
 
 def expand(base: SectionedConfig, axes: dict[str, list[Any]]) -> tuple[list[Setting], list[Skipped]]:

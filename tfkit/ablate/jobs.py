@@ -66,7 +66,7 @@ class RunJob(Checkpointable):
         dist = results = None
         try:
             with timeout_handler:
-                from tfkit.ablate.runner import claim_run, resume_mode, run_one
+                from tfkit.ablate.run import claim_run, resume_mode, run_one
 
                 if self.threads:
                     import torch
@@ -114,8 +114,14 @@ class RunJob(Checkpointable):
 
 def _outcome(run_id: str, status: str, message: str, stopped_by: str | None = None) -> dict[str, Any]:
     """A `RunOutcome` as a dict, made without importing the runner (and torch with it)."""
-    return {"run_id": run_id, "status": status, "summary": {}, "message": message, "time_s": 0.0,
-            "stopped_by": stopped_by}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "status": status,
+        "summary": {},
+        "message": message,
+        "time_s": 0.0,
+        "stopped_by": stopped_by,
+    }
 
 
 def _signal_name(error: KeyboardInterrupt) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfkit.config import RunConfig, SectionedConfig
-from tfkit.training.icl_config import IclRunConfig
+from tfkit.config.icl import IclRunConfig
 
 
 @dataclass(frozen=True)

@@ -256,7 +256,7 @@ class SlurmLauncher(Launcher):
         self._waiting = False  # set again by `finished` for a job whose end only the cluster can tell
 
     def finished(self, job: Any) -> bool:
-        from tfkit.ablate.runner import RunOutcome
+        from tfkit.ablate.run import RunOutcome
 
         if job.task(0).paths.result_pickle.exists():
             outcome = read_outcome(job, RunOutcome)
@@ -352,7 +352,7 @@ def run_jobs(
     claims its run itself. Returns the ablation's `AblationResult`.
     """
     from tfkit.ablate.jobs import RunJob
-    from tfkit.ablate.runner import AblationResult, RunOutcome, _with_device
+    from tfkit.ablate.run import AblationResult, RunOutcome, with_device
 
     pending = deque(specs)
     running: dict[int, tuple[Any, RunSpec]] = {}  # slot -> (job, spec)
@@ -386,7 +386,7 @@ def run_jobs(
                         callback.on_run_end(spec, skipped)
                         continue
                     slot = free.pop(0)
-                    spec = _with_device(spec, devices[slot % len(devices)] if devices else None)
+                    spec = with_device(spec, devices[slot % len(devices)] if devices else None)
                     batch.append((RunJob(spec, results_arg, threads, os.getcwd()), slot))
                     specs_of_batch.append(spec)
                 jobs = []

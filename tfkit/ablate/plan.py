@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfkit.ablate.grid import RunSpec, Setting, Skipped, expand, plan_runs
+from tfkit.ablate.grid import MAX_RUNS, RunSpec, Setting, Skipped, count_runs, expand, plan_runs
 from tfkit.ablate.kinds import SettingInfo, kind_of
-from tfkit.ablate.runner import results_columns
+from tfkit.ablate.run import results_columns
 from tfkit.config import SectionedConfig
 from tfkit.errors import ConfigError, TfkitError
 
@@ -31,13 +31,28 @@ class AblationPlan:
 
 
 def plan_ablation(
-    base: SectionedConfig, axes: dict[str, list[Any]], *, num_runs: int, seed: int, runs_dir: str | Path
+    base: SectionedConfig,
+    axes: dict[str, list[Any]],
+    *,
+    num_runs: int,
+    seed: int,
+    runs_dir: str | Path,
+    max_runs: int | None = MAX_RUNS,
 ) -> AblationPlan:
     """Expand the grid, drop what cannot run (with reasons), and list every run.
 
     The experiment kind (language model, in-context regression, ...) is that of `base`.
-    Raises ConfigError when no setting is left.
+    Raises ConfigError when no setting is left, or before anything is expanded when the
+    grid has more than `max_runs` runs (None: no bound).
     """
+    total = count_runs(axes, num_runs)
+    if max_runs is not None and total > max_runs:
+        settings = total // num_runs
+        each = f"{settings:,} setting{'s' if settings != 1 else ''} x {num_runs:,} run{'s' if num_runs != 1 else ''}"
+        raise ConfigError(
+            f"the grid has {total:,} runs ({each} each), more than "
+            f"--max-runs {max_runs:,}: sweep fewer values or pass --max-runs {total} to plan them all"
+        )
     kind = kind_of(base)
     settings, skipped = expand(base, axes)
     cache: dict[str, Any] = {}

@@ -60,9 +60,17 @@ DONE_STATUSES = ("completed", "failed")
 PARAM_COLUMNS = ("num_params", "num_params_non_embedding")
 # columns of whole numbers besides the config fields; every other metric column is a float
 COUNT_COLUMNS = (
-    "run_num", "seed", *PARAM_COLUMNS, "step", "tokens_seen", "points_seen", "skipped_steps",
-    "curriculum_dims", "curriculum_points", "curriculum_loops",
-)  # fmt: skip
+    "run_num",
+    "seed",
+    *PARAM_COLUMNS,
+    "step",
+    "tokens_seen",
+    "points_seen",
+    "skipped_steps",
+    "curriculum_dims",
+    "curriculum_points",
+    "curriculum_loops",
+)
 
 
 class ResultsWriteError(StorageError):
@@ -330,8 +338,13 @@ class ResultsFile:
         return buffer.getvalue().encode()
 
     def _header(self) -> list[str]:
-        with open(self.path, newline="") as f:
-            return next(csv.reader(f), [])
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                return next(csv.reader(f), [])
+        except (UnicodeDecodeError, csv.Error):  # binary data, or a first "line" of megabytes
+            raise ConfigError(
+                f"cannot append to {self.path}: it is not a results file (no CSV header); use another --logfile"
+            ) from None
 
     def _check_header(self) -> None:
         existing = self._header()
@@ -575,8 +588,7 @@ class ResultsFile:
 
 def _in_use(path: Path) -> str:
     return (
-        f"{path} is in use: another ablation is still adding rows to it; wait for it to end, "
-        "or pass another --logfile"
+        f"{path} is in use: another ablation is still adding rows to it; wait for it to end, or pass another --logfile"
     )
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tfkit.ablate.analysis import final_rows, swept_columns
+from tfkit.ablate.results import DONE_STATUSES, read_results
 from tfkit.errors import DataError
 
 
@@ -52,8 +54,6 @@ def clip_diverged(frame: Any, metric: str = "val_loss") -> Any:
     """
     import polars as pl
 
-    from tfkit.plotting.render import final_rows
-
     for name in (metric, "vocab_size", "run_status", "run_id"):
         if name not in frame.columns:
             raise DataError(f"LR sensitivity needs a {name} column (the results of `tfkit ablate` on a language model)")
@@ -70,9 +70,7 @@ def clip_diverged(frame: Any, metric: str = "val_loss") -> Any:
     )
 
 
-def lr_sensitivity(
-    results: Any, metric: str = "val_loss", group_by: list[str] | None = None
-) -> list[Sensitivity]:
+def lr_sensitivity(results: Any, metric: str = "val_loss", group_by: list[str] | None = None) -> list[Sensitivity]:
     """The LR sensitivity of each model in an ablation's results (see the module docstring).
 
     Args:
@@ -81,20 +79,14 @@ def lr_sensitivity(
     """
     import polars as pl
 
-    from tfkit.plotting.data import setting_columns
-
     if isinstance(results, (str, Path)):
-        from tfkit.ablate.results import read_results
-
         results = read_results(results)
     if "lr" not in results.columns or results.get_column("lr").n_unique() < 2:
         raise DataError("LR sensitivity needs results over at least two learning rates (ablate --lr A B ...)")
-    from tfkit.ablate.results import DONE_STATUSES
-
     # runs that ended (completed or failed); one still running or interrupted has no final loss yet
     finals = clip_diverged(results, metric).filter(pl.col("run_status").is_in(list(DONE_STATUSES)))
     if group_by is None:
-        group_by = [c for c in setting_columns(results)[0] if c != "lr"]
+        group_by = [c for c in swept_columns(results)[0] if c != "lr"]
     out: list[Sensitivity] = []
     if finals.is_empty():  # no run has ended yet (an ablation stopped before its first run ended)
         return out
@@ -111,15 +103,19 @@ def lr_sensitivity(
                 by_seed.append(statistics.fmean(losses) - min(losses))
         if not by_seed:
             continue
-        out.append(Sensitivity(
-            group=dict(zip(group_by, key if isinstance(key, tuple) else (key,))),
-            sensitivity=statistics.fmean(by_seed),
-            std=statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0,
-            best_loss=best[metric], best_lr=best["lr"],
-            initial_loss=float(part.get_column("initial_loss").max()),
-            lrs=per_lr.get_column("lr").to_list(), seeds=len(by_seed),
-            diverged=int(part.get_column("diverged").sum()),
-        ))  # fmt: skip
+        out.append(
+            Sensitivity(
+                group=dict(zip(group_by, key if isinstance(key, tuple) else (key,), strict=False)),
+                sensitivity=statistics.fmean(by_seed),
+                std=statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0,
+                best_loss=best[metric],
+                best_lr=best["lr"],
+                initial_loss=float(part.get_column("initial_loss").max()),
+                lrs=per_lr.get_column("lr").to_list(),
+                seeds=len(by_seed),
+                diverged=int(part.get_column("diverged").sum()),
+            )
+        )
     return out
 
 
@@ -129,5 +125,7 @@ def describe(s: Sensitivity) -> str:
     spread = f" ± {s.std:.4f}" if s.seeds > 1 else ""
     lrs = f"{min(s.lrs):g}..{max(s.lrs):g} ({len(s.lrs)} values)"
     diverged = f", {s.diverged} diverged run(s) at the initial loss {s.initial_loss:.3f}" if s.diverged else ""
-    return (f"{model}: LR sensitivity {s.sensitivity:.4f}{spread} over lr {lrs}, {s.seeds} seed(s); "
-            f"best {s.best_loss:.4f} at lr {s.best_lr:g}{diverged}")  # fmt: skip
+    return (
+        f"{model}: LR sensitivity {s.sensitivity:.4f}{spread} over lr {lrs}, {s.seeds} seed(s); "
+        f"best {s.best_loss:.4f} at lr {s.best_lr:g}{diverged}"
+    )

@@ -7,8 +7,6 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfkit.ablate.results import DONE_STATUSES
-
 METRICS = ("val_loss", "excess_loss", "time_s")
 
 
@@ -21,16 +19,8 @@ class SettingSummary:
     stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (mean, std)
 
 
-def final_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last row of every finished run, in first-seen run order."""
-    last: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        last[row["run_id"]] = row
-    return [row for row in last.values() if row.get("run_status") in DONE_STATUSES]
-
-
 def summarize(finals: list[dict[str, Any]], setting_ids: list[str]) -> list[SettingSummary]:
-    """One summary per setting id (in the given order) from runs' final rows.
+    """One summary per setting id (in the given order) from runs' final rows (`analysis.finished_runs`).
 
     Values may be numbers or CSV strings; empty, missing and non-finite ones are left out.
     The std is the sample standard deviation (0 for a single run).

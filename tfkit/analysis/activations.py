@@ -67,10 +67,11 @@ def capture_residuals(
         return lambda module, args, output: caught[index].append(output.detach())
 
     handles = [
-        module.register_forward_pre_hook(keeper(i, where)) if where == "input"
+        module.register_forward_pre_hook(keeper(i, where))
+        if where == "input"
         else module.register_forward_hook(keeper(i, where))
         for i, (_, module, where) in enumerate(points)
-    ]  # fmt: skip
+    ]
     try:
         for start in range(0, num_sequences, batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(tokens[start : start + batch_size])).to(device)  # (B, T)

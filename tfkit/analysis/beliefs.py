@@ -58,9 +58,16 @@ def belief_columns(seq_len: int) -> list[str]:
     """The columns of `beliefs.csv`, in file order (positions i = 1..seq_len)."""
     positions = range(1, seq_len + 1)
     return [
-        "step", "tokens_seen", "probed", "layer", "num_features", "probe_r2", "probe_mse",
-        *(f"probe_r2_{i}" for i in positions), *(f"probe_mse_{i}" for i in positions),
-    ]  # fmt: skip
+        "step",
+        "tokens_seen",
+        "probed",
+        "layer",
+        "num_features",
+        "probe_r2",
+        "probe_mse",
+        *(f"probe_r2_{i}" for i in positions),
+        *(f"probe_mse_{i}" for i in positions),
+    ]
 
 
 def point_columns(num_states: int) -> list[str]:
@@ -104,8 +111,10 @@ def open_belief_run(run_dir: str | Path, checkpoints: str = "latest") -> BeliefR
     except ValueError as e:
         raise DataError(f"{config_path} is not a readable run config: {str(e).splitlines()[0][:100]}") from None
     if not isinstance(nested, dict) or "task" in nested:
-        raise DataError(f"{run_dir} is not a language-model run (an in-context regression run?); "
-                        "`analyze beliefs` needs a `train pretrain` run on a built-in process")  # fmt: skip
+        raise DataError(
+            f"{run_dir} is not a language-model run (an in-context regression run?); "
+            "`analyze beliefs` needs a `train pretrain` run on a built-in process"
+        )
     nested.pop("meta", None)
     try:
         config = RunConfig.from_dict(nested, source=str(config_path))
@@ -122,8 +131,13 @@ def open_belief_run(run_dir: str | Path, checkpoints: str = "latest") -> BeliefR
     found = sorted((p for p in folder.glob("*.pt") if p.stem.isdigit()), key=lambda p: int(p.stem))
     if not found:
         raise DataError(f"{run_dir} holds no checkpoint (checkpoints/<tokens>.pt): has its training started?")
-    return BeliefRun(run_dir, process, config.data.seq_len, config.train.seed,
-                     _pick_checkpoints(found, checkpoints, latest_checkpoint(run_dir)))  # fmt: skip
+    return BeliefRun(
+        run_dir,
+        process,
+        config.data.seq_len,
+        config.train.seed,
+        _pick_checkpoints(found, checkpoints, latest_checkpoint(run_dir)),
+    )
 
 
 def _pick_checkpoints(found: list[Path], which: str, latest: Path | None) -> list[Path]:
@@ -137,8 +151,10 @@ def _pick_checkpoints(found: list[Path], which: str, latest: Path | None) -> lis
     for item in (s.strip().removesuffix(".pt") for s in text.split(",")):
         if item not in by_tokens:
             have = ", ".join(by_tokens)
-            raise ConfigError(f"--checkpoints {which!r}: no checkpoint {item!r}; use latest, all, or token counts "
-                              f"of checkpoints the run has: {have}")  # fmt: skip
+            raise ConfigError(
+                f"--checkpoints {which!r}: no checkpoint {item!r}; use latest, all, or token counts "
+                f"of checkpoints the run has: {have}"
+            )
         picked.append(by_tokens[item])
     return sorted(set(picked), key=lambda p: int(p.stem))
 
@@ -185,8 +201,9 @@ class LayerProbe:
     predictions: np.ndarray = field(repr=False)  # (held-out points, S)
 
 
-def probe_layers(probed: str, names: list[str], stream: np.ndarray, data: BeliefData, ridge: float,
-                 with_all: bool = True) -> list[LayerProbe]:  # fmt: skip
+def probe_layers(
+    probed: str, names: list[str], stream: np.ndarray, data: BeliefData, ridge: float, with_all: bool = True
+) -> list[LayerProbe]:
     """Probe every layer of `stream` (N, T, L, C) and, with `with_all`, all L layers side by side.
 
     One Gram matrix of all layers serves every probe (a layer's is a block of it).
@@ -215,11 +232,16 @@ def probe_layers(probed: str, names: list[str], stream: np.ndarray, data: Belief
 def _row(probe: LayerProbe, step: int, tokens_seen: int) -> dict[str, Any]:
     s = probe.scores
     return {
-        "step": step, "tokens_seen": tokens_seen, "probed": probe.probed, "layer": probe.layer,
-        "num_features": probe.num_features, "probe_r2": s.r2, "probe_mse": s.mse,
+        "step": step,
+        "tokens_seen": tokens_seen,
+        "probed": probe.probed,
+        "layer": probe.layer,
+        "num_features": probe.num_features,
+        "probe_r2": s.r2,
+        "probe_mse": s.mse,
         **{f"probe_r2_{i + 1}": v for i, v in enumerate(s.r2_by_group)},
         **{f"probe_mse_{i + 1}": v for i, v in enumerate(s.mse_by_group)},
-    }  # fmt: skip
+    }
 
 
 @dataclass
@@ -307,16 +329,21 @@ def analyze_beliefs(
     latest = load_run(run.checkpoints[-1], "checkpoint")  # checked before any work
     model_config = latest.model_config
     if run.seq_len > model_config.max_seq_len:  # type: ignore[operator]
-        raise DataError(f"{run.run_dir}: the run's --seq-len {run.seq_len} exceeds its model's context "
-                        f"({model_config.max_seq_len})")  # fmt: skip
+        raise DataError(
+            f"{run.run_dir}: the run's --seq-len {run.seq_len} exceeds its model's context ({model_config.max_seq_len})"
+        )
     if model_config.vocab_size < process.vocab_size:  # type: ignore[operator]
-        raise DataError(f"{run.run_dir}: the model's vocabulary ({model_config.vocab_size}) is smaller than "
-                        f"process {process.name}'s ({process.vocab_size})")  # fmt: skip
+        raise DataError(
+            f"{run.run_dir}: the model's vocabulary ({model_config.vocab_size}) is smaller than "
+            f"process {process.name}'s ({process.vocab_size})"
+        )
     values = num_sequences * run.seq_len * (model_config.depth + 2) * model_config.width
     if values > MAX_FEATURE_VALUES:
         need = values * 12 / 2**30  # float32 activations and their float64 copy
-        raise ConfigError(f"--num-sequences {num_sequences}: the activations of every layer would take about "
-                          f"{need:.1f} GiB; use at most {MAX_FEATURE_VALUES // (values // num_sequences):,}")  # fmt: skip
+        raise ConfigError(
+            f"--num-sequences {num_sequences}: the activations of every layer would take about "
+            f"{need:.1f} GiB; use at most {MAX_FEATURE_VALUES // (values // num_sequences):,}"
+        )
     data = belief_data(process, num_sequences, run.seq_len, test_fraction, seed)
     total = len(run.checkpoints) + 1
 
@@ -351,12 +378,22 @@ def analyze_beliefs(
             on_model(done, total)
 
     settings = {
-        "run_dir": str(run.run_dir), "process": process.name, "process_params": process.params,
-        "num_states": process.num_states, "vocab_size": process.vocab_size, "seq_len": run.seq_len,
-        "num_sequences": num_sequences, "fit_sequences": data.num_fit,
-        "held_out_sequences": num_sequences - data.num_fit, "test_fraction": test_fraction, "ridge": ridge,
-        "seed": seed, "run_seed": run.seed, "device": str(torch_device), "layers": [*names, ALL_LAYERS],
-    }  # fmt: skip
+        "run_dir": str(run.run_dir),
+        "process": process.name,
+        "process_params": process.params,
+        "num_states": process.num_states,
+        "vocab_size": process.vocab_size,
+        "seq_len": run.seq_len,
+        "num_sequences": num_sequences,
+        "fit_sequences": data.num_fit,
+        "held_out_sequences": num_sequences - data.num_fit,
+        "test_fraction": test_fraction,
+        "ridge": ridge,
+        "seed": seed,
+        "run_seed": run.seed,
+        "device": str(torch_device),
+        "layers": [*names, ALL_LAYERS],
+    }
     picture = [p for p in trained] + [p for p in controls if p.layer in (ALL_LAYERS, ONE_HOT)]
     points = _points(picture, data)
     return BeliefAnalysis(settings, recorded, rows, points, run.seq_len, process.num_states)
@@ -372,11 +409,15 @@ def _points(probes: list[LayerProbe], data: BeliefData) -> list[dict[str, Any]]:
     for probe in probes:
         predicted = probe.predictions[:PICTURE_POINTS]
         for position, true_row, predicted_row in zip(positions, truth, predicted, strict=True):
-            out.append({
-                "probed": probe.probed, "layer": probe.layer, "position": int(position),
-                **{f"belief_{k + 1}": float(v) for k, v in enumerate(true_row)},
-                **{f"predicted_{k + 1}": float(v) for k, v in enumerate(predicted_row)},
-            })  # fmt: skip
+            out.append(
+                {
+                    "probed": probe.probed,
+                    "layer": probe.layer,
+                    "position": int(position),
+                    **{f"belief_{k + 1}": float(v) for k, v in enumerate(true_row)},
+                    **{f"predicted_{k + 1}": float(v) for k, v in enumerate(predicted_row)},
+                }
+            )
     return out
 
 
@@ -414,8 +455,9 @@ def with_earlier(analysis: BeliefAnalysis, run_dir: str | Path) -> BeliefAnalysi
             return analysis
         steps = {c["step"] for c in analysis.checkpoints}
         old = [c for c in earlier["checkpoints"] if c["step"] not in steps]
-        old_rows = [{k: math.nan if v is None else v for k, v in r.items()}
-                    for r in earlier["rows"] if r["step"] not in steps]  # fmt: skip
+        old_rows = [
+            {k: math.nan if v is None else v for k, v in r.items()} for r in earlier["rows"] if r["step"] not in steps
+        ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return analysis
     if old_rows and set(old_rows[0]) != set(belief_columns(analysis.seq_len)):

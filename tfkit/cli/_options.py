@@ -33,19 +33,26 @@ Resume = Annotated[
     str | None,
     typer.Option(
         "--resume",
-        help="Continue a run: auto (the latest complete checkpoint in --out, else start afresh), a run directory "
-        "or a checkpoint file. Its settings come from the checkpoint; options typed may change only where and how "
-        "it is logged, checkpointed and stopped by time.",
+        help="Continue a run: auto (the latest complete checkpoint in --out that matches its sha256 digest, else "
+        "start afresh), a run directory or a checkpoint file. Its settings come from the checkpoint; options typed "
+        "may change only where and how it is logged, checkpointed and stopped by time.",
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 PANELS = {
-    "model": "Model", "optim": "Optimizer", "data": "Data", "train": "Training", "log": "Logging",
-    "task": "Task", "curriculum": "Curriculum", "loop": "Looped model",
-    "sft": "Fine-tuning", "dpo": "Preference tuning (DPO)",
-}  # fmt: skip
+    "model": "Model",
+    "optim": "Optimizer",
+    "data": "Data",
+    "train": "Training",
+    "log": "Logging",
+    "task": "Task",
+    "curriculum": "Curriculum",
+    "loop": "Looped model",
+    "sft": "Fine-tuning",
+    "dpo": "Preference tuning (DPO)",
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,14 +23,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from tfkit.ablate.grid import MAX_RUNS
 from tfkit.cli._errors import INTERRUPTED, TERMINATED, callback, command
 from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options, options_before_subcommand
 from tfkit.cli._output import console, err_console, format_value, is_interactive, print_error, progress_bar
 from tfkit.cli.icl import EXCLUDED as ICL_EXCLUDED
 from tfkit.cli.train import build_config
 from tfkit.config import DEFAULT_MAX_STEPS
+from tfkit.config.icl import ICL_SECTIONS
 from tfkit.errors import ConfigError, TfkitError
-from tfkit.training.icl_config import ICL_SECTIONS
 
 HELP = (
     "Train every combination of the given values (a *setting*), each --num-runs times.\n\n"
@@ -57,6 +58,10 @@ def ablate(
     ctx: typer.Context,
     options: dict[str, Any],
     num_runs: Annotated[int, typer.Option("--num-runs", "-n", help="Runs (seeds) per setting.")] = 1,
+    max_runs: Annotated[
+        int,
+        typer.Option("--max-runs", min=1, help="Refuse a grid of more runs (settings x --num-runs) than this."),
+    ] = MAX_RUNS,
     sweeps: Annotated[
         list[str] | None,
         typer.Option("--sweep", help="Sweep any config field: section.field=v1,v2,... (repeatable)."),
@@ -197,7 +202,7 @@ def ablate(
     if append and not log_csv:
         raise ConfigError("--append resumes from the results file: add -c/--log-csv")
 
-    plan = plan_ablation(base, axes, num_runs=num_runs, seed=base.train.seed, runs_dir=runs_dir)
+    plan = plan_ablation(base, axes, num_runs=num_runs, seed=base.train.seed, runs_dir=runs_dir, max_runs=max_runs)
     if launcher != "slurm":  # a cluster's devices are not this machine's
         _check_devices(
             device_list or [s.config.train.device for s in plan.settings], "--devices" if device_list else "--device"
@@ -230,8 +235,6 @@ def ablate(
     if review and not yes and is_interactive() and not typer.confirm(f"Train {len(todo)} runs?", default=True):
         raise typer.Exit(1)
 
-    if todo:
-        _check_runs_dir(runs_dir)
     job_launcher = None
     if todo and (launcher == "slurm" or launcher == "local"):
         from tfkit.ablate.launch import LocalLauncher, SlurmLauncher
@@ -240,6 +243,8 @@ def ablate(
             job_launcher = SlurmLauncher(runs_dir, slurm, jobs, name=f"tfkit-{group}")
         else:
             job_launcher = LocalLauncher(runs_dir, jobs or 1, device_list)
+    if todo:
+        _check_runs_dir(runs_dir)
     if results is not None:
         results = ResultsFile.open(logfile, plan.columns, append=append, overwrite=overwrite)
         _report_opened(results, todo, statuses)
@@ -359,9 +364,14 @@ def _slurm_options(
     from tfkit.ablate.launch import SlurmOptions, parse_sbatch_options
 
     given = {
-        "--slurm-partition": partition, "--gpus-per-run": gpus_per_run, "--slurm-time": time_min,
-        "--slurm-cpus": cpus, "--slurm-mem": mem, "--slurm-option": options, "--slurm-setup": setup,
-    }  # fmt: skip
+        "--slurm-partition": partition,
+        "--gpus-per-run": gpus_per_run,
+        "--slurm-time": time_min,
+        "--slurm-cpus": cpus,
+        "--slurm-mem": mem,
+        "--slurm-option": options,
+        "--slurm-setup": setup,
+    }
     if launcher != "slurm":
         named = [name for name, value in given.items() if value]
         if named:
@@ -456,19 +466,29 @@ def _settings_table(plan: Any, num_runs: int, done: set[str]) -> Table:
 
 
 def _print_results(plan: Any, results: Any, outcomes: list[Any], num_runs: int) -> None:
-    from tfkit.ablate.summary import best_setting, final_rows, summarize
+    import polars as pl
+
+    from tfkit.ablate.analysis import finished_runs
+    from tfkit.ablate.results import read_results
+    from tfkit.ablate.summary import best_setting, summarize
 
     ids = [s.setting_id for s in plan.settings]
     if results is not None:
-        mine = {s.run_id for s in plan.specs}
-        finals = final_rows([r for r in results.read() if r["run_id"] in mine])
+        mine = [s.run_id for s in plan.specs]
+        finals = finished_runs(read_results(results.path).filter(pl.col("run_id").is_in(mine))).to_dicts()
     else:
         by_run = {s.run_id: s for s in plan.specs}
         finals = [
-            {**o.summary, "run_status": o.status, "setting_id": by_run[o.run_id].setting.setting_id,
-             "run_id": o.run_id, "time_s": o.summary.get("time_s")}
-            for o in outcomes if o.status in ("completed", "failed")
-        ]  # fmt: skip
+            {
+                **o.summary,
+                "run_status": o.status,
+                "setting_id": by_run[o.run_id].setting.setting_id,
+                "run_id": o.run_id,
+                "time_s": o.summary.get("time_s"),
+            }
+            for o in outcomes
+            if o.status in ("completed", "failed")
+        ]
     summaries = summarize(finals, ids)
     best = best_setting(summaries)
     has_excess = any("excess_loss" in s.stats for s in summaries)
@@ -530,7 +550,7 @@ class AblationDisplay:
     """Progress over runs (with ETA) and of the current run on a terminal; a line per run otherwise."""
 
     def __init__(self, total: int, varying: list[str], quiet: bool, one_at_a_time: bool = True) -> None:
-        from tfkit.ablate.runner import AblationCallback  # noqa: F401  (the protocol implemented)
+        from tfkit.ablate.run import AblationCallback  # noqa: F401  (the protocol implemented)
         from tfkit.training.loop import TrainCallback
 
         self.total, self.varying, self.quiet = total, varying, quiet

@@ -36,16 +36,35 @@ def _latest_table(result: Any) -> Any:
         title=f"Belief probe on held-out sequences: step {last['step']:,}, {last['tokens_seen']:,} tokens seen",
         title_justify="left",
     )
-    for name, justify in (("layer", "left"), ("features", "right"), ("R²", "right"), ("1 − R²", "right"),
-                          ("MSE", "right"), ("random init 1 − R²", "right")):  # fmt: skip
+    for name, justify in (
+        ("layer", "left"),
+        ("features", "right"),
+        ("R²", "right"),
+        ("1 − R²", "right"),
+        ("MSE", "right"),
+        ("random init 1 − R²", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in (r for r in rows if r["probed"] == "trained"):
         control = random.get(r["layer"])
-        table.add_row(r["layer"], str(r["num_features"]), _fraction(r["probe_r2"]), _unexplained(r["probe_r2"]),
-                      f"{r['probe_mse']:.3e}", _unexplained(control["probe_r2"]) if control else "")  # fmt: skip
+        table.add_row(
+            r["layer"],
+            str(r["num_features"]),
+            _fraction(r["probe_r2"]),
+            _unexplained(r["probe_r2"]),
+            f"{r['probe_mse']:.3e}",
+            _unexplained(control["probe_r2"]) if control else "",
+        )
     for r in (r for r in rows if r["probed"] == "token_position"):
-        table.add_row("token × position (one-hot)", str(r["num_features"]), _fraction(r["probe_r2"]),
-                      _unexplained(r["probe_r2"]), f"{r['probe_mse']:.3e}", "", style="dim")  # fmt: skip
+        table.add_row(
+            "token × position (one-hot)",
+            str(r["num_features"]),
+            _fraction(r["probe_r2"]),
+            _unexplained(r["probe_r2"]),
+            f"{r['probe_mse']:.3e}",
+            "",
+            style="dim",
+        )
     return table
 
 
@@ -112,9 +131,17 @@ def beliefs(
     if progress is not None:
         progress.start()
     try:
-        result = analyze_beliefs(run_dir, checkpoints=checkpoints, num_sequences=num_sequences,
-                                 test_fraction=test_fraction, ridge=ridge, seed=seed, batch_size=batch_size,
-                                 device=device, on_model=on_model)  # fmt: skip
+        result = analyze_beliefs(
+            run_dir,
+            checkpoints=checkpoints,
+            num_sequences=num_sequences,
+            test_fraction=test_fraction,
+            ridge=ridge,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            on_model=on_model,
+        )
     finally:
         if progress is not None:
             progress.stop()

@@ -24,6 +24,7 @@ from tfkit.cli.train import train_app
 from tfkit.errors import TfkitError
 from tfkit.signals import raise_on_sigterm
 
+
 class RootGroup(TyperGroup):
     """The root command; `tfkit --help` is printed plainly.
 

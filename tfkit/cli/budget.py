@@ -123,4 +123,3 @@ def budget(
         console.print(table)
     for note in result.notes:
         console.print(f"Note: {note}", highlight=False)
-

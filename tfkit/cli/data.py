@@ -66,9 +66,14 @@ def processes(
         params = ", ".join(f"{k}={v:g}" for k, v in r["params"].items()) or "-"
         approx = "" if r["entropy_rate_exact"] else " ~"
         table.add_row(
-            r["process"], params, str(r["vocab_size"]), str(r["num_states"]),
-            f"{r['entropy_rate']:.6f}{approx}", f"{r['entropy_rate_bits']:.6f}{approx}", r["description"],
-        )  # fmt: skip
+            r["process"],
+            params,
+            str(r["vocab_size"]),
+            str(r["num_states"]),
+            f"{r['entropy_rate']:.6f}{approx}",
+            f"{r['entropy_rate_bits']:.6f}{approx}",
+            r["description"],
+        )
     console.print(table)
     console.print("~ estimated from sampled data (the process has no finite unifilar presentation)")
 
@@ -146,8 +151,9 @@ def download(
     sample_by: Annotated[
         str,
         typer.Option(
-            "--sample-by", help=".txt files: one document per file (document), per line or per paragraph (blank-line "
-            "separated). Carved splits never share a file with train."
+            "--sample-by",
+            help=".txt files: one document per file (document), per line or per paragraph (blank-line "
+            "separated). Carved splits never share a file with train.",
         ),
     ] = "document",
     cache_dir: Annotated[
@@ -170,17 +176,34 @@ def download(
         datasets.disable_progress_bars()
     say = None if quiet or json_output else (lambda message: console.print(f"[dim]{message}[/]", highlight=False))
     result = download_sources(
-        names, output_dir, subset=subset, split=split, text_field=text_field, val_fraction=val_fraction,
-        test_fraction=test_fraction, seed=seed, sample_by=sample_by, overwrite=overwrite,
-        cache_dir=str(cache_dir) if cache_dir else None, progress=say,
-    )  # fmt: skip
+        names,
+        output_dir,
+        subset=subset,
+        split=split,
+        text_field=text_field,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        sample_by=sample_by,
+        overwrite=overwrite,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        progress=say,
+    )
     for warning in result.warnings:
         err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
     for note in result.notes:
         err_console.print(f"[bold]Note:[/] {note}", highlight=False)
     if json_output:
-        print_json({"output_dir": str(result.output_dir), "kind": result.kind, "splits": result.splits,
-                    "sources": result.sources, "warnings": result.warnings, "notes": result.notes})  # fmt: skip
+        print_json(
+            {
+                "output_dir": str(result.output_dir),
+                "kind": result.kind,
+                "splits": result.splits,
+                "sources": result.sources,
+                "warnings": result.warnings,
+                "notes": result.notes,
+            }
+        )
         return
     if quiet:
         return

@@ -7,7 +7,7 @@ from typing import Any
 from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
 from tfkit.cli._output import console
 from tfkit.cli.train import ProgressDisplay, build_config, report_run, resume_point
-from tfkit.training.finetune_config import DPO_OPTION_SECTIONS, SFT_OPTION_SECTIONS, DpoRunConfig, SftRunConfig
+from tfkit.config.finetune import DPO_OPTION_SECTIONS, SFT_OPTION_SECTIONS, DpoRunConfig, SftRunConfig
 
 
 class FinetuneProgressDisplay(ProgressDisplay):
@@ -57,8 +57,12 @@ def sft(
     from tfkit.training.sft import train_sft
 
     display = FinetuneProgressDisplay(quiet or json_output, ("val_acc", "val_acc"))
-    result = train_sft(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
-                       resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
+    result = train_sft(
+        config,
+        callback=display,
+        overwrite=overwrite or checkpoint == "fresh",
+        resume=None if checkpoint == "fresh" else checkpoint,
+    )
     report_run(result, SFT_ROWS, quiet, json_output)
 
 
@@ -78,6 +82,10 @@ def dpo(
     from tfkit.training.dpo import train_dpo
 
     display = FinetuneProgressDisplay(quiet or json_output, ("val_rewards_accuracies", "reward accuracy"))
-    result = train_dpo(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
-                       resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
+    result = train_dpo(
+        config,
+        callback=display,
+        overwrite=overwrite or checkpoint == "fresh",
+        resume=None if checkpoint == "fresh" else checkpoint,
+    )
     report_run(result, DPO_ROWS, quiet, json_output)

@@ -7,7 +7,7 @@ from typing import Any
 from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
 from tfkit.cli._output import console
 from tfkit.cli.train import ProgressDisplay, build_config, report_run, resume_point
-from tfkit.training.icl_config import (
+from tfkit.config.icl import (
     ICL_SECTIONS,
     SOFTMAX_FIELDS,
     UNUSED_MODEL_FIELDS,
@@ -64,6 +64,10 @@ def icl(
     from tfkit.training.icl import train_icl
 
     display = IclProgressDisplay(quiet or json_output)
-    result = train_icl(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
-                       resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
+    result = train_icl(
+        config,
+        callback=display,
+        overwrite=overwrite or checkpoint == "fresh",
+        resume=None if checkpoint == "fresh" else checkpoint,
+    )
     report_run(result, SUMMARY_ROWS, quiet, json_output)

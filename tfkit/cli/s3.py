@@ -162,8 +162,10 @@ def push(
         display.close()
     if result.skipped_symlinks:
         names = ", ".join(result.skipped_symlinks)
-        _warn(f"skipped {len(result.skipped_symlinks)} symlink(s) that lead out of {local_dir}: {names} "
-              "(--follow-symlinks uploads the files they point to)")  # fmt: skip
+        _warn(
+            f"skipped {len(result.skipped_symlinks)} symlink(s) that lead out of {local_dir}: {names} "
+            "(--follow-symlinks uploads the files they point to)"
+        )
     if json_output:
         print_json(result.to_dict())
         return
@@ -237,8 +239,11 @@ def pull(
     if result.overwritten and not quiet:
         verb = "would replace" if dry_run else "replaced"
         names = ", ".join(result.overwritten)
-        console.print(f"{verb} {len(result.overwritten)} locally changed file(s) (--force): {names}",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(
+            f"{verb} {len(result.overwritten)} locally changed file(s) (--force): {names}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @command(s3_app, "ls")

@@ -98,9 +98,16 @@ def train(
 
     with ProgressBar("reading", quiet or json_output) as bar:
         result = train_tokenizer(
-            dataset_dir, output_path, vocab_size=vocab_size, min_frequency=min_frequency, profile=profile,
-            split=split, batch_size=batch_size, overwrite=overwrite, progress=bar,
-        )  # fmt: skip
+            dataset_dir,
+            output_path,
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            profile=profile,
+            split=split,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=bar,
+        )
     for warning in result.warnings:
         err_console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
     data = {
@@ -161,20 +168,38 @@ def tokenize(
 
     with ProgressBar("tokenizing", quiet or json_output) as bar:
         result = tokenize_dataset(
-            dataset_dir, tokenizer_path, output_dir, mode=mode, num_proc=num_proc, batch_size=batch_size,
-            overwrite=overwrite, progress=bar,
-        )  # fmt: skip
+            dataset_dir,
+            tokenizer_path,
+            output_dir,
+            mode=mode,
+            num_proc=num_proc,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=bar,
+        )
     if result.removed_leftovers:
         names = ", ".join(p.name for p in result.removed_leftovers)
-        err_console.print(f"Note: removed {len(result.removed_leftovers)} folder(s) left by an interrupted tokenize "
-                          f"in {result.output_dir.parent}: {names}", highlight=False, soft_wrap=True)  # fmt: skip
+        err_console.print(
+            f"Note: removed {len(result.removed_leftovers)} folder(s) left by an interrupted tokenize "
+            f"in {result.output_dir.parent}: {names}",
+            highlight=False,
+            soft_wrap=True,
+        )
     splits = {
         k: {"documents": s.documents, "tokens": s.tokens, "text_bytes": s.nbytes} for k, s in result.splits.items()
     }
     if json_output:
-        print_json({"output_dir": str(result.output_dir), "mode": result.mode, "vocab_size": result.vocab_size,
-                    "num_proc": result.num_proc, "seconds": result.seconds, "mb_per_s": result.mb_per_s,
-                    "splits": splits})  # fmt: skip
+        print_json(
+            {
+                "output_dir": str(result.output_dir),
+                "mode": result.mode,
+                "vocab_size": result.vocab_size,
+                "num_proc": result.num_proc,
+                "seconds": result.seconds,
+                "mb_per_s": result.mb_per_s,
+                "splits": splits,
+            }
+        )
         return
     if quiet:
         return
@@ -217,8 +242,15 @@ def count(
     for r in rows:
         if r.split == "total":
             table.add_section()
-        table.add_row(r.split, f"{r.documents:,}", f"{r.tokens:,}", f"{r.mean:,.1f}", f"{r.median:,.1f}", f"{r.max:,}",
-                      style="bold" if r.split == "total" else None)  # fmt: skip
+        table.add_row(
+            r.split,
+            f"{r.documents:,}",
+            f"{r.tokens:,}",
+            f"{r.mean:,.1f}",
+            f"{r.median:,.1f}",
+            f"{r.max:,}",
+            style="bold" if r.split == "total" else None,
+        )
     console.print(table)
     if rows[-1].shard_tokens is not None:
         console.print(f"shard tokens (with one end-of-text per document): {rows[-1].shard_tokens:,}", highlight=False)
@@ -248,7 +280,7 @@ def _render_document(view: Any, max_tokens: int) -> None:
     table = Table(title_justify="left")
     for col in ("#", "id", "piece", "text"):
         table.add_column(col, justify="right" if col in ("#", "id") else "left")
-    for i, (token_id, piece, text) in enumerate(zip(view.ids, view.pieces, view.token_texts)):
+    for i, (token_id, piece, text) in enumerate(zip(view.ids, view.pieces, view.token_texts, strict=False)):
         if i == max_tokens:
             table.add_row("...", "", f"{len(view.ids) - max_tokens:,} more", "")
             break
@@ -285,7 +317,7 @@ def _token_table(sequence: Any, max_tokens: int) -> Any:
     table = Table(title=f"{sequence.name} tokens", title_justify="left")
     for col in ("#", "id", "piece", "text", "scored"):
         table.add_column(col, justify="right" if col in ("#", "id") else "left")
-    rows = zip(sequence.ids, sequence.pieces, sequence.token_texts, sequence.loss_mask)
+    rows = zip(sequence.ids, sequence.pieces, sequence.token_texts, sequence.loss_mask, strict=False)
     for i, (token_id, piece, text, scored) in enumerate(rows):
         if i == max_tokens:
             table.add_row("...", "", f"{len(sequence.ids) - max_tokens:,} more", "", "")
@@ -303,12 +335,16 @@ def _render_chat(view: Any, max_tokens: int, markers: bool) -> None:
     plain = markers or console.color_system is None  # no styles: the scored runs carry markers instead
     if view.mode == "sft":
         (example,) = view.sequences
-        console.print(f"[bold]{view.split}[/] example {view.index:,} of {view.num_documents:,}: "
-                      f"{len(example.ids):,} tokens, {example.scored:,} scored")  # fmt: skip
+        console.print(
+            f"[bold]{view.split}[/] example {view.index:,} of {view.num_documents:,}: "
+            f"{len(example.ids):,} tokens, {example.scored:,} scored"
+        )
     else:
-        console.print(f"[bold]{view.split}[/] pair {view.index:,} of {view.num_documents:,}: prompt "
-                      f"{view.prompt_tokens:,} tokens; " + ", ".join(
-                          f"{s.name} {len(s.ids):,} tokens ({s.scored:,} scored)" for s in view.sequences))  # fmt: skip
+        console.print(
+            f"[bold]{view.split}[/] pair {view.index:,} of {view.num_documents:,}: prompt "
+            f"{view.prompt_tokens:,} tokens; "
+            + ", ".join(f"{s.name} {len(s.ids):,} tokens ({s.scored:,} scored)" for s in view.sequences)
+        )
     if plain:
         console.print(f"scored tokens (the ones in the loss) are between {MARKS[0]} and {MARKS[1]}", highlight=False)
     else:

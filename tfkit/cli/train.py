@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from tfkit.cli._errors import INTERRUPTED, TERMINATED, command
 from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
-from tfkit.cli._output import console, is_interactive, key_value_table, print_error, print_json, progress_bar
+from tfkit.cli._output import (
+    console,
+    err_console,
+    is_interactive,
+    key_value_table,
+    print_error,
+    print_json,
+    progress_bar,
+)
 from tfkit.config import RunConfig
 from tfkit.errors import ConfigError
 
@@ -62,21 +70,27 @@ def resume_point(resume: str | None, options: dict[str, Any], config_class: type
 
     `auto` finds the latest complete checkpoint in `--out` (none: a fresh start into it);
     a run directory or checkpoint file names one, and `--out` defaults to its run directory.
-    The settings of the run come from the checkpoint; the sections a command derives (the
-    `--init` model of sft / dpo) are derived again.
+    In a run directory, a checkpoint that fails its digest or cannot be read is skipped for
+    the newest that loads, with a warning line for each. The settings of the run come from
+    the checkpoint; the sections a command derives (the `--init` model of sft / dpo) are
+    derived again.
     """
     if resume is None:
         return None, None
-    from tfkit.training.checkpoint import load_checkpoint
     from tfkit.training.fit import resolve_resume
 
     out = options.get("log.out")
     if resume == "auto" and out is None:
         raise ConfigError("--resume auto looks for checkpoints in --out: give --out")
-    checkpoint = resolve_resume(resume, Path(out) if out is not None else Path("."))
+    checkpoint, state, skipped = resolve_resume(resume, Path(out) if out is not None else None)
+    for note in skipped:
+        err_console.print(
+            f"[bold yellow]Warning:[/] {escape(note)}; resuming from {escape(str(checkpoint))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if checkpoint is None:
         return "fresh", None
-    state = load_checkpoint(checkpoint)
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         raise ConfigError(f"--resume {checkpoint} is not a tfkit training checkpoint (no config)")
     base = dict(state["config"])
@@ -157,7 +171,9 @@ def report_run(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json
         table = [(label, summary[key]) for key, label in rows if summary.get(key) is not None]
         console.print(key_value_table(f"Run {result.run_dir}", table))
         if result.pushed is not None:
-            console.print(f"Pushed to {result.pushed['uri']} ({result.pushed['uploaded']} files uploaded)", highlight=False)
+            console.print(
+                f"Pushed to {result.pushed['uri']} ({result.pushed['uploaded']} files uploaded)", highlight=False
+            )
     if result.status == "failed":
         print_error(f"run failed: {result.message}")
         raise typer.Exit(1)
@@ -186,6 +202,10 @@ def pretrain(
 
     follower = os.environ.get("RANK", "0") not in ("", "0")  # under torchrun, rank 0 alone reports
     display = ProgressDisplay(quiet or json_output or follower)
-    result = train(config, callback=display, overwrite=overwrite or checkpoint == "fresh",
-                   resume=None if checkpoint == "fresh" else checkpoint)  # fmt: skip
+    result = train(
+        config,
+        callback=display,
+        overwrite=overwrite or checkpoint == "fresh",
+        resume=None if checkpoint == "fresh" else checkpoint,
+    )
     report_run(result, SUMMARY_ROWS, quiet or follower, json_output and not follower)

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from tfkit.data.tokenized import TOKENIZED_MANIFEST, parse_tokenized_manifest
 from tfkit.errors import DataError
 
-MANIFEST = "tfkit_tokenized.json"  # written by tfkit.tokenizer.encode
 PAD_ID = 0
 SFT_COLUMNS = ("input_ids", "loss_mask")
 DPO_COLUMNS = ("chosen_input_ids", "chosen_loss_mask", "rejected_input_ids", "rejected_loss_mask")
@@ -90,10 +90,8 @@ def open_chat_dataset(path: str | Path, mode: str) -> ChatDataset:
     if not path.is_dir():
         raise DataError(f"--data {path}: no such folder")
     manifest: dict[str, Any] = {}
-    if (path / MANIFEST).is_file():
-        from tfkit.tokenizer.encode import parse_manifest
-
-        manifest = parse_manifest(path / MANIFEST)
+    if (path / TOKENIZED_MANIFEST).is_file():
+        manifest = parse_tokenized_manifest(path / TOKENIZED_MANIFEST)
     found = manifest.get("mode") or ("pretrain" if any(path.glob("*.bin")) else None)
     if found is not None and found != mode:
         what = "pretraining token shards" if found == "pretrain" else f"{found.upper()} data"
@@ -157,8 +155,9 @@ def scored_after_cut(ids: Ragged, mask: Ragged, seq_len: int) -> tuple[int, int]
 class SftData:
     """SFT batches: dicts of numpy arrays `tokens` (B, T+1), `mask` (B, T+1) and, packed, `positions`, `doc`."""
 
-    def __init__(self, dataset: ChatDataset, seq_len: int, batch_size: int, seed: int, packing: bool,
-                 val_examples: int) -> None:  # fmt: skip
+    def __init__(
+        self, dataset: ChatDataset, seq_len: int, batch_size: int, seed: int, packing: bool, val_examples: int
+    ) -> None:
         self.dataset = dataset
         self.seq_len = seq_len
         self.batch_size = batch_size

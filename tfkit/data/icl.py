@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tfkit.training.icl_config import CurriculumConfig, IclRunConfig, TaskConfig
+from tfkit.config.icl import CurriculumConfig, IclRunConfig, TaskConfig
 
 BASELINES = ("least_squares", "knn", "averaging", "zero")
 

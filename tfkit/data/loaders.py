@@ -113,8 +113,10 @@ class ShardSource:
         # opening a shard checks every id against its vocabulary, before any training step
         self.train = read_shard(shard_paths(self.directory, "train")[0])
         val = read_shard(shard_paths(self.directory, val_split)[0])
-        if (val.meta["tokenizer_sha256"] != self.train.meta["tokenizer_sha256"]
-                or val.vocab_size != self.train.vocab_size):  # fmt: skip
+        if (
+            val.meta["tokenizer_sha256"] != self.train.meta["tokenizer_sha256"]
+            or val.vocab_size != self.train.vocab_size
+        ):
             raise DataError(f"the train and {val_split} shards of {self.directory} come from different tokenizers")
         self.vocab_size = self.train.vocab_size
         self.tokenizer_sha256 = self.train.meta["tokenizer_sha256"]

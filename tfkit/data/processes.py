@@ -102,8 +102,7 @@ class Process:
         distance = np.abs(eigenvalues - 1.0)
         if np.sum(distance < 1e-9) > 1:
             raise DataError(
-                f"process '{self.name}' has no unique stationary distribution "
-                "(its state chain is not irreducible)"
+                f"process '{self.name}' has no unique stationary distribution (its state chain is not irreducible)"
             )
         vector = np.real(eigenvectors[:, np.argmin(distance)])  # (S,)
         # The eigenvector's sign is arbitrary; the sum fixes it, the clip removes -1e-17 noise.
@@ -161,7 +160,7 @@ class Process:
         return self.filter(tokens)[0]
 
     def beliefs(self, tokens: np.ndarray) -> np.ndarray:
-        """(N, L, S) P(next hidden state | x_0..x_t): the belief (mixed state) after each prefix, from the Bayes filter."""
+        """(N, L, S) P(next hidden state | x_0..x_t): the belief (mixed state) after each prefix (Bayes filter)."""
         return self.filter(tokens, keep_beliefs=True)[1]
 
     def filter(self, tokens: np.ndarray, keep_beliefs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -252,9 +251,7 @@ class Process:
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens)
         if tokens.ndim != 2:
-            raise DataError(
-                f"tokens must have shape (num_sequences, length), got shape {tokens.shape}"
-            )
+            raise DataError(f"tokens must have shape (num_sequences, length), got shape {tokens.shape}")
         if not np.issubdtype(tokens.dtype, np.integer):
             raise DataError(f"tokens must be integers, got dtype {tokens.dtype}")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
@@ -273,10 +270,7 @@ def _check_count(name: str, value: int, minimum: int = 0) -> None:
 def _check_transition(name: str, transition: np.ndarray) -> None:
     """Raise DataError unless `transition` is a valid (V, S, S) transition tensor."""
     if transition.ndim != 3 or transition.shape[1] != transition.shape[2] or 0 in transition.shape:
-        raise DataError(
-            f"transition tensor of process '{name}' must have shape (V, S, S), "
-            f"got {transition.shape}"
-        )
+        raise DataError(f"transition tensor of process '{name}' must have shape (V, S, S), got {transition.shape}")
     if not np.all(np.isfinite(transition)) or np.any(transition < 0):
         raise DataError(f"transition tensor of process '{name}' has negative or non-finite entries")
     row_sums = transition.sum(axis=(0, 2))  # (S,)
@@ -292,14 +286,10 @@ def _check_transition(name: str, transition: np.ndarray) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _check_range(
-    process: str, param: str, value: float, low: float, high: float, low_open: bool = False
-) -> None:
+def _check_range(process: str, param: str, value: float, low: float, high: float, low_open: bool = False) -> None:
     if value < low or value > high or (low_open and value == low):
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise DataError(
-            f"parameter '{param}' of process '{process}' must be in {interval}, got {value:g}"
-        )
+        raise DataError(f"parameter '{param}' of process '{process}' must be in {interval}, got {value:g}")
 
 
 def _mess3(x: float, alpha: float) -> np.ndarray:
@@ -406,20 +396,15 @@ def get_process(name: str, params: dict[str, float] | None = None) -> Process:
     """Build the built-in process `name`; `params` override its default parameters."""
     spec = PROCESSES.get(name)
     if spec is None:
-        raise DataError(
-            f"unknown process '{name}': built-in processes are {', '.join(PROCESSES)}"
-        )
+        raise DataError(f"unknown process '{name}': built-in processes are {', '.join(PROCESSES)}")
     merged = dict(spec.defaults)
     for param, value in (params or {}).items():
         if param not in spec.defaults:
             raise DataError(
-                f"unknown parameter '{param}' for process '{name}': "
-                f"valid parameters are {', '.join(spec.defaults)}"
+                f"unknown parameter '{param}' for process '{name}': valid parameters are {', '.join(spec.defaults)}"
             )
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            raise DataError(
-                f"parameter '{param}' of process '{name}' must be a finite number, got {value!r}"
-            )
+            raise DataError(f"parameter '{param}' of process '{name}' must be a finite number, got {value!r}")
         merged[param] = float(value)
     transition = spec.builder(**merged)
     return Process(name=name, params=merged, transition=transition, description=spec.description)

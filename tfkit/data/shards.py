@@ -228,8 +228,10 @@ class Shard:
             what = f"a {offsets.ndim}-d {offsets.dtype} array" if isinstance(offsets, np.ndarray) else "not an array"
             raise DataError(f"{docs} holds {what}; document offsets are a 1-d array of integers")
         if len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != self.num_tokens:
-            raise DataError(f"{docs} does not match {self.path.name} ({self.num_tokens:,} tokens): "
-                            "offsets must run from 0 to the token count")  # fmt: skip
+            raise DataError(
+                f"{docs} does not match {self.path.name} ({self.num_tokens:,} tokens): "
+                "offsets must run from 0 to the token count"
+            )
         if len(offsets) > 1 and int(np.diff(offsets.astype(np.int64)).min()) < 1:
             raise DataError(f"{docs} is damaged: its document offsets do not increase")
         return offsets
@@ -291,8 +293,10 @@ def read_shard(path: str | Path, *, check_ids: bool = True) -> Shard:
         raise DataError(f"{sidecar} says {meta['num_tokens']:,} tokens, {path.name} holds {count:,}")
     if vocab_size > 1 << 32 or shard_dtype(vocab_size) != dtype:
         needs = "more than uint32" if vocab_size > 1 << 32 else shard_dtype(vocab_size).name
-        raise DataError(f"{path.name} stores {dtype.name} ids, but its vocabulary of {vocab_size:,} needs {needs} "
-                        f"({sidecar.name} and the shard disagree)")  # fmt: skip
+        raise DataError(
+            f"{path.name} stores {dtype.name} ids, but its vocabulary of {vocab_size:,} needs {needs} "
+            f"({sidecar.name} and the shard disagree)"
+        )
     tokens = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(count,)) if count else np.zeros(0, dtype)
     shard = Shard(path, dtype, count, tokens, meta)
     if check_ids:
@@ -314,8 +318,16 @@ def write_shard(
     offsets = np.asarray([0, ids.size] if document_offsets is None else document_offsets, dtype=np.uint64)
     with ShardWriter(path, vocab_size) as writer:
         writer.write(ids)
-    write_sidecar(sidecar, {**(meta or {}), "vocab_size": vocab_size, "num_tokens": int(ids.size),
-                            "num_documents": len(offsets) - 1, "dtype": writer.dtype.name})  # fmt: skip
+    write_sidecar(
+        sidecar,
+        {
+            **(meta or {}),
+            "vocab_size": vocab_size,
+            "num_tokens": int(ids.size),
+            "num_documents": len(offsets) - 1,
+            "dtype": writer.dtype.name,
+        },
+    )
     save_offsets(docs, offsets)
     return path
 

@@ -56,7 +56,7 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 SPLIT_ORDER = ("train", "validation", "test")
-MANIFEST = "tfkit_dataset.json"
+DATASET_MANIFEST = "tfkit_dataset.json"
 SAMPLE_BY = ("line", "paragraph", "document")
 # the .txt file each sample came from (an index into the source's files); dropped before saving
 FILE_COLUMN = "_tfkit_file"
@@ -257,7 +257,7 @@ def _quiet_loader_errors() -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=False):
             logger.setLevel(level)
 
 
@@ -328,7 +328,11 @@ def _load_local(
 
 
 def _load_text_files(
-    path: Path, data_files: dict[str, list[str]], split: str | None, sample_by: str, cache_dir: str | None,
+    path: Path,
+    data_files: dict[str, list[str]],
+    split: str | None,
+    sample_by: str,
+    cache_dir: str | None,
     num_files: int,
 ) -> tuple[Any, dict[str, Any], int]:
     """Load .txt files with the `text` builder, each sample tagged with its file (`FILE_COLUMN`).
@@ -591,7 +595,7 @@ def _carve_text_tail(texts: list[str], val_fraction: float, test_fraction: float
             lo, hi = bounds[name]
             out[name] = [
                 piece
-                for text, start in zip(texts, starts)
+                for text, start in zip(texts, starts, strict=False)
                 if (piece := text[max(lo - start, 0) : max(hi - start, 0)]) and not piece.isspace()
             ]
         return out
@@ -616,8 +620,10 @@ def _tail_note(name: str, sample_by: str, files: int, val_fraction: float, test_
     else:
         lead, whose = f"{files} files are too few to carve whole", "the"
     if val_fraction > 0 and test_fraction > 0:
-        carved = (f"validation and test are the last {_percent(val_fraction + test_fraction)} of {whose} {unit} "
-                  f"({_percent(val_fraction)} then {_percent(test_fraction)})")  # fmt: skip
+        carved = (
+            f"validation and test are the last {_percent(val_fraction + test_fraction)} of {whose} {unit} "
+            f"({_percent(val_fraction)} then {_percent(test_fraction)})"
+        )
     else:
         split, fraction = ("validation", val_fraction) if val_fraction > 0 else ("test", test_fraction)
         carved = f"{split} is the last {_percent(fraction)} of {whose} {unit}"
@@ -648,7 +654,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError(f"--output-dir {output_dir} is a file")
     if output_dir.is_dir() and any(output_dir.iterdir()):
-        holds_dataset = (output_dir / "dataset_dict.json").exists() or (output_dir / MANIFEST).exists()
+        holds_dataset = (output_dir / "dataset_dict.json").exists() or (output_dir / DATASET_MANIFEST).exists()
         if not holds_dataset:
             raise DataError(f"--output-dir {output_dir} is not empty and holds no dataset; choose another folder")
         if not overwrite:
@@ -699,7 +705,7 @@ def download(
     infos: list[dict[str, Any]] = []
     warnings: list[str] = []
     notes: list[str] = []
-    for name, how, target in resolved:
+    for name, _how, target in resolved:
         say(f"loading {name}")
         preset = target if isinstance(target, Preset) else None
         if isinstance(target, Preset):
@@ -721,8 +727,9 @@ def download(
         kinds[name] = kind
         dropped = 0
         for key in list(splits):
-            splits[key], n = _standardise(splits[key], name, kind, text_field if preset is None else None,
-                                          preset.rename if preset else {})  # fmt: skip
+            splits[key], n = _standardise(
+                splits[key], name, kind, text_field if preset is None else None, preset.rename if preset else {}
+            )
             dropped += n
         if not sum(len(ds) for ds in splits.values()):
             raise DataError(f"{name} holds no documents" + (" (only blank ones)" if dropped else ""))
@@ -744,8 +751,14 @@ def download(
         splits = {k: v.remove_columns(FILE_COLUMN) if FILE_COLUMN in v.column_names else v for k, v in splits.items()}
         if invalid:
             warnings.append(f"{name}: replaced {invalid:,} invalid UTF-8 sequence(s) with U+FFFD")
-        info.update(name=name, kind=kind, rows={k: len(v) for k, v in splits.items()}, dropped_blank=dropped,
-                    invalid_utf8=invalid, split=split)  # fmt: skip
+        info.update(
+            name=name,
+            kind=kind,
+            rows={k: len(v) for k, v in splits.items()},
+            dropped_blank=dropped,
+            invalid_utf8=invalid,
+            split=split,
+        )
         infos.append(info)
         for key, ds in splits.items():
             per_split.setdefault(key, []).append(ds)
@@ -756,9 +769,11 @@ def download(
     kind = next(iter(kinds.values()))
     order = [s for s in SPLIT_ORDER if s in per_split] + sorted(s for s in per_split if s not in SPLIT_ORDER)
     combined = datasets.DatasetDict(
-        {key: datasets.concatenate_datasets(per_split[key]) if len(per_split[key]) > 1 else per_split[key][0]
-         for key in order}
-    )  # fmt: skip
+        {
+            key: datasets.concatenate_datasets(per_split[key]) if len(per_split[key]) > 1 else per_split[key][0]
+            for key in order
+        }
+    )
     manifest = {
         "format": "tfkit-dataset",
         "version": 1,
@@ -773,7 +788,7 @@ def download(
 
     def write(tmp: Path) -> None:
         combined.save_to_disk(str(tmp))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / DATASET_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
     from tfkit.io import write_dir_atomic
 
@@ -814,8 +829,8 @@ def load_raw(path: str | Path) -> RawDataset:
     except (FileNotFoundError, ValueError, OSError) as e:
         raise DataError(f"could not open the dataset in {path}: {_first_line(e)}") from None
     manifest: dict[str, Any] = {}
-    if (path / MANIFEST).is_file():
-        manifest = json.loads((path / MANIFEST).read_text())
+    if (path / DATASET_MANIFEST).is_file():
+        manifest = json.loads((path / DATASET_MANIFEST).read_text())
     first = next(iter(splits.values()), None)
     if first is None:
         raise DataError(f"{path} holds no splits")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from tfkit.errors import ConfigError
+from tfkit.models.cache import KVCache
 from tfkit.models.gpt import GPT
 
 
@@ -47,54 +48,6 @@ def check_prompt(prompt: str) -> None:
         char = prompt[e.start]
         what = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
         raise ConfigError(f"--prompt is not valid UTF-8 ({what} at character {e.start + 1})") from None
-
-
-class LayerCache:
-    """Keys and values of one attention layer: (B, nh, max_seq_len, hs) buffers filled up to `owner.length`."""
-
-    def __init__(self, owner: KVCache, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-        self.owner = owner
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, nh, T, hs) k and v at the cache's length; return every key and value so far."""
-        start = self.owner.length
-        end = start + k.size(-2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, L + T, hs)
-
-
-class StateCache:
-    """The state of one ssm layer after the cached positions, (B, width, SSM_STATE); unset while `owner.length` is 0."""
-
-    def __init__(self, owner: KVCache) -> None:
-        self.owner = owner
-        self.state: torch.Tensor | None = None
-
-
-class KVCache:
-    """One `LayerCache` (or `StateCache`, for the ssm mixer) per block and the number of positions cached (`length`).
-
-    `GPT.forward(idx, cache=cache)` appends `idx`'s keys and values (or advances the
-    states past `idx`) and advances `length`.
-    """
-
-    def __init__(self, model: GPT, batch_size: int = 1, dtype: torch.dtype | None = None) -> None:
-        cfg = model.config
-        self.length = 0
-        self.layers: list[LayerCache] | list[StateCache]
-        if cfg.mixer == "ssm":
-            self.layers = [StateCache(self) for _ in range(cfg.depth)]
-            return
-        param = next(model.parameters())
-        head_dim = cfg.width // cfg.num_heads
-        shape = (batch_size, cfg.num_heads, cfg.max_seq_len, head_dim)
-        self.layers = [LayerCache(self, shape, dtype or param.dtype, param.device) for _ in range(cfg.depth)]
-
-    def reset(self) -> None:
-        self.length = 0
 
 
 def sample_next(
@@ -256,8 +209,14 @@ def generate_text(
     generator = torch.Generator(device=device).manual_seed(seed)
     stream = TextStream(tokenizer)
     tokens = generate_tokens(
-        model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        generator=generator, stop_ids=stops,
-    )  # fmt: skip
+        model,
+        ids,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        stop_ids=stops,
+    )
     for token in tokens:
         yield token, stream.push(token)

@@ -34,7 +34,7 @@ Two optional inputs of `GPT.forward` serve fine-tuning and generation:
 - `positions` (B, T) and `mask` (B, 1, T, T), true where a query may attend to a key:
   several examples packed into one row each keep their own positions (from 0) and attend
   only inside themselves (SFT `--packing`), so each gets the logits it would get alone.
-- `cache` (a `tfkit.models.generate.KVCache`): every attention path splits into "make q,
+- `cache` (a `tfkit.models.cache.KVCache`): every attention path splits into "make q,
   k, v in head layout" (`SelfAttention.qkv`, `ParallelBlock.project`, via
   `Attention.heads`) and "attend" (`Attention.attend`); between the two the layer's cache
   appends k, v and returns every key and value so far. Positions continue from the
@@ -54,7 +54,7 @@ from tfkit.config import SSM_STATE, ModelConfig, check_model_fits, mlp_hidden_si
 from tfkit.models.ssm import SelectiveSSM, SSMCore, ssm_in_features
 
 if TYPE_CHECKING:
-    from tfkit.models.generate import KVCache, LayerCache, StateCache
+    from tfkit.models.cache import KVCache, LayerCache, StateCache
 
 RMS_EPS = 1e-6  # fixed rather than nn.RMSNorm's dtype-dependent default
 # attention scores computed at once by `max_attention_logit` (64 Mi float32 elements: 256 MiB)

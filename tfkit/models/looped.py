@@ -56,7 +56,7 @@ class LoopedBlocks(nn.Module):
         if self.wpe is None:
             return x
         T = x.size(1)
-        if T > self.config.max_seq_len:
+        if self.config.max_seq_len < T:
             raise ValueError(f"cannot run a sequence of length {T}: max_seq_len is {self.config.max_seq_len}")
         return x + self.wpe(torch.arange(T, device=x.device))  # (B, T, C) + (T, C)
 

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from tfkit.config import SSM_STATE, ModelConfig
 
 if TYPE_CHECKING:
-    from tfkit.models.generate import StateCache
+    from tfkit.models.cache import StateCache
 
 SSM_CHUNK = 16  # steps per chunk of the scan: the (chunk x chunk) decay matrices per channel stay small
 # log-decay at a position 0: exp(-1e4) is 0 in float32, and the value stays finite so no inf - inf appears

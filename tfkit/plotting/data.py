@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tfkit.ablate.results import ID_COLUMNS
 from tfkit.errors import ConfigError, DataError
 from tfkit.training.columns import CARRIED_TRAIN_COLUMNS
 
-ID_COLUMNS = ("run_id", "setting_id", "run_num", "seed", "run_status", "run_dir")
 _ABLATE_RUN = re.compile(r"^([0-9a-f]{10})-s-?\d+$")
 
 
@@ -71,7 +71,9 @@ def _csv_frame(path: Path) -> Any:
     frame = _numbers_as_floats(frame)
     if "run_id" not in frame.columns:  # a single run's log file: one run, one setting
         name = path.parent.name or path.stem
-        frame = frame.with_columns(pl.lit(name).alias("run_id"), pl.lit(name).alias("setting_id"), pl.lit(0).alias("seed"))
+        frame = frame.with_columns(
+            pl.lit(name).alias("run_id"), pl.lit(name).alias("setting_id"), pl.lit(0).alias("seed")
+        )
     return frame
 
 
@@ -164,42 +166,7 @@ def _cell(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-# options whose unset default each run fills in (the warmup from the run's steps): their
-# recorded value differs from the default without anyone having chosen it
-RESOLVED_PER_RUN = ("warmup_steps",)
-
-
-def setting_columns(frame: Any) -> tuple[list[str], dict[str, Any]]:
-    """(swept, fixed): config columns that vary between runs, and fixed first-class options.
-
-    Fixed values are those of command-line options that differ from their defaults (and the
-    data), which is what a title needs to say.
-    """
-    import dataclasses
-
-    from tfkit.ablate.kinds import KINDS
-
-    swept: list[str] = []
-    fixed: dict[str, Any] = {}
-    # the config sections of every kind of run (language model, in-context regression, ...)
-    classes = list(dict.fromkeys(cls for kind in KINDS.values() for cls in kind.sections.values()))
-    seen: set[str] = set()
-    for f in (f for cls in classes for f in dataclasses.fields(cls)):
-        if f.name in seen or f.name not in frame.columns or f.name in ID_COLUMNS or not f.metadata.get("identity", True):
-            continue
-        seen.add(f.name)
-        values = frame.get_column(f.name).unique(maintain_order=True).to_list()
-        if len(values) > 1:
-            swept.append(f.name)
-        elif (
-            f.metadata.get("cli") and values[0] is not None and f.name not in RESOLVED_PER_RUN
-            and (f.name in ("data", "task") or values[0] != f.default)
-        ):  # fmt: skip
-            fixed[f.name] = values[0]
-    return swept, fixed
-
-
-def position_columns(frame: Any, prefix: str) -> list[tuple[int, str]]:
+def indexed_columns(frame: Any, prefix: str) -> list[tuple[int, str]]:
     """[(i, "prefix_i"), ...] sorted by i."""
     pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)$")
     found = [(int(m.group(1)), c) for c in frame.columns if (m := pattern.match(c))]

@@ -15,14 +15,45 @@ import re
 import textwrap
 from typing import Any
 
+from tfkit.ablate.analysis import final_rows, swept_columns
 from tfkit.config import shown
 from tfkit.errors import DataError
-from tfkit.plotting.data import position_columns, setting_columns
+from tfkit.plotting.data import indexed_columns
 from tfkit.plotting.templates import Template
 
 # two-sided 95% Student t quantiles for 1..30 degrees of freedom (normal beyond)
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -77,8 +108,9 @@ def apply_filters(frame: Any, filters: list[str]) -> Any:
         except pl.exceptions.PolarsError as e:
             raise DataError(f"--filter {text!r}: {_first_line(e)}") from None
         if frame.height == 0:
-            seen = "; ".join(f"{n} has values {before.get_column(n).unique(maintain_order=True).head(12).to_list()}"
-                             for n in names)  # fmt: skip
+            seen = "; ".join(
+                f"{n} has values {before.get_column(n).unique(maintain_order=True).head(12).to_list()}" for n in names
+            )
             raise DataError(f"--filter {text!r} matches no rows" + (f"; {seen}" if seen else ""))
     return frame
 
@@ -98,10 +130,12 @@ def parse_filter(frame: Any, text: str) -> tuple[Any, list[str]]:
         expr = pl.sql_expr(sql)
         names = expr.meta.root_names()
     except pl.exceptions.PolarsError as e:
-        raise DataError(f"--filter {text!r} is not a condition polars SQL reads ({_first_line(e)}); "
-                        "e.g. \"depth == 4\" or \"width IN (32, 64) AND NOT qk_norm\"") from None  # fmt: skip
+        raise DataError(
+            f"--filter {text!r} is not a condition polars SQL reads ({_first_line(e)}); "
+            'e.g. "depth == 4" or "width IN (32, 64) AND NOT qk_norm"'
+        ) from None
     if not names:
-        raise DataError(f"--filter {text!r} names no column; e.g. \"depth == 4\"")
+        raise DataError(f'--filter {text!r} names no column; e.g. "depth == 4"')
     absent = [n for n in names if n not in frame.columns]
     if absent and '"' in text:
         missing(frame, absent, f"--filter {text!r} (text values go in single quotes: 'mess3')")
@@ -111,8 +145,9 @@ def parse_filter(frame: Any, text: str) -> tuple[Any, list[str]]:
     except pl.exceptions.PolarsError as e:
         raise DataError(f"--filter {text!r}: {_first_line(e)}") from None
     if dtype not in (pl.Boolean, pl.Null):
-        raise DataError(f"--filter {text!r} is not a condition (it gives {dtype}, not true or false); "
-                        f"e.g. \"{names[0]} == ...\"")  # fmt: skip
+        raise DataError(
+            f'--filter {text!r} is not a condition (it gives {dtype}, not true or false); e.g. "{names[0]} == ..."'
+        )
     return expr, list(dict.fromkeys(names))
 
 
@@ -153,32 +188,33 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
-def final_rows(frame: Any) -> Any:
-    """The last evaluation of every run."""
-    import polars as pl
-
-    if "step" in frame.columns:
-        return frame.sort("step").group_by("run_id", maintain_order=True).last()
-    return frame.group_by("run_id", maintain_order=True).agg(pl.all().last())
-
-
 def aggregate(frame: Any, keys: list[str], value: str, agg: str, band: str) -> Any:
     """Per group of `keys`: centre, lo, hi and n over the rows (the seeds) of `value`."""
     import polars as pl
 
     v = pl.col(value)
-    data = frame.filter(v.is_not_null() & v.is_finite()) if frame.schema[value].is_float() else frame.filter(v.is_not_null())
+    data = (
+        frame.filter(v.is_not_null() & v.is_finite())
+        if frame.schema[value].is_float()
+        else frame.filter(v.is_not_null())
+    )
     stats = data.group_by(keys, maintain_order=True).agg(
-        v.mean().alias("mean"), v.median().alias("median"), v.std(ddof=1).fill_null(0.0).alias("std"),
-        v.min().alias("min"), v.max().alias("max"), v.count().alias("n"),
-    )  # fmt: skip
+        v.mean().alias("mean"),
+        v.median().alias("median"),
+        v.std(ddof=1).fill_null(0.0).alias("std"),
+        v.min().alias("min"),
+        v.max().alias("max"),
+        v.count().alias("n"),
+    )
     centre = pl.col(agg)
     if band == "std":
         lo, hi = centre - pl.col("std"), centre + pl.col("std")
     elif band == "minmax":
         lo, hi = pl.col("min"), pl.col("max")
     elif band == "ci95":
-        half = pl.col("n").map_elements(t95, return_dtype=pl.Float64) * pl.col("std") / pl.col("n").cast(pl.Float64).sqrt()
+        half = (
+            pl.col("n").map_elements(t95, return_dtype=pl.Float64) * pl.col("std") / pl.col("n").cast(pl.Float64).sqrt()
+        )
         lo, hi = centre - half, centre + half
     else:
         lo, hi = centre, centre
@@ -191,7 +227,7 @@ def render(frame: Any, template: Template) -> Any:
 
     matplotlib.use("Agg", force=False)
     frame = apply_filters(frame, template.filter)
-    swept, fixed = setting_columns(frame)
+    swept, fixed = swept_columns(frame)
     for text in template.filter:  # a value picked by a filter belongs in the title, default or not
         for name in parse_filter(frame, text)[1]:
             values = frame.get_column(name).unique().to_list()
@@ -313,7 +349,10 @@ def _facets(frame: Any, template: Template) -> list[tuple[str, Any, list[str]]]:
     if template.facet:
         missing(frame, [template.facet], "--facet")
         values = frame.get_column(template.facet).unique(maintain_order=True).sort().to_list()
-        return [(f"{template.facet}={_fmt(v)}", frame.filter(frame.get_column(template.facet) == v), template.y) for v in values]
+        return [
+            (f"{template.facet}={_fmt(v)}", frame.filter(frame.get_column(template.facet) == v), template.y)
+            for v in values
+        ]
     return [("", frame, template.y)]
 
 
@@ -457,20 +496,25 @@ def on_common_grid(part: Any, x: str, y: str) -> Any:
     if "run_id" not in data.columns or data.get_column("run_id").n_unique() < 2 or not part.schema[x].is_numeric():
         return part
     runs = (
-        data.group_by("run_id", x, maintain_order=True).agg(value.cast(pl.Float64).mean())
-        .sort(x).partition_by("run_id", maintain_order=True)
-    )  # fmt: skip
+        data.group_by("run_id", x, maintain_order=True)
+        .agg(value.cast(pl.Float64).mean())
+        .sort(x)
+        .partition_by("run_id", maintain_order=True)
+    )
     xs = [run.get_column(x).cast(pl.Float64).to_numpy() for run in runs]
     lo, hi = max(a[0] for a in xs), min(a[-1] for a in xs)
     inside = [a[(a >= lo) & (a <= hi)] for a in xs]
     if lo > hi or all(np.array_equal(inside[0], a) for a in inside[1:]):
         return part  # logged at the same x (or with no range in common)
     grid = np.unique(np.concatenate(inside))
-    return pl.concat([
-        pl.DataFrame({"run_id": [run["run_id"][0]] * len(grid), x: grid,
-                      y: np.interp(grid, a, run.get_column(y).to_numpy())})
-        for run, a in zip(runs, xs, strict=True)
-    ])  # fmt: skip
+    return pl.concat(
+        [
+            pl.DataFrame(
+                {"run_id": [run["run_id"][0]] * len(grid), x: grid, y: np.interp(grid, a, run.get_column(y).to_numpy())}
+            )
+            for run, a in zip(runs, xs, strict=True)
+        ]
+    )
 
 
 def _final(frame: Any, template: Template, hue: list[str], along: list[str]) -> Any:
@@ -493,11 +537,20 @@ def _final(frame: Any, template: Template, hue: list[str], along: list[str]) -> 
                 if stats.height == 0:
                     continue
                 x, centre = stats.get_column(template.x).to_list(), stats["centre"].to_list()
-                err = [[c - lo for c, lo in zip(centre, stats["lo"], strict=True)],
-                       [hi - c for c, hi in zip(centre, stats["hi"], strict=True)]]  # fmt: skip
+                err = [
+                    [c - lo for c, lo in zip(centre, stats["lo"], strict=True)],
+                    [hi - c for c, hi in zip(centre, stats["hi"], strict=True)],
+                ]
                 label = _with_metric(_label(key, [h for h in hue if h != template.x], part, along), y, len(ys) > 1)
-                ax.errorbar(x, centre, yerr=None if template.band == "none" else err, fmt="o" + LINESTYLES[style % 4],
-                            color=f"C{color}", capsize=3, label=label)  # fmt: skip
+                ax.errorbar(
+                    x,
+                    centre,
+                    yerr=None if template.band == "none" else err,
+                    fmt="o" + LINESTYLES[style % 4],
+                    color=f"C{color}",
+                    capsize=3,
+                    label=label,
+                )
         _style(ax, template, template.x, _ylabel(ys), title)
     return fig
 
@@ -506,8 +559,15 @@ def _mark_diverged(ax: Any, part: Any, x: str, y: str, color: str) -> None:
     """Diverged runs (`clip_diverged`) as x markers at the initial loss they are counted as."""
     diverged = part.filter(part.get_column("diverged"))
     if diverged.height:
-        ax.scatter(diverged.get_column(x).to_list(), diverged.get_column(y).to_list(), marker="x", s=60,
-                   color=color, zorder=3, label="diverged (at the initial loss)")  # fmt: skip
+        ax.scatter(
+            diverged.get_column(x).to_list(),
+            diverged.get_column(y).to_list(),
+            marker="x",
+            s=60,
+            color=color,
+            zorder=3,
+            label="diverged (at the initial loss)",
+        )
 
 
 def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
@@ -545,7 +605,9 @@ def _heatmap(frame: Any, template: Template, hue: list[str]) -> Any:
                 if not np.isnan(grid[i, j]):
                     # dark text on the light (low) end of viridis_r, white on the dark end
                     light = vmax is None or vmax == vmin or (grid[i, j] - vmin) / (vmax - vmin) < 0.5
-                    ax.text(j, i, f"{grid[i, j]:.5g}", ha="center", va="center", fontsize=8, color="k" if light else "w")
+                    ax.text(
+                        j, i, f"{grid[i, j]:.5g}", ha="center", va="center", fontsize=8, color="k" if light else "w"
+                    )
         ax.set_xlabel(template.xlabel or template.x)
         ax.set_ylabel(template.ylabel or second)
         if rest:
@@ -564,7 +626,7 @@ def _positions(frame: Any, template: Template, hue: list[str], along: list[str])
     fig, axes = _subplots(len(panels))
     for ax, prefixes in zip(axes, panels, strict=True):
         for style, prefix in enumerate(prefixes):
-            columns = position_columns(finals, prefix)
+            columns = indexed_columns(finals, prefix)
             if not columns:
                 missing(finals, [f"{prefix}_1"], f"template {template.name}")
             numeric(finals, [c for _, c in columns], f"template {template.name}")
@@ -604,7 +666,7 @@ def _simplex(frame: Any, template: Template, hue: list[str], along: list[str]) -
 
     if len(template.y) != 2:
         raise DataError(f"template {template.name}: a simplex picture needs y = [true prefix, predicted prefix]")
-    truth_columns = [c for _, c in position_columns(frame, template.y[0])]
+    truth_columns = [c for _, c in indexed_columns(frame, template.y[0])]
     if len(truth_columns) < 2:
         missing(frame, [f"{template.y[0]}_1", f"{template.y[0]}_2"], f"template {template.name}")
     predicted_columns = [f"{template.y[1]}_{k}" for k in range(1, len(truth_columns) + 1)]

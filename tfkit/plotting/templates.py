@@ -73,8 +73,9 @@ class Template:
             value = getattr(self, f.name)
             if f.name in ("y", "hue", "filter"):
                 if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                    raise ConfigError(f"template {self.name}: {f.name} must be a column name or a list of them, "
-                                      f"got {shown(value)}")  # fmt: skip
+                    raise ConfigError(
+                        f"template {self.name}: {f.name} must be a column name or a list of them, got {shown(value)}"
+                    )
             elif f.name in ("logx", "logy"):
                 if not isinstance(value, bool):
                     raise ConfigError(f"template {self.name}: {f.name} must be true or false, got {shown(value)}")

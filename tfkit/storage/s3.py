@@ -2,14 +2,17 @@
 
     store = S3Store.connect(endpoint_url="http://localhost:9000")
     store.push("runs/ts", "s3://my-bucket/tfkit/ts")      # sync up, sha256 manifest last
-    store.pull("s3://my-bucket/tfkit/ts", "runs/ts-copy")  # verified against the manifest
+    store.pull("s3://my-bucket/tfkit/ts", "runs/ts-copy")  # verified against the manifest and checkpoint digests
     store.list_runs("s3://my-bucket/tfkit/")               # one `RunListing` per run
 
 Credentials come from boto3's usual chain (environment, `~/.aws`, a profile) plus the
 `AWS_*` variables of a `.env` file in the working directory, which never override
 variables already set. Requests use boto3's standard retry mode; an endpoint that stays
 silent for `timeout` seconds (to connect or to answer) is tried `TIMEOUT_ATTEMPTS` times
-in all. Errors a user can fix (no credentials, missing bucket, access denied, unreachable
+in all, and so is one that answers too slowly as a whole: the status line and headers must
+arrive within `timeout` seconds of the request, and the body at `MIN_RATE` bytes/s on average
+after that much grace (`_Paced`), so a trickle of a byte or a header line at a time cannot
+hold a command for ever. Errors a user can fix (no credentials, missing bucket, access denied, unreachable
 or silent endpoint, local files a pull would replace) raise `StorageError` with one line
 that never contains a secret. boto3 is imported only when a store is connected. Progress
 goes to an optional `TransferCallback` and retries to an optional `on_retry`; nothing prints.
@@ -18,12 +21,15 @@ goes to an optional `TransferCallback` and retries to an optional `on_retry`; no
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import math
 import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tfkit.digest import DIGEST_SUFFIX, parse_digest
 from tfkit.errors import StorageError
 from tfkit.io import current_umask, write_atomic
 from tfkit.storage import DEFAULT_TIMEOUT, TIMEOUT_ATTEMPTS
@@ -54,6 +61,7 @@ MULTIPART_THRESHOLD = 16 * 1024 * 1024  # files above this go up and down in par
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 MAX_ATTEMPTS = 5  # per request, in boto3's standard retry mode
 MAX_TIMEOUT = 3600.0  # --timeout at most
+MIN_RATE = 8 * 1024  # bytes/s a body must average, after --timeout of grace (16 transfers at once: 1 Mbit/s)
 
 NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -105,7 +113,6 @@ def load_dotenv(path: str | Path = ".env") -> list[str]:
     expansion; other variables are left alone. A missing file is not an error, and a line
     that does not parse is skipped without a word.
     """
-    import io
     import logging
 
     from dotenv import dotenv_values
@@ -268,7 +275,10 @@ class _RetryWatch:
         from botocore import exceptions as bx
 
         silent = isinstance(caught_exception, (bx.ReadTimeoutError, bx.ConnectTimeoutError))
-        if silent:
+        slow = _too_slow(caught_exception) if silent else None
+        if slow is not None:
+            reason = f"{self.endpoint} answered too slowly ({slow})"
+        elif silent:
             reason = f"no answer from {self.endpoint} within {self.timeout:g} s"
         elif isinstance(caught_exception, bx.EndpointConnectionError):
             reason = f"cannot connect to {self.endpoint}"
@@ -292,6 +302,123 @@ class _RetryWatch:
             limit = self.timeout_attempts if silent else self.max_attempts
             reason = getattr(self._local, "reason", "an error")
             self.on_retry(f"{reason}; retrying (attempt {attempt}/{limit})")
+
+
+class _TooSlow(TimeoutError):
+    """An answer that came too slowly as a whole, though every read got something in time."""
+
+    def __init__(self, answered: bool, timeout: float) -> None:
+        if answered:
+            detail = f"its body came slower than {MIN_RATE // 1024} KiB/s"
+        else:
+            detail = f"its status and headers took over {timeout:g} s"
+        super().__init__(detail)
+
+
+class _Paced(io.RawIOBase):
+    """The socket reads of one HTTP answer, bounded as a whole rather than one by one.
+
+    The status line and headers must arrive within the read timeout of the request, and
+    the body by `timeout + received / MIN_RATE` seconds. A read that would pass that
+    point waits only until it and then raises `_TooSlow`, a `TimeoutError`, which urllib3
+    and botocore report as a read timeout: the request is retried as a silent one is.
+    """
+
+    def __init__(self, raw: Any, sock: Any) -> None:
+        self.raw, self.sock = raw, sock
+        self.timeout = sock.gettimeout()  # the read timeout urllib3 just set
+        self.start = time.monotonic()
+        self.answered = False  # status line and headers read: the body is paced by MIN_RATE
+        self.received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.timeout is None:
+            return self.raw.readinto(buffer)
+        allowed = self.timeout + (self.received / MIN_RATE if self.answered else 0.0)
+        left = self.start + allowed - time.monotonic()
+        if left <= 0:
+            raise _TooSlow(self.answered, self.timeout)
+        shorter = left < self.timeout
+        if shorter:
+            self.sock.settimeout(left)
+        try:
+            count = self.raw.readinto(buffer)
+        except TimeoutError:
+            if shorter and self.received:  # nothing at all in time is a silent endpoint
+                raise _TooSlow(self.answered, self.timeout) from None
+            raise
+        finally:
+            if shorter:
+                self.sock.settimeout(self.timeout)  # the next request's send waits as long as ever
+        self.received += count or 0
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
+@functools.cache
+def _paced_pools() -> dict[str, type]:
+    """botocore's connection pools, whose connections read every answer through `_Paced`."""
+    from botocore.awsrequest import (
+        AWSHTTPConnection,
+        AWSHTTPConnectionPool,
+        AWSHTTPSConnection,
+        AWSHTTPSConnectionPool,
+    )
+
+    class Pacing:
+        def getresponse(self) -> Any:
+            make = self.response_class  # http.client's, or botocore's after `Expect: 100-continue`
+            reader: _Paced | None = None
+
+            def paced(sock: Any, *args: Any, **kwargs: Any) -> Any:
+                nonlocal reader
+                response = make(sock, *args, **kwargs)
+                reader = _Paced(response.fp.detach(), sock)
+                response.fp = io.BufferedReader(reader)
+                return response
+
+            self.response_class = paced
+            try:
+                response = super().getresponse()  # reads the status line and headers
+            finally:
+                self.response_class = make
+            if reader is not None:
+                reader.answered = True
+            return response
+
+    class PacedHTTPConnection(Pacing, AWSHTTPConnection):
+        pass
+
+    class PacedHTTPSConnection(Pacing, AWSHTTPSConnection):
+        pass
+
+    class PacedHTTPConnectionPool(AWSHTTPConnectionPool):
+        ConnectionCls = PacedHTTPConnection
+
+    class PacedHTTPSConnectionPool(AWSHTTPSConnectionPool):
+        ConnectionCls = PacedHTTPSConnection
+
+    return {"http": PacedHTTPConnectionPool, "https": PacedHTTPSConnectionPool}
+
+
+def _too_slow(error: BaseException | None) -> _TooSlow | None:
+    """The `_TooSlow` behind a botocore, urllib3 or s3transfer error, if that is what it was."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, _TooSlow):
+            return error
+        seen.add(id(error))
+        kwargs = getattr(error, "kwargs", None)
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        error = getattr(error, "last_exception", None) or inner or error.__cause__ or error.__context__
+    return None
 
 
 def _plain_endpoint(url: str | None) -> str | None:
@@ -359,7 +486,9 @@ class S3Store:
             jobs: files transferred at once (and parts per file in flight).
             timeout: seconds to wait for a connection and then for each answer; a request
                 that gets none is tried `TIMEOUT_ATTEMPTS` times in all (other transient
-                errors `max_attempts` times), then fails with "no answer from ...".
+                errors `max_attempts` times), then fails with "no answer from ...". An
+                answer's headers must all come within it, and its body at `MIN_RATE` after
+                that grace; one slower is retried alike ("... answered too slowly").
             on_retry: called with one line (why, which attempt) before every retry, from
                 whichever thread makes the request.
         """
@@ -413,6 +542,10 @@ class S3Store:
             client = session.client("s3", region_name=region, config=config)
             if not _is_aws(client.meta.endpoint_url):  # an endpoint_url from the AWS config file
                 client = session.client("s3", region_name=region, config=config.merge(custom))
+        # botocore has no public hook for the connections it makes; its session's pool classes
+        # are the narrowest place to bound a whole answer (tests/faults/test_s3_faults.py
+        # checks that a trickling endpoint still ends in time)
+        client._endpoint.http_session._pool_classes_by_scheme.update(_paced_pools())
         timeout_attempts = max(1, min(TIMEOUT_ATTEMPTS, max_attempts))
         watch = _RetryWatch(_plain_endpoint(client.meta.endpoint_url) or "", timeout, max_attempts, timeout_attempts)
         watch.on_retry = on_retry
@@ -482,7 +615,7 @@ class S3Store:
 
             def push_one(transfers: _Transfers, rel: str) -> None:
                 try:
-                    f = open(root / rel, "rb")
+                    f = open(root / rel, "rb")  # noqa: SIM115  (closed by the transfer below)
                 except FileNotFoundError:  # removed since the scan (a temp file renamed away)
                     return
                 except OSError as e:
@@ -547,7 +680,11 @@ class S3Store:
 
         With a manifest, exactly the files it lists are pulled and each must match its
         sha256 (objects it does not list are left out and reported); without one, every
-        object is pulled and checked against its listed size. Files already present and
+        object is pulled and checked against its listed size. A file stored with a digest
+        beside it (a checkpoint and its `<name>.sha256`, written when it was saved) must
+        also match that digest: the manifest vouches for the transfer, the digest for the
+        bytes the trainer wrote, so a checkpoint that rotted before it was pushed is refused
+        too. Files already present and
         identical are skipped. Each file is written to a temp file beside its target and
         renamed into place only once verified (with the mode of any new file under the
         umask), so a failed or interrupted pull never leaves a partial or bad file under a
@@ -614,10 +751,12 @@ class S3Store:
                     f"wrote (changed locally?): {shown}; nothing was pulled; pass --force to replace them"
                 )
             result.overwritten = changed
+            saved = {} if dry_run else self._saved_digests(source, remote, sorted(wanted))
 
             callback.on_start(sum(size for size, _ in wanted.values()), len(wanted))
             lock = threading.Lock()
             bad: list[str] = []
+            corrupt: list[str] = []  # what does not match the digest saved with it
             pulled: dict[str, FileEntry] = {}  # what is now on disk as the remote has it
 
             def pull_one(transfers: _Transfers, rel: str) -> None:
@@ -625,10 +764,13 @@ class S3Store:
                 state, digest = states[rel]
                 if state == "identical":
                     callback.on_bytes(size)
+                    problem = _digest_problem(rel, digest, saved)
                     with lock:
                         result.unchanged.append(rel)
                         pulled[rel] = FileEntry(size, digest or "")
-                    callback.on_file(rel, "unchanged")
+                        if problem:
+                            corrupt.append(f"{rel} ({problem}; the copy in {dest} is the same)")
+                    callback.on_file(rel, "corrupt" if problem else "unchanged")
                     return
                 if dry_run:
                     callback.on_bytes(size)
@@ -637,9 +779,11 @@ class S3Store:
                         result.bytes_downloaded += size
                     callback.on_file(rel, "would download")
                     return
-                problem, digest = self._download(transfers, source, rel, targets[rel], size, entry, callback)
+                problem, digest = self._download(transfers, source, rel, targets[rel], size, entry, callback, saved)
                 with lock:
-                    if problem:
+                    if problem and problem.startswith(_NOT_AS_SAVED):
+                        corrupt.append(f"{rel} ({problem})")
+                    elif problem:
                         bad.append(f"{rel} ({problem})")
                     else:
                         result.downloaded.append(rel)
@@ -661,12 +805,20 @@ class S3Store:
                     raise StorageError(f"cannot write {dest / PULLED_NAME}: {e.strerror or e}") from None
             result.downloaded.sort()
             result.unchanged.sort()
+            problems = []
             if bad:
                 what = "the manifest" if manifest is not None else "the listing"
-                raise StorageError(
+                problems.append(
                     f"{len(bad)} file(s) from {source} did not match {what} and were not written: "
                     + "; ".join(sorted(bad))
                 )
+            if corrupt:
+                problems.append(
+                    f"{len(corrupt)} checkpoint(s) from {source} are corrupt (their bytes changed after they were "
+                    "saved, before the push) and were not written: " + "; ".join(sorted(corrupt))
+                )
+            if problems:
+                raise StorageError("; ".join(problems))
         return result
 
     def list_runs(self, uri: str | S3Uri) -> list[RunListing]:
@@ -724,6 +876,20 @@ class S3Store:
                 if rel and not rel.endswith("/"):
                     out[rel] = _Object(item["Size"], item.get("ETag", "").strip('"'), item.get("LastModified"))
         return out
+
+    def _saved_digests(self, uri: S3Uri, remote: dict[str, _Object], rels: list[str]) -> dict[str, str]:
+        """The digest each of `rels` has beside it in the store (`<rel>.sha256`): "" where that is not one."""
+        sides = [rel for rel in rels if rel + DIGEST_SUFFIX in remote]
+
+        def read(rel: str) -> str:
+            side = rel + DIGEST_SUFFIX
+            if remote[side].size > 4096:  # one sha256sum line
+                return ""
+            body = self.client.get_object(Bucket=uri.bucket, Key=uri.key(side))["Body"].read()
+            return parse_digest(body) or ""
+
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="tfkit-s3") as pool:
+            return dict(zip(sides, pool.map(read, sides), strict=True))
 
     def _read_manifest(self, uri: S3Uri, remote: dict[str, _Object], strict: bool) -> dict[str, FileEntry] | None:
         if MANIFEST_NAME not in remote:
@@ -800,8 +966,12 @@ class S3Store:
         size: int,
         entry: FileEntry | None,
         callback: TransferCallback,
+        saved: dict[str, str],
     ) -> tuple[str | None, str]:
         """Download one object through a temp file; rename it into place if it verifies.
+
+        It verifies when it matches its manifest `entry` (or listed `size`) and the digest
+        `saved` beside it, if any.
 
         Returns (None, its sha256) on success, or (what was wrong, "") after removing the
         temp file. The file gets the mode any new file gets under the umask (the temp
@@ -828,6 +998,10 @@ class S3Store:
             elif got != size:
                 tmp.unlink()
                 return f"{got} bytes, listed as {size}", ""
+            problem = _digest_problem(rel, digest, saved)
+            if problem:
+                tmp.unlink()
+                return problem, ""
             try:
                 os.chmod(tmp, 0o666 & ~current_umask())
                 os.replace(tmp, path)
@@ -856,24 +1030,27 @@ class S3Store:
             raise StorageError(self._redact(self._client_error(e, uri, at))) from None
         except (bx.NoCredentialsError, bx.PartialCredentialsError):
             raise StorageError(NO_CREDENTIALS) from None
-        except (bx.ReadTimeoutError, bx.ConnectTimeoutError):
-            raise StorageError(self._no_answer()) from None
+        except (bx.ReadTimeoutError, bx.ConnectTimeoutError) as e:
+            raise StorageError(self._no_answer(_too_slow(e))) from None
         except RetriesExceededError as e:
             if isinstance(e.last_exception, (bx.ReadTimeoutError, bx.ConnectTimeoutError, TimeoutError)):
-                raise StorageError(self._no_answer()) from None
+                slow = _too_slow(e)  # a body cut off by s3transfer's own retries, not counted here
+                raise StorageError(self._no_answer(slow, counted=slow is None)) from None
             raise StorageError(self._redact(f"S3 transfer with {uri} failed{at}: {e}")) from None
         except bx.EndpointConnectionError as e:
             raise StorageError(self._redact(f"cannot reach the S3 endpoint{at}: {e}")) from None
         except bx.BotoCoreError as e:
             raise StorageError(self._redact(f"S3 transfer with {uri} failed{at}: {e}")) from None
 
-    def _no_answer(self) -> str:
+    def _no_answer(self, slow: _TooSlow | None = None, counted: bool = True) -> str:
+        """The error line for a silent or too slow endpoint; `counted`: it was tried `timeout_attempts` times."""
         endpoint = self.endpoint_url or _plain_endpoint(self.client.meta.endpoint_url)
-        tries = f", tried {self.timeout_attempts} times" if self.timeout_attempts > 1 else ""
-        return self._redact(
-            f"no answer from {endpoint} within {self.timeout:g} s{tries}; "
-            "check the endpoint and the network, or raise --timeout"
-        )
+        tries = f", tried {self.timeout_attempts} times" if counted and self.timeout_attempts > 1 else ""
+        if slow is not None:
+            what = f"{endpoint} answered too slowly ({slow})"
+        else:
+            what = f"no answer from {endpoint} within {self.timeout:g} s"
+        return self._redact(f"{what}{tries}; check the endpoint and the network, or raise --timeout")
 
     def _client_error(self, e: Any, uri: S3Uri, at: str) -> str:
         error = e.response.get("Error", {})
@@ -893,6 +1070,21 @@ class S3Store:
             return f"not found under {uri}{at} ({operation})"
         message = error.get("Message") or ""
         return f"S3 {operation} on {uri} failed{at}: {code or status} {message}".rstrip()
+
+
+_NOT_AS_SAVED = "not as saved: "
+
+
+def _digest_problem(rel: str, digest: str | None, saved: dict[str, str]) -> str | None:
+    """Why file `rel` (sha256 `digest`) does not match the digest stored beside it; None if it does or has none."""
+    if rel not in saved or digest is None:
+        return None
+    side = rel.rsplit("/", 1)[-1] + DIGEST_SUFFIX
+    if not saved[rel]:
+        return f"{_NOT_AS_SAVED}{side} does not hold a sha256 line"
+    if digest != saved[rel]:
+        return f"{_NOT_AS_SAVED}sha256 {digest[:12]}..., {side} records {saved[rel][:12]}..."
+    return None
 
 
 def _read_record(dest: Path) -> dict[str, FileEntry]:

@@ -49,10 +49,10 @@ def _count(split: str, lengths: np.ndarray, shard_tokens: int | None) -> TokenCo
 def document_lengths(tokenized_dir: str | Path) -> dict[str, np.ndarray]:
     """Tokens per document of every split (without the end-of-text separators)."""
     from tfkit.data.shards import list_splits, read_shard, shard_paths
-    from tfkit.tokenizer.encode import read_manifest
+    from tfkit.data.tokenized import read_tokenized_manifest
 
     tokenized_dir = Path(tokenized_dir)
-    manifest = read_manifest(tokenized_dir)
+    manifest = read_tokenized_manifest(tokenized_dir)
     if manifest.get("mode") == "pretrain":
         out = {}
         for split in list_splits(tokenized_dir):
@@ -70,9 +70,9 @@ def document_lengths(tokenized_dir: str | Path) -> dict[str, np.ndarray]:
 
 def count_tokens(tokenized_dir: str | Path) -> list[TokenCount]:
     """One `TokenCount` per split, then the total over all splits."""
-    from tfkit.tokenizer.encode import read_manifest
+    from tfkit.data.tokenized import read_tokenized_manifest
 
-    pretrain = read_manifest(tokenized_dir).get("mode") == "pretrain"
+    pretrain = read_tokenized_manifest(tokenized_dir).get("mode") == "pretrain"
     lengths = document_lengths(tokenized_dir)
     if not lengths:
         raise DataError(f"{tokenized_dir} holds no splits")

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from tfkit.data.tokenized import MODES, TOKENIZED_MANIFEST
 from tfkit.errors import DataError, TfkitError
 from tfkit.tokenizer.train import (
     ASSISTANT,
@@ -56,8 +57,6 @@ from tfkit.tokenizer.train import (
     tokenizer_sha256,
 )
 
-MODES = ("pretrain", "sft", "dpo")
-MANIFEST = "tfkit_tokenized.json"
 MODE_KINDS = {"pretrain": "text", "sft": "instruction", "dpo": "preference"}
 WRITER_FILE = ".tfkit-writer"  # in a temporary output folder: "<pid> <host>" of the process writing it
 
@@ -139,8 +138,9 @@ def _text_column(split_dir: str | Path) -> Any:
 
     split_dir = Path(split_dir)
     state = json.loads((split_dir / "state.json").read_text())
-    tables = [pa.ipc.open_stream(pa.memory_map(str(split_dir / f["filename"]))).read_all()
-              for f in state["_data_files"]]  # fmt: skip
+    tables = [
+        pa.ipc.open_stream(pa.memory_map(str(split_dir / f["filename"]))).read_all() for f in state["_data_files"]
+    ]
     return pa.concat_tables(tables).column("text")
 
 
@@ -197,9 +197,15 @@ def _pretrain_worker(job: dict[str, Any]) -> None:
         tokenizer = _pretrain_tokenizer(job["tokenizer_path"])
         with ShardWriter(job["part"], job["vocab_size"]) as writer:
             lengths = _encode_range(
-                column, job["start"], job["end"], tokenizer, job["eot_id"], writer, job["batch_size"],
+                column,
+                job["start"],
+                job["end"],
+                tokenizer,
+                job["eot_id"],
+                writer,
+                job["batch_size"],
                 lambda docs, nbytes: emit("advance", docs, nbytes),
-            )  # fmt: skip
+            )
         np.save(job["lengths"], lengths)
     except TfkitError as e:
         emit("user_error", str(e))
@@ -231,11 +237,14 @@ def _run_workers(jobs: list[dict[str, Any]], progress: Progress, threads: int) -
     with tempfile.TemporaryDirectory(prefix="tfkit-workers-") as logs:
         try:
             for job in jobs:
-                stderr = open(Path(logs) / f"{job['rank']}.log", "w+")
+                stderr = open(Path(logs) / f"{job['rank']}.log", "w+")  # noqa: SIM115  (the worker's, read after)
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "tfkit.tokenizer.encode", json.dumps(job)],
-                    stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
-                )  # fmt: skip
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
+                    env=env,
+                )
                 procs.append((proc, stderr))
                 threading.Thread(target=relay, args=(job["rank"], proc.stdout), daemon=True).start()
             finished, failure = 0, None
@@ -293,13 +302,19 @@ def _tokenize_pretrain_split(
             threads = max(1, (os.cpu_count() or 1) // workers)
             jobs = [
                 {
-                    "rank": rank, "split_dir": str(raw.path / split), "tokenizer_path": str(tokenizer_path),
-                    "start": int(bounds[rank]), "end": int(bounds[rank + 1]), "vocab_size": vocab_size,
-                    "eot_id": eot_id, "batch_size": batch_size,
-                    "part": str(parts / f"{split}-{rank}.bin"), "lengths": str(parts / f"{split}-{rank}.npy"),
+                    "rank": rank,
+                    "split_dir": str(raw.path / split),
+                    "tokenizer_path": str(tokenizer_path),
+                    "start": int(bounds[rank]),
+                    "end": int(bounds[rank + 1]),
+                    "vocab_size": vocab_size,
+                    "eot_id": eot_id,
+                    "batch_size": batch_size,
+                    "part": str(parts / f"{split}-{rank}.bin"),
+                    "lengths": str(parts / f"{split}-{rank}.npy"),
                 }
                 for rank in range(workers)
-            ]  # fmt: skip
+            ]
             _run_workers(jobs, progress, threads)
             lengths_parts = []
             for job in jobs:
@@ -313,8 +328,17 @@ def _tokenize_pretrain_split(
     offsets[1:] = np.cumsum(lengths + 1)
     num_tokens = int(offsets[-1])
     save_offsets(docs_path, offsets)
-    write_sidecar(sidecar_path, {**meta, "split": split, "dtype": writer.dtype.name, "num_tokens": num_tokens,
-                                 "num_documents": n, "text_bytes": nbytes})  # fmt: skip
+    write_sidecar(
+        sidecar_path,
+        {
+            **meta,
+            "split": split,
+            "dtype": writer.dtype.name,
+            "num_tokens": num_tokens,
+            "num_documents": n,
+            "text_bytes": nbytes,
+        },
+    )
     return SplitStats(documents=n, tokens=num_tokens, nbytes=nbytes)
 
 
@@ -346,9 +370,13 @@ def _response_ids(tokenizer: Any, ids: dict[str, int], responses: list[str]) -> 
 def sft_batch(batch: dict[str, list[str]], tokenizer_path: str) -> dict[str, list[Any]]:
     """Render instruction/input/output records through the chat template (a `datasets.map` function)."""
     tokenizer, ids = _chat_tokenizer(tokenizer_path)
-    prompts = [f"{ins}\n\n{inp}" if inp else ins for ins, inp in zip(batch["instruction"], batch["input"])]
+    prompts = [
+        f"{ins}\n\n{inp}" if inp else ins for ins, inp in zip(batch["instruction"], batch["input"], strict=False)
+    ]
     input_ids, loss_mask = [], []
-    for prompt, response in zip(_prompt_ids(tokenizer, ids, prompts), _response_ids(tokenizer, ids, batch["output"])):
+    for prompt, response in zip(
+        _prompt_ids(tokenizer, ids, prompts), _response_ids(tokenizer, ids, batch["output"]), strict=False
+    ):
         input_ids.append(prompt + response + [ids[EOT]])
         loss_mask.append([False] * len(prompt) + [True] * len(response) + [False])
     return {"input_ids": input_ids, "loss_mask": loss_mask, "num_tokens": [len(x) for x in input_ids]}
@@ -361,10 +389,14 @@ def dpo_batch(batch: dict[str, list[str]], tokenizer_path: str) -> dict[str, lis
     out: dict[str, list[Any]] = {"prompt_input_ids": prompts, "num_tokens": []}
     for side in ("chosen", "rejected"):
         responses = _response_ids(tokenizer, ids, batch[side])
-        out[f"{side}_input_ids"] = [p + r for p, r in zip(prompts, responses)]
-        out[f"{side}_loss_mask"] = [[False] * len(p) + [True] * len(r) for p, r in zip(prompts, responses)]
-    out["num_tokens"] = [len(c) + len(r) - len(p) for p, c, r in
-                         zip(prompts, out["chosen_input_ids"], out["rejected_input_ids"])]  # fmt: skip
+        out[f"{side}_input_ids"] = [p + r for p, r in zip(prompts, responses, strict=False)]
+        out[f"{side}_loss_mask"] = [
+            [False] * len(p) + [True] * len(r) for p, r in zip(prompts, responses, strict=False)
+        ]
+    out["num_tokens"] = [
+        len(c) + len(r) - len(p)
+        for p, c, r in zip(prompts, out["chosen_input_ids"], out["rejected_input_ids"], strict=False)
+    ]
     return out
 
 
@@ -374,11 +406,16 @@ def _chat_features(mode: str) -> Any:
     ids, mask = Sequence(Value("int32")), Sequence(Value("bool"))
     if mode == "sft":
         return Features({"input_ids": ids, "loss_mask": mask, "num_tokens": Value("int64")})
-    return Features({
-        "prompt_input_ids": ids, "num_tokens": Value("int64"),
-        "chosen_input_ids": ids, "chosen_loss_mask": mask,
-        "rejected_input_ids": ids, "rejected_loss_mask": mask,
-    })  # fmt: skip
+    return Features(
+        {
+            "prompt_input_ids": ids,
+            "num_tokens": Value("int64"),
+            "chosen_input_ids": ids,
+            "chosen_loss_mask": mask,
+            "rejected_input_ids": ids,
+            "rejected_loss_mask": mask,
+        }
+    )
 
 
 def _tokenize_chat(
@@ -430,7 +467,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError(f"--output-dir {output_dir} is a file")
     if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not (output_dir / MANIFEST).exists():
+        if not (output_dir / TOKENIZED_MANIFEST).exists():
             raise DataError(
                 f"--output-dir {output_dir} is not empty and holds no tokenized data; choose another folder"
             )
@@ -471,10 +508,9 @@ def remove_leftovers(output_dir: str | Path) -> list[Path]:
     if not output_dir.parent.is_dir():
         return removed
     for folder in sorted(output_dir.parent.iterdir()):
-        if pattern.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink():
-            if not _writer_alive(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
+        if pattern.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink() and not _writer_alive(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
     return removed
 
 
@@ -512,8 +548,9 @@ def tokenize_dataset(
     raw = load_raw(dataset_dir)
     if raw.kind != MODE_KINDS[mode]:
         hint = {v: k for k, v in MODE_KINDS.items()}[raw.kind]
-        raise DataError(f"--mode {mode} needs {MODE_KINDS[mode]} data; {dataset_dir} holds {raw.kind} data "
-                        f"(use --mode {hint})")  # fmt: skip
+        raise DataError(
+            f"--mode {mode} needs {MODE_KINDS[mode]} data; {dataset_dir} holds {raw.kind} data (use --mode {hint})"
+        )
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, overwrite)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -553,36 +590,12 @@ def tokenize_dataset(
                 for k, s in result.splits.items()
             },
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (out / TOKENIZED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
     result.removed_leftovers = remove_leftovers(output_dir)
     write_dir_atomic(output_dir, write, replace=True)
     (output_dir / WRITER_FILE).unlink(missing_ok=True)
     return result
-
-
-def read_manifest(tokenized_dir: str | Path) -> dict[str, Any]:
-    """The `tfkit_tokenized.json` of a folder written by `tokenize_dataset`."""
-    path = Path(tokenized_dir)
-    if not path.is_dir():
-        raise DataError(f"tokenized folder not found: {path}")
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        raise DataError(f"{path} holds no tokenized data ({MANIFEST} is missing)")
-    return parse_manifest(manifest)
-
-
-def parse_manifest(manifest: Path) -> dict[str, Any]:
-    """A `tfkit_tokenized.json` read and checked: a JSON object whose `mode` is one of `MODES`."""
-    from tfkit.data.shards import brief_repr, read_json_object, whole_number
-
-    data = read_json_object(manifest, "a tokenized-data manifest")
-    mode = data.get("mode")
-    if mode not in MODES:
-        raise DataError(f"{manifest}: 'mode' must be one of {', '.join(MODES)}, got {brief_repr(mode)}")
-    if data.get("vocab_size") is not None:
-        whole_number(data, "vocab_size", manifest, 1)
-    return data
 
 
 if __name__ == "__main__":

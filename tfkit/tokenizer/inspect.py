@@ -77,10 +77,10 @@ class ShardInspector:
     ) -> None:
         from tfkit.data.shards import list_splits, read_shard, shard_paths
         from tfkit.data.sources import load_raw
-        from tfkit.tokenizer.encode import read_manifest
+        from tfkit.data.tokenized import read_tokenized_manifest
 
         tokenized_dir = Path(tokenized_dir)
-        manifest = read_manifest(tokenized_dir)
+        manifest = read_tokenized_manifest(tokenized_dir)
         if manifest.get("mode") != "pretrain":
             raise DataError(f"{tokenized_dir} holds {manifest.get('mode')} data; inspect reads pretrain token shards")
         splits = list_splits(tokenized_dir)
@@ -207,9 +207,13 @@ class ChatView:
         }
 
 
-CHAT_COLUMNS = {"sft": (("example", "input_ids", "loss_mask"),),
-                "dpo": (("chosen", "chosen_input_ids", "chosen_loss_mask"),
-                        ("rejected", "rejected_input_ids", "rejected_loss_mask"))}  # fmt: skip
+CHAT_COLUMNS = {
+    "sft": (("example", "input_ids", "loss_mask"),),
+    "dpo": (
+        ("chosen", "chosen_input_ids", "chosen_loss_mask"),
+        ("rejected", "rejected_input_ids", "rejected_loss_mask"),
+    ),
+}
 
 
 class ChatInspector:
@@ -226,10 +230,10 @@ class ChatInspector:
     ) -> None:
         import datasets
 
-        from tfkit.tokenizer.encode import read_manifest
+        from tfkit.data.tokenized import read_tokenized_manifest
 
         tokenized_dir = Path(tokenized_dir)
-        manifest = read_manifest(tokenized_dir)
+        manifest = read_tokenized_manifest(tokenized_dir)
         self.mode = manifest["mode"]
         if self.mode not in CHAT_COLUMNS:
             raise DataError(f"{tokenized_dir} holds {self.mode} data; ChatInspector reads SFT or DPO data")
@@ -248,8 +252,10 @@ class ChatInspector:
         needed = [c for _, ids, mask in CHAT_COLUMNS[self.mode] for c in (ids, mask)]
         missing = [c for c in needed if c not in self.data.column_names]
         if missing:
-            raise DataError(f"the {split} split of {tokenized_dir} has no {', '.join(missing)}: "
-                            f"not {self.mode.upper()} data (tokenize with --mode {self.mode})")  # fmt: skip
+            raise DataError(
+                f"the {split} split of {tokenized_dir} has no {', '.join(missing)}: "
+                f"not {self.mode.upper()} data (tokenize with --mode {self.mode})"
+            )
         self.num_documents = len(self.data)
         self.tokenizer = _matching_tokenizer(tokenizer_path, manifest, "this data")
 
@@ -259,8 +265,9 @@ class ChatInspector:
         row = self.data[index]
         sequences = [self._sequence(name, row[ids], row[mask]) for name, ids, mask in CHAT_COLUMNS[self.mode]]
         prompt = row.get("prompt_input_ids")
-        return ChatView(self.mode, self.split, index, self.num_documents, sequences,
-                        None if prompt is None else len(prompt))  # fmt: skip
+        return ChatView(
+            self.mode, self.split, index, self.num_documents, sequences, None if prompt is None else len(prompt)
+        )
 
     def _sequence(self, name: str, ids: list[int], mask: list[bool]) -> ChatSequence:
         ids, mask = [int(i) for i in ids], [bool(m) for m in mask]
@@ -291,8 +298,8 @@ def open_inspector(
     split: str = "train",
 ) -> ShardInspector | ChatInspector:
     """The inspector for what `tokenized_dir` holds: pretraining shards, or SFT / DPO data."""
-    from tfkit.tokenizer.encode import read_manifest
+    from tfkit.data.tokenized import read_tokenized_manifest
 
-    if read_manifest(tokenized_dir).get("mode") == "pretrain":
+    if read_tokenized_manifest(tokenized_dir).get("mode") == "pretrain":
         return ShardInspector(tokenized_dir, raw_dataset_dir, tokenizer_path, split)
     return ChatInspector(tokenized_dir, tokenizer_path, split)

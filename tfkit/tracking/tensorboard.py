@@ -11,25 +11,40 @@ that step already wrote a column, the val row's copy is left out (`time_s` diffe
 between the two: the train row's is kept, as it was written first).
 
 A resumed run (and a spike rollback) calls `continue_after(step)`: the event files are
-rewritten without the points past `step`, and the new writer starts with TensorBoard's
-`purge_step` (its START marker makes a TensorBoard already showing the run drop the
-stale points too). Both are needed: TensorBoard's Python loader (`--load_fast=false`)
-ignores the marker, and a viewer that loaded the old points keeps them without it.
+rewritten without the points past `step`, and the new file starts with TensorBoard's
+purge marker at `step + 1` (its START marker makes a TensorBoard already showing the run
+drop the stale points too). Both are needed: TensorBoard's Python loader
+(`--load_fast=false`) ignores the marker, and a viewer that loaded the old points keeps
+them without it.
+
+The records are written here rather than by TensorBoard's `SummaryWriter`, whose writer
+thread meets a full disk or a read-only folder on its own: it prints that thread's
+traceback, hands the run an error without the file's name, and may leave half a record.
+Here each row's points are on disk when `log_train` / `log_val` returns, appended as the
+CSV rows are (`tfkit.io.append_whole`: one write, then `fsync`; a failed one is cut
+back), so a file-system error is raised in the trainer naming the event file, and every
+point written before it stays whole and readable.
 
 `tensorboard` is imported only here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import numbers
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from tfkit.errors import ConfigError
+from tfkit.io import append_whole
 
-# how often the writer's thread puts pending points on disk (and at close): a viewer lags by at most this
-FLUSH_SECS = 5
+FILE_VERSION = "brain.Event:2"  # the first record of every event file
+_file_ids = itertools.count()  # two files of one process in the same second (a rollback) get two names
 
 
 class TensorBoardTracker:
@@ -37,12 +52,16 @@ class TensorBoardTracker:
 
     def __init__(self, run_dir: str | Path) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import summary
         except ImportError as e:
             raise ConfigError(f"--tensorboard needs the tensorboard package: pip install tensorboard ({e})") from None
-        self._summary_writer = SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._text_summary = summary.text
+        self._event, self._session_log, self._summary = Event, SessionLog, Summary
         self.log_dir = Path(run_dir) / "tensorboard"
-        self._writer: Any = None  # made at the first point, so that `continue_after` can set its purge step
+        self._file: tuple[int, Path] | None = None  # the open event file (fd, path), made at the first point
         self._purge_step: int | None = None
         self._last_step: dict[str, int] = {}  # tag -> step of its latest point
 
@@ -63,28 +82,63 @@ class TensorBoardTracker:
         """The summary (status, wall time, throughput, final metrics) as one text table at the final step."""
         lines = ["| key | value |", "| --- | --- |"]
         lines += [f"| {key} | {value} |" for key, value in summary.items() if value is not None and value != ""]
-        self._get_writer().add_text("summary", "\n".join(lines), global_step=int(summary.get("step", 0)))
+        text = self._text_summary("summary", "\n".join(lines))
+        self._write([self._event(wall_time=time.time(), step=int(summary.get("step", 0)), summary=text)])
 
     def close(self) -> None:
-        """Flush every pending point to disk and close the event file."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Close the event file (every point is on disk already)."""
+        if self._file is not None:
+            os.close(self._file[0])
+            self._file = None
 
     def _add_row(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
-        writer = self._get_writer()
-        for column, value in row.items():
-            if column == "step" or not _is_number(value) or self._last_step.get(column) == step:
-                continue
-            writer.add_scalar(column, float(value), global_step=step)
-            self._last_step[column] = step
+        now = time.time()
+        columns = [c for c, v in row.items() if c != "step" and _is_number(v) and self._last_step.get(c) != step]
+        # one event per scalar, as TensorBoard's own writer stores them (float32)
+        values = [self._summary.Value(tag=column, simple_value=float(row[column])) for column in columns]
+        self._write([self._event(wall_time=now, step=step, summary=self._summary(value=[v])) for v in values])
+        self._last_step.update(dict.fromkeys(columns, step))
 
-    def _get_writer(self) -> Any:
-        if self._writer is None:
-            self._writer = self._summary_writer(str(self.log_dir), purge_step=self._purge_step, flush_secs=FLUSH_SECS)
-            self._purge_step = None
-        return self._writer
+    def _write(self, events: list[Any]) -> None:
+        """Append `events` to the event file (made on the first call), whole or not at all."""
+        fd, path = self._file or self._open()
+        if events:
+            append_whole(fd, _records(events), path)
+
+    def _open(self) -> tuple[int, Path]:
+        # the name TensorBoard's writer gives its files: readers order a folder's files by it
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids)}"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+        first = [self._event(wall_time=time.time(), file_version=FILE_VERSION)]
+        if self._purge_step is not None:
+            first += [
+                self._event(step=self._purge_step, file_version=FILE_VERSION),
+                self._event(step=self._purge_step, session_log=self._session_log(status=self._session_log.START)),
+            ]
+        try:
+            append_whole(fd, _records(first), path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()  # an empty file: nothing of the run is lost
+            raise
+        self._file = (fd, path)
+        self._purge_step = None
+        return self._file
+
+
+def _records(events: list[Any]) -> bytes:
+    """`events` in TensorBoard's record framing (length, checksums), as the bytes of one append."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    buffer = io.BytesIO()
+    records = RecordWriter(buffer)
+    for event in events:
+        records.write(event.SerializeToString())
+    return buffer.getvalue()
 
 
 def _is_number(value: Any) -> bool:
@@ -105,7 +159,9 @@ def keep_up_to(log_dir: Path, step: int) -> None:
     The kept records are copied byte for byte, in reading order; the purge markers of
     earlier resumes are dropped (the file no longer holds what they purged), and a torn
     last record (a killed writer) ends its file. The new file is complete on disk before
-    it takes the place of the newest old one, and the older ones are removed after it.
+    it takes the place of the newest old one, and the older ones are removed after it;
+    if it cannot be written, the old files are left as they were and the `OSError` names
+    `log_dir`.
     """
     files = event_files(log_dir)
     if not files:
@@ -115,21 +171,26 @@ def keep_up_to(log_dir: Path, step: int) -> None:
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     tmp = log_dir / ".rewrite.tmp"  # no `tfevents` in the name: TensorBoard does not read it
-    with open(tmp, "wb") as f:
-        records = RecordWriter(f)
-        version_written = False
-        for path in files:
-            for raw in RawEventFileLoader(str(path)).Load():
-                event = Event.FromString(raw)
-                if event.HasField("file_version"):
-                    if version_written:
+    try:
+        with open(tmp, "wb") as f:
+            records = RecordWriter(f)
+            version_written = False
+            for path in files:
+                for raw in RawEventFileLoader(str(path)).Load():
+                    event = Event.FromString(raw)
+                    if event.HasField("file_version"):
+                        if version_written:
+                            continue
+                        version_written = True
+                    elif event.HasField("session_log") or event.step > step:
                         continue
-                    version_written = True
-                elif event.HasField("session_log") or event.step > step:
-                    continue
-                records.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
+                    records.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk, a read-only folder: the old files stay as they were
+        with contextlib.suppress(OSError):  # on a read-only folder there is none, and unlink says EROFS
+            tmp.unlink()
+        raise OSError(e.errno, e.strerror, str(log_dir)) from None
     os.replace(tmp, files[-1])
     for path in files[:-1]:
         path.unlink()

@@ -46,9 +46,15 @@ CARRIED_TRAIN_COLUMNS = ("current_lr", "train_loss", "grad_norm", "skipped_steps
 # objective metrics of fine-tuning, logged after train_loss (train) and as val_<name> (val)
 SFT_METRICS = ("train_acc",)
 DPO_METRICS = (
-    "rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies",
-    "logps_chosen", "logps_rejected", "logits_chosen", "logits_rejected",
-)  # fmt: skip
+    "rewards_chosen",
+    "rewards_rejected",
+    "rewards_margins",
+    "rewards_accuracies",
+    "logps_chosen",
+    "logps_rejected",
+    "logits_chosen",
+    "logits_rejected",
+)
 
 
 def position_columns(count: str = "tokens_seen", epochs: bool = True) -> list[str]:
@@ -61,9 +67,17 @@ def train_columns(
 ) -> list[str]:
     """The fixed columns of a train row, in file order."""
     return [
-        *position_columns(count, epochs), "current_lr", "global_batch_size", "seq_len", "train_loss", *metrics,
-        "grad_norm", "skipped_steps", *THROUGHPUT_COLUMNS, *stage,
-    ]  # fmt: skip
+        *position_columns(count, epochs),
+        "current_lr",
+        "global_batch_size",
+        "seq_len",
+        "train_loss",
+        *metrics,
+        "grad_norm",
+        "skipped_steps",
+        *THROUGHPUT_COLUMNS,
+        *stage,
+    ]
 
 
 def monitor_columns(attention_layers: int, *, output_logits: bool, blocks: int) -> list[str]:

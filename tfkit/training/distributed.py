@@ -186,8 +186,9 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
 
-def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                    optimizer_state: dict, sharded: bool) -> None:  # fmt: skip
+def load_full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict, sharded: bool
+) -> None:
     """Put a `full_state` back (every rank passes the whole state it read from the checkpoint)."""
     if not sharded:
         model.load_state_dict(model_state)

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from tfkit.config.finetune import DpoRunConfig
 from tfkit.data.chat import DpoData, longest, scored_after_cut
 from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.columns import DPO_METRICS, dpo_columns
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
-from tfkit.training.finetune_config import DpoRunConfig
 from tfkit.training.load import LoadedRun, load_run
 from tfkit.training.loop import _autocast
 from tfkit.training.objectives import LENGTH_AVERAGED, dpo_loss, sequence_logps
@@ -57,23 +57,34 @@ def pair_logps(
         # mean over every vocabulary entry at every scored position, as TRL's logits/chosen
         per_row = (logits.float().mean(-1) * mask).sum(-1)  # (2B,)
         counts = mask.sum(-1)
-        mean_logits = torch.stack([
-            per_row[:half].sum() / counts[:half].sum().clamp(min=1),
-            per_row[half:].sum() / counts[half:].sum().clamp(min=1),
-        ])  # fmt: skip
+        mean_logits = torch.stack(
+            [
+                per_row[:half].sum() / counts[:half].sum().clamp(min=1),
+                per_row[half:].sum() / counts[half:].sum().clamp(min=1),
+            ]
+        )
     return logps[:half], logps[half:], mean_logits
 
 
 def dpo_metrics(
-    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor, mean_logits: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    mean_logits: torch.Tensor,
+) -> torch.Tensor:
     """The METRICS of one batch as a vector (means over pairs)."""
-    return torch.stack([
-        chosen_rewards.mean(), rejected_rewards.mean(), (chosen_rewards - rejected_rewards).mean(),
-        (chosen_rewards > rejected_rewards).float().mean(),
-        policy_chosen.detach().mean(), policy_rejected.detach().mean(), *mean_logits.float(),
-    ]).float()  # fmt: skip
+    return torch.stack(
+        [
+            chosen_rewards.mean(),
+            rejected_rewards.mean(),
+            (chosen_rewards - rejected_rewards).mean(),
+            (chosen_rewards > rejected_rewards).float().mean(),
+            policy_chosen.detach().mean(),
+            policy_rejected.detach().mean(),
+            *mean_logits.float(),
+        ]
+    ).float()
 
 
 class DpoObjective(Objective):
@@ -110,8 +121,14 @@ class DpoObjective(Objective):
         return torch.cat(scores)  # (N, 2)
 
     @torch.no_grad()
-    def _reference_logps(self, on_device: dict[str, torch.Tensor], index: np.ndarray, table: torch.Tensor | None,
-                         device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _reference_logps(
+        self,
+        on_device: dict[str, torch.Tensor],
+        index: np.ndarray,
+        table: torch.Tensor | None,
+        device: torch.device,
+        precision: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if table is not None:
             rows = table[torch.from_numpy(index).to(device)]  # (B, 2)
             return rows[:, 0], rows[:, 1]
@@ -126,20 +143,32 @@ class DpoObjective(Objective):
     def train_batches(self, cursor: BatchCursor) -> Iterator[dict[str, Any]]:
         return self.data.train_batches(cursor)
 
-    def _losses(self, model: torch.nn.Module, batch: dict[str, Any], table: torch.Tensor | None,
-                device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _losses(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, Any],
+        table: torch.Tensor | None,
+        device: torch.device,
+        precision: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         on_device = {k: to_device(batch[k], device) for k in ("tokens", "mask")}
         with _autocast(device, precision):
             policy_chosen, policy_rejected, mean_logits = pair_logps(model, on_device, self.average)
         ref_chosen, ref_rejected = self._reference_logps(on_device, batch["index"], table, device, precision)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected,
-            beta=self.dpo.beta, label_smoothing=self.dpo.label_smoothing, loss_type=self.dpo.loss_type,
-        )  # fmt: skip
+            policy_chosen,
+            policy_rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=self.dpo.beta,
+            label_smoothing=self.dpo.label_smoothing,
+            loss_type=self.dpo.loss_type,
+        )
         return losses, dpo_metrics(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected, mean_logits)
 
-    def step(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
-             precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def step(
+        self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device, precision: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         losses, metrics = self._losses(model, batch, self.ref_train, device, precision)
         return losses.mean(), metrics.detach()
 
@@ -160,7 +189,7 @@ class DpoObjective(Objective):
             pairs += n
         model.train()
         row = {"val_loss": float(loss_sum.item()) / pairs}
-        row.update({f"val_{name}": value / pairs for name, value in zip(METRICS, metric_sum.tolist())})
+        row.update({f"val_{name}": value / pairs for name, value in zip(METRICS, metric_sum.tolist(), strict=False)})
         return row
 
 
@@ -207,10 +236,17 @@ def train_dpo(
         "val_pairs": len(data.val["chosen_input_ids"]),
         "cut_sequences": cut,
         "ref_checkpoint": str(reference.checkpoint),
-        "tokens_per_epoch": int(sum(np.minimum(train[c].lengths, seq_len + 1).sum()
-                                    for c in ("chosen_input_ids", "rejected_input_ids"))),
-    }  # fmt: skip
+        "tokens_per_epoch": int(
+            sum(np.minimum(train[c].lengths, seq_len + 1).sum() for c in ("chosen_input_ids", "rejected_input_ids"))
+        ),
+    }
     return run_finetune(
-        config, DpoObjective(data, config, reference), init, data_meta=data_meta,
-        tokenizer=tokenizer_record(init, dataset), callback=callback, overwrite=overwrite, resume=resume,
-    )  # fmt: skip
+        config,
+        DpoObjective(data, config, reference),
+        init,
+        data_meta=data_meta,
+        tokenizer=tokenizer_record(init, dataset),
+        callback=callback,
+        overwrite=overwrite,
+        resume=resume,
+    )

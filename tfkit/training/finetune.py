@@ -42,7 +42,7 @@ class Objective(ABC):
     batch_size: int = 1
     seq_len: int = 1
 
-    def setup(self, model: GPT, device: torch.device, precision: str) -> None:
+    def setup(self, model: GPT, device: torch.device, precision: str) -> None:  # noqa: B027  (optional hook)
         """Called once the model is on its device, before the first step."""
 
     @abstractmethod
@@ -54,15 +54,17 @@ class Objective(ABC):
         """Endless host micro-batches, advancing `cursor`."""
 
     @abstractmethod
-    def step(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
-             precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def step(
+        self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device, precision: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss with a graph, detached metric vector of len(train_metrics)) of one micro-batch."""
 
     def tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["lengths"].sum())
 
-    def probe(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
-              precision: str) -> torch.Tensor:  # fmt: skip
+    def probe(
+        self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device, precision: str
+    ) -> torch.Tensor:
         """The output logits (B, T, V) of the micro-batch's rows (the monitor's forward, without gradients)."""
         tokens = to_device(batch["tokens"], device)
         with _autocast(device, precision):
@@ -103,8 +105,15 @@ class FinetuneTask(Task):
 
     probed = True
 
-    def __init__(self, config: Any, objective: Objective, init: LoadedRun, data_meta: dict[str, Any],
-                 tokenizer: dict[str, Any], device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Any,
+        objective: Objective,
+        init: LoadedRun,
+        data_meta: dict[str, Any],
+        tokenizer: dict[str, Any],
+        device: torch.device,
+    ) -> None:
         self.config, self.objective, self.init, self.device = config, objective, init, device
         self.tokenizer = tokenizer
         self.data_meta = data_meta

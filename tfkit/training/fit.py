@@ -20,6 +20,7 @@ on CPU the resumed run logs the same numbers, bit for bit, as one never interrup
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -27,15 +28,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 import tfkit
 from tfkit.config import default_warmup
 from tfkit.errors import ConfigError, DataError
 from tfkit.training.checkpoint import (
+    check_pointer,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
+    load_newest_checkpoint,
     prune_checkpoints,
     remove_partial_saves,
     rng_state,
@@ -64,11 +68,32 @@ from tfkit.training.throughput import Throughput, peak_flops
 
 # config fields that may change when a run resumes: where and how it is logged, run and
 # stopped by time; everything else changes what is trained and must match the checkpoint
-RESUMABLE_CHANGES = frozenset({
-    "out", "log_every", "wandb_project", "wandb_entity", "wandb_group", "s3_uri", "s3_every_checkpoint", "tensorboard",
-    "device", "compile", "max_time_seconds", "eval_every", "max_epochs_between_evals", "checkpoint_every",
-    "keep_last", "spike_action", "spike_max_rollbacks", "peak_flops", "max_bad_steps", "log_step_losses",
-})  # fmt: skip
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out",
+        "log_every",
+        "wandb_project",
+        "wandb_entity",
+        "wandb_group",
+        "s3_uri",
+        "s3_every_checkpoint",
+        "tensorboard",
+        "device",
+        "compile",
+        "max_time_seconds",
+        "eval_every",
+        "max_epochs_between_evals",
+        "checkpoint_every",
+        "keep_last",
+        "spike_max_rollbacks",
+        "spike_max_consecutive_skips",
+        "peak_flops",
+        "max_bad_steps",
+        "log_step_losses",
+    }
+)
+# spike actions that train the same steps (they differ in what is saved): a resume may swap one for the other
+SAME_TRAINING_SPIKE_ACTIONS = frozenset({"log", "checkpoint"})
 # spike actions that must know before the update whether the step is a spike (one device read per step)
 DECIDE_BEFORE_UPDATE = ("checkpoint", "rollback", "stop")
 
@@ -105,7 +130,7 @@ class Task(ABC):
     def horizon(self) -> int | None:
         """The step horizon of the schedule implied by the stop criteria (None: time only)."""
 
-    def begin_step(self, step: int) -> None:
+    def begin_step(self, step: int) -> None:  # noqa: B027  (optional hook)
         """Called before the micro-batches of optimizer step `step` (0-based)."""
 
     @abstractmethod
@@ -159,7 +184,7 @@ class Task(ABC):
         """The task's position in its data (cursor, generator), for checkpoints."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook)
         """Continue from a `state_dict`."""
 
     def checkpoint_extra(self) -> dict[str, Any]:
@@ -209,10 +234,8 @@ def fit(
     if config.optim.warmup_steps is None:  # resolved here, where the run's steps are known, and recorded
         config = config.with_updates({"optim.warmup_steps": default_warmup(horizon)})
     t, log = config.train, config.log
-    checkpoint = resolve_resume(resume, Path(log.out)) if resume is not None else None
-    state = None
+    checkpoint, state, skipped = resolve_resume(resume, Path(log.out)) if resume is not None else (None, None, [])
     if checkpoint is not None:  # checked before anything in the run directory changes
-        state = load_checkpoint(checkpoint)
         check_resumable(state, config, checkpoint, dist.world)
     if dist.main:
         session = RunSession.open(config, callback=callback, overwrite=overwrite, resuming=state is not None)
@@ -230,8 +253,17 @@ def fit(
         detector=SpikeDetector(t.spike_window, t.spike_sigma, t.spike_min_history, device),
     )
     resumed = state["progress"]["step"] if state is not None else None
-    session.start(model, device, compiled=compiled, horizon=horizon, meta=task.meta, resumed_from=checkpoint,
-                  resumed_step=resumed, resumed_elapsed=state["elapsed"] if state is not None else 0.0)  # fmt: skip
+    session.start(
+        model,
+        device,
+        compiled=compiled,
+        horizon=horizon,
+        meta=task.meta,
+        resumed_from=checkpoint,
+        resumed_step=resumed,
+        resumed_elapsed=state["elapsed"] if state is not None else 0.0,
+        resume_skipped=skipped,
+    )
     spikes = SpikeLog(session.run_dir) if dist.main else _NOWHERE
     step_losses = StepLossLog(session.run_dir) if t.log_step_losses and dist.main else None
     if state is not None:
@@ -252,15 +284,17 @@ def fit(
     progress, counters, accum = run.progress, run.counters, config.optim.grad_accum_steps
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, spike flag, [loss, norm, limits]) to log
 
-    def save(path: Path | None = None) -> None:
+    def save(path: Path | None = None, before: _BeforeStep | None = None) -> None:
+        """A checkpoint of now, or with `before` of the step being taken: its data and RNGs as they were."""
         started = time.perf_counter()
         progress.skipped_steps = counters.skipped()
         _write_steps(pending, spikes, step_losses, t.spike_action)  # the steps so far are on disk with it
         pending.clear()
         weights = full_state(model, optimizer, task.sharded)  # sharded: gathered by every rank, to rank 0
-        rngs = dist.gather(rng_state())  # each rank's generators (dropout masks differ between GPUs)
+        # each rank's generators (dropout masks differ between GPUs)
+        rngs = dist.gather(before.rng if before is not None else rng_state())
         if dist.main:  # rank 0 writes; the others wait, so a rollback finds the file
-            state = _checkpoint_state(weights, run, task, config, session.elapsed(), dist.world)
+            state = _checkpoint_state(weights, run, task, config, session.elapsed(), dist.world, before)
             if dist.active:
                 state["rng_ranks"] = rngs
             save_checkpoint(path or checkpoint_path(session.run_dir, progress.tokens_seen), state)
@@ -281,7 +315,7 @@ def fit(
         session.log_train(row)
         progress.last_log_step = progress.step
         progress.skipped_steps = row["skipped_steps"]
-        return counters.failure(t.max_bad_steps)
+        return counters.failure(t.max_bad_steps, t.spike_max_consecutive_skips if t.spike_action == "skip" else None)
 
     def evaluate() -> None:
         if not dist.main:  # rank 0 evaluates and logs; the others go on (sharded: they take part)
@@ -321,6 +355,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             task.begin_step(progress.step)
+            # a spike checkpoint replays this step: it keeps the data position and RNGs of before its batches
+            before = _BeforeStep.now(progress, task) if t.spike_action == "checkpoint" else None
             step_loss = torch.zeros((), dtype=torch.float32, device=device)
             step_metrics = torch.zeros(len(task.metric_names), dtype=torch.float32, device=device)
             for micro in range(accum):
@@ -344,7 +380,7 @@ def fit(
 
             # clip, then decide: a non-finite step is skipped; a spike as --spike-action says
             grad_norm = counters.clip(params, config.optim.grad_clip)
-            spike, limits = run.detector.check(step_loss, grad_norm)
+            spike, limits = run.detector.test(step_loss, grad_norm)
             skip = counters.non_finite(step_loss, grad_norm)
             if t.spike_action == "skip":
                 skip = skip | spike
@@ -352,9 +388,11 @@ def fit(
                 values = [progress.step + 1, step_loss.item(), grad_norm.item(), *limits.tolist()]
                 spikes.write(_spike_row(values, t.spike_action))
                 if t.spike_action == "checkpoint":
-                    save(spike_checkpoint_path(session.run_dir, progress.step + 1))  # the state before the update
+                    save(spike_checkpoint_path(session.run_dir, progress.step + 1), before)  # the state before the step
                     no_spike = torch.zeros_like(spike)  # written above; its loss still goes to step_losses.csv
-                    pending.append((progress.step + 1, no_spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits])))
+                    pending.append(
+                        (progress.step + 1, no_spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits]))
+                    )
                 elif t.spike_action == "stop":
                     counters.zero_grad(optimizer)
                     session.fail(f"loss spike at step {progress.step + 1} (--spike-action stop)")
@@ -373,6 +411,7 @@ def fit(
                     continue
             else:
                 pending.append((progress.step + 1, spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits])))
+            run.detector.record(step_loss, grad_norm)  # after a spike checkpoint: it holds the window before the step
 
             # the optimizer step (skipped on the device when `skip`), counted
             counters.update(optimizer, step_loss, step_metrics if task.metric_names else None, grad_norm, skip)
@@ -409,19 +448,38 @@ def fit(
     return session.finish(progress, task)
 
 
-def resolve_resume(resume: str | Path, run_dir: Path) -> Path | None:
-    """The checkpoint `--resume` names: `auto` (the latest in the run directory, or None), a run directory or a file."""
+def resolve_resume(resume: str | Path, run_dir: Path | None) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """The checkpoint `--resume` names, its contents, and one line for each checkpoint passed over.
+
+    `auto` takes the newest checkpoint in the run directory `run_dir` that verifies against
+    its digest and loads (none there: (None, None, [])); a run directory the same way in
+    it; a file just that file. A checkpoint that fails is skipped for an older one only in
+    a run directory; a file named, or a run directory where none loads, is refused. The run
+    directory the resumed run writes into (`run_dir`; None: not known yet) is checked first:
+    a `checkpoints` that is a file is not replaced by a fresh start, and a `latest` pointer
+    must be replaceable.
+    """
+    if run_dir is not None:
+        checkpoints = run_dir / "checkpoints"
+        if checkpoints.exists() and not checkpoints.is_dir():
+            raise ConfigError(
+                f"{run_dir} already holds a run (checkpoints, a file where its checkpoints folder should be); "
+                "choose another --out or pass --overwrite without --resume"
+            )
+        check_pointer(run_dir)
     if str(resume) == "auto":
-        return latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        if run_dir is None:
+            raise ConfigError("--resume auto looks for checkpoints in --out: give --out")
+        return load_newest_checkpoint(run_dir) if run_dir.is_dir() else (None, None, [])
     path = Path(resume)
     if path.is_dir():
-        found = latest_checkpoint(path)
+        found, state, skipped = load_newest_checkpoint(path)
         if found is None:
             raise DataError(f"--resume {path}: the run directory holds no complete checkpoint")
-        return found
+        return found, state, skipped
     if not path.is_file():
         raise DataError(f"--resume {path}: no such checkpoint or run directory")
-    return path
+    return path, load_checkpoint(path), []
 
 
 def check_resumable(state: Any, config: Any, checkpoint: Path, world: int = 1) -> None:
@@ -445,6 +503,8 @@ def check_resumable(state: Any, config: Any, checkpoint: Path, world: int = 1) -
         raise DataError(f"--resume {checkpoint}: its config is not one of this command ({e})") from None
     current = config.to_flat_dict()
     changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if {saved.get("spike_action"), current.get("spike_action")} <= SAME_TRAINING_SPIKE_ACTIONS:
+        changed = [k for k in changed if k != "spike_action"]  # log <-> checkpoint: the same steps, other saves
     if changed:
         shown = ", ".join(f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in changed[:5])
         raise ConfigError(
@@ -458,33 +518,93 @@ def _flops_per_token(model: torch.nn.Module, task: Task) -> float | None:
     return flops(task.shape()[1]) if flops is not None else None
 
 
+@dataclass
+class _BeforeStep:
+    """What the batches of a step change, as it was before them: a checkpoint taken mid-step replays the step.
+
+    The generators are kept as they are (a copy costs microseconds, every step) and put in a
+    checkpoint's form (`rng`) only for a save.
+    """
+
+    tokens_seen: int
+    task: dict[str, Any]
+    generators: tuple[Any, ...]
+
+    @classmethod
+    def now(cls, progress: Progress, task: Task) -> _BeforeStep:
+        return cls(progress.tokens_seen, task.state_dict(), _generators())
+
+    @property
+    def rng(self) -> dict[str, Any]:
+        """The generators as `rng_state` records them."""
+        current = _generators()
+        _set_generators(self.generators)
+        try:
+            return rng_state()
+        finally:
+            _set_generators(current)
+
+
+def _generators() -> tuple[Any, ...]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_generators(generators: tuple[Any, ...]) -> None:
+    python, numpy, cpu, cuda = generators
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
 def _checkpoint_state(
-    weights: tuple[dict, dict], run: _Run, task: Task, config: Any, elapsed: float, world: int = 1
+    weights: tuple[dict, dict],
+    run: _Run,
+    task: Task,
+    config: Any,
+    elapsed: float,
+    world: int = 1,
+    before: _BeforeStep | None = None,
 ) -> dict[str, Any]:
-    """Everything a checkpoint holds; `weights` the model's and optimizer's state (`full_state`)."""
+    """Everything a checkpoint holds; `weights` the model's and optimizer's state (`full_state`).
+
+    With `before`, the data position, token count and RNGs are those of before the current step's batches.
+    """
     progress = run.progress
+    state = progress.state_dict()
+    if before is not None:
+        state["tokens_seen"] = before.tokens_seen
     return {
         "model": weights[0],
         "optimizer": weights[1],
         "step": progress.step,
-        "tokens_seen": progress.tokens_seen,
+        "tokens_seen": state["tokens_seen"],
         "epoch": progress.epoch,
-        "progress": progress.state_dict(),
+        "progress": state,
         "counters": run.counters.state_dict(),
         "spikes": run.detector.state_dict(),
         "rollbacks": run.rollbacks,
-        "task": task.state_dict(),
+        "task": before.task if before is not None else task.state_dict(),
         "elapsed": elapsed,
         "config": config.to_dict(),
-        "rng": rng_state(),
+        "rng": before.rng if before is not None else rng_state(),
         "tfkit_version": tfkit.__version__,
         "world_size": world,
         **task.checkpoint_extra(),
     }
 
 
-def _restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run,
-             task: Task, *, data: bool = True) -> None:  # fmt: skip
+def _restore(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    run: _Run,
+    task: Task,
+    *,
+    data: bool = True,
+) -> None:
     """Put a checkpoint's model, optimizer, counters and (with `data`) the task's data position back."""
     load_full_state(model, optimizer, state["model"], state["optimizer"], task.sharded)
     run.progress.load_state_dict(state["progress"])
@@ -496,8 +616,9 @@ def _restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.opt
         run.progress.epoch = task.epoch()
 
 
-def _rollback(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run, task: Task,
-              limit: int) -> str | None:  # fmt: skip
+def _rollback(
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run, task: Task, limit: int
+) -> str | None:
     """Reload the latest checkpoint but keep the data position (the spike's data is skipped); why not, if not."""
     step = run.progress.step + 1
     if run.rollbacks >= limit:
@@ -540,13 +661,19 @@ _UNMONITORED = SimpleNamespace(log_logits=False, log_layer_stats=False)
 def _spike_row(values: list[float], action: str) -> dict[str, Any]:
     step, loss, norm, loss_limit, norm_limit = values
     return {
-        "step": int(step), "train_loss": loss, "grad_norm": norm,
-        "loss_threshold": loss_limit, "grad_norm_threshold": norm_limit, "action": action,
-    }  # fmt: skip
+        "step": int(step),
+        "train_loss": loss,
+        "grad_norm": norm,
+        "loss_threshold": loss_limit,
+        "grad_norm_threshold": norm_limit,
+        "action": action,
+    }
 
 
 def _write_steps(
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]], spikes: SpikeLog, step_losses: StepLossLog | None,
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]],
+    spikes: SpikeLog,
+    step_losses: StepLossLog | None,
     action: str,
 ) -> None:
     """The steps since the last train row: their spikes, and with --log-step-losses every step's loss.
@@ -559,8 +686,8 @@ def _write_steps(
     if step_losses is None and not any(flags):
         return
     values = torch.stack([v for _, _, v in pending]).tolist()
-    for (step, _, _), flag, row in zip(pending, flags, values):
+    for (step, _, _), flag, row in zip(pending, flags, values, strict=False):
         if flag:
             spikes.write(_spike_row([step, *row], action))
     if step_losses is not None:
-        step_losses.write([(step, row[0], row[1]) for (step, _, _), row in zip(pending, values)])
+        step_losses.write([(step, row[0], row[1]) for (step, _, _), row in zip(pending, values, strict=False)])

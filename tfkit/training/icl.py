@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from tfkit.config.icl import IclRunConfig
 from tfkit.data.icl import (
     BASELINES,
     baseline_errors,
@@ -44,7 +45,6 @@ from tfkit.data.icl import (
 from tfkit.models.looped import VectorTransformer
 from tfkit.training.columns import icl_columns
 from tfkit.training.fit import Task, fit
-from tfkit.training.icl_config import IclRunConfig
 from tfkit.training.loop import _autocast, resolve_device
 from tfkit.training.session import RunResult, TrainCallback
 
@@ -96,9 +96,7 @@ class ValSet:
 
 
 @torch.no_grad()
-def evaluate_icl(
-    model: VectorTransformer, val: ValSet, config: IclRunConfig, device: torch.device
-) -> dict[str, Any]:
+def evaluate_icl(model: VectorTransformer, val: ValSet, config: IclRunConfig, device: torch.device) -> dict[str, Any]:
     """Validation metrics: per-position normalised errors of the model and baselines, per-loop loss."""
     model.eval()
     loops, scored = config.loop.loops, config.loop.scored_loops

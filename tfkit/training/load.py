@@ -147,6 +147,7 @@ def open_tokenizer(loaded: LoadedRun, tokenizer_path: str | Path | None = None) 
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size > loaded.model_config.vocab_size:  # type: ignore[operator]
         raise DataError(
-            f"the tokenizer {path} has {size:,} ids, more than the model's vocabulary ({loaded.model_config.vocab_size:,})"
+            f"the tokenizer {path} has {size:,} ids, "
+            f"more than the model's vocabulary ({loaded.model_config.vocab_size:,})"
         )
     return tokenizer

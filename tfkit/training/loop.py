@@ -157,7 +157,9 @@ class PretrainTask(Task):
         # global micro-batches per epoch: of --batch-size rows on each of `dist.world` processes
         self.per_epoch = source.sequences_per_epoch // (self.batch_size * dist.world)
         self.cursor = BatchCursor()
-        self.batches = train_batches(source, self.batch_size, self.cursor, dist.rank, dist.world)  # reads the cursor lazily
+        self.batches = train_batches(
+            source, self.batch_size, self.cursor, dist.rank, dist.world
+        )  # reads the cursor lazily
         self.ddp: Any = None
         self.sharded = dist.active and config.train.parallel == "fsdp"
         self.meta = {
@@ -295,7 +297,13 @@ def train(
         device = distributed.rank_device(resolve_device(config.train.device), dist)
         source = open_source(config.data, config.train.seed)
         config = resolve_config(config, source)
-        return fit(PretrainTask(config, source, device, dist), config, device, callback=callback, overwrite=overwrite,
-                   resume=resume)  # fmt: skip
+        return fit(
+            PretrainTask(config, source, device, dist),
+            config,
+            device,
+            callback=callback,
+            overwrite=overwrite,
+            resume=resume,
+        )
     finally:
         distributed.shutdown(dist)

@@ -59,9 +59,7 @@ class Monitor:
         self.attention = [m for m in model.modules() if isinstance(m, Attention)] if self.probed else []
         self.output_logits = self.probed and task.output_logits
         self.blocks = block_parameters(model) if config.log_layer_stats else []
-        self.columns = monitor_columns(
-            len(self.attention), output_logits=self.output_logits, blocks=len(self.blocks)
-        )
+        self.columns = monitor_columns(len(self.attention), output_logits=self.output_logits, blocks=len(self.blocks))
         self._measured: list[torch.Tensor] = []
         self._grads: list[torch.Tensor] = []
         self._before: list[list[torch.Tensor]] = []
@@ -86,9 +84,9 @@ class Monitor:
         if not self._before:
             return
         params, ratios = [], []
-        for group, before in zip(self.blocks, self._before):
+        for group, before in zip(self.blocks, self._before, strict=False):
             params.append(_norm(list(group)))
-            change = _norm([p.detach() - b for p, b in zip(group, before)])
+            change = _norm([p.detach() - b for p, b in zip(group, before, strict=False)])
             ratios.append(change / _norm(before).clamp(min=1e-30))
         self._measured += [*params, *self._grads, *ratios]
         self._grads, self._before = [], []
@@ -99,14 +97,14 @@ class Monitor:
             return dict.fromkeys(self.columns)
         values = torch.stack([v.float().reshape(()) for v in self._measured]).tolist()
         self._measured = []
-        return dict(zip(self.columns, values))
+        return dict(zip(self.columns, values, strict=False))
 
     def _logits(self, batch: Any) -> list[torch.Tensor]:
         records: list[list[torch.Tensor]] = [[] for _ in self.attention]
         was_training = self.model.training
         self.model.eval()
         try:
-            for module, record in zip(self.attention, records):
+            for module, record in zip(self.attention, records, strict=False):
                 module.record = record
             outputs = self.task.probe(batch)
         finally:

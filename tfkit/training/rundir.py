@@ -28,9 +28,18 @@ from tfkit.errors import ConfigError
 from tfkit.io import write_atomic, write_json_atomic
 
 RUN_FILES = (
-    "train_config.json", "train_log.csv", "val_log.csv", "summary.json", "checkpoints", "tensorboard", "spikes.csv",
-    "step_losses.csv", "beliefs.json", "beliefs.csv", "belief_points.csv",
-)  # fmt: skip
+    "train_config.json",
+    "train_log.csv",
+    "val_log.csv",
+    "summary.json",
+    "checkpoints",
+    "tensorboard",
+    "spikes.csv",
+    "step_losses.csv",
+    "beliefs.json",
+    "beliefs.csv",
+    "belief_points.csv",
+)
 LOCK_NAME = ".lock"
 REPLACED_PREFIX = ".replaced."  # `.replaced.<random>.tmp`: an old run set aside (S3 pushes skip `.*.tmp`)
 SUMMARY_RESERVE_NAME = ".summary-reserve.tmp"

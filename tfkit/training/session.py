@@ -262,6 +262,10 @@ class StepCounters:
         self.consecutive_bad = torch.zeros((), dtype=torch.long, device=device)
         self.worst_run = torch.zeros((), dtype=torch.long, device=device)  # longest run of bad steps so far
         self.bad_total = torch.zeros((), dtype=torch.long, device=device)  # skipped steps over the whole run
+        # spikes whose update was dropped (--spike-action skip): over the run, in a row now, the longest row
+        self.spikes_skipped = torch.zeros((), dtype=torch.long, device=device)
+        self.consecutive_spikes = torch.zeros((), dtype=torch.long, device=device)
+        self.worst_spike_run = torch.zeros((), dtype=torch.long, device=device)
         self.norm_last = torch.zeros((), dtype=torch.float32, device=device)
 
     @staticmethod
@@ -294,8 +298,9 @@ class StepCounters:
     ) -> None:
         """Apply the optimizer step unless `skip` (a device bool), count it, zero the gradients.
 
-        A skipped non-finite step counts as skipped (`skipped_steps`, the run of bad steps);
-        a skipped spike does not, and neither enters the train-loss mean.
+        Every skipped step counts in `skipped_steps`; a non-finite one also in the run of bad
+        steps, a spike (skipped by --spike-action skip) in the run of skipped spikes. Neither
+        enters the train-loss mean.
         """
         # the fused AdamW kernel skips the whole update when found_inf is 1, on device
         optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
@@ -305,6 +310,10 @@ class StepCounters:
         self.bad_total += bad
         self.consecutive_bad.mul_(bad).add_(bad)
         torch.maximum(self.worst_run, self.consecutive_bad, out=self.worst_run)
+        spike = (skip & ~bad.bool()).long()
+        self.spikes_skipped += spike
+        self.consecutive_spikes.mul_(spike).add_(spike)
+        torch.maximum(self.worst_spike_run, self.consecutive_spikes, out=self.worst_spike_run)
         good = ~skip
         self.loss_sum += torch.where(good, step_loss, torch.zeros_like(step_loss))
         if step_metrics is not None:
@@ -328,7 +337,7 @@ class StepCounters:
             "global_batch_size": global_batch_size,
             "seq_len": seq_len,
             "train_loss": float(self.loss_sum.item()) / n_good if n_good else math.nan,
-            **{name: (value if n_good else math.nan) for name, value in zip(names, means)},
+            **{name: (value if n_good else math.nan) for name, value in zip(names, means, strict=False)},
             "grad_norm": float(self.norm_last.item()),
             "skipped_steps": self.skipped(),
             **extra,
@@ -341,13 +350,20 @@ class StepCounters:
         return row
 
     def skipped(self) -> int:
-        return int(self.bad_total.item())
+        """The steps whose update was dropped: non-finite ones and skipped spikes."""
+        return int((self.bad_total + self.spikes_skipped).item())
 
-    def failure(self, max_bad_steps: int) -> str | None:
-        """Why the run must stop, once `max_bad_steps` steps in a row were non-finite."""
+    def failure(self, max_bad_steps: int, max_spike_skips: int | None = None) -> str | None:
+        """Why the run must stop: `max_bad_steps` non-finite steps in a row, or `max_spike_skips` skipped spikes."""
         worst = int(self.worst_run.item())
         if worst >= max_bad_steps:
             return f"{worst} non-finite steps in a row (loss or gradient norm); lower --lr or raise --warmup-steps"
+        spikes = int(self.worst_spike_run.item())
+        if max_spike_skips is not None and spikes >= max_spike_skips:
+            return (
+                f"{spikes} loss spikes in a row skipped (--spike-action skip; train.spike_max_consecutive_skips="
+                f"{max_spike_skips}): the model no longer trains; lower --lr or raise the limit"
+            )
         return None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -420,6 +436,7 @@ class RunSession:
         resumed_from: Path | None = None,
         resumed_step: int | None = None,
         resumed_elapsed: float = 0.0,
+        resume_skipped: list[str] | None = None,
     ) -> None:
         """Write `train_config.json`, open the trackers and tell the callback; the run's clock starts.
 
@@ -429,6 +446,8 @@ class RunSession:
             meta: the trainer's own `meta` entries (`data_source` first), after the versions.
             resumed_from, resumed_step, resumed_elapsed: the checkpoint a resumed run continues
                 from, its step and wall time; the logs keep their rows up to that step.
+            resume_skipped: the checkpoints passed over for `resumed_from` (corrupt, unreadable),
+                one line each, recorded with the resume.
         """
         self.device = device
         self.horizon = horizon
@@ -445,10 +464,15 @@ class RunSession:
             "wandb_id": earlier.get("wandb_id") or uuid.uuid4().hex[:16],
         }
         if resumed_from is not None:
-            meta["resumed"] = [*earlier.get("resumed", []), {
-                "from": str(resumed_from), "step": resumed_step,
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }]  # fmt: skip
+            meta["resumed"] = [
+                *earlier.get("resumed", []),
+                {
+                    "from": str(resumed_from),
+                    "step": resumed_step,
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **({"skipped": resume_skipped} if resume_skipped else {}),
+                },
+            ]
         # an old run (--overwrite) is set aside, and comes back if the new one fails to start
         try:
             with replacing(self.run_dir, self.replaces):
@@ -595,9 +619,19 @@ class FollowerSession(RunSession):
     def __init__(self, config: Any) -> None:
         super().__init__(config, Path(config.log.out), None, TrainCallback())
 
-    def start(self, model: torch.nn.Module, device: torch.device, *, compiled: bool, horizon: int | None,
-              meta: dict[str, Any], resumed_from: Path | None = None, resumed_step: int | None = None,
-              resumed_elapsed: float = 0.0) -> None:  # fmt: skip
+    def start(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        *,
+        compiled: bool,
+        horizon: int | None,
+        meta: dict[str, Any],
+        resumed_from: Path | None = None,
+        resumed_step: int | None = None,
+        resumed_elapsed: float = 0.0,
+        resume_skipped: list[str] | None = None,
+    ) -> None:
         self.device, self.horizon = device, horizon
         self.num_params = model.num_params()  # type: ignore[operator]
         self.num_params_ne = model.num_params(non_embedding=True)  # type: ignore[operator]
@@ -623,5 +657,10 @@ class FollowerSession(RunSession):
             yield flag
 
     def finish(self, progress: Progress, task: Any) -> RunResult:
-        return RunResult(run_dir=self.run_dir, status=self.status, summary=self.summary(progress, task),
-                         message=self.message, stopped_by=self.stopped_by)  # fmt: skip
+        return RunResult(
+            run_dir=self.run_dir,
+            status=self.status,
+            summary=self.summary(progress, task),
+            message=self.message,
+            stopped_by=self.stopped_by,
+        )

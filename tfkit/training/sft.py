@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
+from tfkit.config.finetune import SftRunConfig
 from tfkit.data.chat import SftData, longest, scored_after_cut
 from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.columns import SFT_METRICS, sft_columns
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
-from tfkit.training.finetune_config import SftRunConfig
 from tfkit.training.loop import _autocast
 from tfkit.training.objectives import masked_lm_loss, z_loss
 from tfkit.training.session import RunResult, TrainCallback
@@ -70,8 +70,9 @@ class SftObjective(Objective):
     def train_batches(self, cursor: BatchCursor) -> Iterator[dict[str, Any]]:
         return self.data.train_batches(cursor)
 
-    def step(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
-             precision: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def step(
+        self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device, precision: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
         with _autocast(device, precision):
             logits, targets, scored = sft_forward(model, on_device)
@@ -81,8 +82,9 @@ class SftObjective(Objective):
         accuracy = correct.float() / count.clamp(min=1)
         return loss, accuracy.detach().reshape(1)
 
-    def probe(self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device,
-              precision: str) -> torch.Tensor:  # fmt: skip
+    def probe(
+        self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device, precision: str
+    ) -> torch.Tensor:
         on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
         with _autocast(device, precision):
             return sft_forward(model, on_device)[0]
@@ -137,8 +139,9 @@ def train_sft(
             f"no response token of {dataset.path} fits in --seq-len {seq_len}: every prompt fills the context"
         )
     config = config.resolved(init.model_config, seq_len)
-    data = SftData(dataset, seq_len, config.data.batch_size, config.train.seed, config.sft.packing,
-                   config.data.val_examples)  # fmt: skip
+    data = SftData(
+        dataset, seq_len, config.data.batch_size, config.train.seed, config.sft.packing, config.data.val_examples
+    )
     data_meta = {
         "data_source": f"{dataset.path} (SFT, {len(ids):,} examples{', packed' if config.sft.packing else ''})",
         "train_examples": len(ids),
@@ -147,6 +150,12 @@ def train_sft(
         "tokens_per_epoch": data.tokens_per_epoch(),
     }
     return run_finetune(
-        config, SftObjective(data, config.train.z_loss), init, data_meta=data_meta, tokenizer=tokenizer_record(init, dataset),
-        callback=callback, overwrite=overwrite, resume=resume,
-    )  # fmt: skip
+        config,
+        SftObjective(data, config.train.z_loss),
+        init,
+        data_meta=data_meta,
+        tokenizer=tokenizer_record(init, dataset),
+        callback=callback,
+        overwrite=overwrite,
+        resume=resume,
+    )

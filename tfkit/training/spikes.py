@@ -1,9 +1,18 @@
 """Loss-spike detection on a rolling window, kept on the device.
 
-A step is a *spike* when its loss or its gradient norm (before clipping) rises above
-mean + k·std of the last `window` ordinary steps, once at least `min_history` of them
-have been seen (the rule of OLMo-core's skip-step optimizer). Spikes and non-finite steps
-do not enter the window, so a burst of spikes does not raise the threshold that finds them.
+A step is a *spike* when its loss rises above mean + k·std of the losses of the last
+`window` steps, or its gradient norm (before clipping) above exp(mean + k·std) of their
+log gradient norms, once at least `min_history` steps have been seen (OLMo-core's
+skip-step rule, with the gradient norm on a log scale). Gradient norms are positive,
+heavy-tailed and fall by orders of magnitude over a run: k·std of the raw values flags
+healthy steps whose norm is a few times the recent one at an ordinary loss (clipping is
+there for those), while the log scale still flags a norm far outside the recent ones.
+
+A spike enters the window clipped to its threshold, a non-finite step not at all. One
+spike then moves the thresholds little (a burst of spikes does not hide itself), while a
+lasting level shift raises them step by step until the new level is ordinary again: a
+shift of 1000 standard deviations is taken in after about 40 steps, so a run whose loss
+moved for good (or a model frozen by skipped updates) is not flagged forever.
 
 Everything here is tensor arithmetic on the training device: checking a step costs a few
 tiny kernels and no host-device sync. The trainer reads the spike flag back on the host
@@ -26,21 +35,21 @@ SPIKE_ACTIONS = ("log", "checkpoint", "skip", "rollback", "stop")
 
 
 class SpikeDetector:
-    """The rolling statistics of the recent loss and gradient norm, and the spike test.
+    """The rolling statistics of the recent loss and log gradient norm, and the spike test.
 
     Args:
-        window: how many recent ordinary steps the mean and std cover.
+        window: how many recent steps the mean and std cover.
         sigma: k in mean + k·std.
-        min_history: ordinary steps seen before any step can be a spike.
+        min_history: steps seen before any step can be a spike.
     """
 
     def __init__(self, window: int, sigma: float, min_history: int, device: torch.device) -> None:
         self.window, self.sigma, self.min_history = window, sigma, min_history
-        self.values = torch.zeros(2, window, dtype=torch.float32, device=device)  # (loss, grad norm) x window
+        self.values = torch.zeros(2, window, dtype=torch.float32, device=device)  # (loss, log grad norm) x window
         self.count = torch.zeros((), dtype=torch.long, device=device)
 
-    def thresholds(self) -> torch.Tensor:
-        """(2,) the current loss and grad-norm thresholds (inf until `min_history` steps were seen)."""
+    def _limits(self) -> torch.Tensor:
+        """(2,) mean + k·std of the window's losses and log gradient norms (inf until `min_history` steps)."""
         n = self.count.clamp(max=self.window)
         filled = (torch.arange(self.window, device=self.values.device) < n).float()  # (W,)
         denom = n.clamp(min=1).float()
@@ -49,27 +58,49 @@ class SpikeDetector:
         limit = mean + self.sigma * var.sqrt()
         return torch.where(self.count >= self.min_history, limit, torch.full_like(limit, float("inf")))
 
-    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def thresholds(self) -> torch.Tensor:
+        """(2,) the current loss and grad-norm thresholds (inf until `min_history` steps were seen)."""
+        limits = self._limits()
+        return torch.stack([limits[0], limits[1].exp()])
+
+    def test(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whether this step is a spike (a 0-dim bool tensor), and the thresholds it was tested against.
 
-        An ordinary finite step enters the window; a spike or a non-finite step does not.
+        The window is left as it is: `record` adds the step once the trainer has acted on it.
         """
-        current = torch.stack([loss.detach().float(), grad_norm.detach().float()])  # (2,)
-        limits = self.thresholds()
+        current = self._point(loss, grad_norm)
+        limits = self._limits()
+        spike = torch.isfinite(current).all() & (current > limits).any()
+        return spike, torch.stack([limits[0], limits[1].exp()])
+
+    def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Add a step to the window: clipped to the thresholds if it is a spike, not at all if non-finite."""
+        current = self._point(loss, grad_norm)
         finite = torch.isfinite(current).all()
-        spike = finite & (current > limits).any()
-        ordinary = finite & ~spike
         slot = (self.count % self.window).view(1)
-        kept = torch.where(ordinary, current, self.values.index_select(1, slot).squeeze(1))
+        kept = torch.where(finite, torch.minimum(current, self._limits()), self.values.index_select(1, slot).squeeze(1))
         self.values.index_copy_(1, slot, kept.view(2, 1))
-        self.count += ordinary.long()
+        self.count += finite.long()
+
+    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`test` this step, then `record` it."""
+        spike, limits = self.test(loss, grad_norm)
+        self.record(loss, grad_norm)
         return spike, limits
 
+    @staticmethod
+    def _point(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """(2,) the step's loss and log gradient norm (a zero norm counts as a tiny one)."""
+        return torch.stack([loss.detach().float(), grad_norm.detach().float().clamp(min=1e-30).log()])
+
     def state_dict(self) -> dict[str, Any]:
-        return {"values": self.values.cpu(), "count": int(self.count.item())}
+        return {"values": self.values.cpu(), "count": int(self.count.item()), "log_grad_norm": True}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.values.copy_(state["values"])
+        values = state["values"].clone()
+        if not state.get("log_grad_norm", False):  # a checkpoint of tfkit before the log scale: raw norms
+            values[1] = values[1].clamp(min=1e-30).log()
+        self.values.copy_(values)
         self.count.fill_(int(state["count"]))
 
 
@@ -130,7 +161,7 @@ class StepLossLog:
             return
         if self.log.columns is None:  # a new file: its header with the first row
             step, loss, norm = rows[0]
-            self.log.write(dict(zip(STEP_LOSS_COLUMNS, (step, loss, norm))))
+            self.log.write(dict(zip(STEP_LOSS_COLUMNS, (step, loss, norm), strict=False)))
             rows = rows[1:]
         if rows:
             self.log.write_many([list(row) for row in rows])

@@ -1,8 +1,9 @@
 """Put on PYTHONPATH by the resume tests: kill -9 this process at a chosen file event of a checkpoint save.
 
 `TFKIT_KILL_AT=<tokens>:<n>` counts the file events of saving `checkpoints/<tokens>.pt` (temp
-file created, data synced, renamed into place, folder synced, then the same for the
-`latest` pointer: 8 in all) and sends SIGKILL to the process right after the n-th. The
+file created, data synced, renamed into place; the same for its `.sha256` digest; folder
+synced; then temp file, sync, rename and folder sync for the `latest` pointer: 11 in all)
+and sends SIGKILL to the process right after the n-th. The
 hooks wrap `tempfile.mkstemp`, `os.fsync` and `os.replace`, which the save calls at run time.
 """
 

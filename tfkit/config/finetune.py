@@ -22,18 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from tfkit.config import (
-    DEFAULT_MAX_STEPS,
-    LogConfig,
-    ModelConfig,
-    OptimConfig,
-    SectionedConfig,
-    TrainConfig,
-    check_fields,
-    opt,
-    option_label,
-    training_memory,
-)
+from tfkit.config.fields import DEFAULT_MAX_STEPS, check_fields, opt, option_label
+from tfkit.config.memory import training_memory
+from tfkit.config.run import SectionedConfig
+from tfkit.config.sections import LogConfig, ModelConfig, OptimConfig, TrainConfig
 from tfkit.errors import ConfigError
 
 
@@ -102,11 +94,19 @@ class DpoConfig:
 
 # the sections a command turns into options (the model comes from --init)
 SFT_OPTION_SECTIONS: dict[str, type] = {
-    "sft": SftConfig, "data": ChatDataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig,
-}  # fmt: skip
+    "sft": SftConfig,
+    "data": ChatDataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "log": LogConfig,
+}
 DPO_OPTION_SECTIONS: dict[str, type] = {
-    "dpo": DpoConfig, "data": ChatDataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig,
-}  # fmt: skip
+    "dpo": DpoConfig,
+    "data": ChatDataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "log": LogConfig,
+}
 
 
 class _FinetuneConfig(SectionedConfig):
@@ -158,8 +158,10 @@ class _FinetuneConfig(SectionedConfig):
         if not self.data.data:
             raise ConfigError(f"--data is required: a folder written by `tfkit tokenizer tokenize --mode {self.kind}`")
         if self.kind == "dpo" and self.train.z_loss > 0:
-            raise ConfigError("--z-loss applies to `train pretrain` and `train sft`: the DPO loss compares sequence "
-                              "log-probabilities and adds no softmax term to regularise")
+            raise ConfigError(
+                "--z-loss applies to `train pretrain` and `train sft`: the DPO loss compares sequence "
+                "log-probabilities and adds no softmax term to regularise"
+            )
 
 
 @dataclass(kw_only=True)

@@ -27,18 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from tfkit.config import (
-    LogConfig,
-    ModelConfig,
-    OptimConfig,
-    SectionedConfig,
-    TrainConfig,
-    check_fields,
-    opt,
-    option_label,
-    shown,
-    training_memory,
-)
+from tfkit.config.fields import check_fields, opt, option_label, shown
+from tfkit.config.memory import training_memory
+from tfkit.config.run import SectionedConfig
+from tfkit.config.sections import LogConfig, ModelConfig, OptimConfig, TrainConfig
 from tfkit.errors import ConfigError
 
 TASKS = ("linear_regression", "sparse_linear_regression", "noisy_linear_regression", "relu_2nn", "decision_tree")
@@ -84,7 +76,9 @@ class TaskConfig:
 
     task: str = opt(
         "linear_regression",
-        "In-context task, the function class f of the prompts (x_1, f(x_1), ..., x_n, f(x_n)): " + ", ".join(TASKS) + ".",
+        "In-context task, the function class f of the prompts (x_1, f(x_1), ..., x_n, f(x_n)): "
+        + ", ".join(TASKS)
+        + ".",
     )
     n_dims: int = opt(5, "Dimension of the inputs x (the end of the dims curriculum).")
     n_points: int = opt(11, "In-context points (x, f(x)) per prompt (the end of the points curriculum).")
@@ -101,8 +95,16 @@ class TaskConfig:
         check_fields(self)
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {shown(self.task)}: choose one of {', '.join(TASKS)}")
-        for name in ("n_dims", "n_points", "batch_size", "sparsity", "relu_hidden", "tree_depth",
-                     "knn_neighbours", "val_examples"):  # fmt: skip
+        for name in (
+            "n_dims",
+            "n_points",
+            "batch_size",
+            "sparsity",
+            "relu_hidden",
+            "tree_depth",
+            "knn_neighbours",
+            "val_examples",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
         if self.noise_std < 0:
@@ -174,10 +176,12 @@ class LoopConfig:
     SECTION: ClassVar[str] = "loop"
 
     model: Literal["gpt", "looped"] = opt(
-        "looped", "gpt: the --depth blocks applied once; looped: applied --n-loops times, the prompt re-injected each time."
+        "looped",
+        "gpt: the --depth blocks applied once; looped: applied --n-loops times, the prompt re-injected each time.",
     )
     n_loops: int | None = opt(
-        None, f"Looped model: times the blocks are applied (the end of the loops curriculum; default {DEFAULT_N_LOOPS})."
+        None,
+        f"Looped model: times the blocks are applied (the end of the loops curriculum; default {DEFAULT_N_LOOPS}).",
     )
     loop_window: int | None = opt(
         None,
@@ -271,7 +275,9 @@ class IclRunConfig(SectionedConfig):
         if self.loop.model == "gpt" and c.loops_start is not None:
             raise ConfigError("--loops-start applies to --model looped only (--model gpt runs its blocks once)")
         if self.train.z_loss:
-            raise ConfigError("--z-loss: icl's read-out is a regression, with no softmax over a vocabulary to regularise")
+            raise ConfigError(
+                "--z-loss: icl's read-out is a regression, with no softmax over a vocabulary to regularise"
+            )
         for name in UNUSED_TRAIN_FIELDS:
             if getattr(self.train, name) is not None:
                 raise ConfigError(
@@ -306,9 +312,14 @@ class IclRunConfig(SectionedConfig):
         task, C = self.task, self.model.width
         tokens = self.model.max_seq_len or 2 * task.n_points
         parts = training_memory(
-            self.model, task.batch_size, tokens, accelerator=accelerator, precision=self.train.precision,
-            loops=self.loop.window, extra_params=(task.n_dims + 2) * C + 1,  # read-in and read-out layers
-        )  # fmt: skip
+            self.model,
+            task.batch_size,
+            tokens,
+            accelerator=accelerator,
+            precision=self.train.precision,
+            loops=self.loop.window,
+            extra_params=(task.n_dims + 2) * C + 1,  # read-in and read-out layers
+        )
         # the validation set and one batch of prompts, with the functions that label them (float32)
         prompts = task.val_examples + task.batch_size
         parts["data"] = 4 * prompts * (task.n_points * (task.n_dims + 1) + task.function_size())
