@@ -171,7 +171,7 @@ def test_hub_and_loader_errors_become_one_line_by_their_class(monkeypatch):
     import pyarrow as pa
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    from tfkit.data.sources import _hub_errors
+    from tfkit.data.hub import hub_errors
 
     cases = [
         (_hub_error(GatedRepoError, 403, "403 Client Error.\nCannot access gated repo"), "was not found .*or gated"),
@@ -182,13 +182,13 @@ def test_hub_and_loader_errors_become_one_line_by_their_class(monkeypatch):
     ]
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     for error, message in cases:
-        with pytest.raises(DataError, match=message) as info, _hub_errors("x"):
+        with pytest.raises(DataError, match=message) as info, hub_errors("x"):
             raise error
         assert "\n" not in str(info.value)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataError, match="'x': offline mode is on"), _hub_errors("x"):
+    with pytest.raises(DataError, match="'x': offline mode is on"), hub_errors("x"):
         raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)")
-    with pytest.raises(RuntimeError, match="a bug"), _hub_errors("x"):  # not the user's doing: keeps its traceback
+    with pytest.raises(RuntimeError, match="a bug"), hub_errors("x"):  # not the user's doing: keeps its traceback
         raise RuntimeError("a bug")
 
 

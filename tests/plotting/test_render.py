@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from tfkit.cli.app import app
 from tfkit.errors import TfkitError
 from tfkit.plotting.data import load_runs
-from tfkit.plotting.render import aggregate, render, t95
+from tfkit.plotting.render import render
+from tfkit.plotting.stats import aggregate, t95
 from tfkit.plotting.templates import list_templates, load_template
 
 FAST = ["--seq-len", "6", "--batch-size", "16", "--set", "data.val_examples=128", "--set", "data.train_sequences=512"]

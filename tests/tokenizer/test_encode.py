@@ -25,7 +25,7 @@ def shards(corpus, tmp_path_factory):
     results = {1: tokenize_dataset(corpus["raw"], corpus["tokenizer"], root / "p1", num_proc=1, batch_size=100)}
     with mock.patch("subprocess.Popen", wraps=subprocess.Popen) as popen:
         results[2] = tokenize_dataset(corpus["raw"], corpus["tokenizer"], root / "p2", num_proc=2, batch_size=100)
-    workers = [c.args[0] for c in popen.call_args_list if "tfkit.tokenizer.encode" in c.args[0]]
+    workers = [c.args[0] for c in popen.call_args_list if "tfkit.tokenizer.workers" in c.args[0]]
     assert len(workers) == 2  # the train split (541 documents) in two worker processes; validation in-process
     return root, results
 

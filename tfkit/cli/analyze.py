@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tfkit.cli._errors import command
+from tfkit.cli._options import Json, Quiet
 from tfkit.cli._output import console, is_interactive, print_json, progress_bar
 from tfkit.errors import ConfigError
 
@@ -100,8 +101,8 @@ def beliefs(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps: where the model runs.")] = "auto",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the pictures into the run directory.")] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quiet: Quiet = False,
+    json_output: Json = False,
 ) -> None:
     """Does the residual stream hold the belief state? Linear probes of every layer, against controls.
 

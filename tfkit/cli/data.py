@@ -230,8 +230,8 @@ def list_data(
     """Dataset presets for `tfkit data download` and the built-in synthetic processes."""
     from rich.table import Table
 
+    from tfkit.data.hub import PRESETS
     from tfkit.data.processes import list_processes
-    from tfkit.data.sources import PRESETS
 
     presets = [
         {"name": p.name, "hub_id": p.hub_id, "subset": p.subset, "kind": p.kind, "description": p.description}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,15 +123,6 @@ class SectionedConfig:
                 raise ConfigError(f"--set expects section.field=value, got {shown(item)}")
             updates[key.strip()] = value.strip()
         return self.with_updates(updates, source="--set")
-
-    def save_json(self, path: str | Path) -> None:
-        from tfkit.io import write_json_atomic
-
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> Self:
-        return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
 
     def memory_parts(self, accelerator: bool) -> dict[str, int]:
         """Estimated bytes a run of this config holds at once while training, by part.

@@ -18,7 +18,7 @@ key. Keys (all optional but `kind` and `y`):
 
 The `simplex` kind draws points, not curves: y names two column prefixes (true and
 predicted coordinates, `belief_<k>` and `predicted_<k>`), one panel per value of `facet`
-(in file order) after a panel of the true points; see `tfkit.plotting.render`.
+(in file order) after a panel of the true points; see `tfkit.plotting.simplex`.
 """
 
 from __future__ import annotations

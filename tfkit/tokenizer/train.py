@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tfkit.data.kinds import text_columns
+from tfkit.data.sources import load_raw
 from tfkit.errors import DataError
+from tfkit.io import write_atomic
 
 EOT = "<|endoftext|>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
@@ -125,9 +128,6 @@ def train_tokenizer(
         profile: `pretrain` or `chat` special tokens.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from tfkit.data.sources import load_raw, text_columns
-    from tfkit.io import write_atomic
 
     if profile not in PROFILES:
         raise DataError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
