@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from tfkit.cli._errors import command
+from tfkit.cli._options import Json, Quiet
 from tfkit.cli._output import console, err_console, is_interactive, print_json
 from tfkit.errors import ConfigError
 
@@ -34,7 +35,7 @@ def parse_params(items: list[str]) -> dict[str, float]:
 
 @command(data_app, "processes")
 def processes(
-    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    json_output: Json = False,
 ) -> None:
     """List the built-in processes with their parameters and entropy rates."""
     from rich.table import Table
@@ -85,7 +86,7 @@ def optimal_loss(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Process parameter name=value (repeatable).")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    json_output: Json = False,
 ) -> None:
     """Exact Bayes-optimal next-token loss per position, in nats.
 
@@ -160,8 +161,8 @@ def download(
         Path | None, typer.Option("--cache-dir", help="Hugging Face datasets cache (default: HF_DATASETS_CACHE).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --output-dir.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: Quiet = False,
+    json_output: Json = False,
 ) -> None:
     """Download or read datasets and save them, split by split, as one dataset on disk.
 
@@ -225,7 +226,7 @@ def download(
 
 @command(data_app, "list")
 def list_data(
-    json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    json_output: Json = False,
 ) -> None:
     """Dataset presets for `tfkit data download` and the built-in synthetic processes."""
     from rich.table import Table

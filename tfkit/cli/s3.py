@@ -38,7 +38,7 @@ Exclude = Annotated[
     typer.Option("--exclude", help="Leave out files matching this glob (repeatable; wins over --include)."),
 ]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be transferred; transfer nothing.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no file list.")]
+QuietTransfer = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no file list.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Timeout = Annotated[
     float,
@@ -137,7 +137,7 @@ def push(
     endpoint_url: EndpointUrl = None,
     timeout: Timeout = DEFAULT_TIMEOUT,
     jobs: Jobs = 8,
-    quiet: Quiet = False,
+    quiet: QuietTransfer = False,
     json_output: Json = False,
 ) -> None:
     """Upload a directory under a prefix; unchanged files are not sent again.
@@ -195,7 +195,7 @@ def pull(
     endpoint_url: EndpointUrl = None,
     timeout: Timeout = DEFAULT_TIMEOUT,
     jobs: Jobs = 8,
-    quiet: Quiet = False,
+    quiet: QuietTransfer = False,
     json_output: Json = False,
 ) -> None:
     """Download a prefix into a directory, verifying every file against the manifest.

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tfkit.cli._errors import command
+from tfkit.cli._options import Json, Quiet
 from tfkit.cli._output import console, err_console, is_interactive, key_value_table, print_json
 from tfkit.errors import DataError
 
@@ -21,8 +22,6 @@ DatasetDir = Annotated[
     Path, typer.Option("--dataset-dir", help="A dataset saved by `tfkit data download`.", show_default=False)
 ]
 TokenizerPath = Annotated[Path, typer.Option("--tokenizer-path", help="The tokenizer.json to use.", show_default=False)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 class ProgressBar:
@@ -91,7 +90,7 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents read per batch.")] = 1000,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output-path.")] = False,
     quiet: Quiet = False,
-    json_output: JsonOutput = False,
+    json_output: Json = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on a dataset's train split (streamed in batches)."""
     from tfkit.tokenizer.train import train_tokenizer
@@ -161,7 +160,7 @@ def tokenize(
         bool, typer.Option("--overwrite", help="Replace tokenized data already in --output-dir.")
     ] = False,
     quiet: Quiet = False,
-    json_output: JsonOutput = False,
+    json_output: Json = False,
 ) -> None:
     """Tokenize every split: token shards for pretraining, token-id datasets for SFT and DPO."""
     from tfkit.tokenizer.encode import tokenize_dataset
@@ -225,7 +224,7 @@ def count(
         Path,
         typer.Option("--tokenized-dir", help="A folder written by `tfkit tokenizer tokenize`.", show_default=False),
     ],
-    json_output: JsonOutput = False,
+    json_output: Json = False,
 ) -> None:
     """Documents and tokens per split and in total, with mean/median/max tokens per document."""
     from tfkit.tokenizer.count import count_tokens
@@ -423,7 +422,7 @@ def inspect(
         bool | None,
         typer.Option("--interactive/--no-interactive", help="Page through documents (default: on a terminal)."),
     ] = None,
-    json_output: JsonOutput = False,
+    json_output: Json = False,
 ) -> None:
     """Show one document with its tokens: pretraining text and its round trip, or SFT / DPO chat with the loss mask."""
     from tfkit.tokenizer.inspect import ShardInspector, open_inspector
