@@ -16,6 +16,7 @@ from tfkit.cli.budget import budget
 from tfkit.cli.data import data_app
 from tfkit.cli.finetune import dpo, sft
 from tfkit.cli.generate import generate
+from tfkit.cli.hf import export_app, import_app
 from tfkit.cli.icl import icl
 from tfkit.cli.plot import plot
 from tfkit.cli.s3 import s3_app
@@ -57,6 +58,8 @@ app.add_typer(ablate_app, name="ablate")
 command(app, "plot")(plot)
 command(app, "budget")(budget)
 app.add_typer(analyze_app, name="analyze")
+app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,76 @@
+"""`tfkit export hf` and `tfkit import hf`: models out to and in from Hugging Face transformers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tfkit.cli._errors import command
+from tfkit.cli._options import Json
+from tfkit.cli._output import console, key_value_table, print_json
+
+export_app = typer.Typer(help="Export a trained run to another library's format.", no_args_is_help=True)
+import_app = typer.Typer(help="Import a model from another library's format as a tfkit run.", no_args_is_help=True)
+
+Overwrite = Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace what is already there.")]
+
+
+@command(export_app, "hf")
+def export_hf(
+    run: Annotated[str, typer.Argument(help="Run directory (its latest checkpoint) or checkpoint file.")],
+    out_dir: Annotated[str, typer.Argument(help="Folder to write (config.json, model.safetensors, tokenizer).")],
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+) -> None:
+    """Write a run as a transformers folder: GPT-2 (learned positions) or Llama / Qwen3 (rotary)."""
+    from tfkit.hf.export import export_hf as export
+
+    result = export(run, out_dir, overwrite=overwrite)
+    rows = [
+        ("architecture", result.architecture),
+        ("checkpoint", str(result.checkpoint)),
+        ("parameters", f"{result.num_params:,}"),
+        ("tokenizer", result.tokenizer),
+        ("files", ", ".join(result.files)),
+    ]
+    if json_output:
+        print_json(
+            {"out_dir": str(result.out_dir), **dict(rows[:2]), "num_params": result.num_params, "files": result.files}
+        )
+        return
+    console.print(key_value_table(f"Exported to {result.out_dir}", rows))
+
+
+@command(import_app, "hf")
+def import_hf(
+    model_dir: Annotated[str, typer.Argument(help="Local transformers folder of a GPT-2, Llama or Qwen3 model.")],
+    out: Annotated[str, typer.Option("--out", help="Run directory to write.")],
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+) -> None:
+    """Write a transformers model as a tfkit run that `tfkit generate --run` and `--init` take."""
+    from tfkit.hf.import_ import import_hf as run_import
+
+    result = run_import(model_dir, out, overwrite=overwrite)
+    if json_output:
+        print_json(
+            {
+                "run_dir": str(result.run_dir),
+                "architecture": result.architecture,
+                "checkpoint": str(result.checkpoint),
+                "num_params": result.num_params,
+                "model": result.model,
+            }
+        )
+        return
+    m = result.model
+    shape = f"--depth {m['depth']} --width {m['width']} --num-heads {m['num_heads']}, vocab {m['vocab_size']:,}"
+    rows = [
+        ("architecture", result.architecture),
+        ("shape", shape),
+        ("options", f"--positions {m['positions']} --norm {m['norm']} --activation {m['activation']}"),
+        ("parameters", f"{result.num_params:,}"),
+        ("checkpoint", str(result.checkpoint)),
+    ]
+    console.print(key_value_table(f"Imported into {result.run_dir}", rows))
