@@ -242,6 +242,36 @@ def test_ablate_append_to_a_binary_file_names_it(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+# a folder name over the 255 bytes a file system allows in one name (ENAMETOOLONG)
+LONG_NAME = "n" * 300
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["train-out", "train-out-inside", "train-resume", "icl-out", "ablate-logfile", "ablate-runs-dir", "plot-out"],
+)
+def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path, where):
+    long = tmp_path / LONG_NAME
+    run = ["train", "pretrain", "--data", "mess3", "--depth", "1", "--width", "32", "--num-heads", "2"]
+    run += ["--seq-len", "10", "--max-steps", "2", "--device", "cpu"]
+    args = {
+        "train-out": [*run, "--out", long],
+        "train-out-inside": [*run, "--out", long / "run"],
+        "train-resume": [*run, "--out", tmp_path / "run", "--resume", long],
+        "icl-out": ["train", "icl", "--max-steps", "2", "--device", "cpu", "--out", long],
+        "ablate-logfile": ["ablate", "-c", "--logfile", f"{long}.csv", "-y"],
+        "ablate-runs-dir": ["ablate", "-c", "--logfile", tmp_path / "results.csv", "--runs-dir", long, "-y"],
+        "plot-out": ["plot", _log(tmp_path, ["0.9", "0.8"]), "-o", f"{long}.png"],
+    }[where]
+    if where.startswith("ablate"):
+        args = [*args, "--data", "mess3", "--depth", "1", "--width", "32", "--num-heads", "2", "--seq-len", "10"]
+        args = [*args, "--max-steps", "2", "--device", "cpu", "--lr", "1e-3", "2e-3"]
+    before = snapshot(tmp_path)
+    line = tfkit(*args).one_error_line()
+    assert LONG_NAME in line and "longer than the file system allows" in line
+    assert snapshot(tmp_path) == before
+
+
 # --- --config files: binary data, alias bombs, values too long to echo ------------------
 
 

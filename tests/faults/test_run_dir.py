@@ -347,3 +347,87 @@ def test_read_only_path_and_files_where_folders_should_be(tmp_path, tmpfs):
     one_error_line(results["file"][0], results["file"][2], f"--out {tmp_path / 'file'} is a file")
     one_error_line(results["parent"][0], results["parent"][2], f"inside {tmp_path / 'file'}, which is a file")
     assert (tmp_path / "file").read_text() == "not a folder\n"
+
+
+# ---- damaged logs on --resume -----------------------------------------------------------
+
+# columns that depend on the clock, not on what was trained
+CLOCK = {"time_s", "tokens_per_s", "mfu", "peak_memory_mb", "data_wait_frac"}
+
+
+def junk(size: int, seed: int) -> bytes:
+    """Random bytes as a disk fault or a stray write leaves them: lines of anything but NUL and line ends."""
+    import random
+
+    body = bytes(b if b not in b"\0\r\n" else 0x78 for b in random.Random(seed).randbytes(size))
+    return b"".join(body[i : i + 100] + b"\n" for i in range(0, size, 100))
+
+
+def logged(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in CLOCK} for row in csv.DictReader(f)]
+
+
+def train_in_process(*args: str):
+    from typer.testing import CliRunner
+
+    from tfkit.cli.app import app
+
+    return CliRunner().invoke(app, ["train", "pretrain", *args, "--checkpoint-every", "10", "--quiet"])
+
+
+@pytest.fixture
+def stopped_run(tmp_path: Path, one_thread) -> tuple[Path, Path]:
+    """(a finished 20-step run, a copy of it as a run killed after step 20 but before its checkpoint)."""
+    import shutil
+
+    reference = tmp_path / "reference"
+    done = train_in_process(*tiny_cli_args(reference))
+    assert done.exit_code == 0, done.output
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    newest = max((run / "checkpoints").glob("[0-9]*.pt"), key=lambda p: int(p.stem))
+    newest.unlink()
+    Path(f"{newest}.sha256").unlink()
+    (run / "summary.json").unlink()
+    return reference, run
+
+
+def test_resume_sets_damaged_log_bytes_aside_and_trains_on(stopped_run):
+    reference, run = stopped_run
+    train_junk, spike_junk = junk(5000, 1), junk(5000, 2)
+    with open(run / "train_log.csv", "ab") as f:
+        f.write(train_junk)
+    spikes = b"step,train_loss,grad_norm,loss_threshold,grad_norm_threshold,action\n3,1.5,2.5,1.25,2.0,log\n"
+    (run / "spikes.csv").write_bytes(spikes + spike_junk + b"\0" * 512)  # and a NUL tail: nothing to keep
+
+    resumed = train_in_process(*tiny_cli_args(run), "--resume", "auto")
+    assert resumed.exit_code == 0, resumed.output
+    warnings = [line for line in resumed.output.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 2 and "Traceback" not in resumed.output
+    assert f"{run / 'train_log.csv'} held {len(train_junk):,} bytes that are not whole rows of it" in warnings[0]
+    # the run goes on as if nothing had happened: every row as the uninterrupted run logged it
+    assert logged(run / "train_log.csv") == logged(reference / "train_log.csv")
+    assert logged(run / "val_log.csv") == logged(reference / "val_log.csv")
+    assert (run / "spikes.csv").read_bytes() == spikes
+    # and nothing is lost: the damage is in the side files the warnings name
+    sides = {p.name.split(".torn-")[0]: p for p in run.glob("*.torn-*")}
+    assert sides["train_log.csv"].read_bytes() == train_junk and sides["spikes.csv"].read_bytes() == spike_junk
+    assert sides["train_log.csv"].name in warnings[0] and sides["spikes.csv"].name in warnings[1]
+    resumed_record = json.loads((run / "train_config.json").read_text())["meta"]["resumed"][0]
+    assert [note.split("; ")[-1] for note in resumed_record["set_aside"]] == [w.split("; ")[-1] for w in warnings]
+
+
+@pytest.mark.parametrize("log", ["train_log.csv", "val_log.csv", "spikes.csv"])
+def test_resume_refuses_a_log_whose_header_is_damaged_and_changes_nothing(stopped_run, log):
+    _, run = stopped_run
+    path = run / log
+    rows = path.read_bytes().split(b"\n", 1)[1] if path.exists() else b"3,1.5,2.5,1.25,2.0,log\n"
+    path.write_bytes(b"a,b,c\n" + rows)
+    before = snapshot(run)
+    refused = train_in_process(*tiny_cli_args(run), "--resume", "auto")
+    assert refused.exit_code == 2, refused.output
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), refused.output
+    assert f"{path}: its first line is not the header of this log ('a,b,c')" in lines[0]
+    assert snapshot(run) == before

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 
+from tfkit.errors import DataError
 from tfkit.tracking.csv import CsvLog
 
 
@@ -28,3 +29,54 @@ def test_new_columns_after_the_header_are_refused(tmp_path):
     with pytest.raises(ValueError, match="were not in the first row"):
         log.write({"step": 2, "other": 3})
     log.close()
+
+
+def written(path, steps):
+    log = CsvLog(path)
+    for step in steps:
+        log.write({"step": step, "loss": 1.0 / step})
+    log.close()
+    return path.read_bytes()
+
+
+def test_continue_keeps_whole_rows_around_damage_and_sets_the_damage_aside(tmp_path):
+    path = tmp_path / "log.csv"
+    head = written(path, [1, 2])
+    damage = b"\xff\xfe\x80 not utf-8\n2,0.5,extra cell\r\nthree,0.1\r\n"
+    tail = b"3,0.25\r\n4,0.125\r\n"
+    path.write_bytes(head + damage + tail + b"\0" * 300)  # a NUL tail: nothing to keep, nothing set aside
+    log = CsvLog(path)
+    side = log.continue_after(3)
+    assert path.read_bytes() == head + b"3,0.25\r\n"  # step 4 is logged again by the resumed run
+    assert side is not None and side.name.startswith("log.csv.torn-") and side.read_bytes() == damage
+    log.write({"step": 4, "loss": 0.5})
+    log.close()
+    assert path.read_bytes().endswith(b"3,0.25\r\n4,0.5\r\n")
+
+
+def test_continue_after_a_nul_tail_or_a_torn_row(tmp_path):
+    path = tmp_path / "log.csv"
+    head = written(path, [1, 2])
+    path.write_bytes(head + b"\0" * 4096)
+    assert CsvLog(path).continue_after(5) is None and path.read_bytes() == head
+    assert list(tmp_path.iterdir()) == [path]
+    path.write_bytes(head + b"3,0.3")  # cut off before its line end
+    side = CsvLog(path).continue_after(5)
+    assert path.read_bytes() == head and side.read_bytes() == b"3,0.3"
+    side.unlink()
+    path.write_bytes(b"\0" * 4096)  # not even the header reached the disk: the log starts afresh
+    log = CsvLog(path)
+    assert log.continue_after(5) is None and not path.exists()
+    log.write({"step": 6, "loss": 0.5})
+    log.close()
+    assert path.read_bytes() == b"step,loss\r\n6,0.5\r\n"
+
+
+@pytest.mark.parametrize("first", [b"a,b,c\n", b"\xff\xfestep,loss\n", b"step,step\n", b"\0\0step,loss\n"])
+def test_a_damaged_header_is_refused_and_the_file_left_as_it_was(tmp_path, first):
+    path = tmp_path / "log.csv"
+    data = first + b"1,1.0\r\n2,0.5\r\n"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=f"{path}: its first line is not the header of this log"):
+        CsvLog(path).continue_after(1)
+    assert path.read_bytes() == data and list(tmp_path.iterdir()) == [path]

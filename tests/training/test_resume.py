@@ -461,3 +461,79 @@ def test_a_resume_that_fails_to_start_keeps_the_run(tmp_path, monkeypatch):
     for name, data in before.items():
         if name.name != "train_config.json":
             assert after[name] == data, name
+
+
+# --- --max-time-seconds: the budget of one session ------------------------------------
+
+
+@pytest.fixture
+def steps_as_seconds(monkeypatch):
+    """A session's clock that reads one second per step it trained: `--max-time-seconds N` trains N steps."""
+    from tfkit.training.session import RunSession
+
+    def session_elapsed(self):
+        if not hasattr(self, "first_step"):
+            self.first_step = self.progress.step
+        return float(self.progress.step - self.first_step)
+
+    monkeypatch.setattr(RunSession, "session_elapsed", session_elapsed)
+
+
+def session(out: Path, *extra: str) -> dict:
+    """`tfkit train pretrain` of the tiny run into `out` (resumed when it holds one); its summary."""
+    command = [*PRETRAIN[:2], *tiny_cli_args(out), "--checkpoint-every", "10", "--resume", "auto", "--quiet"]
+    result = CliRunner().invoke(app, [*command, *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_each_resubmission_of_a_time_limited_run_trains_further(tmp_path, one_thread, steps_as_seconds):
+    reference = tmp_path / "reference"
+    session(reference)
+    out = tmp_path / "run"
+    ends = []
+    for _ in range(5):  # a job resubmitted as it is, each with the same budget of 6 steps
+        summary = session(out, "--max-time-seconds", "6")
+        ends.append((summary["status"], summary["step"]))
+    assert ends == [("time_limit", 6), ("time_limit", 12), ("time_limit", 18), ("completed", 20), ("completed", 20)]
+    # the sessions log what one run logs: the same rows at the same steps, the same weights
+    assert_same_logs(reference, out)
+    assert [r["step"] for r in rows(out / "val_log.csv")] == ["10", "20"]
+
+
+def test_a_resubmission_gets_the_time_budget_afresh_on_the_real_clock(tmp_path, one_thread):
+    out, steps = tmp_path / "run", []
+    for _ in range(2):
+        summary = session(out, "--max-steps", "100000", "--max-time-seconds", "0.5")
+        assert summary["status"] == "time_limit"
+        steps.append(summary["step"])
+    assert 0 < steps[0] < steps[1]
+    assert summary["time_s"] >= 1.0  # time_s stays the run's wall time, over both sessions
+
+
+def test_a_time_limited_run_resumed_with_more_time_has_no_extra_evaluation(tmp_path, one_thread, steps_as_seconds):
+    reference = tmp_path / "reference"
+    session(reference)
+    out = tmp_path / "run"
+    first = session(out, "--max-time-seconds", "7")
+    assert (first["status"], first["step"]) == ("time_limit", 7)
+    assert "stopped at step 7 of 20 by --max-time-seconds 7" in first["message"]
+    assert not (out / "val_log.csv").exists()  # no evaluation at the stop: it is not the run's end
+    done = session(out, "--max-time-seconds", "1000")
+    assert (done["status"], done["step"]) == ("completed", 20)
+    assert_same_logs(reference, out)
+
+
+def test_a_run_stopped_by_time_alone_completes_over_its_sessions(tmp_path, one_thread, steps_as_seconds):
+    # time is its only stop: the budget is the run's length, and a resubmission of the completed run trains nothing
+    out = tmp_path / "run"
+    for _ in range(2):
+        summary = session(out, "--max-time-seconds", "6", "--set", "train.max_steps=null")
+        assert (summary["status"], summary["step"]) == ("completed", 6)
+
+
+def assert_same_logs(reference: Path, resumed: Path) -> None:
+    for log in ("train_log.csv", "val_log.csv"):
+        assert rows(resumed / log) == rows(reference / log), log
+    ref, res = final_weights(reference), final_weights(resumed)
+    assert all(torch.equal(ref[name], res[name]) for name in ref)

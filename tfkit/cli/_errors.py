@@ -2,8 +2,8 @@
 
 User errors are `TfkitError`s and the file-system errors a user causes, wherever they
 are raised: a full disk, a read-only path, a path they may not write, a file where a
-folder should be (`OSError` with one of `USER_ERRNOS`). Other exceptions are internal
-errors and keep their traceback.
+folder should be, a name longer than the file system allows (`OSError` with one of
+`USER_ERRNOS`). Other exceptions are internal errors and keep their traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ USER_ERRNOS = {
     errno.EPERM: ("operation not permitted: {path}", "operation not permitted"),
     errno.ENOTDIR: ("{path}: a part of this path is a file, not a folder", "a file where a folder should be"),
     errno.EISDIR: ("{path} is a folder, not a file", "a folder where a file should be"),
+    errno.ENAMETOOLONG: (
+        "{path}: a name in this path is longer than the file system allows (255 bytes, usually)",
+        "a file name longer than the file system allows",
+    ),
 }
 
 

@@ -121,6 +121,9 @@ class ProgressDisplay:
         self.task = self.progress.add_task("train", total=info["total_steps"], status="")
         self.progress.start()
 
+    def on_warning(self, message: str) -> None:
+        err_console.print(f"[bold yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
     def on_log(self, row: dict[str, Any]) -> None:
         if self.progress is None:
             return
@@ -161,7 +164,10 @@ SUMMARY_ROWS = (
 
 
 def report_run(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json_output: bool) -> None:
-    """Print a finished run (a table of `rows`, or JSON); exit 1 if it failed, 130 / 143 after Ctrl-C / SIGTERM."""
+    """Print a finished run (a table of `rows`, or JSON); exit 1 if it failed, 130 / 143 after Ctrl-C / SIGTERM.
+
+    A run out of this session's time (`time_limit`) exits 0, with a line saying how to continue it.
+    """
     summary = {**result.summary, "run_dir": str(result.run_dir)}
     if result.pushed is not None:
         summary["s3"] = result.pushed
@@ -174,6 +180,8 @@ def report_run(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json
             console.print(
                 f"Pushed to {result.pushed['uri']} ({result.pushed['uploaded']} files uploaded)", highlight=False
             )
+    if result.status == "time_limit" and not (quiet or json_output):
+        console.print(f"Out of time: {escape(result.message or '')}", highlight=False, soft_wrap=True)
     if result.status == "failed":
         print_error(f"run failed: {result.message}")
         raise typer.Exit(1)

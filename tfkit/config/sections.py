@@ -282,7 +282,11 @@ class TrainConfig:
         None, "Stop after this many training tokens (train icl: in-context points, points_seen)."
     )
     max_epochs: float | None = opt(None, "Stop after this many epochs.")
-    max_time_seconds: float | None = opt(None, "Stop after this much wall time.")
+    max_time_seconds: float | None = opt(
+        None,
+        "Stop after this much wall time in this session (a resumed run gets it afresh and ends `time_limit` "
+        "until its other limits are reached); with no other stop, the run's length.",
+    )
     eval_every: int = opt(100, "Evaluate every N steps (and always at the end).", identity=False)
     max_epochs_between_evals: float | None = opt(None, "Evaluate at least this often, in epochs.", identity=False)
     checkpoint_every: int | None = opt(None, "Save a checkpoint every N steps (always at the end).", identity=False)

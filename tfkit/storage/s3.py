@@ -864,6 +864,44 @@ class S3Store:
             page = self.client.list_objects_v2(Bucket=target.bucket, Prefix=target.prefix, MaxKeys=1)
         return bool(page.get("KeyCount") or page.get("Contents"))
 
+    def read_small(self, uri: str | S3Uri, rel: str, limit: int = 4096) -> bytes | None:
+        """The bytes of the object `rel` under `uri` (a pointer, a digest), None when there is none.
+
+        At most `limit` bytes are read: an object larger than that is not a small one.
+        """
+        target = uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
+        from botocore import exceptions as bx
+
+        with self._errors(target):
+            try:
+                body = self.client.get_object(Bucket=target.bucket, Key=target.key(rel))
+            except bx.ClientError as e:
+                if str(e.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            with contextlib.closing(body["Body"]) as stream:
+                return stream.read(limit)
+
+    def delete(self, uri: str | S3Uri, rels: Iterable[str]) -> list[str]:
+        """Delete the objects `rels` under `uri` (one that is not there is no error); returns those deleted."""
+        target = uri if isinstance(uri, S3Uri) else parse_s3_uri(uri)
+        rels = sorted(set(rels))
+        with self._errors(target):
+            for start in range(0, len(rels), 1000):  # the most one request may delete
+                batch = rels[start : start + 1000]
+                answer = self.client.delete_objects(
+                    Bucket=target.bucket,
+                    Delete={"Objects": [{"Key": target.key(rel)} for rel in batch], "Quiet": True},
+                )
+                failed = answer.get("Errors") or []
+                if failed:
+                    first = failed[0]
+                    raise StorageError(
+                        f"could not delete {target.url(first['Key'][len(target.prefix) :])}: "
+                        f"{first.get('Code', '')} {first.get('Message', '')}".rstrip()
+                    )
+        return rels
+
     # ---------------------------------------------------------------- internals
 
     def _list(self, uri: S3Uri) -> dict[str, _Object]:

@@ -5,14 +5,22 @@ once: one worker thread pushes in the background, and requests that arrive while
 busy fold into one more push. `finish()` waits for that worker and then pushes the final
 run directory, so the end of a run is always in the bucket when `train` returns.
 Every push syncs against the manifest, so later pushes send only new or grown files.
+
+Checkpoints the run prunes (`--keep-last`) are told to `forget`: after each push their
+objects and `.sha256` digests are deleted from the bucket too, except a checkpoint that the
+bucket's `checkpoints/latest` still names (it waits for a later push). Only what the run
+itself pruned is deleted: checkpoints that are in the bucket and not in the run directory
+for any other reason (a run resumed from part of a pulled copy) stay.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tfkit.digest import DIGEST_SUFFIX
 from tfkit.errors import StorageError
 from tfkit.storage.s3 import PushResult, S3Store, S3Uri, parse_s3_uri
 
@@ -27,6 +35,8 @@ class RunPusher:
         self.background_pushes = 0
         self.background_errors: list[str] = []
         self._hashes: dict[str, Any] = {}  # shared by every push: unchanged files are hashed once
+        self._forgotten: set[str] = set()  # checkpoints pruned from the run, still to delete from the bucket
+        self.deleted: list[str] = []  # what was deleted from the bucket, relative to the run
         self._cond = threading.Condition()
         self._pending = False
         self._closed = False
@@ -47,6 +57,11 @@ class RunPusher:
         if store.has_objects(uri) and not overwrite:
             raise StorageError(f"{uri} already holds files; choose another --out or --s3-uri, or pass --overwrite")
         return cls(store, run_dir, uri)
+
+    def forget(self, checkpoints: Iterable[Path]) -> None:
+        """Checkpoints the run pruned: the next push deletes them (and their digests) from the bucket too."""
+        with self._cond:
+            self._forgotten.update(f"checkpoints/{Path(p).name}" for p in checkpoints)
 
     def push_soon(self) -> None:
         """Ask for a background push of the run directory as it is now; never blocks."""
@@ -79,6 +94,7 @@ class RunPusher:
             "uploaded": len(result.uploaded),
             "unchanged": len(result.unchanged),
             "bytes_uploaded": result.bytes_uploaded,
+            "deleted": len(self.deleted),
             "background_pushes": self.background_pushes,
             "background_errors": list(self.background_errors),
         }
@@ -92,7 +108,24 @@ class RunPusher:
             self._cond.notify_all()
 
     def _push(self) -> PushResult:
-        return self.store.push(self.run_dir, self.uri, mirror=True, hash_cache=self._hashes)
+        result = self.store.push(self.run_dir, self.uri, mirror=True, hash_cache=self._hashes)
+        self._delete_forgotten()
+        return result
+
+    def _delete_forgotten(self) -> None:
+        """Delete the pruned checkpoints from the bucket, but the one its `latest` names and any back on disk."""
+        with self._cond:
+            pending = set(self._forgotten)
+        if not pending:
+            return
+        pointer = self.store.read_small(self.uri, "checkpoints/latest")
+        named = f"checkpoints/{pointer.decode('utf-8', errors='replace').strip()}" if pointer else None
+        gone = {rel for rel in pending if rel != named and not (self.run_dir / rel).exists()}
+        if gone:
+            self.store.delete(self.uri, [key for rel in gone for key in (rel, rel + DIGEST_SUFFIX)])
+        with self._cond:
+            self._forgotten -= gone
+            self.deleted += sorted(gone)
 
     def _work(self) -> None:
         while True:

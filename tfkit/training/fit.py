@@ -60,8 +60,10 @@ from tfkit.training.session import (
     StepCounters,
     TrainCallback,
     compile_enabled,
+    limit_reached,
     prepare_device,
-    stop_reached,
+    time_is_the_only_stop,
+    time_is_up,
 )
 from tfkit.training.spikes import SpikeDetector, SpikeLog, StepLossLog
 from tfkit.training.throughput import Throughput, peak_flops
@@ -218,9 +220,10 @@ def fit(
         resume: `auto` (the latest complete checkpoint in `config.log.out`; none: a fresh
             start), a run directory or a checkpoint file to continue from.
 
-    Returns a `RunResult`: `completed`, `interrupted` (Ctrl-C or SIGTERM, checkpointed
-    at a step boundary) or `failed` (non-finite steps in a row, a spike with
-    `--spike-action stop`, too many rollbacks).
+    Returns a `RunResult`: `completed`, `time_limit` (this session's `--max-time-seconds`
+    spent before the run's end: checkpointed, and continued by a resume), `interrupted`
+    (Ctrl-C or SIGTERM, checkpointed at a step boundary) or `failed` (non-finite steps in a
+    row, a spike with `--spike-action stop`, too many rollbacks).
     """
     dist = task.dist
     if from_env().active and not dist.active:
@@ -253,6 +256,8 @@ def fit(
         detector=SpikeDetector(t.spike_window, t.spike_sigma, t.spike_min_history, device),
     )
     resumed = state["progress"]["step"] if state is not None else None
+    spikes = SpikeLog(session.run_dir) if dist.main else _NOWHERE
+    step_losses = StepLossLog(session.run_dir) if t.log_step_losses and dist.main else None
     session.start(
         model,
         device,
@@ -263,14 +268,10 @@ def fit(
         resumed_step=resumed,
         resumed_elapsed=state["elapsed"] if state is not None else 0.0,
         resume_skipped=skipped,
+        logs=(spikes, step_losses),  # cut back with the trackers' logs
     )
-    spikes = SpikeLog(session.run_dir) if dist.main else _NOWHERE
-    step_losses = StepLossLog(session.run_dir) if t.log_step_losses and dist.main else None
     if state is not None:
         _restore(state, model, optimizer, run, task)
-        spikes.truncate_after(run.progress.step)
-        if step_losses is not None:
-            step_losses.continue_after(run.progress.step)
         task.begin_step(max(run.progress.step - 1, 0))  # the stage of the latest step, for the rows
         set_rng_state(state["rng_ranks"][dist.rank] if dist.active else state["rng"])  # last: nothing above draws
     # sharded, the probe's forward is collective: every rank runs it, rank 0 logs it
@@ -299,7 +300,7 @@ def fit(
                 state["rng_ranks"] = rngs
             save_checkpoint(path or checkpoint_path(session.run_dir, progress.tokens_seen), state)
             if path is None:
-                prune_checkpoints(session.run_dir, t.keep_last)
+                session.checkpoints_pruned(prune_checkpoints(session.run_dir, t.keep_last))
         dist.barrier()
         if path is None:
             progress.last_checkpoint_step = progress.step
@@ -315,7 +316,7 @@ def fit(
         session.log_train(row)
         progress.last_log_step = progress.step
         progress.skipped_steps = row["skipped_steps"]
-        return counters.failure(t.max_bad_steps, t.spike_max_consecutive_skips if t.spike_action == "skip" else None)
+        return counters.failure(t.max_bad_steps, _spike_limit(t))
 
     def evaluate() -> None:
         if not dist.main:  # rank 0 evaluates and logs; the others go on (sharded: they take part)
@@ -335,19 +336,32 @@ def fit(
         progress.last_eval_epoch = progress.epoch or 0.0
         progress.last_val = {k: v for k, v in metrics.items() if not k[-1].isdigit()}
 
+    first_step = progress.step  # of this session: a session out of time has trained at least one step
     with session.guard(progress, task) as stop:
         lr = lr_at(max(progress.step - 1, 0), config.optim, horizon)
         while True:
-            # stop: a criterion, Ctrl-C / SIGTERM, or a failure; the log always ends at the last step
+            # stop: a criterion, Ctrl-C / SIGTERM, or a failure; the log ends at the last step
             epoch = progress.epoch if progress.epoch is not None else 0.0
-            reached = stop_reached(t, progress.step, progress.tokens_seen, epoch, session.elapsed())
-            signalled, reached = dist.any(stop.requested, reached)  # every rank stops at the same step
-            if signalled or reached:
-                failed = log_train(lr) if progress.step > progress.last_log_step else None
+            at_end = limit_reached(t, progress.step, progress.tokens_seen, epoch)
+            time_up = time_is_up(t, session.session_elapsed(), session.elapsed())
+            if not time_is_the_only_stop(t):
+                time_up = time_up and progress.step > first_step
+            # every rank stops at the same step (each has its own clock)
+            signalled, at_end, time_up = dist.any(stop.requested, at_end, time_up)
+            if signalled or at_end or time_up:
+                # out of time before the run's end: the rows keep their cadence (the counters since the
+                # last row go into the checkpoint), so the next session logs on as one run would
+                paused = time_up and not (signalled or at_end or time_is_the_only_stop(t))
+                due = progress.step > progress.last_log_step
+                if paused and due:
+                    due = counters.failure(t.max_bad_steps, _spike_limit(t)) is not None
+                failed = log_train(lr) if due else None
                 if failed is not None:
                     session.fail(failed)
                 elif signalled:  # Ctrl-C or SIGTERM, here or on another rank
                     session.interrupt(stop.signal or "SIGTERM")
+                elif paused:
+                    session.out_of_time(progress.step, horizon)
                 break
 
             # learning rate, then the micro-batches: forward and backward
@@ -513,6 +527,11 @@ def check_resumable(state: Any, config: Any, checkpoint: Path, world: int = 1) -
         )
 
 
+def _spike_limit(t: Any) -> int | None:
+    """The skipped spikes in a row that fail the run (`--spike-action skip` only)."""
+    return t.spike_max_consecutive_skips if t.spike_action == "skip" else None
+
+
 def _flops_per_token(model: torch.nn.Module, task: Task) -> float | None:
     flops = getattr(model, "flops_per_token", None)
     return flops(task.shape()[1]) if flops is not None else None
@@ -649,7 +668,10 @@ class _Nowhere:
     def write(self, *args: Any) -> None:
         pass
 
-    def truncate_after(self, step: int) -> None:
+    def check_continuable(self) -> None:
+        pass
+
+    def continue_after(self, step: int) -> None:
         pass
 
 

@@ -47,6 +47,7 @@ from tfkit.io import write_json_atomic
 from tfkit.signals import Terminated
 from tfkit.storage.uploader import RunPusher
 from tfkit.tracking import CsvTracker, Tracker, TrackerGroup
+from tfkit.tracking.csv import set_aside_note
 from tfkit.training.rundir import (  # noqa: F401  (RUN_FILES: importable from here)
     RUN_FILES,
     RunDirLock,
@@ -69,11 +70,14 @@ class TrainCallback:
 
     def on_end(self, summary: dict[str, Any]) -> None: ...
 
+    def on_warning(self, message: str) -> None:
+        """Something the user should know that does not stop the run (one line: damage set aside)."""
+
 
 @dataclass
 class RunResult:
     run_dir: Path
-    status: str  # completed | interrupted | failed
+    status: str  # completed | time_limit (this session's --max-time-seconds spent first) | interrupted | failed
     summary: dict[str, Any]
     message: str | None = None
     pushed: dict[str, Any] | None = None  # the final push to --s3-uri, if any
@@ -186,14 +190,30 @@ def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) 
 _STOPPED_BY = {"SIGINT": "interrupted by Ctrl-C", "SIGTERM": "interrupted by SIGTERM"}
 
 
-def stop_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float, elapsed: float) -> bool:
-    """Whether any stop criterion of `t` is met."""
+def limit_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float) -> bool:
+    """Whether the run is at its end: `--max-steps`, `--max-tokens` or `--max-epochs` reached."""
     return (
         (t.max_steps is not None and step >= t.max_steps)
         or (t.max_tokens is not None and tokens_seen >= t.max_tokens)
         or (t.max_epochs is not None and epoch >= t.max_epochs)
-        or (t.max_time_seconds is not None and elapsed >= t.max_time_seconds)
     )
+
+
+def time_is_the_only_stop(t: TrainConfig) -> bool:
+    """`--max-time-seconds` is the run's only stop criterion: it is then the run's length."""
+    return t.max_time_seconds is not None and t.max_steps is None and t.max_tokens is None and t.max_epochs is None
+
+
+def time_is_up(t: TrainConfig, session_seconds: float, run_seconds: float) -> bool:
+    """Whether `--max-time-seconds` is spent.
+
+    It is the budget of one session (one command, a job on a cluster): a resumed run gets it
+    afresh, so each resubmission of a time-limited command trains further. When it is the
+    run's only stop criterion it is the run's length, counted over all its sessions.
+    """
+    if t.max_time_seconds is None:
+        return False
+    return (run_seconds if time_is_the_only_stop(t) else session_seconds) >= t.max_time_seconds
 
 
 _ACTIVE_FLAGS: list[_Flag] = []  # the stop flag of the run training in this process, if any
@@ -437,6 +457,7 @@ class RunSession:
         resumed_step: int | None = None,
         resumed_elapsed: float = 0.0,
         resume_skipped: list[str] | None = None,
+        logs: tuple[Any, ...] = (),
     ) -> None:
         """Write `train_config.json`, open the trackers and tell the callback; the run's clock starts.
 
@@ -448,6 +469,13 @@ class RunSession:
                 from, its step and wall time; the logs keep their rows up to that step.
             resume_skipped: the checkpoints passed over for `resumed_from` (corrupt, unreadable),
                 one line each, recorded with the resume.
+            logs: the trainer's own logs besides the trackers (`spikes.csv`, `step_losses.csv`),
+                cut back with them (`continue_after(step)`, returning a side file of damage or None).
+
+        Damage found in the logs of a resumed run is set aside (`tfkit.tracking.csv.continue_log`):
+        each side file is recorded with the resume and told to the callback's `on_warning`. A log
+        that cannot be continued (its header damaged) raises `DataError`; the run is left as it was
+        but for its logs cut back to the checkpoint.
         """
         self.device = device
         self.horizon = horizon
@@ -479,12 +507,18 @@ class RunSession:
                 write_json_atomic(self.run_dir / "train_config.json", {**self.config.to_dict(), "meta": meta})
                 reserve(self.run_dir)
                 self.tracker = open_trackers(self.config, self.run_dir, meta)
-                if resumed_step is not None:
-                    self.tracker.continue_after(resumed_step)
+                notes = self._continue_logs(resumed_step, logs) if resumed_step is not None else []
+                if notes:
+                    meta["resumed"][-1]["set_aside"] = notes
+                    write_json_atomic(self.run_dir / "train_config.json", {**self.config.to_dict(), "meta": meta})
         except BaseException:
+            with contextlib.suppress(Exception):
+                self.tracker.close()
             release_reserve(self.run_dir)
             raise
         self.replaces = []
+        for note in notes:
+            self.callback.on_warning(note)
         self.callback.on_start(
             {
                 "run_dir": str(self.run_dir),
@@ -498,9 +532,26 @@ class RunSession:
         self.offset = resumed_elapsed
         self.t0 = time.perf_counter()
 
+    def _continue_logs(self, step: int, logs: tuple[Any, ...]) -> list[str]:
+        """Cut every log back to `step` once all can be; one note for each side file of damage."""
+        logs = tuple(log for log in logs if log is not None)
+        self.tracker.check_continuable()
+        for log in logs:
+            log.check_continuable()
+        notes = self.tracker.continue_after(step)
+        for log in logs:
+            side = log.continue_after(step)
+            if side is not None:
+                notes.append(set_aside_note(log.path, side))
+        return notes
+
     def elapsed(self) -> float:
         """Wall time of the run, the time before a resume included."""
-        return self.offset + time.perf_counter() - self.t0
+        return self.offset + self.session_elapsed()
+
+    def session_elapsed(self) -> float:
+        """Wall time of this session: since this process started or resumed the run."""
+        return time.perf_counter() - self.t0
 
     def log_train(self, row: dict[str, Any]) -> None:
         self.tracker.log_train(row)
@@ -521,8 +572,23 @@ class RunSession:
         if self.pusher is not None and self.config.log.s3_every_checkpoint:
             self.pusher.push_soon()
 
+    def checkpoints_pruned(self, paths: list[Path]) -> None:
+        """Checkpoints `--keep-last` deleted: the S3 pushes delete them from the bucket too."""
+        if self.pusher is not None and paths:
+            self.pusher.forget(paths)
+
     def fail(self, message: str) -> None:
         self.status, self.message = "failed", message
+
+    def out_of_time(self, step: int, horizon: int | None) -> None:
+        """This session's `--max-time-seconds` ran out before the run's end: the run continues on a resume."""
+        of = f" of {horizon}" if horizon is not None else ""
+        seconds = self.config.train.max_time_seconds
+        self.status = "time_limit"
+        self.message = (
+            f"stopped at step {step}{of} by --max-time-seconds {seconds:g} (this session's budget); "
+            "--resume auto continues it"
+        )
 
     def interrupt(self, signal_name: str | None) -> None:
         self.stopped_by = signal_name or "SIGINT"
@@ -631,6 +697,7 @@ class FollowerSession(RunSession):
         resumed_step: int | None = None,
         resumed_elapsed: float = 0.0,
         resume_skipped: list[str] | None = None,
+        logs: tuple[Any, ...] = (),
     ) -> None:
         self.device, self.horizon = device, horizon
         self.num_params = model.num_params()  # type: ignore[operator]
@@ -648,6 +715,9 @@ class FollowerSession(RunSession):
         pass
 
     def checkpoint_written(self) -> None:
+        pass
+
+    def checkpoints_pruned(self, paths: list[Path]) -> None:
         pass
 
     @contextlib.contextmanager

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from tfkit.tracking.csv import CsvLog, check_log, continue_log
 from tfkit.training.columns import SPIKE_COLUMNS, STEP_LOSS_COLUMNS
 
 SPIKE_ACTIONS = ("log", "checkpoint", "skip", "rollback", "stop")
@@ -127,21 +128,19 @@ class SpikeLog:
         finally:
             os.close(fd)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop rows past `step` (a resumed run logs those steps again)."""
-        if not self.path.exists():
-            return
-        with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        from tfkit.io import write_atomic
+    def check_continuable(self) -> None:
+        """Raise the `DataError` `continue_after` would for a damaged header, changing nothing."""
+        check_log(self.path, SPIKE_COLUMNS)
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=SPIKE_COLUMNS, lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(rows)
+    def continue_after(self, step: int) -> Path | None:
+        """Keep the whole rows up to `step` (a resumed run logs the later steps again).
 
-        write_atomic(self.path, write)
+        Damage is set aside as in `tfkit.tracking.csv.continue_log`; returns its side file, if any.
+        """
+        header, side = continue_log(self.path, step, SPIKE_COLUMNS)
+        if header is None:  # no file, or one of NUL bytes only (a crash before its first row reached the disk)
+            self.path.unlink(missing_ok=True)
+        return side
 
 
 class StepLossLog:
@@ -152,9 +151,7 @@ class StepLossLog:
     """
 
     def __init__(self, run_dir: Path) -> None:
-        from tfkit.tracking.csv import CsvLog
-
-        self.log = CsvLog(Path(run_dir) / "step_losses.csv")
+        self.log = CsvLog(Path(run_dir) / "step_losses.csv", STEP_LOSS_COLUMNS)
 
     def write(self, rows: list[tuple[int, float, float]]) -> None:
         if not rows:
@@ -166,10 +163,15 @@ class StepLossLog:
         if rows:
             self.log.write_many([list(row) for row in rows])
 
-    def continue_after(self, step: int) -> None:
-        """Keep the rows up to `step` (a resumed or rolled-back run trains the later steps again)."""
-        self.log.close()
-        self.log.continue_after(step)
+    def check_continuable(self) -> None:
+        self.log.check_continuable()
+
+    def continue_after(self, step: int) -> Path | None:
+        """Keep the rows up to `step` (a resumed or rolled-back run trains the later steps again).
+
+        Returns the side file damage was moved to, if any (`tfkit.tracking.csv.continue_log`).
+        """
+        return self.log.continue_after(step)
 
     def close(self) -> None:
         self.log.close()
