@@ -52,7 +52,7 @@ def test_existing_file_is_left_untouched_without_append_or_overwrite(tmp_path):
         ResultsFile.open(path, COLUMNS, append=True, overwrite=True)
     assert path.read_bytes() == before
     appended = ResultsFile.open(path, COLUMNS, append=True, overwrite=False)
-    assert appended.done_run_ids() == {"a"} and path.read_bytes() == before
+    assert appended.run_statuses() == {"a": "completed"} and path.read_bytes() == before
     with pytest.raises(ConfigError, match="in use"):  # while that ablation still appends
         ResultsFile.open(path, COLUMNS, append=False, overwrite=True)
     appended.finish()
@@ -81,8 +81,8 @@ def test_statuses_and_dropping_unfinished_runs(tmp_path):
     results.append([row("a", "running"), row("a", "completed"), row("b", "running"), row("b", "interrupted")])
     results.append([row("c", "failed"), row("d", "running"), row("d", "error")])
     assert results.run_statuses() == {"a": "completed", "b": "interrupted", "c": "failed", "d": "error"}
-    assert results.done_run_ids() == {"a", "c"}
-    assert results.drop_runs({"b", "d"}) == 4
+    assert not results.prepare_run("a") and not results.prepare_run("c")  # done: not trained again
+    assert results.prepare_run("b") and results.prepare_run("d")  # unfinished: their rows are dropped
     assert [r["run_id"] for r in results.read()] == ["a", "a", "c"]
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -282,12 +282,12 @@ def test_overwrite_keeps_the_old_results_until_a_new_row_is_written(tmp_path, mo
     assert bad.exit_code != 0
     assert victim.read_bytes() == before
 
-    import tfkit.ablate.runner
+    import tfkit.ablate.ablation
 
     def full_disk(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs"))
 
-    monkeypatch.setattr(tfkit.ablate.runner, "run_ablation", full_disk)  # fails after the file is opened
+    monkeypatch.setattr(tfkit.ablate.ablation, "train_runs", full_disk)  # fails after the file is opened
     failed = ablate(tmp_path, *args)
     assert failed.exit_code == 2, failed.output
     assert victim.read_bytes() == before

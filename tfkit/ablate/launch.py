@@ -22,6 +22,7 @@ Nothing here prints: progress goes to the ablation's callback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -48,19 +49,53 @@ PREEMPTED_FINAL_S = 600.0  # a job PREEMPTED this long is not being requeued
 ARRAY_MAX = 1000  # runs per job array (SLURM's default MaxArraySize is 1001)
 
 
+LAUNCHERS = ("local", "slurm")  # the launchers an ablation's runs can be jobs of
+DEFAULT_GPUS_PER_RUN = 1
+DEFAULT_TIME_MIN = 60
+# the option of each field of `SlurmOptions` a user sets, in messages
+SLURM_FLAGS = {
+    "partition": "--slurm-partition",
+    "gpus_per_run": "--gpus-per-run",
+    "time_min": "--slurm-time",
+    "cpus_per_run": "--slurm-cpus",
+    "mem": "--slurm-mem",
+    "sbatch": "--slurm-option",
+    "setup": "--slurm-setup",
+}
+
+
 @dataclass
 class SlurmOptions:
-    """What `--launcher slurm` asks of the cluster for each run."""
+    """What `--launcher slurm` asks of the cluster for each run; None: the default (see `resolved`)."""
 
     partition: str | None = None
-    gpus_per_run: int = 1
-    time_min: int = 60  # the job's time limit; the run is checkpointed and requeued before it
+    gpus_per_run: int | None = None  # default 1; above 1, one DDP process per GPU
+    time_min: int | None = None  # default 60: the job's time limit; the run is checkpointed and requeued before it
     cpus_per_run: int | None = None
     mem: str | None = None  # e.g. 64G
     sbatch: dict[str, str | bool] = field(default_factory=dict)  # any other sbatch option: {"qos": "high"}
     setup: list[str] = field(default_factory=list)  # shell lines before the run (module load, activate)
     max_requeues: int = 3  # requeues after timeouts; the next timeout ends the run (preemptions are not counted)
     folder: str | None = None  # logs and pickles (default: <runs-dir>/slurm); on a shared file system
+
+    def asked(self) -> list[str]:
+        """The options these ask for, as their flags (a launcher other than SLURM refuses them)."""
+        return [flag for name, flag in SLURM_FLAGS.items() if getattr(self, name)]
+
+    def resolved(self) -> SlurmOptions:
+        """These options checked, with the defaults of those left None.
+
+        Raises ConfigError naming the option out of range.
+        """
+        for name, least in (("gpus_per_run", 0), ("time_min", 1), ("cpus_per_run", 1)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ConfigError(f"{SLURM_FLAGS[name]} must be at least {least}, got {value}")
+        return dataclasses.replace(
+            self,
+            gpus_per_run=DEFAULT_GPUS_PER_RUN if self.gpus_per_run is None else self.gpus_per_run,
+            time_min=DEFAULT_TIME_MIN if self.time_min is None else self.time_min,
+        )
 
 
 def parse_sbatch_options(items: list[str]) -> dict[str, str | bool]:
@@ -187,6 +222,12 @@ def remove_stale_job_dirs(runs_dir: Path) -> list[Path]:
     return removed
 
 
+def require_slurm() -> None:
+    """Refuse the SLURM launcher where SLURM's commands are missing (ConfigError)."""
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise ConfigError("--launcher slurm needs sbatch and srun on PATH: run it on a SLURM login node")
+
+
 class SlurmLauncher(Launcher):
     name = "slurm"
     poll_s = 1.0
@@ -194,8 +235,8 @@ class SlurmLauncher(Launcher):
     def __init__(self, runs_dir: Path, options: SlurmOptions, jobs: int | None, name: str) -> None:
         import submitit
 
-        if shutil.which("sbatch") is None or shutil.which("srun") is None:
-            raise ConfigError("--launcher slurm needs sbatch and srun on PATH: run it on a SLURM login node")
+        require_slurm()
+        options = options.resolved()
         self.folder = Path(options.folder or Path(runs_dir) / "slurm").absolute()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.window = sys.maxsize  # the cluster queues them; the array caps how many run at once

@@ -466,24 +466,10 @@ class ResultsFile:
         self._seen = (key, end, tail)
         return self._statuses
 
-    def done_run_ids(self) -> set[str]:
-        return {run_id for run_id, status in self.run_statuses().items() if status in DONE_STATUSES}
-
     def row_counts(self) -> dict[str, int]:
         """run_id -> number of whole rows in the file."""
         self.run_statuses()
         return dict(self._row_counts)
-
-    def drop_runs(self, run_ids: set[str]) -> int:
-        """Remove every row of these runs (atomically, under the lock); returns rows removed.
-
-        Only for runs this process has claimed (`claim`): another process may be writing
-        the rows of a run it holds.
-        """
-        if not run_ids:
-            return 0
-        with self._locked():
-            return self._drop_locked(run_ids)
 
     def _drop_locked(self, run_ids: set[str]) -> int:
         data = self.path.read_bytes()

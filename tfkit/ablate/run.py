@@ -68,10 +68,24 @@ class RunOutcome:
     fatal: bool = False  # the shared results file failed (`message` says why): the ablation stops
 
 
+@dataclass
+class AblationStart:
+    """An ablation about to train its runs, its results file open (`AblationCallback.on_ablation_start`)."""
+
+    runs: int  # runs to train
+    results: ResultsFile | None  # its `set_aside` and `restored` say what opening it repaired
+    rerun: int  # unfinished runs of the results file trained again here
+    rerun_rows: int  # the rows of those runs, replaced
+    held_elsewhere: int  # unfinished runs another live process holds: left to it
+    slurm_logs: Path | None = None  # where the SLURM jobs' logs go (with the SLURM launcher)
+
+
 class AblationCallback:
     """Progress hooks; every method is optional. `train` gets the current run's training hooks."""
 
     train: TrainCallback | None = None
+
+    def on_ablation_start(self, start: AblationStart) -> None: ...
 
     def on_run_start(self, spec: RunSpec) -> None: ...
 
