@@ -512,3 +512,16 @@ def test_a_run_killed_by_the_system_is_reported_with_the_cause(tmp_path):
     code, output = finish(proc)
     assert code == 1, output
     assert "failed: job died: the run's process was killed by SIGKILL" in output, output
+
+
+def test_runs_stopped_by_their_time_budget_are_named_with_the_command_that_continues_them(tmp_path):
+    args = [*TINY, "--max-steps", "100000", "--max-time-seconds", "1", "--eval-every", "50", "-c", "--logfile", "r.csv"]
+    first = ablate(tmp_path, *args)
+    assert first.exit_code == 0, first.output
+    assert "1 runs stopped at --max-time-seconds before their other limits; continue them with:" in first.output
+    steps = pl.read_csv(tmp_path / "r.csv")["step"].max()
+    again = ablate(tmp_path, *args, "--append")  # a resubmission: another second of training
+    assert again.exit_code == 0, again.output
+    df = pl.read_csv(tmp_path / "r.csv")
+    assert df["step"].max() > steps
+    assert df.filter(pl.col("run_status") != "running")["run_status"].to_list() == ["time_limit"]

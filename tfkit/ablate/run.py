@@ -60,7 +60,7 @@ def results_columns(settings: list[Setting], val_columns: list[str]) -> list[str
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # completed | failed | interrupted | error | skipped (claimed or finished by another ablation)
+    status: str  # completed | failed | time_limit | interrupted | error | skipped (claimed or finished elsewhere)
     summary: dict[str, Any] = field(default_factory=dict)
     message: str | None = None
     time_s: float = 0.0  # wall time of the run in this ablation

@@ -397,6 +397,14 @@ def _report_outcome(report: Any, log_csv: bool) -> None:
     errors = [o for o in report.outcomes if o.status == "error"]
     for o in errors:
         print_error(f"run {o.run_id} failed: {o.message}")
+    timed = [o for o in report.outcomes if o.status == "time_limit"]
+    if timed:  # their session's --max-time-seconds ended them: a resubmission goes on from their checkpoints
+        console.print(
+            f"{len(timed)} runs stopped at --max-time-seconds before their other limits; "
+            f"continue them with: {_resume_command(log_csv)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     stopped = [o for o in report.outcomes if o.status == "interrupted"]
     if stopped and not report.interrupted:  # a job stopped by someone else: scancel, a preemption
         print_error(
