@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,7 +67,7 @@ def build_config(
 
 
 def resume_point(resume: str | None, options: dict[str, Any], config_class: type) -> tuple[Any, dict | None]:
-    """What `--resume` continues: (the checkpoint, or None for a fresh start; the config to start from).
+    """What `--resume` continues: (the checkpoint loaded, `fresh` for a fresh start or None; the config to start from).
 
     `auto` finds the latest complete checkpoint in `--out` (none: a fresh start into it);
     a run directory or checkpoint file names one, and `--out` defaults to its run directory.
@@ -77,7 +78,7 @@ def resume_point(resume: str | None, options: dict[str, Any], config_class: type
     """
     if resume is None:
         return None, None
-    from tfkit.training.fit import resolve_resume
+    from tfkit.training.fit import Resumed, resolve_resume
 
     out = options.get("log.out")
     if resume == "auto" and out is None:
@@ -93,12 +94,12 @@ def resume_point(resume: str | None, options: dict[str, Any], config_class: type
         return "fresh", None
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         raise ConfigError(f"--resume {checkpoint} is not a tfkit training checkpoint (no config)")
-    base = dict(state["config"])
+    base = copy.deepcopy(state["config"])
     if getattr(config_class, "kind", None) in ("sft", "dpo"):
         base.pop("model", None)  # from --init again
     if out is None and checkpoint.parent.name == "checkpoints":
         base.setdefault("log", {})["out"] = str(checkpoint.parent.parent)
-    return checkpoint, base
+    return Resumed(checkpoint, state, skipped), base
 
 
 class ProgressDisplay:

@@ -29,9 +29,10 @@ from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.columns import DPO_METRICS, dpo_columns
+from tfkit.training.device import autocast
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
+from tfkit.training.fit import Resumed
 from tfkit.training.load import LoadedRun, load_run
-from tfkit.training.loop import _autocast
 from tfkit.training.objectives import LENGTH_AVERAGED, dpo_loss, sequence_logps
 from tfkit.training.session import RunResult, TrainCallback
 
@@ -115,7 +116,7 @@ class DpoObjective(Objective):
         scores = []
         for batch in self.data.ordered_batches(part):
             on_device = {k: to_device(batch[k], device) for k in ("tokens", "mask")}
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 chosen, rejected, _ = pair_logps(model, on_device, self.average)
             scores.append(torch.stack([chosen, rejected], dim=1).float())
         return torch.cat(scores)  # (N, 2)
@@ -133,7 +134,7 @@ class DpoObjective(Objective):
             rows = table[torch.from_numpy(index).to(device)]  # (B, 2)
             return rows[:, 0], rows[:, 1]
         assert self.reference is not None
-        with _autocast(device, precision):
+        with autocast(device, precision):
             chosen, rejected, _ = pair_logps(self.reference, on_device, self.average)
         return chosen, rejected
 
@@ -152,7 +153,7 @@ class DpoObjective(Objective):
         precision: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         on_device = {k: to_device(batch[k], device) for k in ("tokens", "mask")}
-        with _autocast(device, precision):
+        with autocast(device, precision):
             policy_chosen, policy_rejected, mean_logits = pair_logps(model, on_device, self.average)
         ref_chosen, ref_rejected = self._reference_logps(on_device, batch["index"], table, device, precision)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
@@ -198,7 +199,7 @@ def train_dpo(
     *,
     callback: TrainCallback | None = None,
     overwrite: bool = False,
-    resume: str | Path | None = None,
+    resume: str | Path | Resumed | None = None,
 ) -> RunResult:
     """Preference-tune the `--init` model on a DPO dataset; write the run directory.
 

@@ -27,9 +27,9 @@ import torch
 
 from tfkit.data.loaders import BatchCursor
 from tfkit.models.gpt import GPT
-from tfkit.training.fit import Task, fit
+from tfkit.training.device import autocast, resolve_device
+from tfkit.training.fit import Resumed, Task, fit
 from tfkit.training.load import LoadedRun
-from tfkit.training.loop import _autocast, resolve_device
 from tfkit.training.session import RunResult, TrainCallback
 
 
@@ -67,7 +67,7 @@ class Objective(ABC):
     ) -> torch.Tensor:
         """The output logits (B, T, V) of the micro-batch's rows (the monitor's forward, without gradients)."""
         tokens = to_device(batch["tokens"], device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             return model(tokens[:, :-1])
 
     @abstractmethod
@@ -176,7 +176,7 @@ def run_finetune(
     tokenizer: dict[str, Any],
     callback: TrainCallback | None = None,
     overwrite: bool = False,
-    resume: str | Path | None = None,
+    resume: str | Path | Resumed | None = None,
 ) -> RunResult:
     """Train the `--init` model on `objective` as the resolved `config` says; write the run directory.
 

@@ -48,24 +48,14 @@ from tfkit.training.checkpoint import (
     spike_checkpoint_path,
 )
 from tfkit.training.columns import in_declared_order
+from tfkit.training.device import compile_enabled, prepare_device
 from tfkit.training.distributed import SINGLE, Dist, from_env, full_state, load_full_state
 from tfkit.training.monitor import Monitor
 from tfkit.training.optim import build_optimizer
 from tfkit.training.schedule import lr_at
-from tfkit.training.session import (
-    FollowerSession,
-    Progress,
-    RunResult,
-    RunSession,
-    StepCounters,
-    TrainCallback,
-    compile_enabled,
-    limit_reached,
-    prepare_device,
-    time_is_the_only_stop,
-    time_is_up,
-)
+from tfkit.training.session import FollowerSession, Progress, RunResult, RunSession, StepCounters, TrainCallback
 from tfkit.training.spikes import SpikeDetector, SpikeLog, StepLossLog
+from tfkit.training.stopping import limit_reached, time_is_the_only_stop, time_is_up
 from tfkit.training.throughput import Throughput, peak_flops
 
 # config fields that may change when a run resumes: where and how it is logged, run and
@@ -195,6 +185,15 @@ class Task(ABC):
 
 
 @dataclass
+class Resumed:
+    """A checkpoint `--resume` named, resolved and loaded once (`resolve_resume`); `fit` continues from it."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    skipped: list[str]  # one line for each checkpoint passed over (corrupt, unreadable), recorded with the resume
+
+
+@dataclass
 class _Run:
     """What `fit` keeps across steps, all of it in every checkpoint."""
 
@@ -211,20 +210,46 @@ def fit(
     *,
     callback: TrainCallback | None = None,
     overwrite: bool = False,
-    resume: str | Path | None = None,
+    resume: str | Path | Resumed | None = None,
 ) -> RunResult:
     """Train `task` as the resolved `config` says and write its run directory.
 
     Args:
         device: the resolved training device.
         resume: `auto` (the latest complete checkpoint in `config.log.out`; none: a fresh
-            start), a run directory or a checkpoint file to continue from.
+            start), a run directory or a checkpoint file to continue from, or a `Resumed`
+            checkpoint already loaded.
 
     Returns a `RunResult`: `completed`, `time_limit` (this session's `--max-time-seconds`
     spent before the run's end: checkpointed, and continued by a resume), `interrupted`
     (Ctrl-C or SIGTERM, checkpointed at a step boundary) or `failed` (non-finite steps in a
     row, a spike with `--spike-action stop`, too many rollbacks).
     """
+    trainer = _setup(task, config, device, callback=callback, overwrite=overwrite, resume=resume)
+    progress, session = trainer.run.progress, trainer.session
+    with session.guard(progress, task) as stop:
+        trainer.train(stop)
+        # the end: a completed run is evaluated at its last step; every run ends with a checkpoint
+        if session.status == "completed" and progress.last_eval_step != progress.step:
+            trainer.evaluate()
+        if progress.last_checkpoint_step != progress.step:
+            trainer.save()
+        progress.skipped_steps = trainer.run.counters.skipped()
+    if trainer.step_losses is not None:
+        trainer.step_losses.close()
+    return session.finish(progress, task)
+
+
+def _setup(
+    task: Task,
+    config: Any,
+    device: torch.device,
+    *,
+    callback: TrainCallback | None,
+    overwrite: bool,
+    resume: str | Path | Resumed | None,
+) -> _Trainer:
+    """Check the run, open its directory, build the model and optimizer, and restore a checkpoint."""
     dist = task.dist
     if from_env().active and not dist.active:
         raise ConfigError(
@@ -237,7 +262,13 @@ def fit(
     if config.optim.warmup_steps is None:  # resolved here, where the run's steps are known, and recorded
         config = config.with_updates({"optim.warmup_steps": default_warmup(horizon)})
     t, log = config.train, config.log
-    checkpoint, state, skipped = resolve_resume(resume, Path(log.out)) if resume is not None else (None, None, [])
+    if isinstance(resume, Resumed):  # resolved and loaded by the caller (the CLI, for the run's config)
+        check_run_dir(Path(log.out))
+        checkpoint, state, skipped = resume.checkpoint, resume.state, resume.skipped
+    elif resume is not None:
+        checkpoint, state, skipped = resolve_resume(resume, Path(log.out))
+    else:
+        checkpoint, state, skipped = None, None, []
     if checkpoint is not None:  # checked before anything in the run directory changes
         check_resumable(state, config, checkpoint, dist.world)
     if dist.main:
@@ -249,13 +280,11 @@ def fit(
     compiled = compile_enabled(t, device)
     model = task.build(device, compiled)
     optimizer = build_optimizer(model, config.optim, device)
-    params = [p for p in model.parameters() if p.requires_grad]
     run = _Run(
         progress=Progress(epoch=task.epoch()),
         counters=StepCounters(device, len(task.metric_names)),
         detector=SpikeDetector(t.spike_window, t.spike_sigma, t.spike_min_history, device),
     )
-    resumed = state["progress"]["step"] if state is not None else None
     spikes = SpikeLog(session.run_dir) if dist.main else _NOWHERE
     step_losses = StepLossLog(session.run_dir) if t.log_step_losses and dist.main else None
     session.start(
@@ -265,7 +294,7 @@ def fit(
         horizon=horizon,
         meta=task.meta,
         resumed_from=checkpoint,
-        resumed_step=resumed,
+        resumed_step=state["progress"]["step"] if state is not None else None,
         resumed_elapsed=state["elapsed"] if state is not None else 0.0,
         resume_skipped=skipped,
         logs=(spikes, step_losses),  # cut back with the trackers' logs
@@ -278,48 +307,233 @@ def fit(
     monitor = Monitor(t if dist.main or task.sharded else _UNMONITORED, model, task)
     if state is not None and not set(monitor.columns) <= set(_logged_columns(session.run_dir) or monitor.columns):
         monitor = Monitor(_UNMONITORED, model, task)  # a run logged without these columns goes on without them
-    train_columns, val_columns = task.columns()
-    train_columns = train_columns + monitor.columns
     peak = peak_flops(device, t.peak_flops)  # of one device; mfu is over all the run's devices
     throughput = Throughput(device, _flops_per_token(model, task), peak * dist.world if peak else None)
-    progress, counters, accum = run.progress, run.counters, config.optim.grad_accum_steps
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, spike flag, [loss, norm, limits]) to log
+    return _Trainer(
+        task, config, device, horizon, session, model, optimizer, run, monitor, throughput, spikes, step_losses
+    )
 
-    def save(path: Path | None = None, before: _BeforeStep | None = None) -> None:
+
+class _Trainer:
+    """A run set up by `_setup`: `train` takes its steps, `evaluate` and `save` also end it."""
+
+    def __init__(
+        self,
+        task: Task,
+        config: Any,
+        device: torch.device,
+        horizon: int | None,
+        session: RunSession,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        run: _Run,
+        monitor: Monitor,
+        throughput: Throughput,
+        spikes: SpikeLog,
+        step_losses: StepLossLog | None,
+    ) -> None:
+        self.task, self.config, self.device, self.horizon = task, config, device, horizon
+        self.t, self.dist = config.train, task.dist
+        self.session, self.model, self.optimizer, self.run = session, model, optimizer, run
+        self.monitor, self.throughput, self.spikes, self.step_losses = monitor, throughput, spikes, step_losses
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        train_columns, self.val_columns = task.columns()
+        self.train_columns = train_columns + monitor.columns
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, spike flag, [loss, norm, limits])
+
+    def train(self, stop: Any) -> None:
+        """Optimizer steps until a stop criterion, Ctrl-C / SIGTERM (`stop`) or a failure."""
+        progress, first_step = self.run.progress, self.run.progress.step  # a session out of time trains a step
+        lr = lr_at(max(progress.step - 1, 0), self.config.optim, self.horizon)
+        while not self._stopped(stop, first_step, lr):
+            lr = lr_at(progress.step, self.config.optim, self.horizon)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            taken = self.step()
+            if taken is None:
+                break
+            if not taken:  # rolled back: the step is trained again
+                continue
+            if progress.step % self.config.log.log_every == 0:
+                failed = self.log_train(lr)
+                if failed is not None:
+                    self.session.fail(failed)
+                    break
+            if self._eval_due():
+                self.evaluate()
+            if self.t.checkpoint_every is not None and progress.step % self.t.checkpoint_every == 0:
+                self.save()
+                self.session.checkpoint_written()
+
+    def step(self) -> bool | None:
+        """One optimizer step: micro-batches, clip, the spike and non-finite checks, the update.
+
+        Returns True when the step was taken (or skipped on the device), False when a rollback
+        undid it, None when the run must stop (the session says why).
+        """
+        t, progress, counters, optimizer = self.t, self.run.progress, self.run.counters, self.optimizer
+        self.task.begin_step(progress.step)
+        # a spike checkpoint replays this step: it keeps the data position and RNGs of before its batches
+        before = _BeforeStep.now(progress, self.task) if t.spike_action == "checkpoint" else None
+        step_loss, step_metrics, batch = self._forward_backward()
+        measured = self.monitor.enabled and (
+            (progress.step + 1) % self.config.log.log_every == 0 or progress.step + 1 in (t.max_steps, self.horizon)
+        )
+        if measured:  # the logits of the logged micro-batch, gradients before clipping (counted as training time)
+            self.monitor.before_update(batch)
+
+        # clip, then decide: a non-finite step is skipped; a spike as --spike-action says
+        if self.config.optim.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip, foreach=True)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if hasattr(grad_norm, "full_tensor"):  # sharded parameters (FSDP): a DTensor over the processes
+            grad_norm = grad_norm.full_tensor()
+        spike, limits = self.run.detector.test(step_loss, grad_norm)
+        skip = counters.non_finite(step_loss, grad_norm)
+        if t.spike_action == "skip":
+            skip = skip | spike
+        values = torch.cat([step_loss.view(1), grad_norm.view(1), limits])
+        if t.spike_action in DECIDE_BEFORE_UPDATE and bool(spike):  # a device read, for these actions only
+            row = [progress.step + 1, step_loss.item(), grad_norm.item(), *limits.tolist()]
+            self.spikes.write(_spike_row(row, t.spike_action))
+            if t.spike_action != "checkpoint":  # stop or rollback: the step's update is dropped
+                optimizer.zero_grad(set_to_none=True)
+                return False if self._after_dropped_spike() else None
+            self.save(spike_checkpoint_path(self.session.run_dir, progress.step + 1), before)  # the state before
+            self.pending.append((progress.step + 1, torch.zeros_like(spike), values))  # its row is written above
+        else:
+            self.pending.append((progress.step + 1, spike, values))
+        self.run.detector.record(step_loss, grad_norm)  # after a spike checkpoint: it holds the window before
+
+        # the update, dropped on the device when `skip`: the fused AdamW kernel skips it when found_inf is 1
+        optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        counters.count(step_loss, step_metrics if self.task.metric_names else None, grad_norm, skip)
+        if measured:
+            self.monitor.after_update()
+        progress.step += 1
+        progress.epoch = self.task.epoch()
+        return True
+
+    def _forward_backward(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The micro-batches of a step, forward and backward: (step loss, step metrics, the last batch)."""
+        task, progress, accum = self.task, self.run.progress, self.config.optim.grad_accum_steps
+        step_loss = torch.zeros((), dtype=torch.float32, device=self.device)
+        step_metrics = torch.zeros(len(task.metric_names), dtype=torch.float32, device=self.device)
+        for micro in range(accum):
+            started = time.perf_counter()
+            batch = task.next_batch()
+            self.throughput.data_wait(time.perf_counter() - started)
+            with task.accumulating() if micro < accum - 1 else contextlib.nullcontext():
+                loss, metrics = task.loss(batch)
+                (loss / accum).backward()
+            step_loss += loss.detach().float() / accum
+            if metrics is not None:
+                step_metrics += metrics.float() / accum
+            progress.tokens_seen += task.batch_tokens(batch)
+        if self.dist.active:  # the global batch's loss: every rank logs and decides on the same numbers
+            step_loss, step_metrics = self.dist.mean(step_loss), self.dist.mean(step_metrics)
+        return step_loss, step_metrics, batch
+
+    def _after_dropped_spike(self) -> bool:
+        """After a spike under `rollback` (or `stop`): the last checkpoint, keeping the data position past the spike.
+
+        False when the run must stop instead (the session says why).
+        """
+        t, progress = self.t, self.run.progress
+        if t.spike_action == "stop":
+            self.session.fail(f"loss spike at step {progress.step + 1} (--spike-action stop)")
+            return False
+        why = _rollback(self.session.run_dir, self.model, self.optimizer, self.run, self.task, t.spike_max_rollbacks)
+        if why is not None:
+            self.session.fail(why)
+            return False
+        self.pending.clear()
+        self.monitor.row()  # the measurement of the abandoned step is dropped
+        self.session.truncate_logs(progress.step)
+        if self.step_losses is not None:
+            self.step_losses.continue_after(progress.step)
+        return True
+
+    def _stopped(self, stop: Any, first_step: int, lr: float) -> bool:
+        """Whether the run stops before the next step; its last row and status are written when it does."""
+        t, progress, session = self.t, self.run.progress, self.session
+        epoch = progress.epoch if progress.epoch is not None else 0.0
+        at_end = limit_reached(t, progress.step, progress.tokens_seen, epoch)
+        time_up = time_is_up(t, session.session_elapsed(), session.elapsed())
+        if not time_is_the_only_stop(t):
+            time_up = time_up and progress.step > first_step
+        # every rank stops at the same step (each has its own clock)
+        signalled, at_end, time_up = self.dist.any(stop.requested, at_end, time_up)
+        if not (signalled or at_end or time_up):
+            return False
+        # out of time before the run's end: the rows keep their cadence (the counters since the
+        # last row go into the checkpoint), so the next session logs on as one run would
+        paused = time_up and not (signalled or at_end or time_is_the_only_stop(t))
+        due = progress.step > progress.last_log_step
+        if paused and due:
+            due = self.run.counters.failure(t.max_bad_steps, _spike_limit(t)) is not None
+        failed = self.log_train(lr) if due else None
+        if failed is not None:
+            session.fail(failed)
+        elif signalled:  # Ctrl-C or SIGTERM, here or on another rank
+            session.interrupt(stop.signal or "SIGTERM")
+        elif paused:
+            session.out_of_time(progress.step, self.horizon)
+        return True
+
+    def _eval_due(self) -> bool:
+        progress, t = self.run.progress, self.t
+        due_by_epochs = (
+            progress.epoch is not None
+            and t.max_epochs_between_evals is not None
+            and progress.epoch - progress.last_eval_epoch >= t.max_epochs_between_evals
+        )
+        return progress.step % t.eval_every == 0 or due_by_epochs
+
+    def save(self, path: Path | None = None, before: _BeforeStep | None = None) -> None:
         """A checkpoint of now, or with `before` of the step being taken: its data and RNGs as they were."""
         started = time.perf_counter()
-        progress.skipped_steps = counters.skipped()
-        _write_steps(pending, spikes, step_losses, t.spike_action)  # the steps so far are on disk with it
-        pending.clear()
-        weights = full_state(model, optimizer, task.sharded)  # sharded: gathered by every rank, to rank 0
+        progress, dist, session = self.run.progress, self.dist, self.session
+        progress.skipped_steps = self.run.counters.skipped()
+        _write_steps(self.pending, self.spikes, self.step_losses, self.t.spike_action)  # the steps so far, with it
+        self.pending.clear()
+        weights = full_state(self.model, self.optimizer, self.task.sharded)  # sharded: gathered to rank 0
         # each rank's generators (dropout masks differ between GPUs)
         rngs = dist.gather(before.rng if before is not None else rng_state())
         if dist.main:  # rank 0 writes; the others wait, so a rollback finds the file
-            state = _checkpoint_state(weights, run, task, config, session.elapsed(), dist.world, before)
+            state = _checkpoint_state(weights, self.run, self.task, self.config, session.elapsed(), dist.world, before)
             if dist.active:
                 state["rng_ranks"] = rngs
             save_checkpoint(path or checkpoint_path(session.run_dir, progress.tokens_seen), state)
             if path is None:
-                session.checkpoints_pruned(prune_checkpoints(session.run_dir, t.keep_last))
+                session.checkpoints_pruned(prune_checkpoints(session.run_dir, self.t.keep_last))
         dist.barrier()
         if path is None:
             progress.last_checkpoint_step = progress.step
-        throughput.exclude(time.perf_counter() - started)
+        self.throughput.exclude(time.perf_counter() - started)
 
-    def log_train(lr: float) -> str | None:
+    def log_train(self, lr: float) -> str | None:
         """A train row for the steps since the last one (and their spikes); why the run must stop, if it must."""
-        _write_steps(pending, spikes, step_losses, t.spike_action)
-        pending.clear()
-        row = counters.train_row(progress, session.elapsed(), lr, task, throughput.row(progress.tokens_seen))
-        row.update(monitor.row())
-        row = in_declared_order(row, train_columns, "train_log.csv")
-        session.log_train(row)
+        progress, counters = self.run.progress, self.run.counters
+        _write_steps(self.pending, self.spikes, self.step_losses, self.t.spike_action)
+        self.pending.clear()
+        row = counters.train_row(
+            progress, self.session.elapsed(), lr, self.task, self.throughput.row(progress.tokens_seen)
+        )
+        row.update(self.monitor.row())
+        row = in_declared_order(row, self.train_columns, "train_log.csv")
+        self.session.log_train(row)
         progress.last_log_step = progress.step
         progress.skipped_steps = row["skipped_steps"]
-        return counters.failure(t.max_bad_steps, _spike_limit(t))
+        return counters.failure(self.t.max_bad_steps, _spike_limit(self.t))
 
-    def evaluate() -> None:
-        if not dist.main:  # rank 0 evaluates and logs; the others go on (sharded: they take part)
+    def evaluate(self) -> None:
+        """A val row (rank 0; the others take part when the model is sharded)."""
+        progress, task = self.run.progress, self.task
+        if not self.dist.main:  # rank 0 evaluates and logs; the others go on (sharded: they take part)
             if task.sharded:
                 task.evaluate()
             progress.last_eval_step = progress.step
@@ -329,137 +543,17 @@ def fit(
         metrics = task.evaluate()
         spent = time.perf_counter() - started
         progress.eval_time += spent
-        throughput.exclude(spent)
-        row = {**progress.position(task.count_column), "time_s": session.elapsed(), **task.stage_fields(), **metrics}
-        session.log_val(in_declared_order(row, val_columns, "val_log.csv"))
+        self.throughput.exclude(spent)
+        row = {
+            **progress.position(task.count_column),
+            "time_s": self.session.elapsed(),
+            **task.stage_fields(),
+            **metrics,
+        }
+        self.session.log_val(in_declared_order(row, self.val_columns, "val_log.csv"))
         progress.last_eval_step = progress.step
         progress.last_eval_epoch = progress.epoch or 0.0
         progress.last_val = {k: v for k, v in metrics.items() if not k[-1].isdigit()}
-
-    first_step = progress.step  # of this session: a session out of time has trained at least one step
-    with session.guard(progress, task) as stop:
-        lr = lr_at(max(progress.step - 1, 0), config.optim, horizon)
-        while True:
-            # stop: a criterion, Ctrl-C / SIGTERM, or a failure; the log ends at the last step
-            epoch = progress.epoch if progress.epoch is not None else 0.0
-            at_end = limit_reached(t, progress.step, progress.tokens_seen, epoch)
-            time_up = time_is_up(t, session.session_elapsed(), session.elapsed())
-            if not time_is_the_only_stop(t):
-                time_up = time_up and progress.step > first_step
-            # every rank stops at the same step (each has its own clock)
-            signalled, at_end, time_up = dist.any(stop.requested, at_end, time_up)
-            if signalled or at_end or time_up:
-                # out of time before the run's end: the rows keep their cadence (the counters since the
-                # last row go into the checkpoint), so the next session logs on as one run would
-                paused = time_up and not (signalled or at_end or time_is_the_only_stop(t))
-                due = progress.step > progress.last_log_step
-                if paused and due:
-                    due = counters.failure(t.max_bad_steps, _spike_limit(t)) is not None
-                failed = log_train(lr) if due else None
-                if failed is not None:
-                    session.fail(failed)
-                elif signalled:  # Ctrl-C or SIGTERM, here or on another rank
-                    session.interrupt(stop.signal or "SIGTERM")
-                elif paused:
-                    session.out_of_time(progress.step, horizon)
-                break
-
-            # learning rate, then the micro-batches: forward and backward
-            lr = lr_at(progress.step, config.optim, horizon)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            task.begin_step(progress.step)
-            # a spike checkpoint replays this step: it keeps the data position and RNGs of before its batches
-            before = _BeforeStep.now(progress, task) if t.spike_action == "checkpoint" else None
-            step_loss = torch.zeros((), dtype=torch.float32, device=device)
-            step_metrics = torch.zeros(len(task.metric_names), dtype=torch.float32, device=device)
-            for micro in range(accum):
-                started = time.perf_counter()
-                batch = task.next_batch()
-                throughput.data_wait(time.perf_counter() - started)
-                with task.accumulating() if micro < accum - 1 else contextlib.nullcontext():
-                    loss, metrics = task.loss(batch)
-                    (loss / accum).backward()
-                step_loss += loss.detach().float() / accum
-                if metrics is not None:
-                    step_metrics += metrics.float() / accum
-                progress.tokens_seen += task.batch_tokens(batch)
-            if dist.active:  # the global batch's loss: every rank logs and decides on the same numbers
-                step_loss, step_metrics = dist.mean(step_loss), dist.mean(step_metrics)
-            measured = monitor.enabled and (
-                (progress.step + 1) % log.log_every == 0 or progress.step + 1 in (t.max_steps, horizon)
-            )
-            if measured:  # the logits of the logged micro-batch, gradients before clipping (counted as training time)
-                monitor.before_update(batch)
-
-            # clip, then decide: a non-finite step is skipped; a spike as --spike-action says
-            grad_norm = counters.clip(params, config.optim.grad_clip)
-            spike, limits = run.detector.test(step_loss, grad_norm)
-            skip = counters.non_finite(step_loss, grad_norm)
-            if t.spike_action == "skip":
-                skip = skip | spike
-            if t.spike_action in DECIDE_BEFORE_UPDATE and bool(spike):  # a device read, for these actions only
-                values = [progress.step + 1, step_loss.item(), grad_norm.item(), *limits.tolist()]
-                spikes.write(_spike_row(values, t.spike_action))
-                if t.spike_action == "checkpoint":
-                    save(spike_checkpoint_path(session.run_dir, progress.step + 1), before)  # the state before the step
-                    no_spike = torch.zeros_like(spike)  # written above; its loss still goes to step_losses.csv
-                    pending.append(
-                        (progress.step + 1, no_spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits]))
-                    )
-                elif t.spike_action == "stop":
-                    counters.zero_grad(optimizer)
-                    session.fail(f"loss spike at step {progress.step + 1} (--spike-action stop)")
-                    break
-                else:  # rollback: the last checkpoint, keeping the data position past the spike
-                    counters.zero_grad(optimizer)
-                    why = _rollback(session.run_dir, model, optimizer, run, task, t.spike_max_rollbacks)
-                    if why is not None:
-                        session.fail(why)
-                        break
-                    pending.clear()
-                    monitor.row()  # the measurement of the abandoned step is dropped
-                    session.truncate_logs(progress.step)
-                    if step_losses is not None:
-                        step_losses.continue_after(progress.step)
-                    continue
-            else:
-                pending.append((progress.step + 1, spike, torch.cat([step_loss.view(1), grad_norm.view(1), limits])))
-            run.detector.record(step_loss, grad_norm)  # after a spike checkpoint: it holds the window before the step
-
-            # the optimizer step (skipped on the device when `skip`), counted
-            counters.update(optimizer, step_loss, step_metrics if task.metric_names else None, grad_norm, skip)
-            if measured:
-                monitor.after_update()
-            progress.step += 1
-            progress.epoch = task.epoch()
-
-            # log, evaluate, checkpoint
-            if progress.step % log.log_every == 0:
-                failed = log_train(lr)
-                if failed is not None:
-                    session.fail(failed)
-                    break
-            due_by_epochs = (
-                progress.epoch is not None
-                and t.max_epochs_between_evals is not None
-                and progress.epoch - progress.last_eval_epoch >= t.max_epochs_between_evals
-            )
-            if progress.step % t.eval_every == 0 or due_by_epochs:
-                evaluate()
-            if t.checkpoint_every is not None and progress.step % t.checkpoint_every == 0:
-                save()
-                session.checkpoint_written()
-
-        # the end: a completed run is evaluated at its last step; every run ends with a checkpoint
-        if session.status == "completed" and progress.last_eval_step != progress.step:
-            evaluate()
-        if progress.last_checkpoint_step != progress.step:
-            save()
-        progress.skipped_steps = counters.skipped()
-    if step_losses is not None:
-        step_losses.close()
-    return session.finish(progress, task)
 
 
 def resolve_resume(resume: str | Path, run_dir: Path | None) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
@@ -474,13 +568,7 @@ def resolve_resume(resume: str | Path, run_dir: Path | None) -> tuple[Path | Non
     must be replaceable.
     """
     if run_dir is not None:
-        checkpoints = run_dir / "checkpoints"
-        if checkpoints.exists() and not checkpoints.is_dir():
-            raise ConfigError(
-                f"{run_dir} already holds a run (checkpoints, a file where its checkpoints folder should be); "
-                "choose another --out or pass --overwrite without --resume"
-            )
-        check_pointer(run_dir)
+        check_run_dir(run_dir)
     if str(resume) == "auto":
         if run_dir is None:
             raise ConfigError("--resume auto looks for checkpoints in --out: give --out")
@@ -494,6 +582,21 @@ def resolve_resume(resume: str | Path, run_dir: Path | None) -> tuple[Path | Non
     if not path.is_file():
         raise DataError(f"--resume {path}: no such checkpoint or run directory")
     return path, load_checkpoint(path), []
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory a resumed run cannot write into.
+
+    A `checkpoints` that is a file is not replaced by a fresh start, and a `latest` pointer
+    must be replaceable.
+    """
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise ConfigError(
+            f"{run_dir} already holds a run (checkpoints, a file where its checkpoints folder should be); "
+            "choose another --out or pass --overwrite without --resume"
+        )
+    check_pointer(run_dir)
 
 
 def check_resumable(state: Any, config: Any, checkpoint: Path, world: int = 1) -> None:

@@ -44,8 +44,8 @@ from tfkit.data.icl import (
 )
 from tfkit.models.looped import VectorTransformer
 from tfkit.training.columns import icl_columns
-from tfkit.training.fit import Task, fit
-from tfkit.training.loop import _autocast, resolve_device
+from tfkit.training.device import autocast, resolve_device
+from tfkit.training.fit import Resumed, Task, fit
 from tfkit.training.session import RunResult, TrainCallback
 
 
@@ -104,7 +104,7 @@ def evaluate_icl(model: VectorTransformer, val: ValSet, config: IclRunConfig, de
     sq = torch.zeros(scored, n, dtype=torch.float64, device=device)  # summed squared error per (loop, position)
     for start in range(0, len(val.xs), config.task.batch_size):
         xs, ys = val.xs[start : start + config.task.batch_size], val.ys[start : start + config.task.batch_size]
-        with _autocast(device, config.train.precision):
+        with autocast(device, config.train.precision):
             outs = model(interleave(xs, ys), scored, scored)  # [(B, 2n)] after loops 1..scored
         for k, out in enumerate(outs):
             sq[k] += (predictions_at_x(out.float()) - ys).square().sum(0).double()
@@ -156,7 +156,7 @@ class IclTask(Task):
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, None]:
         xs, ys = batch
-        with _autocast(self.device, self.config.train.precision):
+        with autocast(self.device, self.config.train.precision):
             outs = self.model(interleave(xs, ys), self.stage.loops, self.window)  # [(B, 2n)] for the window's loops
         return window_loss(outs, ys, self.norm), None
 
@@ -191,7 +191,7 @@ def train_icl(
     *,
     callback: TrainCallback | None = None,
     overwrite: bool = False,
-    resume: str | Path | None = None,
+    resume: str | Path | Resumed | None = None,
 ) -> RunResult:
     """Train one in-context regression model as `config` says and write its run directory.
 

@@ -8,8 +8,8 @@ writes the run directory:
 
 This module owns what is particular to pretraining: token windows, the cross-entropy
 loss, `evaluate` (with the optimal-loss columns of synthetic processes) and the data
-position a checkpoint resumes from. Also here, for every trainer: `resolve_device` and
-the bf16 `_autocast`. Nothing here prints: progress goes to an optional `TrainCallback`.
+position a checkpoint resumes from. Nothing here prints: progress goes to an optional
+`TrainCallback`.
 """
 
 from __future__ import annotations
@@ -30,30 +30,13 @@ from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
 from tfkit.training import distributed
 from tfkit.training.columns import pretrain_columns
+from tfkit.training.device import autocast, resolve_device
 from tfkit.training.distributed import SINGLE, Dist
-from tfkit.training.fit import Task, fit
+from tfkit.training.fit import Resumed, Task, fit
 from tfkit.training.objectives import z_loss
 from tfkit.training.session import RunResult, TrainCallback
 
 __all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "resolve_device", "train"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps: MPS is not available on this machine")
-    return torch.device(name)
 
 
 def resolve_config(config: RunConfig, source: ProcessSource) -> RunConfig:
@@ -90,13 +73,6 @@ def total_steps(config: RunConfig, steps_per_epoch: int, world: int = 1) -> int 
     return min(limits) if limits else None
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -118,7 +94,7 @@ def evaluate(
     for start in range(0, len(tokens), batch_size):
         window = torch.from_numpy(tokens[start : start + batch_size]).to(device)
         inputs, targets = window[:, :-1], window[:, 1:]
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = model(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
         loss_sum += loss.view_as(targets).sum(0)
@@ -214,7 +190,7 @@ class PretrainTask(Task):
 
     def loss(self, batch: torch.Tensor) -> tuple[torch.Tensor, None]:
         inputs, self.targets = batch[:, :-1], batch[:, 1:]
-        with _autocast(self.device, self.config.train.precision):
+        with autocast(self.device, self.config.train.precision):
             logits = self.step_model(inputs)  # (B, T, V)
         self.per_token = F.cross_entropy(logits.float().flatten(0, 1), self.targets.flatten(), reduction="none")
         loss = self.per_token.mean()
@@ -223,7 +199,7 @@ class PretrainTask(Task):
         return loss, None
 
     def probe(self, batch: torch.Tensor) -> torch.Tensor:
-        with _autocast(self.device, self.config.train.precision):
+        with autocast(self.device, self.config.train.precision):
             logits = self.model(batch[:, :-1])  # (B, T, V)
         self._reshard()
         return logits
@@ -278,7 +254,7 @@ def train(
     *,
     callback: TrainCallback | None = None,
     overwrite: bool = False,
-    resume: str | Path | None = None,
+    resume: str | Path | Resumed | None = None,
 ) -> RunResult:
     """Train one model as `config` says and write its run directory.
 

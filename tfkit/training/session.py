@@ -1,22 +1,21 @@
-"""What every tfkit trainer shares: the run lifecycle and the optimizer step.
+"""The run directory's lifecycle and the step counters, shared by every trainer through `fit`.
 
-`tfkit train pretrain` (tfkit.training.loop), `tfkit train icl` (tfkit.training.icl) and
-`tfkit train sft` / `dpo` (tfkit.training.finetune) differ in their data, loss,
-evaluation and checkpoint contents. Everything around those is here, once:
+`tfkit train pretrain`, `icl`, `sft` and `dpo` are each a `Task` that
+`tfkit.training.fit.fit` trains; around the steps, `fit` uses what is here:
 
 - `RunSession`: the run directory from `train_config.json` to `summary.json` — its
   lock (one writer per directory), the replacement of an old run (`--overwrite`), the
-  `meta` record, the trackers (CSV, wandb), the callback, the step loop with its stop
-  criteria, log / eval / checkpoint cadence and S3 pushes, Ctrl-C and SIGTERM at a step
-  boundary, the summary written also when the run fails or is interrupted (a full disk
-  included), and the `RunResult`.
-- `StepCounters`: gradient clipping, the non-finite step check and the device-side
-  counters of one optimizer step.
+  `meta` record, the trackers (CSV, wandb, TensorBoard), the callback, S3 pushes, Ctrl-C
+  and SIGTERM at a step boundary (`guard`, `request_stop`), the summary written also when
+  the run fails or is interrupted (a full disk included), and the `RunResult`.
+  `FollowerSession` is its silent twin on the other ranks of a multi-process run.
+- `Progress`: how far the run has got, and when it last logged, evaluated and saved.
+- `StepCounters`: the non-finite step check and the device-side counters of the optimizer
+  steps (loss sums, skipped steps), read back only at logging points, so the host never
+  waits on the GPU between steps.
 
-A trainer builds its model and optimizer, opens a `RunSession`, and hands `run` its
-parts as a `StepHooks`. The step loop keeps every per-step quantity (loss sums,
-non-finite counts) on the device and reads it back only at logging points, so the host
-never waits on the GPU between steps.
+The device (`tfkit.training.device`) and the stop criteria (`tfkit.training.stopping`)
+have their own modules.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import dataclasses
 import json
 import math
 import platform
-import random
 import signal
 import subprocess
 import threading
@@ -38,11 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import tfkit
-from tfkit.config import SectionedConfig, TrainConfig
+from tfkit.config import SectionedConfig
 from tfkit.io import write_json_atomic
 from tfkit.signals import Terminated
 from tfkit.storage.uploader import RunPusher
@@ -123,25 +120,6 @@ class Progress:
         return row
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def prepare_device(seed: int, device: torch.device) -> None:
-    """Seed every RNG and, on CUDA, let matmuls use TF32."""
-    seed_everything(seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def compile_enabled(t: TrainConfig, device: torch.device) -> bool:
-    """Whether to torch.compile: `--compile on`, or `auto` on CUDA."""
-    return t.compile == "on" or (t.compile == "auto" and device.type == "cuda")
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -188,32 +166,6 @@ def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) 
 
 
 _STOPPED_BY = {"SIGINT": "interrupted by Ctrl-C", "SIGTERM": "interrupted by SIGTERM"}
-
-
-def limit_reached(t: TrainConfig, step: int, tokens_seen: int, epoch: float) -> bool:
-    """Whether the run is at its end: `--max-steps`, `--max-tokens` or `--max-epochs` reached."""
-    return (
-        (t.max_steps is not None and step >= t.max_steps)
-        or (t.max_tokens is not None and tokens_seen >= t.max_tokens)
-        or (t.max_epochs is not None and epoch >= t.max_epochs)
-    )
-
-
-def time_is_the_only_stop(t: TrainConfig) -> bool:
-    """`--max-time-seconds` is the run's only stop criterion: it is then the run's length."""
-    return t.max_time_seconds is not None and t.max_steps is None and t.max_tokens is None and t.max_epochs is None
-
-
-def time_is_up(t: TrainConfig, session_seconds: float, run_seconds: float) -> bool:
-    """Whether `--max-time-seconds` is spent.
-
-    It is the budget of one session (one command, a job on a cluster): a resumed run gets it
-    afresh, so each resubmission of a time-limited command trains further. When it is the
-    run's only stop criterion it is the run's length, counted over all its sessions.
-    """
-    if t.max_time_seconds is None:
-        return False
-    return (run_seconds if time_is_the_only_stop(t) else session_seconds) >= t.max_time_seconds
 
 
 _ACTIVE_FLAGS: list[_Flag] = []  # the stop flag of the run training in this process, if any
@@ -267,11 +219,10 @@ def _interrupt_flag(flag: _Flag) -> Iterator[None]:
 
 
 class StepCounters:
-    """The optimizer step and its device-side counters, read back only at logging points.
+    """The device-side counters of the optimizer steps, read back only at logging points.
 
-    `clip` measures (and clips) the gradients, `non_finite` flags a step to skip,
-    `update` applies the optimizer step unless skipped and counts it, all on the device:
-    no host-device sync per step. `train_row` (a sync) runs only when a row is written.
+    `non_finite` flags a step to skip and `count` counts a step taken or skipped, all on the
+    device: no host-device sync per step. `train_row` (a sync) runs only when a row is written.
     """
 
     def __init__(self, device: torch.device, n_metrics: int = 0) -> None:
@@ -289,43 +240,22 @@ class StepCounters:
         self.norm_last = torch.zeros((), dtype=torch.float32, device=device)
 
     @staticmethod
-    def clip(params: list[torch.nn.Parameter], grad_clip: float) -> torch.Tensor:
-        """The gradients' total norm before clipping; clipped to `grad_clip` when it is positive.
-
-        With sharded parameters (FSDP) the norm is a DTensor over the processes: returned whole.
-        """
-        if grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-    @staticmethod
     def non_finite(step_loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         return ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
 
-    @staticmethod
-    def zero_grad(optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-
-    def update(
+    def count(
         self,
-        optimizer: torch.optim.Optimizer,
         step_loss: torch.Tensor,
         step_metrics: torch.Tensor | None,
         grad_norm: torch.Tensor,
         skip: torch.Tensor,
     ) -> None:
-        """Apply the optimizer step unless `skip` (a device bool), count it, zero the gradients.
+        """Count an optimizer step, taken or skipped (`skip`, a device bool).
 
         Every skipped step counts in `skipped_steps`; a non-finite one also in the run of bad
         steps, a spike (skipped by --spike-action skip) in the run of skipped spikes. Neither
         enters the train-loss mean.
         """
-        # the fused AdamW kernel skips the whole update when found_inf is 1, on device
-        optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         bad = self.non_finite(step_loss, grad_norm).long()
         self.bad_total += bad
         self.consecutive_bad.mul_(bad).add_(bad)

@@ -24,8 +24,9 @@ from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.columns import SFT_METRICS, sft_columns
+from tfkit.training.device import autocast
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
-from tfkit.training.loop import _autocast
+from tfkit.training.fit import Resumed
 from tfkit.training.objectives import masked_lm_loss, z_loss
 from tfkit.training.session import RunResult, TrainCallback
 
@@ -74,7 +75,7 @@ class SftObjective(Objective):
         self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device, precision: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits, targets, scored = sft_forward(model, on_device)
         loss, correct, count = masked_lm_loss(logits, targets, scored)
         if self.z_loss > 0:
@@ -86,7 +87,7 @@ class SftObjective(Objective):
         self, model: torch.nn.Module, batch: dict[str, Any], device: torch.device, precision: str
     ) -> torch.Tensor:
         on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
-        with _autocast(device, precision):
+        with autocast(device, precision):
             return sft_forward(model, on_device)[0]
 
     def columns(self) -> tuple[list[str], list[str]]:
@@ -100,7 +101,7 @@ class SftObjective(Objective):
         count = torch.zeros((), dtype=torch.float64, device=device)
         for batch in self.data.val_batches():
             on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits, targets, scored = sft_forward(model, on_device)
             loss, right, n = masked_lm_loss(logits, targets, scored)
             loss_sum += loss.double() * n
@@ -117,7 +118,7 @@ def train_sft(
     *,
     callback: TrainCallback | None = None,
     overwrite: bool = False,
-    resume: str | Path | None = None,
+    resume: str | Path | Resumed | None = None,
 ) -> RunResult:
     """Fine-tune the `--init` model on the response tokens of an SFT dataset; write the run directory.
 
