@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from tfkit.ablate.analysis import finished_runs
-from tfkit.ablate.grid import MAX_RUNS, RunSpec
+from tfkit.ablate.defaults import LAUNCHERS, MAX_RUNS
+from tfkit.ablate.grid import RunSpec
 from tfkit.ablate.kinds import kind_of
-from tfkit.ablate.launch import LAUNCHERS, Launcher, LocalLauncher, SlurmLauncher, SlurmOptions, require_slurm
+from tfkit.ablate.launch import Launcher, LocalLauncher, SlurmLauncher, SlurmOptions, require_slurm
 from tfkit.ablate.plan import AblationPlan, plan_ablation
 from tfkit.ablate.results import DONE_STATUSES, ResultsFile, read_results
 from tfkit.ablate.run import AblationCallback, AblationStart, RunOutcome

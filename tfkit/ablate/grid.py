@@ -30,8 +30,6 @@ from typing import Any
 from tfkit.config import SECTIONS, SectionedConfig, section_of
 from tfkit.errors import ConfigError
 
-MAX_RUNS = 10_000  # runs an ablation plans at most unless --max-runs says more (expanding costs ~1 ms a run)
-
 
 @dataclass(frozen=True)
 class Setting:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tfkit.ablate.defaults import DEFAULT_GPUS_PER_RUN, DEFAULT_TIME_MIN
 from tfkit.ablate.grid import RunSpec
 from tfkit.ablate.processes import owner_alive, owner_tag
 from tfkit.ablate.results import ResultsFile
@@ -49,9 +50,6 @@ PREEMPTED_FINAL_S = 600.0  # a job PREEMPTED this long is not being requeued
 ARRAY_MAX = 1000  # runs per job array (SLURM's default MaxArraySize is 1001)
 
 
-LAUNCHERS = ("local", "slurm")  # the launchers an ablation's runs can be jobs of
-DEFAULT_GPUS_PER_RUN = 1
-DEFAULT_TIME_MIN = 60
 # the option of each field of `SlurmOptions` a user sets, in messages
 SLURM_FLAGS = {
     "partition": "--slurm-partition",

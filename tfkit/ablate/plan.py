@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfkit.ablate.grid import MAX_RUNS, RunSpec, Setting, Skipped, count_runs, expand, plan_runs
+from tfkit.ablate.defaults import MAX_RUNS
+from tfkit.ablate.grid import RunSpec, Setting, Skipped, count_runs, expand, plan_runs
 from tfkit.ablate.kinds import SettingInfo, kind_of
 from tfkit.ablate.run import results_columns
 from tfkit.config import SectionedConfig

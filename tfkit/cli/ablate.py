@@ -2,9 +2,9 @@
 
 `tfkit ablate ...` sweeps `tfkit train pretrain` runs; `tfkit ablate icl ...` sweeps
 `tfkit train icl` runs with the same options, results file and resume. Both commands
-build an `AblationSpec` and call `tfkit.ablate.ablation` (imported when a command runs:
-it imports torch); this module parses the options and renders the plan, the progress
-and the results.
+build an `AblationSpec` and call `tfkit.ablate.ablation`; this module parses the options
+and renders the plan, the progress and the results. The ablation code is imported when a
+command runs (`tfkit.ablate.ablation` imports torch), so that `tfkit --help` stays fast.
 """
 
 from __future__ import annotations
@@ -19,17 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tfkit.ablate.grid import MAX_RUNS, parse_sweeps
-from tfkit.ablate.kinds import KINDS
-from tfkit.ablate.launch import (
-    DEFAULT_GPUS_PER_RUN,
-    DEFAULT_TIME_MIN,
-    LAUNCHERS,
-    SlurmOptions,
-    parse_sbatch_options,
-)
-from tfkit.ablate.sensitivity import describe
-from tfkit.ablate.summary import best_setting
+from tfkit.ablate.defaults import DEFAULT_GPUS_PER_RUN, DEFAULT_TIME_MIN, LAUNCHERS, MAX_RUNS
 from tfkit.cli._errors import INTERRUPTED, TERMINATED, callback, command
 from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options, options_before_subcommand
 from tfkit.cli._output import console, err_console, format_value, is_interactive, print_error, progress_bar
@@ -311,6 +301,9 @@ def run_command(kind: str, options: dict[str, Any], opts: AblateOptions) -> None
 def build_spec(kind: str, options: dict[str, Any], opts: AblateOptions) -> Any:
     """The `AblationSpec` of the options given: values given once are fixed, several are swept."""
     from tfkit.ablate.ablation import AblationSpec
+    from tfkit.ablate.grid import parse_sweeps
+    from tfkit.ablate.kinds import KINDS
+    from tfkit.ablate.launch import SlurmOptions, parse_sbatch_options
 
     experiment = KINDS[kind]
     fixed = {k: v for k, v in options.items() if not isinstance(v, list)}
@@ -459,6 +452,9 @@ def _settings_table(plan: Any, num_runs: int, done: set[str]) -> Table:
 
 def _print_results(report: Any) -> None:
     """The table of settings (mean ± std over seeds, the best in green), the LR sensitivity, the results file."""
+    from tfkit.ablate.sensitivity import describe
+    from tfkit.ablate.summary import best_setting
+
     plan, num_runs = report.plan, report.ablation.spec.num_runs
     summaries = report.summaries()
     best = best_setting(summaries)
