@@ -37,7 +37,7 @@ from tfkit.ablate.sensitivity import Sensitivity, lr_sensitivity
 from tfkit.ablate.summary import SettingSummary, summarize
 from tfkit.config import SectionedConfig, TrainConfig
 from tfkit.errors import ConfigError, TfkitError
-from tfkit.training.loop import resolve_device
+from tfkit.training.device import resolve_device
 
 
 @dataclass(kw_only=True)

@@ -319,8 +319,8 @@ def analyze_beliefs(
     """
     from tfkit.analysis.activations import capture_residuals, layer_names
     from tfkit.training.checkpoint import load_checkpoint
+    from tfkit.training.device import resolve_device
     from tfkit.training.load import load_run
-    from tfkit.training.loop import resolve_device
 
     check_options(num_sequences, test_fraction, ridge, batch_size)
     run = open_belief_run(run_dir, checkpoints)

@@ -44,8 +44,8 @@ def generate(
     check_prompt(prompt)
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    from tfkit.training.device import resolve_device
     from tfkit.training.load import load_run, open_tokenizer
-    from tfkit.training.loop import resolve_device
 
     loaded = load_run(run, "--run")
     tokenizer = open_tokenizer(loaded, tokenizer_path)

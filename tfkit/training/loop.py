@@ -36,7 +36,7 @@ from tfkit.training.fit import Resumed, Task, fit
 from tfkit.training.objectives import z_loss
 from tfkit.training.session import RunResult, TrainCallback
 
-__all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "resolve_device", "train"]
+__all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "train"]
 
 
 def resolve_config(config: RunConfig, source: ProcessSource) -> RunConfig:
