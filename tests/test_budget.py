@@ -128,6 +128,7 @@ def _saved_bytes(model_config, batch: int, seq_len: int, precision: str) -> int:
         {"positions": "rotary", "num_heads": 2},
         {"qk_norm": True, "norm": "rmsnorm", "activation": "swiglu"},
         {"activation": "relu", "bias": True, "tie_embeddings": False},
+        {"activation": "gelu_tanh"},
         {"block": "parallel"},
         {"block": "parallel", "linear_value": True, "positions": "rotary", "activation": "relu2", "qk_norm": True},
     ],

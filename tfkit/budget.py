@@ -39,13 +39,13 @@ CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. (2022): compute-optimal trai
 DEFAULT_MFU = 0.4
 
 # Activations autograd keeps per MLP hidden unit (H) and position, by activation.
-# Sequential block: gelu keeps its input and output (the second linear's input), relu only
+# Sequential block: gelu (either form) keeps its input and output (the second linear's input), relu only
 # its output, relu2 the relu output and its square, swiglu the value and gate (one tensor),
 # silu(gate) and the product.
-MLP_KEPT = {"gelu": 2, "relu": 1, "relu2": 2, "swiglu": 4}
+MLP_KEPT = {"gelu": 2, "gelu_tanh": 2, "relu": 1, "relu2": 2, "swiglu": 4}
 # Parallel block: the fused input linear's output is kept whole (it holds the MLP's
 # pre-activation); beyond it, relu and relu2 keep the relu output and swiglu silu(gate).
-PARALLEL_MLP_KEPT = {"gelu": 0, "relu": 1, "relu2": 1, "swiglu": 1}
+PARALLEL_MLP_KEPT = {"gelu": 0, "gelu_tanh": 0, "relu": 1, "relu2": 1, "swiglu": 1}
 # `--mixer ssm`: steps per chunk of the scan (tfkit.models.ssm.SSM_CHUNK, kept here so planning imports no torch)
 SSM_CHUNK = 16
 

@@ -67,6 +67,15 @@ def test_qk_norm_gives_unit_rms_heads(positions):
     assert not torch.allclose(v.pow(2).mean(-1).sqrt(), torch.ones(()), atol=1e-1)
 
 
+def test_gelu_tanh_is_gpt2s_tanh_approximation():
+    from tfkit.models.gpt import activate
+
+    h = torch.linspace(-6, 6, 101)
+    gpt2 = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))  # GPT-2's gelu
+    torch.testing.assert_close(activate(h, "gelu_tanh"), gpt2, rtol=0, atol=1e-6)
+    assert (activate(h, "gelu_tanh") - activate(h, "gelu")).abs().max() > 1e-4  # not the erf form
+
+
 def test_too_long_input_raises():
     model = make_model()
     with pytest.raises(ValueError, match="max_seq_len"):
@@ -153,6 +162,7 @@ def test_rotary_scores_depend_on_relative_position_only():
 TRAIN_CASES = [
     dict(),
     dict(activation="relu"),
+    dict(activation="gelu_tanh"),
     dict(activation="relu2"),
     dict(activation="swiglu"),
     dict(norm="rmsnorm"),

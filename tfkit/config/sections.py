@@ -40,7 +40,9 @@ class ModelConfig:
     width: int = opt(64, "Residual stream width (embedding size).")
     num_heads: int = opt(2, "Attention heads per block; must divide --width.")
     mlp_ratio: float = opt(4.0, "MLP hidden size as a multiple of --width (swiglu uses 2/3 of it).")
-    activation: Literal["gelu", "relu", "relu2", "swiglu"] = opt("gelu", "MLP activation.")
+    activation: Literal["gelu", "gelu_tanh", "relu", "relu2", "swiglu"] = opt(
+        "gelu", "MLP activation (gelu_tanh: the tanh approximation GPT-2 uses)."
+    )
     norm: Literal["layernorm", "rmsnorm"] = opt("layernorm", "Normalisation layer.")
     positions: Literal["learned", "rotary"] = opt("learned", "Position encoding.")
     block: Literal["sequential", "parallel"] = opt(

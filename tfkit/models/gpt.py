@@ -10,9 +10,9 @@ What the config chooses:
 - block `parallel` (after hlb-gpt v0.4.1): one norm, ONE fused input linear that yields
   q, k, v and the MLP hidden units, GELU on the values (unless `linear_value`), and ONE
   fused output linear over concat(mlp, attention) added to the residual stream.
-- activation gelu | relu | relu2 (relu squared) | swiglu. SwiGLU has three matrices
-  instead of two, so its hidden size is 2/3 * mlp_ratio * width rounded up to a multiple
-  of 8, which keeps its parameter count (nearly) equal to the others at the same ratio.
+- activation gelu | gelu_tanh (GPT-2's tanh approximation) | relu | relu2 (relu squared) |
+  swiglu. SwiGLU has three matrices instead of two, so its hidden size is 2/3 * mlp_ratio *
+  width rounded up to a multiple of 8, which keeps its parameter count (nearly) equal to the others at the same ratio.
 - norm layernorm | rmsnorm; `bias` adds biases to linears and LayerNorms (nn.RMSNorm has
   no bias).
 - positions learned (a `wpe` table added to the token embeddings) | rotary (applied to
@@ -71,6 +71,8 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
     """The MLP nonlinearity; for swiglu `h` holds [value, gate] and the result is half as wide."""
     if activation == "gelu":
         return F.gelu(h)
+    if activation == "gelu_tanh":  # GPT-2's tanh approximation (transformers' "gelu_new")
+        return F.gelu(h, approximate="tanh")
     if activation == "relu":
         return F.relu(h)
     if activation == "relu2":
