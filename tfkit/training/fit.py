@@ -347,8 +347,8 @@ class _Trainer:
         lr = lr_at(max(progress.step - 1, 0), self.config.optim, self.horizon)
         while not self._stopped(stop, first_step, lr):
             lr = lr_at(progress.step, self.config.optim, self.horizon)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            for group in self.optimizer.param_groups:  # a group may run at a multiple of the schedule's rate
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             taken = self.step()
             if taken is None:
                 break
