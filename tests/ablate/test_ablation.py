@@ -9,8 +9,8 @@ import pytest
 
 from tfkit.ablate.ablation import AblationSpec, prepare_ablation, run_ablation
 from tfkit.ablate.launch import SlurmOptions
-from tfkit.ablate.results import read_results
 from tfkit.ablate.run import AblationCallback
+from tfkit.ablate.table import read_results
 from tfkit.config import RunConfig
 from tfkit.errors import ConfigError
 

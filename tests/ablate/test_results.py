@@ -9,7 +9,8 @@ import textwrap
 import polars as pl
 import pytest
 
-from tfkit.ablate.results import ResultsFile, format_cell
+from tfkit.ablate.results import ResultsFile
+from tfkit.ablate.table import format_cell
 from tfkit.errors import ConfigError
 
 COLUMNS = ["run_id", "setting_id", "run_num", "seed", "run_status", "depth", "qk_norm", "val_loss", "note"]

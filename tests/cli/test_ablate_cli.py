@@ -261,7 +261,7 @@ def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path
 def test_true_model_scale_of_explicit_shapes_is_their_size_against_the_base(tmp_path):
     import torch
 
-    from tfkit.ablate.results import read_results
+    from tfkit.ablate.table import read_results
     from tfkit.config import ModelConfig
     from tfkit.models.gpt import GPT
 

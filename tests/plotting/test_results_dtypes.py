@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from tfkit.ablate.results import read_results, results_schema
+from tfkit.ablate.table import read_results, results_schema
 from tfkit.cli.app import app
 
 runner = CliRunner()

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from tests.chatdata import one_torch_thread, rule_pairs, save_splits, sft_examples, write_init_run  # noqa: F401
-from tfkit.ablate.results import PARAM_COLUMNS
+from tfkit.ablate.table import PARAM_COLUMNS
 from tfkit.config import RunConfig
 from tfkit.config.finetune import DpoRunConfig, SftRunConfig
 from tfkit.config.icl import IclRunConfig

@@ -304,7 +304,7 @@ def test_an_ablation_killed_mid_run_continues_it_from_its_checkpoint(tmp_path):
     """kill -9 of `tfkit ablate` in a run; `--append` continues that run from its checkpoint: same rows as no kill."""
     import polars as pl
 
-    from tfkit.ablate.results import read_results
+    from tfkit.ablate.table import read_results
 
     grid = [
         "ablate",

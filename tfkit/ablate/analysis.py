@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from tfkit.ablate.kinds import KINDS
-from tfkit.ablate.results import DONE_STATUSES, ID_COLUMNS
+from tfkit.ablate.table import DONE_STATUSES, ID_COLUMNS
 
 
 def final_rows(frame: Any) -> Any:

@@ -19,7 +19,8 @@ from typing import Any
 
 from tfkit.ablate.grid import RunSpec, Setting
 from tfkit.ablate.kinds import KINDS, ExperimentKind, kind_of
-from tfkit.ablate.results import ID_COLUMNS, PARAM_COLUMNS, ResultsFile, ResultsWriteError, RunClaim
+from tfkit.ablate.results import ResultsFile, ResultsWriteError, RunClaim
+from tfkit.ablate.table import ID_COLUMNS, PARAM_COLUMNS
 from tfkit.io import write_atomic
 from tfkit.signals import Terminated
 from tfkit.training.columns import CARRIED_TRAIN_COLUMNS, POSITION_COLUMNS

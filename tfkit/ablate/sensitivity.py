@@ -14,7 +14,7 @@ as the mean and sample std over seeds; 0 means every learning rate in the range 
 the best loss.
 
 `lr_sensitivity(frame)` takes an ablation's results (a polars frame, as
-`tfkit.ablate.results.read_results` reads it, or a path) and returns one
+`tfkit.ablate.table.read_results` reads it, or a path) and returns one
 `Sensitivity` per model; `tfkit ablate` prints them when it sweeps `--lr`, and
 `clip_diverged` is what the `lr_sensitivity` plot template draws.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tfkit.ablate.analysis import final_rows, swept_columns
-from tfkit.ablate.results import DONE_STATUSES, read_results
+from tfkit.ablate.table import DONE_STATUSES, read_results
 from tfkit.errors import DataError
 
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tfkit.ablate.results import ID_COLUMNS
+from tfkit.ablate.table import ID_COLUMNS
 from tfkit.errors import ConfigError, DataError
 from tfkit.training.columns import CARRIED_TRAIN_COLUMNS
 
@@ -54,7 +54,7 @@ def load_runs(inputs: list[str], source: str = "val") -> Any:
 def _csv_frame(path: Path) -> Any:
     import polars as pl
 
-    from tfkit.ablate.results import read_results
+    from tfkit.ablate.table import read_results
 
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
