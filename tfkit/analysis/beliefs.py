@@ -57,17 +57,8 @@ OVER_TRAINING_PICTURE = "belief_probe_over_training"
 def belief_columns(seq_len: int) -> list[str]:
     """The columns of `beliefs.csv`, in file order (positions i = 1..seq_len)."""
     positions = range(1, seq_len + 1)
-    return [
-        "step",
-        "tokens_seen",
-        "probed",
-        "layer",
-        "num_features",
-        "probe_r2",
-        "probe_mse",
-        *(f"probe_r2_{i}" for i in positions),
-        *(f"probe_mse_{i}" for i in positions),
-    ]
+    fixed = ["step", "tokens_seen", "probed", "layer", "num_features", "probe_r2", "probe_mse"]
+    return [*fixed, *(f"probe_r2_{i}" for i in positions), *(f"probe_mse_{i}" for i in positions)]
 
 
 def point_columns(num_states: int) -> list[str]:
@@ -325,37 +316,20 @@ def analyze_beliefs(
     check_options(num_sequences, test_fraction, ridge, batch_size)
     run = open_belief_run(run_dir, checkpoints)
     torch_device = resolve_device(device)
-    process = run.process
     latest = load_run(run.checkpoints[-1], "checkpoint")  # checked before any work
-    model_config = latest.model_config
-    if run.seq_len > model_config.max_seq_len:  # type: ignore[operator]
-        raise DataError(
-            f"{run.run_dir}: the run's --seq-len {run.seq_len} exceeds its model's context ({model_config.max_seq_len})"
-        )
-    if model_config.vocab_size < process.vocab_size:  # type: ignore[operator]
-        raise DataError(
-            f"{run.run_dir}: the model's vocabulary ({model_config.vocab_size}) is smaller than "
-            f"process {process.name}'s ({process.vocab_size})"
-        )
-    values = num_sequences * run.seq_len * (model_config.depth + 2) * model_config.width
-    if values > MAX_FEATURE_VALUES:
-        need = values * 12 / 2**30  # float32 activations and their float64 copy
-        raise ConfigError(
-            f"--num-sequences {num_sequences}: the activations of every layer would take about "
-            f"{need:.1f} GiB; use at most {MAX_FEATURE_VALUES // (values // num_sequences):,}"
-        )
-    data = belief_data(process, num_sequences, run.seq_len, test_fraction, seed)
+    _check_model(run, latest.model_config, num_sequences)
+    data = belief_data(run.process, num_sequences, run.seq_len, test_fraction, seed)
     total = len(run.checkpoints) + 1
 
     def capture(model: Any) -> tuple[list[str], np.ndarray]:
         return capture_residuals(model, data.tokens, batch_size=batch_size, device=torch_device)
 
     # the controls: computed once, reported beside every checkpoint
-    initial = initial_model(model_config, run.seed)
+    initial = initial_model(latest.model_config, run.seed)
     names, stream = capture(initial)
     controls = probe_layers("random_init", names, stream, data, ridge)
     del initial, stream
-    one_hot = token_position_features(data.tokens, process.vocab_size)
+    one_hot = token_position_features(data.tokens, run.process.vocab_size)
     controls += probe_layers("token_position", [ONE_HOT], one_hot, data, ridge)
     if on_model is not None:
         on_model(1, total)
@@ -377,7 +351,38 @@ def analyze_beliefs(
         if on_model is not None:
             on_model(done, total)
 
-    settings = {
+    settings = _settings(run, data, names, test_fraction, ridge, seed, str(torch_device))
+    picture = [p for p in trained] + [p for p in controls if p.layer in (ALL_LAYERS, ONE_HOT)]
+    points = _points(picture, data)
+    return BeliefAnalysis(settings, recorded, rows, points, run.seq_len, run.process.num_states)
+
+
+def _check_model(run: BeliefRun, model_config: Any, num_sequences: int) -> None:
+    """Refuse a model that cannot read the run's sequences, or whose activations would not fit in memory."""
+    if run.seq_len > model_config.max_seq_len:
+        raise DataError(
+            f"{run.run_dir}: the run's --seq-len {run.seq_len} exceeds its model's context ({model_config.max_seq_len})"
+        )
+    if model_config.vocab_size < run.process.vocab_size:
+        raise DataError(
+            f"{run.run_dir}: the model's vocabulary ({model_config.vocab_size}) is smaller than "
+            f"process {run.process.name}'s ({run.process.vocab_size})"
+        )
+    values = num_sequences * run.seq_len * (model_config.depth + 2) * model_config.width
+    if values > MAX_FEATURE_VALUES:
+        need = values * 12 / 2**30  # float32 activations and their float64 copy
+        raise ConfigError(
+            f"--num-sequences {num_sequences}: the activations of every layer would take about "
+            f"{need:.1f} GiB; use at most {MAX_FEATURE_VALUES // (values // num_sequences):,}"
+        )
+
+
+def _settings(
+    run: BeliefRun, data: BeliefData, names: list[str], test_fraction: float, ridge: float, seed: int, device: str
+) -> dict[str, Any]:
+    """What `beliefs.json` records beside its rows."""
+    process, (num_sequences, _) = run.process, data.shape
+    return {
         "run_dir": str(run.run_dir),
         "process": process.name,
         "process_params": process.params,
@@ -391,12 +396,9 @@ def analyze_beliefs(
         "ridge": ridge,
         "seed": seed,
         "run_seed": run.seed,
-        "device": str(torch_device),
+        "device": device,
         "layers": [*names, ALL_LAYERS],
     }
-    picture = [p for p in trained] + [p for p in controls if p.layer in (ALL_LAYERS, ONE_HOT)]
-    points = _points(picture, data)
-    return BeliefAnalysis(settings, recorded, rows, points, run.seq_len, process.num_states)
 
 
 def _points(probes: list[LayerProbe], data: BeliefData) -> list[dict[str, Any]]:

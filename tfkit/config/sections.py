@@ -405,7 +405,7 @@ class LogConfig:
         if self.log_every < 1:
             raise ConfigError(f"--log-every must be at least 1, got {self.log_every}")
         if self.s3_uri is not None:
-            from tfkit.storage.s3 import parse_s3_uri
+            from tfkit.storage.uri import parse_s3_uri
 
             parse_s3_uri(self.s3_uri, "--s3-uri")
         if self.s3_every_checkpoint and self.s3_uri is None:
