@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tfkit.budget import PlannedRunConfig, activation_memory, estimate_budget, find_gpu
+from tfkit.budget import PlannedRunConfig, estimate_budget, find_gpu
 from tfkit.config import RunConfig
+from tfkit.config.memory import activation_memory
 from tfkit.errors import ConfigError, DataError
 from tfkit.models.gpt import GPT
 
@@ -82,6 +83,17 @@ def test_time_at_an_mfu_and_a_time_only_stop():
     assert timed.steps == math.ceil(2.0 / seconds_per_step) and timed.stop == "--max-time-seconds"
     unknown = estimate_budget(planned(**{"train.max_time_seconds": 2.0}))
     assert unknown.tokens is None and unknown.train_flops is None and unknown.time_s is None
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_refusal_counts_the_activations_budget_shows(accelerator, dropout):
+    """`check_memory` refuses by the activation count `tfkit budget` shows for the same run."""
+    model = {"depth": 3, "width": 64, "num_heads": 4, "positions": "rotary", "dropout": dropout, "vocab_size": 50}
+    config = planned(**{f"model.{k}": v for k, v in model.items()})
+    shown = estimate_budget(config, gpu="h100" if accelerator else None)
+    refused_by = config.with_updates({"model.vocab_size": 50}).memory_parts(accelerator=accelerator)
+    assert refused_by["activations"] == shown.memory["activations"]
 
 
 def test_memory_is_the_sum_of_its_parts():

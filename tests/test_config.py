@@ -59,7 +59,7 @@ def test_set_converts_by_field_type():
         ({"width": 65, "num_heads": 2}, "--num-heads (2) must divide --width (65)"),
         ({"max_steps": 0}, "--max-steps must be positive"),
         ({"widht": 3}, "did you mean 'width'"),
-        ({"activation": "tanh"}, "must be one of gelu, relu, relu2, swiglu"),
+        ({"activation": "tanh"}, "must be one of gelu, gelu_tanh, relu, relu2, swiglu"),
         ({"depth": "two"}, "must be an integer"),
         ({"depth": 2.5}, "must be an integer"),
         ({"qk_norm": "maybe"}, "must be true or false"),

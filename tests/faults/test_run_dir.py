@@ -205,7 +205,7 @@ def test_overwrite_restores_the_old_run_when_the_model_fails_to_build(tiny_confi
 
 def test_a_replacement_cut_short_by_kill_9_is_undone_by_the_next_run(tmp_path):
     from tfkit.errors import ConfigError
-    from tfkit.training.session import prepare_run_dir
+    from tfkit.training.rundir import prepare_run_dir
 
     out = tmp_path / "run"
     before = old_run(out)

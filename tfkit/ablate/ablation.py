@@ -164,7 +164,7 @@ class AblationReport:
         """The results file holding this ablation's rows (None without one, or when it was put back)."""
         return None if self.results is None or self.restored else self.results.path
 
-    def final_rows(self) -> list[dict[str, Any]]:
+    def finished_rows(self) -> list[dict[str, Any]]:
         """The last row of every run of the plan that ended with a result (completed or failed).
 
         Read from the results file (runs finished by earlier or other ablations included),
@@ -187,7 +187,7 @@ class AblationReport:
 
     def summaries(self) -> list[SettingSummary]:
         """Mean and std over seeds of each setting's final values, in the plan's order."""
-        return summarize(self.final_rows(), [s.setting_id for s in self.plan.settings])
+        return summarize(self.finished_rows(), [s.setting_id for s in self.plan.settings])
 
     def lr_sensitivity(self) -> list[Sensitivity]:
         """The LR sensitivity of each model of an ablation over --lr; empty when it cannot be measured."""

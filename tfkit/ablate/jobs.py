@@ -187,7 +187,7 @@ class _TimeoutHandler:
         if self.asked:
             return
         self.asked = True
-        from tfkit.training.session import request_stop
+        from tfkit.training.stopping import request_stop
 
         state = request_stop("SIGTERM")  # training: the run stops at the next step boundary
         if state == "finished":

@@ -144,7 +144,7 @@ SlurmSetup = Annotated[
 Review = Annotated[bool, typer.Option("--review-settings", help="Show the settings and ask to proceed.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (with --review-settings).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show the settings and runs, then exit.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")]
+QuietRuns = Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")]
 
 
 @dataclasses.dataclass
@@ -220,7 +220,7 @@ def ablate(
     review: Review = False,
     yes: Yes = False,
     dry_run: DryRun = False,
-    quiet: Quiet = False,
+    quiet: QuietRuns = False,
 ) -> None:
     """Train every combination of several values per option, with seeds repeated per setting."""
     if ctx.invoked_subcommand is not None:  # `tfkit ablate icl ...`: the subcommand does the work
@@ -263,7 +263,7 @@ def ablate_icl(
     review: Review = False,
     yes: Yes = False,
     dry_run: DryRun = False,
-    quiet: Quiet = False,
+    quiet: QuietRuns = False,
 ) -> None:
     """Sweep `tfkit train icl` runs with seeds repeated per setting."""
     run_command("icl", options, AblateOptions.of(locals()))

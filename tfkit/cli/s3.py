@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tfkit.cli._errors import command
+from tfkit.cli._options import Json
 from tfkit.cli._output import console, err_console, is_interactive, print_json
 from tfkit.storage import DEFAULT_TIMEOUT, TIMEOUT_ATTEMPTS
 
@@ -39,7 +40,6 @@ Exclude = Annotated[
 ]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be transferred; transfer nothing.")]
 QuietTransfer = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no file list.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Timeout = Annotated[
     float,
     typer.Option(

@@ -78,7 +78,8 @@ def resume_point(resume: str | None, options: dict[str, Any], config_class: type
     """
     if resume is None:
         return None, None
-    from tfkit.training.fit import Resumed, resolve_resume
+    from tfkit.training.resume import resolve_resume
+    from tfkit.training.task import Resumed
 
     out = options.get("log.out")
     if resume == "auto" and out is None:

@@ -28,6 +28,7 @@ from tfkit.config.fields import (
     MAX_SHOWN,
     MEMORY_CHECK_FROM,
     SEED_MAX,
+    SSM_CHUNK,
     SSM_STATE,
     WARMUP_FRACTION,
     check_fields,
@@ -41,7 +42,14 @@ from tfkit.config.fields import (
     shown,
     shown_text,
 )
-from tfkit.config.memory import MEMORY_ADVICE, check_model_fits, device_memory, host_memory, training_memory
+from tfkit.config.memory import (
+    MEMORY_ADVICE,
+    activation_memory,
+    check_model_fits,
+    device_memory,
+    host_memory,
+    training_memory,
+)
 from tfkit.config.run import RunConfig, SectionedConfig, field_names, section_of
 from tfkit.config.sections import (
     SECTIONS,
@@ -72,6 +80,7 @@ __all__ = [
     "RunConfig",
     "SECTIONS",
     "SEED_MAX",
+    "SSM_CHUNK",
     "SSM_STATE",
     "SectionedConfig",
     "TrainConfig",
@@ -94,4 +103,5 @@ __all__ = [
     "shown",
     "shown_text",
     "training_memory",
+    "activation_memory",
 ]

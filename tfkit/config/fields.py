@@ -40,6 +40,8 @@ MAX_SHAPE = {
 MAX_MODEL_BYTES = 2**36  # 64 GiB
 # States per channel of the `--mixer ssm` layer (tfkit.models.ssm), Mamba's d_state.
 SSM_STATE = 16
+# `--mixer ssm`: steps per chunk of the scan, so the (chunk x chunk) decay matrices per channel stay small
+SSM_CHUNK = 16
 # Runs whose estimated training memory is below this are not checked against the device
 # (so small runs never pay for asking CUDA how much memory it has).
 MEMORY_CHECK_FROM = 2**30

@@ -1,5 +1,8 @@
-"""Memory: what a run needs to train (`training_memory`, a lower bound) and what its device
-has (`host_memory`, `device_memory`), so that a run that cannot fit is refused before it starts.
+"""Memory: what a run needs to train and what its device has, so that a run that cannot fit is refused.
+
+`activation_memory` counts the bytes autograd keeps for one micro-batch, layer by layer;
+`training_memory` adds the model state. `tfkit budget` shows the same count that the
+refusal (`check_memory`, with `host_memory` and `device_memory`) uses.
 """
 
 from __future__ import annotations
@@ -7,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tfkit.config.fields import MEMORY_CHECK_FROM, format_bytes
+from tfkit.config.fields import MEMORY_CHECK_FROM, SSM_CHUNK, SSM_STATE, format_bytes
 from tfkit.config.sections import ModelConfig, mlp_hidden_size
 from tfkit.errors import ConfigError
 
@@ -33,8 +36,8 @@ def training_memory(
 ) -> dict[str, int]:
     """Bytes of the model state and the activations kept for the backward pass of one micro-batch.
 
-    A lower bound, so that no run that fits is refused: what autograd certainly keeps,
-    without allocator slack, workspaces or the optimizer's temporaries.
+    The activations are `activation_memory`'s count, the one `tfkit budget` shows: what
+    autograd keeps without recomputation (torch.compile on CUDA may keep less).
 
     Args:
         sequences, tokens: the micro-batch, `sequences` rows of `tokens` positions.
@@ -44,26 +47,92 @@ def training_memory(
     """
     params, buffers = model.size()
     params += extra_params
-    C, L = model.width, model.depth
-    hidden = mlp_hidden_size(model)
-    mlp_in = 2 * hidden if model.activation == "swiglu" else hidden
-    rows = sequences * tokens
-    # bytes per kept value: bf16 under autocast (the default on CUDA), fp32 otherwise
-    per_value = 2 if precision == "bf16" or (precision == "auto" and accelerator) else 4
-    if accelerator:
-        # torch.compile may recompute the MLP activation: per position and block, the norm
-        # outputs, q, k, v, the attention output and the residual stream (6C) and the MLP's
-        # input; fp32 logits and their gradient
-        activations = rows * L * loops * (6 * C + mlp_in) * per_value + 2 * 4 * rows * (model.vocab_size or 0)
-    else:
-        # eager, as measured on CPU: the same plus the activated MLP values; the logits,
-        # their log-softmax and its gradient
-        activations = rows * L * loops * (6 * C + mlp_in + hidden) * per_value + 3 * 4 * rows * (model.vocab_size or 0)
-        if model.dropout > 0:
-            # sdpa with dropout takes the math path on CPU: scores, weights and dropout mask per head
-            activations += 3 * 4 * sequences * model.num_heads * tokens * tokens * L * loops
+    kept = "bf16" if precision == "bf16" or (precision == "auto" and accelerator) else "fp32"
+    fused = accelerator or model.dropout == 0  # dropout on a CPU: sdpa's math path keeps the scores
+    counted = activation_memory(model, sequences, tokens, kept, fused_attention=fused)
+    activations = model.depth * loops * counted["per_layer"] + counted["output"]
     # weights, gradients and AdamW's two moments in fp32; the rotary tables
     return {"model": 16 * params + 4 * buffers, "activations": activations}
+
+
+# Activations autograd keeps per MLP hidden unit (H) and position, by activation.
+# Sequential block: gelu (either form) keeps its input and output (the second linear's input), relu only
+# its output, relu2 the relu output and its square, swiglu the value and gate (one tensor),
+# silu(gate) and the product.
+MLP_KEPT = {"gelu": 2, "gelu_tanh": 2, "relu": 1, "relu2": 2, "swiglu": 4}
+# Parallel block: the fused input linear's output is kept whole (it holds the MLP's
+# pre-activation); beyond it, relu and relu2 keep the relu output and swiglu silu(gate).
+PARALLEL_MLP_KEPT = {"gelu": 0, "gelu_tanh": 0, "relu": 1, "relu2": 1, "swiglu": 1}
+
+
+def activation_memory(
+    model: ModelConfig, batch_size: int, seq_len: int, precision: str, fused_attention: bool = True
+) -> dict[str, int]:
+    """Bytes of activations one micro-batch keeps for the backward pass: `per_layer`, `output` and `total`.
+
+    The per-layer count follows Korthikanti et al. (2022), "Reducing Activation
+    Recomputation in Large Transformer Models": a GPT block without recomputation keeps
+    s·b·h·(34 + 5·a·s/h) bytes in 16-bit (s context, b batch, h width, a heads), where
+    34 = 4 (two layer-norm inputs) + 11 (attention: its input, q, k, v, output, dropout
+    mask) + 19 (MLP: its input, the 4h GELU input and output, dropout mask) and 5·a·s/h
+    the s×s attention scores. The same count for this model, per position, with e bytes
+    per activation (2 in bf16, 4 in fp32) and H the MLP's hidden size:
+
+    - each norm: its input in fp32 (the residual stream stays fp32 under autocast), 8 bytes
+      of mean and 1/std (LayerNorm) or its normalised output and 4 bytes of 1/rms (RMSNorm);
+    - sequential block: two norms; e·h·(1 + 3 + 1) for the attention's input, the fused
+      q/k/v and sdpa's output, which the output projection reads in place (with rotary or
+      qk-norm, q and k are new tensors, e·2h, and the projection reads a copy, e·h);
+      4·a for sdpa's log-sum-exp; e·(h + k·H) for the MLP with k = `MLP_KEPT` (gelu: 2, as
+      in 19 = 2 + 8 + 8 at H = 4h);
+    - parallel block: one norm; e·(h + 3h + H_in) for the fused linear's input and output;
+      e·h for GELU on the values (unless linear_value); e·2h with rotary or qk-norm; e·h for
+      sdpa's output; e·k'·H (k' = `PARALLEL_MLP_KEPT`); e·(H + h) for the concatenation
+      the output linear reads;
+    - qk-norm: the normalised q and k in fp32 (and their fp32 copies in bf16) and 1/rms
+      per head; dropout > 0: a one-byte mask per residual branch element.
+
+    sdpa's fused kernels keep no s×s scores, so the 5·a·s/h term only comes back where
+    attention takes the math path (`fused_attention=False`: dropout on a CPU), as 3·e·a·s
+    per position (scores, weights, dropout). On a CPU these counts equal the bytes autograd
+    saves, bf16 weight copies aside (budgeted apart). The output layer keeps the final
+    norm, the lm_head's input (e·h) and 12·V bytes: the fp32 logits, their log-softmax and
+    its gradient in the backward pass. Rotary in bf16 adds the cast cos/sin tables per layer.
+
+    With `--mixer ssm` the attention terms give way to the scan's: e·(h + 3h + 2N) for its
+    input and the fused projection (N states), e·h for its output, and 4·h·(2N + c) bytes
+    for the fp32 scan itself, chunks of c = min(16, s) steps: an empirical count, within
+    15% of what autograd saves on a CPU at widths 64 and 128 and contexts 4 to 64.
+    """
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"precision must be bf16 or fp32, got {precision!r}")
+    e = 2 if precision == "bf16" else 4
+    C, a = model.width, model.num_heads
+    H = mlp_hidden_size(model)
+    norm = 4 * C + (8 if model.norm == "layernorm" else 4 * C + 4)
+    new_qk = 2 * C if model.positions == "rotary" or model.qk_norm else 0
+    qk_norm = 2 * (4 * C + (4 * C if e == 2 else 0)) + 2 * 4 * a if model.qk_norm else 0
+    ssm = model.mixer == "ssm"
+    scan = 4 * C * (2 * SSM_STATE + min(SSM_CHUNK, seq_len)) if ssm else 0
+    mixer_in = 3 * C + 2 * SSM_STATE if ssm else 3 * C
+    if model.block == "parallel":
+        mlp_in = 2 * H if model.activation == "swiglu" else H
+        value = 0 if model.linear_value else C
+        kept = e * (C + mixer_in + mlp_in + value + new_qk + C + PARALLEL_MLP_KEPT[model.activation] * H + H + C)
+        per_position = norm + kept + (scan if ssm else 4 * a) + qk_norm + (C if model.dropout > 0 else 0)
+    else:
+        output = 2 * C if new_qk else C
+        attention = e * (C + mixer_in + new_qk + output) + (scan if ssm else 4 * a) + qk_norm
+        mlp = e * (C + MLP_KEPT[model.activation] * H)
+        per_position = 2 * norm + attention + mlp + (2 * C if model.dropout > 0 else 0)
+    if not fused_attention and not ssm:
+        per_position += 3 * e * a * seq_len
+    positions = batch_size * seq_len
+    per_layer = positions * per_position
+    if model.positions == "rotary" and e == 2:
+        per_layer += 4 * seq_len * (C // a // 2) * e  # the cos and sin tables cast to bf16, for q and for k
+    output = positions * (norm + e * C + 12 * (model.vocab_size or 0))
+    return {"per_layer": per_layer, "output": output, "total": model.depth * per_layer + output}
 
 
 def check_model_fits(model: ModelConfig) -> None:

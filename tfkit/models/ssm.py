@@ -34,12 +34,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tfkit.config import SSM_STATE, ModelConfig
+from tfkit.config import SSM_CHUNK, SSM_STATE, ModelConfig
 
 if TYPE_CHECKING:
     from tfkit.models.cache import StateCache
 
-SSM_CHUNK = 16  # steps per chunk of the scan: the (chunk x chunk) decay matrices per channel stay small
 # log-decay at a position 0: exp(-1e4) is 0 in float32, and the value stays finite so no inf - inf appears
 RESET_LOG_DECAY = -1e4
 DT_MIN, DT_MAX = 1e-3, 1e-1  # initial step sizes, log-uniform (Mamba's init)

@@ -33,7 +33,7 @@ from typing import Any
 from tfkit.config import shown
 from tfkit.errors import ConfigError
 
-KINDS = ("curves", "final", "heatmap", "positions", "simplex")
+TEMPLATE_KINDS = ("curves", "final", "heatmap", "positions", "simplex")
 #: the file of a run directory each `source` reads (the belief files are `tfkit analyze beliefs`'s)
 SOURCES = {
     "val": "val_log.csv",
@@ -81,8 +81,10 @@ class Template:
                     raise ConfigError(f"template {self.name}: {f.name} must be true or false, got {shown(value)}")
             elif not isinstance(value, str):
                 raise ConfigError(f"template {self.name}: {f.name} must be text, got {shown(value)}")
-        if self.kind not in KINDS:
-            raise ConfigError(f"template {self.name}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind not in TEMPLATE_KINDS:
+            raise ConfigError(
+                f"template {self.name}: kind must be one of {', '.join(TEMPLATE_KINDS)}, got {self.kind!r}"
+            )
         if self.band not in BANDS:
             raise ConfigError(f"template {self.name}: band must be one of {', '.join(BANDS)}, got {self.band!r}")
         if self.agg not in AGGS:

@@ -24,7 +24,7 @@ import numpy as np
 from tfkit.data.kinds import text_columns
 from tfkit.tokenizer.batches import encode_batch, text_bytes, text_tokenizer
 from tfkit.tokenizer.output import SplitStats
-from tfkit.tokenizer.train import ASSISTANT, END, EOT, USER, Progress, special_token_id
+from tfkit.tokenizer.train import ASSISTANT, END, EOT, USER, CorpusProgress, special_token_id
 
 _CHAT_CACHE: dict[str, tuple[Any, dict[str, int]]] = {}
 
@@ -107,7 +107,7 @@ def tokenize_chat(
     out: Path,
     num_proc: int,
     batch_size: int,
-    progress: Progress,
+    progress: CorpusProgress,
 ) -> dict[str, SplitStats]:
     import datasets
 

@@ -50,7 +50,7 @@ from tfkit.tokenizer.output import (
     write_manifest,
 )
 from tfkit.tokenizer.pretrain import tokenize_pretrain_split
-from tfkit.tokenizer.train import EOT, Progress, load_tokenizer, special_token_id, tokenizer_sha256
+from tfkit.tokenizer.train import EOT, CorpusProgress, load_tokenizer, special_token_id, tokenizer_sha256
 
 MODE_KINDS = {"pretrain": "text", "sft": "instruction", "dpo": "preference"}
 
@@ -89,7 +89,7 @@ def tokenize_dataset(
     num_proc: int = 1,
     batch_size: int = 1000,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: CorpusProgress | None = None,
 ) -> TokenizeResult:
     """Tokenize every split of a dataset saved by `tfkit data download`.
 
@@ -99,7 +99,7 @@ def tokenize_dataset(
         batch_size: documents per `encode_batch` call.
     """
     _check_arguments(mode, num_proc, batch_size)
-    progress = progress or Progress()
+    progress = progress or CorpusProgress()
     tokenizer_path = Path(tokenizer_path).resolve()
     tokenizer = load_tokenizer(tokenizer_path)
     raw = load_raw(dataset_dir)

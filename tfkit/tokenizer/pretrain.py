@@ -16,7 +16,7 @@ import numpy as np
 from tfkit.data.shards import ShardWriter, save_offsets, shard_paths, write_sidecar
 from tfkit.tokenizer.batches import encode_range, text_bytes, text_tokenizer
 from tfkit.tokenizer.output import SplitStats
-from tfkit.tokenizer.train import Progress
+from tfkit.tokenizer.train import CorpusProgress
 from tfkit.tokenizer.workers import run_workers
 
 
@@ -28,7 +28,7 @@ def tokenize_pretrain_split(
     meta: dict[str, Any],
     num_proc: int,
     batch_size: int,
-    progress: Progress,
+    progress: CorpusProgress,
 ) -> SplitStats:
     """Write one split's shard, document offsets and sidecar into `out`; returns what it holds."""
     dataset = raw.splits[split]
@@ -94,7 +94,9 @@ def _jobs(
     ]
 
 
-def _encode_in_workers(jobs: list[dict[str, Any]], writer: ShardWriter, parts: Path, progress: Progress) -> np.ndarray:
+def _encode_in_workers(
+    jobs: list[dict[str, Any]], writer: ShardWriter, parts: Path, progress: CorpusProgress
+) -> np.ndarray:
     """Run the jobs in worker processes, then append their part shards in order; returns the document lengths."""
     parts.mkdir(exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // len(jobs))

@@ -36,8 +36,8 @@ NUM_BYTES = 256
 MAX_VOCAB_SIZE = 1 << 24
 
 
-class Progress:
-    """Progress hooks for reading a corpus; both are optional."""
+class CorpusProgress:
+    """CorpusProgress hooks for reading a corpus; both are optional."""
 
     def start(self, split: str, documents: int, nbytes: int) -> None: ...
 
@@ -118,7 +118,7 @@ def train_tokenizer(
     split: str = "train",
     batch_size: int = 1000,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: CorpusProgress | None = None,
 ) -> TokenizerTrainResult:
     """Train a byte-level BPE on one split of a dataset saved by `tfkit data download`.
 
@@ -149,7 +149,7 @@ def train_tokenizer(
     dataset = raw.split(split)
     if len(dataset) == 0:
         raise DataError(f"the {split!r} split of {dataset_dir} is empty")
-    progress = progress or Progress()
+    progress = progress or CorpusProgress()
     progress.start(split, len(dataset), 0)
     counts = {"docs": 0, "bytes": 0}
     columns = text_columns(raw.kind)

@@ -20,7 +20,7 @@ import tfkit
 from tfkit.data.shards import ShardWriter
 from tfkit.errors import DataError, TfkitError
 from tfkit.tokenizer.batches import encode_range, text_column, text_tokenizer
-from tfkit.tokenizer.train import Progress
+from tfkit.tokenizer.train import CorpusProgress
 
 
 def pretrain_worker(job: dict[str, Any]) -> None:
@@ -54,7 +54,7 @@ def pretrain_worker(job: dict[str, Any]) -> None:
     emit("done")
 
 
-def run_workers(jobs: list[dict[str, Any]], progress: Progress, threads: int) -> None:
+def run_workers(jobs: list[dict[str, Any]], progress: CorpusProgress, threads: int) -> None:
     """Run pretrain workers as separate processes, relaying their progress; raise if any fails."""
     import queue
     import subprocess

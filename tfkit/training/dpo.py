@@ -31,10 +31,10 @@ from tfkit.models.gpt import GPT
 from tfkit.training.columns import DPO_METRICS, dpo_columns
 from tfkit.training.device import autocast
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
-from tfkit.training.fit import Resumed
 from tfkit.training.load import LoadedRun, load_run
 from tfkit.training.objectives import LENGTH_AVERAGED, dpo_loss, sequence_logps
 from tfkit.training.session import RunResult, TrainCallback
+from tfkit.training.task import Resumed
 
 METRICS = DPO_METRICS  # declared in tfkit.training.columns
 

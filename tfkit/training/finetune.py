@@ -28,9 +28,10 @@ import torch
 from tfkit.data.loaders import BatchCursor
 from tfkit.models.gpt import GPT
 from tfkit.training.device import autocast, resolve_device
-from tfkit.training.fit import Resumed, Task, fit
+from tfkit.training.fit import fit
 from tfkit.training.load import LoadedRun
 from tfkit.training.session import RunResult, TrainCallback
+from tfkit.training.task import Resumed, Task
 
 
 class Objective(ABC):

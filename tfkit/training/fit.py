@@ -2,44 +2,36 @@
 
 It reads top to bottom as one step does: learning rate -> micro-batches (forward,
 backward) -> clip, non-finite and spike checks -> optimizer step -> log -> evaluate ->
-checkpoint -> stop. What differs between the kinds of training is a `Task`: its model,
-batches (with a resumable position), loss and metrics, evaluation and state. The run
-directory's lifecycle (lock, config record, trackers, summary, S3 push, Ctrl-C and
-SIGTERM) is `tfkit.training.session.RunSession`.
+checkpoint -> stop. What differs between the kinds of training is a `Task`
+(`tfkit.training.task`): its model, batches (with a resumable position), loss and
+metrics, evaluation and state. The run directory's lifecycle (lock, config record,
+trackers, summary, S3 push, Ctrl-C and SIGTERM) is `tfkit.training.session.RunSession`.
 
 Per-step quantities stay on the device (loss sums, non-finite and spike flags) and are
 read back at logging points only, so the host does not wait on the GPU between steps;
 the exceptions are the spike actions that must decide before the update (`checkpoint`,
 `rollback`, `stop`), which read one flag per step.
 
-Checkpoints hold everything the next step depends on (model, optimizer, counters, the
-spike window, the task's data position, every RNG), so `resume` continues a run exactly:
-on CPU the resumed run logs the same numbers, bit for bit, as one never interrupted.
+Checkpoints (`tfkit.training.run_state`) hold everything the next step depends on (model,
+optimizer, counters, the spike window, the task's data position, every RNG), so a resume
+(`tfkit.training.resume`) continues a run exactly: on CPU the resumed run logs the same
+numbers, bit for bit, as one never interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 
-import tfkit
 from tfkit.config import default_warmup
-from tfkit.errors import ConfigError, DataError
+from tfkit.errors import ConfigError
 from tfkit.training.checkpoint import (
-    check_pointer,
     checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    load_newest_checkpoint,
     prune_checkpoints,
     remove_partial_saves,
     rng_state,
@@ -48,159 +40,22 @@ from tfkit.training.checkpoint import (
     spike_checkpoint_path,
 )
 from tfkit.training.columns import in_declared_order
+from tfkit.training.counters import Progress, StepCounters
 from tfkit.training.device import compile_enabled, prepare_device
-from tfkit.training.distributed import SINGLE, Dist, from_env, full_state, load_full_state
+from tfkit.training.distributed import from_env, full_state
 from tfkit.training.monitor import Monitor
 from tfkit.training.optim import build_optimizer
+from tfkit.training.resume import check_resumable, check_run_dir, resolve_resume
+from tfkit.training.run_state import BeforeStep, RunState, checkpoint_state, restore_state, roll_back
 from tfkit.training.schedule import lr_at
-from tfkit.training.session import FollowerSession, Progress, RunResult, RunSession, StepCounters, TrainCallback
+from tfkit.training.session import FollowerSession, RunResult, RunSession, TrainCallback
 from tfkit.training.spikes import SpikeDetector, SpikeLog, StepLossLog
 from tfkit.training.stopping import limit_reached, time_is_the_only_stop, time_is_up
+from tfkit.training.task import Resumed, Task
 from tfkit.training.throughput import Throughput, peak_flops
 
-# config fields that may change when a run resumes: where and how it is logged, run and
-# stopped by time; everything else changes what is trained and must match the checkpoint
-RESUMABLE_CHANGES = frozenset(
-    {
-        "out",
-        "log_every",
-        "wandb_project",
-        "wandb_entity",
-        "wandb_group",
-        "s3_uri",
-        "s3_every_checkpoint",
-        "tensorboard",
-        "device",
-        "compile",
-        "max_time_seconds",
-        "eval_every",
-        "max_epochs_between_evals",
-        "checkpoint_every",
-        "keep_last",
-        "spike_max_rollbacks",
-        "spike_max_consecutive_skips",
-        "peak_flops",
-        "max_bad_steps",
-        "log_step_losses",
-    }
-)
-# spike actions that train the same steps (they differ in what is saved): a resume may swap one for the other
-SAME_TRAINING_SPIKE_ACTIONS = frozenset({"log", "checkpoint"})
 # spike actions that must know before the update whether the step is a spike (one device read per step)
 DECIDE_BEFORE_UPDATE = ("checkpoint", "rollback", "stop")
-
-
-class Task(ABC):
-    """One kind of training: its model, batches, loss, evaluation and state; `fit` runs the rest.
-
-    `fit` calls `build` once the run directory is ready and every RNG is seeded, then,
-    per optimizer step, `begin_step`, and per micro-batch `next_batch`, `loss` and
-    `batch_tokens`. The task keeps its position in the data itself and hands it over
-    as `state_dict` for checkpoints.
-    """
-
-    #: names of the metric vector `loss` returns, logged after train_loss (averaged between rows)
-    metric_names: tuple[str, ...] = ()
-    #: what `batch_tokens` counts, the count column of its rows: tokens_seen or points_seen
-    count_column: str = "tokens_seen"
-    #: what train_config.json records about the data (`data_source` first)
-    meta: dict[str, Any]
-    #: `probe` runs the model's attention layers (the monitor records their logits)
-    probed: bool = False
-    #: the processes this task trains on (`tfkit.training.distributed`); one unless the task shards its data
-    dist: Dist = SINGLE
-    #: the model's parameters are sharded over the processes (FSDP): forwards and checkpoints are collective
-    sharded: bool = False
-    #: `probe` returns logits over a vocabulary (their statistics are logged too)
-    output_logits: bool = True
-
-    @abstractmethod
-    def build(self, device: torch.device, compiled: bool) -> torch.nn.Module:
-        """The model to train, on `device` (compiled for the steps when `compiled`)."""
-
-    @abstractmethod
-    def horizon(self) -> int | None:
-        """The step horizon of the schedule implied by the stop criteria (None: time only)."""
-
-    def begin_step(self, step: int) -> None:  # noqa: B027  (optional hook)
-        """Called before the micro-batches of optimizer step `step` (0-based)."""
-
-    @abstractmethod
-    def next_batch(self) -> Any:
-        """The next micro-batch, advancing the task's position in the data."""
-
-    @abstractmethod
-    def loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(mean loss with a graph, detached metric vector or None) of one micro-batch."""
-
-    @abstractmethod
-    def batch_tokens(self, batch: Any) -> int:
-        """The tokens (or in-context examples) a micro-batch trains on: what the count column counts."""
-
-    @abstractmethod
-    def shape(self) -> tuple[int, int]:
-        """(rows per optimizer step, sequence length), for the train row."""
-
-    @abstractmethod
-    def evaluate(self) -> dict[str, Any]:
-        """The validation metrics (`val_loss` first), logged as one val_log.csv row."""
-
-    @abstractmethod
-    def columns(self) -> tuple[list[str], list[str]]:
-        """The columns of `train_log.csv` and `val_log.csv`, as `tfkit.training.columns` declares them."""
-
-    def accumulating(self) -> contextlib.AbstractContextManager:
-        """Around the backward of a micro-batch that is not its step's last (DDP: no gradient sync)."""
-        return contextlib.nullcontext()
-
-    def probe(self, batch: Any) -> torch.Tensor | None:
-        """Forward `batch` through the uncompiled model (the monitor's forward, in eval mode, without gradients).
-
-        Returns the output logits (B, T, V) when `output_logits`, else None.
-        """
-        raise NotImplementedError
-
-    def epoch(self) -> float | None:
-        """Epochs of the training data done (None: the data has no epochs)."""
-        return None
-
-    def train_fields(self) -> dict[str, Any]:
-        """Extra train-row columns after the counters, read at logging points."""
-        return {}
-
-    def stage_fields(self) -> dict[str, Any]:
-        """Columns describing the current stage (a curriculum), in every row and the summary."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The task's position in its data (cursor, generator), for checkpoints."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027  (optional hook)
-        """Continue from a `state_dict`."""
-
-    def checkpoint_extra(self) -> dict[str, Any]:
-        """Entries every checkpoint carries for later readers (the tokenizer record)."""
-        return {}
-
-
-@dataclass
-class Resumed:
-    """A checkpoint `--resume` named, resolved and loaded once (`resolve_resume`); `fit` continues from it."""
-
-    checkpoint: Path
-    state: dict[str, Any]
-    skipped: list[str]  # one line for each checkpoint passed over (corrupt, unreadable), recorded with the resume
-
-
-@dataclass
-class _Run:
-    """What `fit` keeps across steps, all of it in every checkpoint."""
-
-    progress: Progress
-    counters: StepCounters
-    detector: SpikeDetector
-    rollbacks: int = 0
 
 
 def fit(
@@ -280,7 +135,7 @@ def _setup(
     compiled = compile_enabled(t, device)
     model = task.build(device, compiled)
     optimizer = build_optimizer(model, config.optim, device)
-    run = _Run(
+    run = RunState(
         progress=Progress(epoch=task.epoch()),
         counters=StepCounters(device, len(task.metric_names)),
         detector=SpikeDetector(t.spike_window, t.spike_sigma, t.spike_min_history, device),
@@ -300,7 +155,7 @@ def _setup(
         logs=(spikes, step_losses),  # cut back with the trackers' logs
     )
     if state is not None:
-        _restore(state, model, optimizer, run, task)
+        restore_state(state, model, optimizer, run, task)
         task.begin_step(max(run.progress.step - 1, 0))  # the stage of the latest step, for the rows
         set_rng_state(state["rng_ranks"][dist.rank] if dist.active else state["rng"])  # last: nothing above draws
     # sharded, the probe's forward is collective: every rank runs it, rank 0 logs it
@@ -326,7 +181,7 @@ class _Trainer:
         session: RunSession,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        run: _Run,
+        run: RunState,
         monitor: Monitor,
         throughput: Throughput,
         spikes: SpikeLog,
@@ -374,7 +229,7 @@ class _Trainer:
         t, progress, counters, optimizer = self.t, self.run.progress, self.run.counters, self.optimizer
         self.task.begin_step(progress.step)
         # a spike checkpoint replays this step: it keeps the data position and RNGs of before its batches
-        before = _BeforeStep.now(progress, self.task) if t.spike_action == "checkpoint" else None
+        before = BeforeStep.now(progress, self.task) if t.spike_action == "checkpoint" else None
         step_loss, step_metrics, batch = self._forward_backward()
         measured = self.monitor.enabled and (
             (progress.step + 1) % self.config.log.log_every == 0 or progress.step + 1 in (t.max_steps, self.horizon)
@@ -446,7 +301,7 @@ class _Trainer:
         if t.spike_action == "stop":
             self.session.fail(f"loss spike at step {progress.step + 1} (--spike-action stop)")
             return False
-        why = _rollback(self.session.run_dir, self.model, self.optimizer, self.run, self.task, t.spike_max_rollbacks)
+        why = roll_back(self.session.run_dir, self.model, self.optimizer, self.run, self.task, t.spike_max_rollbacks)
         if why is not None:
             self.session.fail(why)
             return False
@@ -493,7 +348,7 @@ class _Trainer:
         )
         return progress.step % t.eval_every == 0 or due_by_epochs
 
-    def save(self, path: Path | None = None, before: _BeforeStep | None = None) -> None:
+    def save(self, path: Path | None = None, before: BeforeStep | None = None) -> None:
         """A checkpoint of now, or with `before` of the step being taken: its data and RNGs as they were."""
         started = time.perf_counter()
         progress, dist, session = self.run.progress, self.dist, self.session
@@ -504,7 +359,7 @@ class _Trainer:
         # each rank's generators (dropout masks differ between GPUs)
         rngs = dist.gather(before.rng if before is not None else rng_state())
         if dist.main:  # rank 0 writes; the others wait, so a rollback finds the file
-            state = _checkpoint_state(weights, self.run, self.task, self.config, session.elapsed(), dist.world, before)
+            state = checkpoint_state(weights, self.run, self.task, self.config, session.elapsed(), dist.world, before)
             if dist.active:
                 state["rng_ranks"] = rngs
             save_checkpoint(path or checkpoint_path(session.run_dir, progress.tokens_seen), state)
@@ -556,80 +411,6 @@ class _Trainer:
         progress.last_val = {k: v for k, v in metrics.items() if not k[-1].isdigit()}
 
 
-def resolve_resume(resume: str | Path, run_dir: Path | None) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
-    """The checkpoint `--resume` names, its contents, and one line for each checkpoint passed over.
-
-    `auto` takes the newest checkpoint in the run directory `run_dir` that verifies against
-    its digest and loads (none there: (None, None, [])); a run directory the same way in
-    it; a file just that file. A checkpoint that fails is skipped for an older one only in
-    a run directory; a file named, or a run directory where none loads, is refused. The run
-    directory the resumed run writes into (`run_dir`; None: not known yet) is checked first:
-    a `checkpoints` that is a file is not replaced by a fresh start, and a `latest` pointer
-    must be replaceable.
-    """
-    if run_dir is not None:
-        check_run_dir(run_dir)
-    if str(resume) == "auto":
-        if run_dir is None:
-            raise ConfigError("--resume auto looks for checkpoints in --out: give --out")
-        return load_newest_checkpoint(run_dir) if run_dir.is_dir() else (None, None, [])
-    path = Path(resume)
-    if path.is_dir():
-        found, state, skipped = load_newest_checkpoint(path)
-        if found is None:
-            raise DataError(f"--resume {path}: the run directory holds no complete checkpoint")
-        return found, state, skipped
-    if not path.is_file():
-        raise DataError(f"--resume {path}: no such checkpoint or run directory")
-    return path, load_checkpoint(path), []
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """Refuse a run directory a resumed run cannot write into.
-
-    A `checkpoints` that is a file is not replaced by a fresh start, and a `latest` pointer
-    must be replaceable.
-    """
-    checkpoints = run_dir / "checkpoints"
-    if checkpoints.exists() and not checkpoints.is_dir():
-        raise ConfigError(
-            f"{run_dir} already holds a run (checkpoints, a file where its checkpoints folder should be); "
-            "choose another --out or pass --overwrite without --resume"
-        )
-    check_pointer(run_dir)
-
-
-def check_resumable(state: Any, config: Any, checkpoint: Path, world: int = 1) -> None:
-    """Refuse a checkpoint that cannot continue this run: not a training checkpoint, or other settings.
-
-    Settings that change what is trained (model, data, optimizer, schedule, stop by steps,
-    tokens or epochs, seed) must match the checkpoint's; `RESUMABLE_CHANGES` may differ.
-    So must the number of processes (`world`): each one's share of the data depends on it.
-    """
-    if not isinstance(state, dict) or not {"progress", "optimizer", "config", "rng"} <= set(state):
-        raise DataError(f"--resume {checkpoint} is not a tfkit training checkpoint (no optimizer or progress)")
-    trained_on = state.get("world_size", 1)
-    if trained_on != world:
-        raise ConfigError(
-            f"--resume {checkpoint}: the run was trained on {trained_on} process(es), this is {world}; "
-            f"resume it with torchrun --nproc-per-node {trained_on} (in all, over the nodes)"
-        )
-    try:
-        saved = type(config).from_dict(state["config"], source=str(checkpoint)).to_flat_dict()
-    except ConfigError as e:
-        raise DataError(f"--resume {checkpoint}: its config is not one of this command ({e})") from None
-    current = config.to_flat_dict()
-    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
-    if {saved.get("spike_action"), current.get("spike_action")} <= SAME_TRAINING_SPIKE_ACTIONS:
-        changed = [k for k in changed if k != "spike_action"]  # log <-> checkpoint: the same steps, other saves
-    if changed:
-        shown = ", ".join(f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in changed[:5])
-        raise ConfigError(
-            f"--resume {checkpoint}: the run was trained with other settings ({shown}); "
-            "resume with the checkpoint's settings or start a new run"
-        )
-
-
 def _spike_limit(t: Any) -> int | None:
     """The skipped spikes in a row that fail the run (`--spike-action skip` only)."""
     return t.spike_max_consecutive_skips if t.spike_action == "skip" else None
@@ -638,120 +419,6 @@ def _spike_limit(t: Any) -> int | None:
 def _flops_per_token(model: torch.nn.Module, task: Task) -> float | None:
     flops = getattr(model, "flops_per_token", None)
     return flops(task.shape()[1]) if flops is not None else None
-
-
-@dataclass
-class _BeforeStep:
-    """What the batches of a step change, as it was before them: a checkpoint taken mid-step replays the step.
-
-    The generators are kept as they are (a copy costs microseconds, every step) and put in a
-    checkpoint's form (`rng`) only for a save.
-    """
-
-    tokens_seen: int
-    task: dict[str, Any]
-    generators: tuple[Any, ...]
-
-    @classmethod
-    def now(cls, progress: Progress, task: Task) -> _BeforeStep:
-        return cls(progress.tokens_seen, task.state_dict(), _generators())
-
-    @property
-    def rng(self) -> dict[str, Any]:
-        """The generators as `rng_state` records them."""
-        current = _generators()
-        _set_generators(self.generators)
-        try:
-            return rng_state()
-        finally:
-            _set_generators(current)
-
-
-def _generators() -> tuple[Any, ...]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
-
-
-def _set_generators(generators: tuple[Any, ...]) -> None:
-    python, numpy, cpu, cuda = generators
-    random.setstate(python)
-    np.random.set_state(numpy)
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _checkpoint_state(
-    weights: tuple[dict, dict],
-    run: _Run,
-    task: Task,
-    config: Any,
-    elapsed: float,
-    world: int = 1,
-    before: _BeforeStep | None = None,
-) -> dict[str, Any]:
-    """Everything a checkpoint holds; `weights` the model's and optimizer's state (`full_state`).
-
-    With `before`, the data position, token count and RNGs are those of before the current step's batches.
-    """
-    progress = run.progress
-    state = progress.state_dict()
-    if before is not None:
-        state["tokens_seen"] = before.tokens_seen
-    return {
-        "model": weights[0],
-        "optimizer": weights[1],
-        "step": progress.step,
-        "tokens_seen": state["tokens_seen"],
-        "epoch": progress.epoch,
-        "progress": state,
-        "counters": run.counters.state_dict(),
-        "spikes": run.detector.state_dict(),
-        "rollbacks": run.rollbacks,
-        "task": before.task if before is not None else task.state_dict(),
-        "elapsed": elapsed,
-        "config": config.to_dict(),
-        "rng": before.rng if before is not None else rng_state(),
-        "tfkit_version": tfkit.__version__,
-        "world_size": world,
-        **task.checkpoint_extra(),
-    }
-
-
-def _restore(
-    state: dict[str, Any],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    run: _Run,
-    task: Task,
-    *,
-    data: bool = True,
-) -> None:
-    """Put a checkpoint's model, optimizer, counters and (with `data`) the task's data position back."""
-    load_full_state(model, optimizer, state["model"], state["optimizer"], task.sharded)
-    run.progress.load_state_dict(state["progress"])
-    run.counters.load_state_dict(state["counters"])
-    run.detector.load_state_dict(state["spikes"])
-    run.rollbacks = state.get("rollbacks", 0)
-    if data:
-        task.load_state_dict(state["task"])
-        run.progress.epoch = task.epoch()
-
-
-def _rollback(
-    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: _Run, task: Task, limit: int
-) -> str | None:
-    """Reload the latest checkpoint but keep the data position (the spike's data is skipped); why not, if not."""
-    step = run.progress.step + 1
-    if run.rollbacks >= limit:
-        return f"loss spike at step {step} after {limit} rollbacks (--set train.spike_max_rollbacks=N)"
-    latest = latest_checkpoint(run_dir)
-    if latest is None:
-        return f"loss spike at step {step} and no checkpoint to roll back to (set --checkpoint-every)"
-    rollbacks, epoch = run.rollbacks + 1, task.epoch()
-    _restore(load_checkpoint(latest), model, optimizer, run, task, data=False)
-    run.rollbacks, run.progress.epoch = rollbacks, epoch
-    return None
 
 
 def _logged_columns(run_dir: Path) -> list[str] | None:

@@ -45,8 +45,9 @@ from tfkit.data.icl import (
 from tfkit.models.looped import VectorTransformer
 from tfkit.training.columns import icl_columns
 from tfkit.training.device import autocast, resolve_device
-from tfkit.training.fit import Resumed, Task, fit
+from tfkit.training.fit import fit
 from tfkit.training.session import RunResult, TrainCallback
+from tfkit.training.task import Resumed, Task
 
 
 def build_model(config: IclRunConfig) -> VectorTransformer:

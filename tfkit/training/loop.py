@@ -32,9 +32,10 @@ from tfkit.training import distributed
 from tfkit.training.columns import pretrain_columns
 from tfkit.training.device import autocast, resolve_device
 from tfkit.training.distributed import SINGLE, Dist
-from tfkit.training.fit import Resumed, Task, fit
+from tfkit.training.fit import fit
 from tfkit.training.objectives import z_loss
 from tfkit.training.session import RunResult, TrainCallback
+from tfkit.training.task import Resumed, Task
 
 __all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "train"]
 

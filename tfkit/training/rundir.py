@@ -9,6 +9,7 @@
   A process killed in between is repaired by the next `prepare_run_dir`.
 - `reserve` / `write_summary`: some disk held back at the start, given up to write
   `summary.json` when the disk fills, so a run that dies of a full disk still says so.
+- `run_meta`: versions, device and commit, the `meta` every `train_config.json` starts with.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import contextlib
 import errno
 import fcntl
 import os
+import platform
 import shutil
+import subprocess
 import tempfile
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import tfkit
 from tfkit.errors import ConfigError
 from tfkit.io import write_atomic, write_json_atomic
 
@@ -140,7 +144,7 @@ def replacing(run_dir: Path, names: list[str]) -> Iterator[None]:
         if old_record is not None:
             write_atomic(record, lambda tmp: tmp.write_bytes(old_record))
         if aside is not None:
-            _restore(run_dir, aside)
+            _put_back(run_dir, aside)
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
@@ -152,12 +156,12 @@ def _set_aside(run_dir: Path, names: list[str]) -> Path:
         for name in names:
             os.replace(run_dir / name, aside / name)
     except BaseException:
-        _restore(run_dir, aside)
+        _put_back(run_dir, aside)
         raise
     return aside
 
 
-def _restore(run_dir: Path, aside: Path) -> None:
+def _put_back(run_dir: Path, aside: Path) -> None:
     """Put the files of `aside` back in place of whatever is there now, and remove `aside`."""
     for entry in aside.iterdir():
         _remove(run_dir / entry.name)
@@ -184,7 +188,7 @@ def _recover(run_dir: Path) -> None:
         if (run_dir / "train_config.json").exists():
             shutil.rmtree(aside, ignore_errors=True)
         else:
-            _restore(run_dir, aside)
+            _put_back(run_dir, aside)
 
 
 def reserve(run_dir: Path) -> None:
@@ -219,3 +223,26 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
             raise
         reserved.unlink()
         write_json_atomic(path, summary)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_meta(device: Any, compiled: bool) -> dict[str, Any]:
+    """Versions, device (a `torch.device`) and commit: the `meta` every train_config.json starts with."""
+    import torch
+
+    return {
+        "tfkit_version": tfkit.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "compiled": compiled,
+        "git_commit": _git_commit(),
+    }

@@ -1,4 +1,4 @@
-"""The run directory's lifecycle and the step counters, shared by every trainer through `fit`.
+"""The run directory's lifecycle, shared by every trainer through `fit`.
 
 `tfkit train pretrain`, `icl`, `sft` and `dpo` are each a `Task` that
 `tfkit.training.fit.fit` trains; around the steps, `fit` uses what is here:
@@ -6,45 +6,37 @@
 - `RunSession`: the run directory from `train_config.json` to `summary.json` — its
   lock (one writer per directory), the replacement of an old run (`--overwrite`), the
   `meta` record, the trackers (CSV, wandb, TensorBoard), the callback, S3 pushes, Ctrl-C
-  and SIGTERM at a step boundary (`guard`, `request_stop`), the summary written also when
-  the run fails or is interrupted (a full disk included), and the `RunResult`.
+  and SIGTERM at a step boundary (`guard`), the summary written also when the run fails
+  or is interrupted (a full disk included), and the `RunResult`.
   `FollowerSession` is its silent twin on the other ranks of a multi-process run.
-- `Progress`: how far the run has got, and when it last logged, evaluated and saved.
-- `StepCounters`: the non-finite step check and the device-side counters of the optimizer
-  steps (loss sums, skipped steps), read back only at logging points, so the host never
-  waits on the GPU between steps.
+- `TrainCallback`: the hooks a progress display implements.
 
-The device (`tfkit.training.device`) and the stop criteria (`tfkit.training.stopping`)
-have their own modules.
+How far the run has got and its step counters are `tfkit.training.counters`; the device
+`tfkit.training.device`; the stop criteria and stop requests (signals, `request_stop`)
+`tfkit.training.stopping`; the run directory's lock and files `tfkit.training.rundir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
-import platform
-import signal
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import tfkit
 from tfkit.config import SectionedConfig
 from tfkit.io import write_json_atomic
 from tfkit.signals import Terminated
 from tfkit.storage.uploader import RunPusher
 from tfkit.tracking import CsvTracker, Tracker, TrackerGroup
 from tfkit.tracking.csv import set_aside_note
+from tfkit.training.counters import Progress
 from tfkit.training.rundir import (  # noqa: F401  (RUN_FILES: importable from here)
     RUN_FILES,
     RunDirLock,
@@ -52,8 +44,10 @@ from tfkit.training.rundir import (  # noqa: F401  (RUN_FILES: importable from h
     release_reserve,
     replacing,
     reserve,
+    run_meta,
     write_summary,
 )
+from tfkit.training.stopping import StopFlag, stop_on_signals
 
 
 class TrainCallback:
@@ -81,66 +75,6 @@ class RunResult:
     stopped_by: str | None = None  # SIGINT (Ctrl-C) or SIGTERM, for an interrupted run
 
 
-@dataclass
-class _Flag:
-    requested: bool = False
-    signal: str | None = None  # the name of the signal that asked to stop: SIGINT or SIGTERM
-
-
-@dataclass
-class Progress:
-    """How far a run has got, in steps, tokens and epochs, and when it last logged, evaluated and saved."""
-
-    step: int = 0
-    tokens_seen: int = 0
-    epoch: float | None = None  # None: the data has no epochs (fresh prompts every step), no `epoch` column
-    last_eval_step: int = -1
-    last_eval_epoch: float = 0.0
-    last_checkpoint_step: int = -1
-    last_log_step: int = 0
-    eval_time: float = 0.0
-    skipped_steps: int = 0  # read back at the end (the device counters hold the live count)
-    last_val: dict[str, Any] = field(default_factory=dict)
-
-    def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
-
-    def position(self, count: str = "tokens_seen") -> dict[str, Any]:
-        """The leading columns of every train / val row and of the summary: step, the count column[, epoch].
-
-        `count` names what `tokens_seen` counts (tfkit.training.columns): tokens, or in-context examples.
-        """
-        row: dict[str, Any] = {"step": self.step, count: self.tokens_seen}
-        if self.epoch is not None:
-            row["epoch"] = self.epoch
-        return row
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def run_meta(device: torch.device, compiled: bool) -> dict[str, Any]:
-    """Versions, device and commit: the `meta` every train_config.json starts with."""
-    return {
-        "tfkit_version": tfkit.__version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "compiled": compiled,
-        "git_commit": _git_commit(),
-    }
-
-
 def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) -> TrackerGroup:
     """CSV logs in the run directory, wandb when the config names a project, TensorBoard with `--tensorboard`."""
     trackers: list[Tracker] = [CsvTracker(run_dir)]
@@ -166,162 +100,6 @@ def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) 
 
 
 _STOPPED_BY = {"SIGINT": "interrupted by Ctrl-C", "SIGTERM": "interrupted by SIGTERM"}
-
-
-_ACTIVE_FLAGS: list[_Flag] = []  # the stop flag of the run training in this process, if any
-_TRAINED: list[bool] = []  # a run has trained in this process (appended once)
-
-
-def request_stop(signal_name: str = "SIGTERM") -> str:
-    """Ask the run training in this process to stop at the next step boundary, as a first SIGTERM does.
-
-    For a stop that is not a signal to the trainer (a job's timeout signal): asking twice, or
-    after a SIGTERM, does not escalate to stopping mid-step. Returns `training` (asked),
-    `finished` (a run trained here and ended: nothing to stop) or `not started`.
-    """
-    if not _ACTIVE_FLAGS:
-        return "finished" if _TRAINED else "not started"
-    flag = _ACTIVE_FLAGS[-1]
-    if not flag.requested:
-        flag.requested, flag.signal = True, signal_name
-    return "training"
-
-
-@contextlib.contextmanager
-def _interrupt_flag(flag: _Flag) -> Iterator[None]:
-    """The first Ctrl-C or SIGTERM asks the loop to stop at the next step boundary; a second one raises.
-
-    A second SIGTERM raises `Terminated`, a second Ctrl-C `KeyboardInterrupt`. Signals
-    reach only the main thread, so elsewhere (a thread of a notebook) nothing is installed.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag.requested:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-        flag.requested = True
-        flag.signal = signal.Signals(signum).name
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    _ACTIVE_FLAGS.append(flag)
-    _TRAINED[:] = [True]
-    try:
-        yield
-    finally:
-        _ACTIVE_FLAGS.remove(flag)
-        for sig, old in previous.items():
-            if old is not None:  # None: a handler not installed from Python, which cannot be put back
-                signal.signal(sig, old)
-
-
-class StepCounters:
-    """The device-side counters of the optimizer steps, read back only at logging points.
-
-    `non_finite` flags a step to skip and `count` counts a step taken or skipped, all on the
-    device: no host-device sync per step. `train_row` (a sync) runs only when a row is written.
-    """
-
-    def __init__(self, device: torch.device, n_metrics: int = 0) -> None:
-        # loss and metric sums and the good-step count cover the steps since the last train row
-        self.loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-        self.metric_sum = torch.zeros(n_metrics, dtype=torch.float32, device=device)
-        self.good_steps = torch.zeros((), dtype=torch.long, device=device)
-        self.consecutive_bad = torch.zeros((), dtype=torch.long, device=device)
-        self.worst_run = torch.zeros((), dtype=torch.long, device=device)  # longest run of bad steps so far
-        self.bad_total = torch.zeros((), dtype=torch.long, device=device)  # skipped steps over the whole run
-        # spikes whose update was dropped (--spike-action skip): over the run, in a row now, the longest row
-        self.spikes_skipped = torch.zeros((), dtype=torch.long, device=device)
-        self.consecutive_spikes = torch.zeros((), dtype=torch.long, device=device)
-        self.worst_spike_run = torch.zeros((), dtype=torch.long, device=device)
-        self.norm_last = torch.zeros((), dtype=torch.float32, device=device)
-
-    @staticmethod
-    def non_finite(step_loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-        return ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
-
-    def count(
-        self,
-        step_loss: torch.Tensor,
-        step_metrics: torch.Tensor | None,
-        grad_norm: torch.Tensor,
-        skip: torch.Tensor,
-    ) -> None:
-        """Count an optimizer step, taken or skipped (`skip`, a device bool).
-
-        Every skipped step counts in `skipped_steps`; a non-finite one also in the run of bad
-        steps, a spike (skipped by --spike-action skip) in the run of skipped spikes. Neither
-        enters the train-loss mean.
-        """
-        bad = self.non_finite(step_loss, grad_norm).long()
-        self.bad_total += bad
-        self.consecutive_bad.mul_(bad).add_(bad)
-        torch.maximum(self.worst_run, self.consecutive_bad, out=self.worst_run)
-        spike = (skip & ~bad.bool()).long()
-        self.spikes_skipped += spike
-        self.consecutive_spikes.mul_(spike).add_(spike)
-        torch.maximum(self.worst_spike_run, self.consecutive_spikes, out=self.worst_spike_run)
-        good = ~skip
-        self.loss_sum += torch.where(good, step_loss, torch.zeros_like(step_loss))
-        if step_metrics is not None:
-            self.metric_sum += torch.where(good, step_metrics, torch.zeros_like(step_metrics))
-        self.good_steps += good.long()
-        self.norm_last = grad_norm.detach().float()
-
-    def train_row(
-        self, progress: Progress, elapsed: float, lr: float, task: Any, extra: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The train row of the steps since the last one (a device read); the sums start again."""
-        # the first device read: it waits for the queued steps, so time_s below counts them
-        n_good = int(self.good_steps.item())
-        names = task.metric_names
-        means = (self.metric_sum / max(n_good, 1)).tolist() if names else []
-        global_batch_size, seq_len = task.shape()
-        row: dict[str, Any] = {
-            **progress.position(task.count_column),
-            "time_s": elapsed,
-            "current_lr": lr,
-            "global_batch_size": global_batch_size,
-            "seq_len": seq_len,
-            "train_loss": float(self.loss_sum.item()) / n_good if n_good else math.nan,
-            **{name: (value if n_good else math.nan) for name, value in zip(names, means, strict=False)},
-            "grad_norm": float(self.norm_last.item()),
-            "skipped_steps": self.skipped(),
-            **extra,
-            **task.stage_fields(),
-            **task.train_fields(),
-        }
-        self.loss_sum.zero_()
-        self.metric_sum.zero_()
-        self.good_steps.zero_()
-        return row
-
-    def skipped(self) -> int:
-        """The steps whose update was dropped: non-finite ones and skipped spikes."""
-        return int((self.bad_total + self.spikes_skipped).item())
-
-    def failure(self, max_bad_steps: int, max_spike_skips: int | None = None) -> str | None:
-        """Why the run must stop: `max_bad_steps` non-finite steps in a row, or `max_spike_skips` skipped spikes."""
-        worst = int(self.worst_run.item())
-        if worst >= max_bad_steps:
-            return f"{worst} non-finite steps in a row (loss or gradient norm); lower --lr or raise --warmup-steps"
-        spikes = int(self.worst_spike_run.item())
-        if max_spike_skips is not None and spikes >= max_spike_skips:
-            return (
-                f"{spikes} loss spikes in a row skipped (--spike-action skip; train.spike_max_consecutive_skips="
-                f"{max_spike_skips}): the model no longer trains; lower --lr or raise the limit"
-            )
-        return None
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: value.detach().cpu().clone() for name, value in vars(self).items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, value in state.items():
-            getattr(self, name).copy_(value)
 
 
 class RunSession:
@@ -525,7 +303,7 @@ class RunSession:
         self.status, self.message = "interrupted", _STOPPED_BY[self.stopped_by]
 
     @contextlib.contextmanager
-    def guard(self, progress: Progress, task: Any) -> Iterator[_Flag]:
+    def guard(self, progress: Progress, task: Any) -> Iterator[StopFlag]:
         """Around the training loop: Ctrl-C and SIGTERM set the yielded flag (the loop stops at a step boundary).
 
         Any exception (a second Ctrl-C or SIGTERM, a full disk) still writes a failed /
@@ -534,9 +312,9 @@ class RunSession:
         exception carries a note saying so.
         """
         self.progress, self.task = progress, task
-        flag = _Flag()
+        flag = StopFlag()
         try:
-            with _interrupt_flag(flag):
+            with stop_on_signals(flag):
                 yield flag
         except BaseException as exc:
             self.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -651,9 +429,9 @@ class FollowerSession(RunSession):
         pass
 
     @contextlib.contextmanager
-    def guard(self, progress: Progress, task: Any) -> Iterator[_Flag]:
-        flag = _Flag()
-        with _interrupt_flag(flag):
+    def guard(self, progress: Progress, task: Any) -> Iterator[StopFlag]:
+        flag = StopFlag()
+        with stop_on_signals(flag):
             yield flag
 
     def finish(self, progress: Progress, task: Any) -> RunResult:

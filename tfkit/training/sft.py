@@ -26,9 +26,9 @@ from tfkit.models.gpt import GPT
 from tfkit.training.columns import SFT_METRICS, sft_columns
 from tfkit.training.device import autocast
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
-from tfkit.training.fit import Resumed
 from tfkit.training.objectives import masked_lm_loss, z_loss
 from tfkit.training.session import RunResult, TrainCallback
+from tfkit.training.task import Resumed
 
 
 def packed_mask(doc: torch.Tensor) -> torch.Tensor:
