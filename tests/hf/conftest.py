@@ -70,3 +70,59 @@ def saved_model(folder: Path, vocab_size: int = 64, tokenizer: dict | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, state)
     return path
+
+
+# what OpenAI's `gpt2` config.json holds beside its shape (n_embd 768, n_layer 12, n_head 12, vocab 50257)
+GPT2_CHECKPOINT = {
+    "activation_function": "gelu_new",
+    "attn_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "resid_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02,
+    "n_ctx": 1024,
+    "n_positions": 1024,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+}
+
+
+def word_tokenizer(path: Path, words: int) -> Path:
+    """A word-level tokenizer.json: "w0" .. "w{words-1}" are ids 0 .. words-1, then <|endoftext|> (last, as GPT-2's)."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    from tfkit.tokenizer.train import EOT
+
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(words)}, unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens([AddedToken(EOT, special=True)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def transformers_model(folder: Path, kind: str, words: int = 16, seed: int = 0, **config):
+    """A tiny random transformers GPT-2 (OpenAI's config but its shape) or Llama, every weight moved off its init,
+    saved with `save_pretrained` beside a word-level tokenizer.json of `words` words and <|endoftext|>."""
+    import transformers
+
+    vocab = words + 1  # odd, as GPT-2's 50257
+    if kind == "gpt2":
+        settings = {**GPT2_CHECKPOINT, "n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": vocab}
+        settings |= {"bos_token_id": words, "eos_token_id": words, **config}
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**settings))
+    else:
+        settings = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        settings |= {"num_key_value_heads": 2, "max_position_embeddings": 64, "vocab_size": vocab, **config}
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**settings))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    word_tokenizer(folder / "tokenizer.json", words)
+    return model.eval()

@@ -62,7 +62,7 @@ LLAMA = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu"}
         (LLAMA, {"hidden_act": "gelu"}, "hidden_act"),
         (LLAMA, {"mlp_bias": True}, "mlp_bias"),
         (LLAMA, {"model_type": "mistral"}, "model_type"),
-        ({}, {"activation_function": "gelu_new"}, "activation_function"),
+        ({}, {"activation_function": "gelu_10"}, "activation_function"),
         ({}, {"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon"),
         ({}, {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
     ],

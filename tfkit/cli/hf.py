@@ -44,19 +44,27 @@ def export_hf(
 
 @command(import_app, "hf")
 def import_hf(
-    model_dir: Annotated[str, typer.Argument(help="Local transformers folder of a GPT-2, Llama or Qwen3 model.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A transformers folder of a GPT-2, Llama or Qwen3 model, or a Hugging Face Hub id "
+            "(name or user/name: downloaded to the Hub cache; a path that exists wins).",
+            metavar="MODEL",
+        ),
+    ],
     out: Annotated[str, typer.Option("--out", help="Run directory to write.")],
     overwrite: Overwrite = False,
     json_output: Json = False,
 ) -> None:
-    """Write a transformers model as a tfkit run that `tfkit generate --run` and `--init` take."""
+    """Write a transformers model as a tfkit run that `generate --run`, `--init` and `export hf` take."""
     from tfkit.hf.import_ import import_hf as run_import
 
-    result = run_import(model_dir, out, overwrite=overwrite)
+    result = run_import(model, out, overwrite=overwrite)
     if json_output:
         print_json(
             {
                 "run_dir": str(result.run_dir),
+                "source": result.source,
                 "architecture": result.architecture,
                 "checkpoint": str(result.checkpoint),
                 "num_params": result.num_params,
@@ -67,6 +75,7 @@ def import_hf(
     m = result.model
     shape = f"--depth {m['depth']} --width {m['width']} --num-heads {m['num_heads']}, vocab {m['vocab_size']:,}"
     rows = [
+        ("source", result.source),
         ("architecture", result.architecture),
         ("shape", shape),
         ("options", f"--positions {m['positions']} --norm {m['norm']} --activation {m['activation']}"),

@@ -6,6 +6,12 @@ Llama, Qwen3) or refuses the option that has none. Nothing here imports transfor
 the folder is config.json and safetensors written directly, and loads with
 `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`. The folder
 is written beside OUT_DIR and renamed into place, so it is complete or absent.
+
+A chat tokenizer (`tfkit.hf.tokenizer`) gets a chat template, and generation stops at
+`<|end|>` as well as `<|endoftext|>` (generation_config.json), as `tfkit generate` stops.
+A run on a built-in process records it in config.json (`tfkit_data`: the process, its
+parameters and seq_len; transformers keeps it as a config attribute), so `import hf`
+gives back a run that `analyze beliefs` takes.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from tfkit.data.processes import PROCESSES
 from tfkit.errors import ConfigError, DataError
 from tfkit.hf.card import model_card
 from tfkit.hf.mapping import architecture, to_hf
-from tfkit.hf.tokenizer import process_tokenizer_json, write_tokenizer
+from tfkit.hf.tokenizer import has_chat_tokens, process_tokenizer_json, write_tokenizer
 from tfkit.io import write_dir_atomic
-from tfkit.tokenizer.train import EOT
+from tfkit.tokenizer.train import END, EOT
 from tfkit.training.checkpoint import load_checkpoint
 from tfkit.training.load import LoadedRun, load_run, open_tokenizer
 
@@ -54,6 +60,12 @@ def export_hf(run: str | Path, out_dir: str | Path, *, overwrite: bool = False) 
     tokenizer_json, tokenizer_note = _tokenizer_json(loaded)
     eos = _token_id(tokenizer_json, EOT)
     hf_config.update(bos_token_id=eos, eos_token_id=eos)
+    process = _process_of(loaded)
+    if process is not None:
+        hf_config["tfkit_data"] = process
+    generation = {"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {}
+    if has_chat_tokens(tokenizer_json):  # a reply ends at <|end|>
+        generation["eos_token_id"] = [eos, _token_id(tokenizer_json, END)]
     record, summary = _read_json(loaded.run_dir, "train_config.json"), _read_json(loaded.run_dir, "summary.json")
     card = model_card(
         arch, config, run=record, summary=summary, source=str(loaded.checkpoint), tokenizer=tokenizer_note
@@ -64,7 +76,6 @@ def export_hf(run: str | Path, out_dir: str | Path, *, overwrite: bool = False) 
 
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        generation = {"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {}
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         write_tokenizer(tmp, tokenizer_json, config.max_seq_len)  # type: ignore[arg-type]
         (tmp / "README.md").write_text(card)
@@ -85,7 +96,7 @@ def _tokenizer_json(loaded: LoadedRun) -> tuple[str, str]:
     if loaded.tokenizer_path is not None:
         open_tokenizer(loaded)  # there, unchanged since training, and within the model's vocabulary
         return Path(loaded.tokenizer_path).read_text(), f"the run's `{loaded.tokenizer_path}`"
-    data = _data_of(loaded)
+    data = _data_section(loaded).get("data")
     if isinstance(data, str) and data in PROCESSES:
         vocab = loaded.model_config.vocab_size
         note = f"word level, the symbols of the built-in process {data} written 0 .. {vocab - 1}, space-separated"  # type: ignore[operator]
@@ -96,12 +107,21 @@ def _tokenizer_json(loaded: LoadedRun) -> tuple[str, str]:
     )
 
 
-def _data_of(loaded: LoadedRun) -> Any:
-    """The run's --data: from its train_config.json, else from the checkpoint's config."""
+def _process_of(loaded: LoadedRun) -> dict[str, Any] | None:
+    """The built-in process the run was trained on, with its parameters and seq_len, or None."""
+    data = _data_section(loaded)
+    if not isinstance(data.get("data"), str) or data["data"] not in PROCESSES:
+        return None
+    return {k: data[k] for k in ("data", "process_params", "seq_len") if k in data}
+
+
+def _data_section(loaded: LoadedRun) -> dict[str, Any]:
+    """The run's data section: from its train_config.json, else from the checkpoint's config."""
     record = _read_json(loaded.run_dir, "train_config.json")
-    if record is not None:
-        return record.get("data", {}).get("data")
-    return load_checkpoint(loaded.checkpoint)["config"].get("data", {}).get("data")
+    if record is None:
+        record = load_checkpoint(loaded.checkpoint)["config"]
+    data = record.get("data")
+    return data if isinstance(data, dict) else {}
 
 
 def _read_json(folder: Path | None, name: str) -> dict[str, Any] | None:

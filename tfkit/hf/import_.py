@@ -1,24 +1,33 @@
-"""`import_hf`: a local transformers folder (GPT-2, Llama or Qwen3) as a tfkit run directory.
+"""`import_hf`: a transformers model (GPT-2, Llama or Qwen3) as a tfkit run directory.
 
-The run directory holds what `tfkit generate --run` and `--init` read, and only that:
+MODEL is a local folder or, when no such path exists and it looks like one (`name` or
+`user/name`), a Hugging Face Hub id: `huggingface_hub.snapshot_download` fetches only
+config.json, the safetensors weights and tokenizer.json into its cache (and finds them
+there, with HF_HUB_OFFLINE=1 too). The run directory holds what `tfkit generate --run`,
+`--init`, `export hf` and `analyze beliefs` read, and only that:
 
 - `checkpoints/0.pt` with its sha256 and the `latest` pointer, written by tfkit's own
   `save_checkpoint`: the weights, `config.model`, and the tokenizer record;
-- `tokenizer.json`, a copy of the folder's, which the checkpoint names by absolute path
-  and digest (as token shards name theirs);
-- `train_config.json`: the model section and a `meta` saying where it came from.
+- `tokenizer.json`, a copy of the model's, which the checkpoint names relative to the run
+  directory (`tokenizer.json`) with its digest, so the run can be moved or copied whole;
+- `train_config.json`: the model section, a data section, and a `meta` saying where it
+  came from. The data is the built-in process a tfkit export was trained on (its
+  config.json's `tfkit_data`), so `analyze beliefs` takes it back; otherwise it names the
+  source, which `analyze beliefs` refuses as no process.
 
-A config option a tfkit GPT cannot express is refused with one line naming it: GPT-2's
-tanh GELU (`gelu_new`), grouped-query attention, rope scaling, a norm epsilon other than
-tfkit's, sliding windows, biases on attention but not the MLP. Dropout is not carried
-(the imported model has --dropout 0). A GPT-2 whose biases are all zero (what
-`tfkit export hf` writes for a model without them) is imported without biases.
+A config option a tfkit GPT cannot express is refused with one line naming it:
+grouped-query attention, rope scaling, a norm epsilon other than tfkit's, an activation
+other than tfkit's (GPT-2's tanh GELUs are tfkit's gelu_tanh), sliding windows, biases
+on attention but not the MLP. Dropout is not carried (the imported model has --dropout
+0). A GPT-2 whose biases are all zero (what `tfkit export hf` writes for a model without
+them) is imported without biases.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +36,19 @@ import torch
 
 import tfkit
 from tfkit.config import ModelConfig, RunConfig, mlp_hidden_size
+from tfkit.data.processes import PROCESSES
 from tfkit.errors import ConfigError, DataError
-from tfkit.hf.mapping import GPT2_ACTIVATIONS, LAYERNORM_EPS, RMS_EPS, from_hf_tensors
+from tfkit.hf.mapping import GPT2_IMPORTS, LAYERNORM_EPS, RMS_EPS, from_hf_tensors
 from tfkit.io import write_dir_atomic
 from tfkit.models.gpt import GPT
 from tfkit.tokenizer.train import load_tokenizer, tokenizer_sha256
 from tfkit.training.checkpoint import checkpoint_path, save_checkpoint
 
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+TOKENIZER = "tokenizer.json"  # its name in the run directory, and the record's path relative to it
+# what import reads from a Hub repository: no other weights formats, no pytorch_model.bin
+HUB_FILES = ["config.json", "model*.safetensors", "model.safetensors.index.json", TOKENIZER]
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 @dataclass
@@ -46,44 +60,46 @@ class ImportResult:
     checkpoint: Path
     num_params: int
     model: dict[str, Any]
+    source: str
 
 
-def import_hf(model_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> ImportResult:
-    """Write the transformers model in `model_dir` as a tfkit run directory `out`."""
-    model_dir, out = Path(model_dir), Path(out)
+def import_hf(model: str | Path, out: str | Path, *, overwrite: bool = False) -> ImportResult:
+    """Write the transformers model `model` (a local folder or a Hub id) as a tfkit run directory `out`."""
+    out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"--out {out} exists and is not an empty folder; pass --overwrite to replace it")
+    model_dir, source, revision = resolve_model(model)
     hf = read_hf_config(model_dir)
     tensors = read_tensors(model_dir)
     config = model_config_of(hf, tensors)
     try:
         state = from_hf_tensors(config, tensors)
     except KeyError as e:
-        raise DataError(f"MODEL_DIR {model_dir}: its weights have no tensor {e.args[0]}") from None
+        raise DataError(f"MODEL {source}: its weights have no tensor {e.args[0]}") from None
     except ValueError as e:
-        raise DataError(f"MODEL_DIR {model_dir}: {e}") from None
+        raise DataError(f"MODEL {source}: {e}") from None
     with torch.device("meta"):  # every name and shape, checked without allocating a model
         GPT(config).load_state_dict(state, assign=True)
-    tokenizer_src = model_dir / "tokenizer.json"
+    tokenizer_src = model_dir / TOKENIZER
     if not tokenizer_src.is_file():
-        raise DataError(f"MODEL_DIR {model_dir} has no tokenizer.json (a fast tokenizer): a tfkit run needs one")
+        raise DataError(f"MODEL {source} has no tokenizer.json (a fast tokenizer): a tfkit run needs one")
     ids = load_tokenizer(tokenizer_src).get_vocab_size(with_added_tokens=True)
     if ids > config.vocab_size:  # type: ignore[operator]
-        raise DataError(
-            f"MODEL_DIR {model_dir}: its tokenizer has {ids:,} ids, more than vocab_size {config.vocab_size:,}"
-        )
+        raise DataError(f"MODEL {source}: its tokenizer has {ids:,} ids, more than vocab_size {config.vocab_size:,}")
     model_dict = RunConfig.from_dict({"model": vars(config)}, source=str(model_dir)).to_dict()["model"]
-    tokenizer_path = out.resolve() / "tokenizer.json"  # where it will be once the folder is renamed into place
-    record = {"tokenizer_path": str(tokenizer_path), "tokenizer_sha256": tokenizer_sha256(tokenizer_src)}
+    # relative: `load_run` reads it against the run directory, wherever that is moved
+    record = {"tokenizer_path": TOKENIZER, "tokenizer_sha256": tokenizer_sha256(tokenizer_src)}
     arch = ARCHITECTURES[hf["model_type"]]
-    meta = {"tfkit_version": tfkit.__version__, "imported_from": str(model_dir.resolve()), "hf_architecture": arch}
+    meta = {"tfkit_version": tfkit.__version__, "imported_from": source, "hf_architecture": arch}
+    if revision is not None:
+        meta["hf_revision"] = revision
     num_params = _num_params(state)
+    data = _data_section(hf, source, config.max_seq_len)  # type: ignore[arg-type]
 
     def write(tmp: Path) -> None:
-        (tmp / "tokenizer.json").write_bytes(tokenizer_src.read_bytes())
-        (tmp / "train_config.json").write_text(
-            json.dumps({"model": model_dict, "meta": {**meta, **record, "num_params": num_params}}, indent=2) + "\n"
-        )
+        (tmp / TOKENIZER).write_bytes(tokenizer_src.read_bytes())
+        run = {"model": model_dict, "data": data, "meta": {**meta, **record, "num_params": num_params}}
+        (tmp / "train_config.json").write_text(json.dumps(run, indent=2) + "\n")
         checkpoint = {
             "model": state,
             "config": {"model": model_dict},
@@ -97,7 +113,61 @@ def import_hf(model_dir: str | Path, out: str | Path, *, overwrite: bool = False
         save_checkpoint(checkpoint_path(tmp, 0), checkpoint)
 
     write_dir_atomic(out, write, replace=overwrite)
-    return ImportResult(out, arch, checkpoint_path(out, 0), num_params, model_dict)
+    return ImportResult(out, arch, checkpoint_path(out, 0), num_params, model_dict, source)
+
+
+def _data_section(hf: dict[str, Any], source: str, max_seq_len: int) -> dict[str, Any]:
+    """The run's data: the built-in process a tfkit export recorded, else the source the model came from."""
+    recorded = hf.get("tfkit_data")
+    if isinstance(recorded, dict) and isinstance(recorded.get("data"), str) and recorded["data"] in PROCESSES:
+        data = {k: recorded[k] for k in ("data", "process_params", "seq_len") if k in recorded}
+    else:
+        data = {"data": source}
+    data["seq_len"] = min(int(data.get("seq_len", 64)), max_seq_len)
+    try:
+        return RunConfig.from_dict({"data": data}, source="config.json tfkit_data").to_dict()["data"]
+    except ConfigError:
+        return RunConfig.from_dict({"data": {"data": source, "seq_len": data["seq_len"]}}).to_dict()["data"]
+
+
+def resolve_model(model: str | Path) -> tuple[Path, str, str | None]:
+    """(local folder, the source in words, the Hub revision) of MODEL: a path that exists, else a Hub id."""
+    path = Path(model)
+    text = str(model)
+    if path.exists() or not HUB_ID.fullmatch(text):
+        return path, str(path.resolve()), None
+    folder = download_from_hub(text)
+    return folder, text, folder.name
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """The snapshot folder of Hub model `repo_id` with the files import reads (from the cache where it is there)."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency of tfkit
+        raise ConfigError(f"MODEL {repo_id} is no local folder and huggingface_hub is not installed") from None
+    where = f"MODEL {repo_id}: no such local folder, and as a Hugging Face Hub id"
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except GatedRepoError:
+        raise DataError(f"{where} it is gated: accept its terms on the Hub and log in (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise DataError(f"{where} there is no such model (or it is private: log in with `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise DataError(f"{where} it has no main revision") from None
+    except LocalEntryNotFoundError:
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise DataError(f"{where} it is not in the cache ({constants.HF_HUB_CACHE}) and {why}") from None
+    except (OSError, ValueError) as e:  # HTTP errors are OSErrors; a malformed id is a ValueError
+        raise DataError(f"{where} it could not be fetched: {' '.join(str(e).split())[:200]}") from None
 
 
 def _num_params(state: dict[str, torch.Tensor]) -> int:
@@ -108,10 +178,12 @@ def _num_params(state: dict[str, torch.Tensor]) -> int:
 def read_hf_config(model_dir: Path) -> dict[str, Any]:
     """The folder's config.json, with a model_type tfkit imports."""
     path = model_dir / "config.json"
+    if not model_dir.exists():
+        raise DataError(f"MODEL {model_dir}: no such folder")
     if not model_dir.is_dir():
-        raise DataError(f"MODEL_DIR {model_dir} is not a folder")
+        raise DataError(f"MODEL {model_dir} is not a folder")
     if not path.is_file():
-        raise DataError(f"MODEL_DIR {model_dir} has no config.json: not a transformers model folder")
+        raise DataError(f"MODEL {model_dir} has no config.json: not a transformers model folder")
     try:
         hf = json.loads(path.read_text())
     except ValueError as e:
@@ -137,7 +209,7 @@ def read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
             raise DataError(f"{index} is not a safetensors index (no weight_map)") from None
         files = [model_dir / name for name in sorted(set(weight_map.values()))]
     else:
-        raise DataError(f"MODEL_DIR {model_dir} has no model.safetensors (tfkit imports safetensors weights only)")
+        raise DataError(f"MODEL {model_dir} has no model.safetensors (tfkit imports safetensors weights only)")
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         try:
@@ -212,11 +284,9 @@ def model_config_of(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Mod
 
 def _gpt2_config(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelConfig:
     act = hf.get("activation_function", "gelu_new")
-    if act not in GPT2_ACTIVATIONS.values():
+    if act not in GPT2_IMPORTS:
         raise _refuse(
-            "activation_function",
-            act,
-            "tfkit's GPT-2 MLP takes gelu (exact erf GELU), relu or relu2, not the tanh approximation",
+            "activation_function", act, f"tfkit's GPT-2 MLP computes one of {', '.join(GPT2_IMPORTS)} exactly"
         )
     if not math.isclose(hf.get("layer_norm_epsilon", LAYERNORM_EPS), LAYERNORM_EPS, rel_tol=0, abs_tol=1e-12):
         raise _refuse("layer_norm_epsilon", hf.get("layer_norm_epsilon"), f"tfkit's LayerNorm has eps {LAYERNORM_EPS}")
@@ -227,6 +297,7 @@ def _gpt2_config(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelC
             )
     if hf.get("add_cross_attention"):
         raise _refuse("add_cross_attention", True, "tfkit's GPT has no cross-attention")
+    # reorder_and_upcast_attn scales before the matmul and computes in fp32: the same in fp32, kept either way
     width = hf.get("n_embd", 768)
     hidden = hf.get("n_inner") or 4 * width
     # biases all zero (what `tfkit export hf` writes for a model without them): imported without biases
@@ -237,8 +308,8 @@ def _gpt2_config(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelC
         depth=hf.get("n_layer", 12),
         width=width,
         num_heads=hf.get("n_head", 12),
-        mlp_ratio=_mlp_ratio(hidden, width, act),
-        activation=act,
+        mlp_ratio=_mlp_ratio(hidden, width, GPT2_IMPORTS[act]),
+        activation=GPT2_IMPORTS[act],
         norm="layernorm",
         positions="learned",
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),

@@ -3,10 +3,10 @@
 Three architectures hold a tfkit GPT exactly, with no custom code:
 
 - `GPT2LMHeadModel`: the classic block, sequential, learned positions, LayerNorm (eps
-  1e-5 in both), activation gelu (exact erf GELU, transformers' "gelu", not GPT-2's
-  tanh "gelu_new"), relu or relu2. GPT-2's Conv1D stores weights as (in, out), the
-  transpose of nn.Linear's (out, in). GPT-2 always has biases: a model without them gets
-  zero biases, which add nothing.
+  1e-5 in both), activation gelu (exact erf GELU, transformers' "gelu"), gelu_tanh (the
+  tanh approximation of OpenAI's GPT-2 weights, transformers' "gelu_new"), relu or relu2.
+  GPT-2's Conv1D stores weights as (in, out), the transpose of nn.Linear's (out, in).
+  GPT-2 always has biases: a model without them gets zero biases, which add nothing.
 - `LlamaForCausalLM`: the modern block, sequential, rotary, RMSNorm (eps 1e-6),
   SwiGLU. tfkit's rotary pairs dimension i with i + hs/2 (the half split), which is
   transformers' `rotate_half`, with the same frequencies: q and k need no permutation.
@@ -29,7 +29,20 @@ from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT, RMS_EPS
 
 LAYERNORM_EPS = 1e-5  # torch's nn.LayerNorm default, which tfkit's make_norm keeps
-GPT2_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "relu2": "relu2"}  # tfkit -> transformers' ACT2FN name
+# tfkit -> transformers' ACT2FN name; gelu_tanh as "gelu_new", the name GPT-2's own config uses
+GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "relu2": "relu2"}
+# transformers' ACT2FN name -> tfkit, for import: the names whose function is tfkit's. The tanh GELU
+# 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) is computed by F.gelu(approximate="tanh")
+# (gelu_pytorch_tanh) and written out in torch ops by gelu_new, gelu_python_tanh, gelu_accurate and
+# gelu_fast (which factors out x and writes sqrt(2/pi) as 0.7978845608, the same float32); they
+# differ by rounding alone (below 1e-6). quick_gelu (x sigmoid(1.702 x)) and gelu_10 (clipped) are
+# other functions and are refused.
+GPT2_IMPORTS = {
+    "gelu": "gelu",
+    "relu": "relu",
+    "relu2": "relu2",
+    **dict.fromkeys(("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_accurate", "gelu_fast"), "gelu_tanh"),
+}
 
 
 def architecture(config: ModelConfig) -> str:

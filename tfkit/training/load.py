@@ -6,6 +6,8 @@ config and weights with what is known of the tokenizer. The tokenizer is looked 
 order, in the checkpoint, in the run's `train_config.json` (`meta.tokenizer_path`), and
 in the training data folder the config names (its `tfkit_tokenized.json`, or a shard
 sidecar), so a pretraining run on token shards finds the tokenizer it was trained with.
+A relative path in the checkpoint or `train_config.json` is relative to the run directory
+(an imported run keeps its tokenizer there), so the run can be moved.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def load_run(path: str | Path, option: str = "--init") -> LoadedRun:
     if tok_path is None and run_dir is not None and (run_dir / "train_config.json").is_file():
         meta = json.loads((run_dir / "train_config.json").read_text()).get("meta", {})
         tok_path, tok_sha = meta.get("tokenizer_path"), meta.get("tokenizer_sha256")
+    if tok_path is not None and not Path(tok_path).is_absolute():  # named relative to its run directory
+        tok_path = str((checkpoint.parent.parent / tok_path).absolute())
     if tok_path is None:
         tok_path, tok_sha = _tokenizer_of_data(config.get("data", {}).get("data"))
     loaded = LoadedRun(model_config, state["model"], checkpoint, run_dir, tok_path, tok_sha)
