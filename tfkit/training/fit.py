@@ -119,13 +119,15 @@ def _setup(
     t, log = config.train, config.log
     if isinstance(resume, Resumed):  # resolved and loaded by the caller (the CLI, for the run's config)
         check_run_dir(Path(log.out))
-        checkpoint, state, skipped = resume.checkpoint, resume.state, resume.skipped
+        resumed: Resumed | None = resume
     elif resume is not None:
-        checkpoint, state, skipped = resolve_resume(resume, Path(log.out))
+        checkpoint, loaded, skipped = resolve_resume(resume, Path(log.out))
+        resumed = Resumed(checkpoint, loaded, skipped) if checkpoint is not None and loaded is not None else None
     else:
-        checkpoint, state, skipped = None, None, []
-    if checkpoint is not None:  # checked before anything in the run directory changes
-        check_resumable(state, config, checkpoint, dist.world)
+        resumed = None
+    state = resumed.state if resumed is not None else None
+    if resumed is not None:  # checked before anything in the run directory changes
+        check_resumable(resumed.state, config, resumed.checkpoint, dist.world)
     if dist.main:
         session = RunSession.open(config, callback=callback, overwrite=overwrite, resuming=state is not None)
         remove_partial_saves(session.run_dir)  # the lock is ours: a temp file there is a killed save's
@@ -148,10 +150,7 @@ def _setup(
         compiled=compiled,
         horizon=horizon,
         meta=task.meta,
-        resumed_from=checkpoint,
-        resumed_step=state["progress"]["step"] if state is not None else None,
-        resumed_elapsed=state["elapsed"] if state is not None else 0.0,
-        resume_skipped=skipped,
+        resumed=resumed,
         logs=(spikes, step_losses),  # cut back with the trackers' logs
     )
     if state is not None:

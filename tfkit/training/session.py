@@ -48,6 +48,7 @@ from tfkit.training.rundir import (  # noqa: F401  (RUN_FILES: importable from h
     write_summary,
 )
 from tfkit.training.stopping import StopFlag, stop_on_signals
+from tfkit.training.task import Resumed
 
 
 class TrainCallback:
@@ -161,10 +162,7 @@ class RunSession:
         compiled: bool,
         horizon: int | None,
         meta: dict[str, Any],
-        resumed_from: Path | None = None,
-        resumed_step: int | None = None,
-        resumed_elapsed: float = 0.0,
-        resume_skipped: list[str] | None = None,
+        resumed: Resumed | None = None,
         logs: tuple[Any, ...] = (),
     ) -> None:
         """Write `train_config.json`, open the trackers and tell the callback; the run's clock starts.
@@ -173,10 +171,9 @@ class RunSession:
             model: the trained model (parameter counts).
             horizon: the step horizon of the schedule (None: time only).
             meta: the trainer's own `meta` entries (`data_source` first), after the versions.
-            resumed_from, resumed_step, resumed_elapsed: the checkpoint a resumed run continues
-                from, its step and wall time; the logs keep their rows up to that step.
-            resume_skipped: the checkpoints passed over for `resumed_from` (corrupt, unreadable),
-                one line each, recorded with the resume.
+            resumed: the checkpoint a resumed run continues from (its step and wall time: the
+                logs keep their rows up to that step) and the checkpoints passed over for it
+                (corrupt, unreadable), one line each, recorded with the resume.
             logs: the trainer's own logs besides the trackers (`spikes.csv`, `step_losses.csv`),
                 cut back with them (`continue_after(step)`, returning a side file of damage or None).
 
@@ -189,7 +186,8 @@ class RunSession:
         self.horizon = horizon
         self.num_params = model.num_params()  # type: ignore[operator]
         self.num_params_ne = model.num_params(non_embedding=True)  # type: ignore[operator]
-        earlier = _read_meta(self.run_dir) if resumed_from is not None else {}
+        resumed_step = resumed.state["progress"]["step"] if resumed is not None else None
+        earlier = _read_meta(self.run_dir) if resumed is not None else {}
         meta = {
             **run_meta(device, compiled),
             **meta,
@@ -199,14 +197,14 @@ class RunSession:
             "started_at": earlier.get("started_at") or datetime.now(UTC).isoformat(timespec="seconds"),
             "wandb_id": earlier.get("wandb_id") or uuid.uuid4().hex[:16],
         }
-        if resumed_from is not None:
+        if resumed is not None:
             meta["resumed"] = [
                 *earlier.get("resumed", []),
                 {
-                    "from": str(resumed_from),
+                    "from": str(resumed.checkpoint),
                     "step": resumed_step,
                     "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    **({"skipped": resume_skipped} if resume_skipped else {}),
+                    **({"skipped": resumed.skipped} if resumed.skipped else {}),
                 },
             ]
         # an old run (--overwrite) is set aside, and comes back if the new one fails to start
@@ -237,7 +235,7 @@ class RunSession:
                 "resumed_step": resumed_step,
             }
         )
-        self.offset = resumed_elapsed
+        self.offset = resumed.state["elapsed"] if resumed is not None else 0.0
         self.t0 = time.perf_counter()
 
     def _continue_logs(self, step: int, logs: tuple[Any, ...]) -> list[str]:
@@ -401,16 +399,13 @@ class FollowerSession(RunSession):
         compiled: bool,
         horizon: int | None,
         meta: dict[str, Any],
-        resumed_from: Path | None = None,
-        resumed_step: int | None = None,
-        resumed_elapsed: float = 0.0,
-        resume_skipped: list[str] | None = None,
+        resumed: Resumed | None = None,
         logs: tuple[Any, ...] = (),
     ) -> None:
         self.device, self.horizon = device, horizon
         self.num_params = model.num_params()  # type: ignore[operator]
         self.num_params_ne = model.num_params(non_embedding=True)  # type: ignore[operator]
-        self.offset = resumed_elapsed
+        self.offset = resumed.state["elapsed"] if resumed is not None else 0.0
         self.t0 = time.perf_counter()
 
     def log_train(self, row: dict[str, Any]) -> None:
