@@ -189,12 +189,30 @@ def scaled_shape(scale: float, base_depth: int, base_width: int) -> tuple[int, i
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """AdamW with decoupled weight decay and a warmup + decay learning-rate schedule."""
+    """AdamW (or Muon on the hidden matrices) with decoupled weight decay and a warmup + decay schedule."""
 
     SECTION: ClassVar[str] = "optim"
 
+    optimizer: Literal["adamw", "muon"] = opt(
+        "adamw",
+        "adamw: AdamW on every parameter; muon: Muon (orthogonalised momentum) on the blocks' 2-D weight "
+        "matrices at --muon-lr, AdamW at --lr on embeddings, the output layer, norms and biases.",
+    )
     lr: float = opt(3e-3, "Peak learning rate.")
-    schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "Decay after warmup.")
+    muon_lr: float = opt(
+        0.02,
+        "--optimizer muon: peak learning rate of the hidden matrices (times sqrt(max(1, rows/cols))); it follows "
+        "--schedule as --lr does.",
+    )
+    muon_momentum: float = opt(0.95, "--optimizer muon: Nesterov momentum of the hidden matrices.", cli=False)
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
+        "cosine",
+        "Decay after warmup; wsd (warmup-stable-decay): the peak rate until the last --decay-fraction of the "
+        "run, then linear decay.",
+    )
+    decay_fraction: float = opt(
+        0.2, "--schedule wsd: the fraction of the run's steps, at its end, over which the rate decays."
+    )
     warmup_steps: int | None = opt(
         None,
         f"Linear warmup steps (default: {WARMUP_FRACTION:.0%} of the run's steps when a stop sets them, else "
@@ -220,6 +238,12 @@ class OptimConfig:
         check_fields(self)
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.muon_lr <= 0:
+            raise ConfigError(f"--muon-lr must be positive, got {self.muon_lr}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
         if self.eps < 0:
             raise ConfigError(f"--eps must be >= 0, got {self.eps}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

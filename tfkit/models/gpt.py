@@ -429,6 +429,10 @@ class GPT(nn.Module):
             n -= sum(p.numel() for p in self._embedding_params())
         return n
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The 2-D weights of the blocks (`--optimizer muon` moves these): not embeddings, head, norms or biases."""
+        return [p for p in self.transformer.h.parameters() if p.dim() == 2]
+
     def param_groups(
         self,
         weight_decay: float,

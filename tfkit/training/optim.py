@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay, fused where PyTorch has a fused kernel.
+"""The optimizer: AdamW with decoupled weight decay, or Muon on the hidden matrices and AdamW on the rest.
 
 Weight decay comes in two modes (`--weight-decay-mode`). PyTorch's AdamW multiplies the
 decayed weights by 1 - lr_t * wd each step, where lr_t is the scheduled learning rate:
@@ -7,21 +7,47 @@ the decay is *coupled* to the learning rate, so an lr sweep also sweeps the deca
 find lowers lr sensitivity) multiplies by 1 - (lr_t / lr) * wd: it follows the
 schedule's shape but not the peak `lr`. It is the same kernel with the group's decay set
 to wd / lr, so the fused step and every checkpoint stay as they are.
+
+`--optimizer muon` (Jordan et al. 2024, "Muon: an optimizer for hidden layers") moves the
+2-D weight matrices of the blocks by the orthogonalised Nesterov momentum of their
+gradients (five Newton-Schulz iterations, in bfloat16 on CUDA and float32 elsewhere), at `--muon-lr` times
+sqrt(max(1, rows / cols)); embeddings, the output layer, norms and biases stay with AdamW
+at `--lr`. Both follow the schedule: the Muon group's `lr_scale` is `--muon-lr / --lr`.
+Its decay shrinks a matrix by what AdamW's would (lr_t * wd, or (lr_t / lr) * wd), so
+`--weight-decay` means one thing under either optimizer. The update is PyTorch's
+`torch.optim.Muon` (same arithmetic, bit for bit in bfloat16; tests/training/test_muon.py), written
+here for two reasons: the trainer's skipped steps (`found_inf`, a device flag) must drop
+its update on the device, without a host sync, as the fused AdamW kernel does; and
+`torch.optim.Muon` is newer than the oldest torch tfkit supports. On CPU the iterations run in
+float32: without a native bfloat16 matmul they take 2-3x longer in bfloat16, about as long as
+the rest of a step at nanoGPT's CPU shape (`benchmarks/time_to_loss.py`). One optimizer object
+holds both kinds of group, so the step, `found_inf`, the schedule and the checkpoints
+treat it as the AdamW it extends.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
 from tfkit.config import OptimConfig
+from tfkit.errors import ConfigError
+
+# the quintic Newton-Schulz coefficients and iterations of Jordan et al. (and torch.optim.Muon)
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+NS_EPS = 1e-7
 
 
 def build_optimizer(model: torch.nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the model's parameter groups (no decay on norms, biases, embeddings by default).
+    """AdamW over the model's parameter groups (no decay on norms, biases, embeddings by default),
+    or (`--optimizer muon`) a `MuonAdamW` with the blocks' hidden matrices under Muon.
 
     The fused kernel (CUDA and CPU) also lets a non-finite step be skipped without a
     host-device sync: the trainer sets `optimizer.found_inf` and the kernel skips the
-    update on device.
+    update on device (the Muon groups skip theirs on device too).
     """
     weight_decay = config.weight_decay / config.lr if config.weight_decay_mode == "independent" else config.weight_decay
     groups = model.param_groups(  # type: ignore[operator]
@@ -29,13 +55,128 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig, device: torch.d
         decay_embeddings=config.decay_embeddings,
         decay_norms_and_biases=config.decay_norms_and_biases,
     )
-    return torch.optim.AdamW(
-        groups,
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        eps=config.eps,
-        fused=supports_fused(device),
-    )
+    kwargs: dict[str, Any] = {
+        "lr": config.lr,
+        "betas": (config.beta1, config.beta2),
+        "eps": config.eps,
+        "fused": supports_fused(device),
+    }
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    return MuonAdamW(muon_groups(model, groups, config, weight_decay), **kwargs)
+
+
+def muon_groups(model: torch.nn.Module, groups: list[dict], config: OptimConfig, weight_decay: float) -> list[dict]:
+    """The AdamW groups without the model's hidden matrices, then one Muon group of those.
+
+    The Muon group runs at `--muon-lr / --lr` times the schedule's rate; its decay is scaled by
+    the inverse, so each step shrinks a matrix by what AdamW's decay would.
+    """
+    hidden_matrices = getattr(model, "hidden_matrices", None)
+    if hidden_matrices is None:
+        raise ConfigError(f"--optimizer muon is not available for {type(model).__name__} models (GPT only)")
+    hidden = hidden_matrices()
+    if any(hasattr(p, "placements") for p in hidden):  # a DTensor: FSDP holds a shard of each matrix
+        raise ConfigError(
+            "--optimizer muon is not available with --parallel fsdp (Muon orthogonalises whole matrices, FSDP "
+            "shards them): use --parallel ddp"
+        )
+    muon_ids = {id(p) for p in hidden}
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in muon_ids]} for g in groups]
+    scale = config.muon_lr / config.lr
+    muon = {
+        "params": hidden,
+        "muon": True,
+        "lr_scale": scale,
+        "weight_decay": weight_decay / scale,
+        "momentum": config.muon_momentum,
+    }
+    return [g for g in rest if g["params"]] + [muon]
+
+
+class MuonAdamW(torch.optim.AdamW):
+    """AdamW on its ordinary groups, Muon (`torch.optim.Muon`'s update) on the groups marked `muon`.
+
+    Muon groups take `momentum` (Nesterov) and `weight_decay`; every parameter in them is 2-D.
+    Their state is one momentum buffer per matrix. When `found_inf` (a 0-d float tensor) is 1,
+    `step` changes no parameter and no state, on the device, in both kinds of group.
+    `ns_dtype` is the Newton-Schulz precision (default: bfloat16 on CUDA, float32 elsewhere).
+    """
+
+    def __init__(self, params: list[dict], ns_dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+        self.ns_dtype = ns_dtype
+        for group in params:
+            group.setdefault("muon", False)
+            if group["muon"]:
+                group.setdefault("momentum", 0.95)
+                if any(p.dim() != 2 for p in group["params"]):
+                    raise ValueError("Muon groups hold 2-D matrices only")
+        super().__init__(params, **kwargs)
+
+    def __setstate__(self, state: dict) -> None:
+        """As AdamW's (`load_state_dict` calls it), which expects Adam's state in every group: not Muon's."""
+        groups = state["param_groups"]
+        super().__setstate__({**state, "param_groups": [g for g in groups if not g.get("muon")]})
+        self.param_groups = groups
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        groups = self.param_groups
+        for group in groups:
+            if group["muon"]:
+                self._muon_step(group, found_inf)
+        self.param_groups = [g for g in groups if not g["muon"]]  # AdamW's step runs over its own groups
+        try:
+            super().step()
+        finally:
+            self.param_groups = groups
+        return loss
+
+    def _muon_step(self, group: dict, found_inf: torch.Tensor | None) -> None:
+        lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        keep = None if found_inf is None else found_inf == 0
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad, state = p.grad, self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            new_buf = buf.lerp(grad, 1 - momentum)
+            dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == "cuda" else torch.float32)
+            update = orthogonalise(grad.lerp(new_buf, momentum), dtype)  # Nesterov
+            rows, cols = p.shape
+            new_p = p.mul(1 - lr * decay).add_(update, alpha=-lr * math.sqrt(max(1.0, rows / cols)))
+            if keep is None:
+                buf.copy_(new_buf)
+                p.copy_(new_p)
+            else:  # a skipped step keeps both, decided on the device
+                buf.copy_(torch.where(keep, new_buf, buf))
+                p.copy_(torch.where(keep, new_p, p))
+
+
+def orthogonalise(grad: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The quintic Newton-Schulz iteration towards U V^T of grad = U S V^T, in `dtype`.
+
+    As Jordan et al. (and `torch.optim.Muon`): the singular values land in about [0.5, 1.5],
+    which trains as well as exactly 1 and takes five matmul steps.
+    """
+    a, b, c = NS_COEFFICIENTS
+    x = grad.to(dtype, copy=True)  # divided in place below
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=NS_EPS))  # spectral norm at most 1
+    for _ in range(NS_STEPS):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, poly, x, beta=a)
+    return x.T if tall else x
 
 
 def supports_fused(device: torch.device) -> bool:
