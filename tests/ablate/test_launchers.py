@@ -5,6 +5,13 @@ scontrol executables on PATH (`tests/ablate/fake_slurm.py`), which run the submi
 script on this machine with the environment a SLURM job has. So the script submitit
 writes, its array, the timeout signal, `scontrol requeue` and `scancel` are all exercised
 as on a cluster; only the scheduler is a stand-in.
+
+`tests/slurm/` runs the SLURM paths on a real one-node cluster (`scripts/slurm-local`): the
+array, the time-limit requeue, preemption, `scancel` and Ctrl-C, a two-task DDP job. The
+fake tests here are for what that cluster is not: the sbatch options of a cluster with a
+`gpu` partition and a QoS (the array test), a partition that preempts by cancelling (the
+preempted-for-good test), and a pending array task that a hand `scancel` stops before it
+starts (the cancelled-by-hand test).
 """
 
 from __future__ import annotations
@@ -184,80 +191,6 @@ def test_slurm_launcher_submits_one_array_and_every_run_comes_back(tmp_path, slu
     again = ablate(tmp_path, *GRID, "-c", "--logfile", "slurm.csv", "--append", "--launcher", "slurm", env=slurm)
     assert again.exit_code == 0 and "All 4 runs are done" in again.output
     assert len(list((tmp_path / "fake-slurm").glob("*.sh"))) == 1  # nothing submitted
-
-
-def test_a_run_on_two_gpus_is_one_ddp_job_of_two_tasks(tmp_path, slurm):
-    """--gpus-per-run 2: two tasks (here gloo on CPU) train one run with the global batch of both."""
-    unbatched = [a for i, a in enumerate(TINY) if "--batch-size" not in TINY[max(0, i - 1) : i + 1]]
-    args = [*unbatched, "--width", "16", "--max-steps", "40", "--eval-every", "20", "-c"]
-    result = ablate(
-        tmp_path,
-        *args,
-        "--batch-size",
-        "4",
-        "--logfile",
-        "two.csv",
-        "--launcher",
-        "slurm",
-        "--gpus-per-run",
-        "2",
-        env=slurm,
-    )
-    assert result.exit_code == 0, result.output
-    script = next((tmp_path / "fake-slurm").glob("*.sh")).read_text()
-    assert "#SBATCH --ntasks-per-node=2\n" in script and "#SBATCH --gpus-per-node=2\n" in script
-    one = ablate(tmp_path, *args, "--batch-size", "8", "--logfile", "one.csv", "--runs-dir", "runs/one")
-    assert one.exit_code == 0, one.output
-    two, single = pl.read_csv(tmp_path / "two.csv"), pl.read_csv(tmp_path / "one.csv")
-    assert two.height == single.height == 2 and set(two["run_status"]) == {"running", "completed"}
-    assert two["val_loss"].to_list() == pytest.approx(single["val_loss"].to_list(), rel=1e-5)
-    run_dir = tmp_path / two["run_dir"][0]
-    assert pl.read_csv(run_dir / "train_log.csv")["global_batch_size"].to_list()[-1] == 8
-    logs = sorted(p.name for p in (tmp_path / "runs" / "ablate" / "slurm").glob("*_log.out"))
-    assert [name.rsplit("_", 2)[-2] for name in logs] == ["0", "1"]  # one log per task
-
-
-def test_a_timed_out_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, slurm):
-    proc = start(tmp_path, *LONG, "--launcher", "slurm", env=slurm)
-    wait_for_rows(tmp_path / "r.csv", proc, 2)
-    # the time limit is near: SLURM sends the job USR2 (--signal=USR2@90)
-    subprocess.run(["scancel", "--signal", "USR2", "100"], env=environment(slurm), check=True)
-    code, output = finish(proc)
-    assert code == 0, output
-
-    log = "".join(p.read_text() for p in (tmp_path / "runs" / "ablate" / "slurm").glob("*_log.out"))
-    assert "Requeued job 100" in log and log.count("Starting with JobEnvironment") == 2, log
-    run_dir = next(p for p in (tmp_path / "runs" / "ablate").iterdir() if (p / "train_log.csv").exists())
-    train_log = pl.read_csv(run_dir / "train_log.csv")
-    assert train_log["step"].is_duplicated().sum() == 0 and train_log["step"].max() == 600
-    assert resumed_from(run_dir) > 0  # the checkpoint the stop saved (no --checkpoint-every here)
-
-    # the requeued run equals one trained without a break, evaluation by evaluation
-    here = ablate(tmp_path, *LONG[:-1], "here.csv", "--runs-dir", "runs/here")
-    assert here.exit_code == 0, here.output
-    requeued, straight = pl.read_csv(tmp_path / "r.csv"), pl.read_csv(tmp_path / "here.csv")
-    assert requeued["step"].to_list() == straight["step"].to_list()
-    assert requeued["val_loss"].to_list() == straight["val_loss"].to_list()
-    finals(tmp_path / "r.csv")
-
-
-def test_ctrl_c_cancels_the_slurm_jobs_and_append_finishes_them(tmp_path, slurm):
-    args = [*TINY, "--width", "16", "32", "--max-steps", "2000", "--eval-every", "50", "-c", "--logfile", "r.csv"]
-    proc = start(tmp_path, *args, "--launcher", "slurm", env=slurm)
-    wait_for_rows(tmp_path / "r.csv", proc, 2, runs=2)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal: this process only (the jobs are the cluster's)
-    code, output = finish(proc)
-    assert code == 130, output
-    assert "interrupted; resume with: tfkit ablate" in output and "--launcher slurm" in output
-    states = [p.read_text() for p in (tmp_path / "fake-slurm").glob("*.state")]
-    assert states and set(states) == {"CANCELLED"}, states
-    last = pl.read_csv(tmp_path / "r.csv").group_by("run_id").last()
-    assert set(last["run_status"]) == {"interrupted"}  # each stopped at a step boundary
-
-    resumed = ablate(tmp_path, *args, "--append", "--launcher", "slurm", env=slurm)
-    assert resumed.exit_code == 0, resumed.output
-    assert "Re-running 2 unfinished runs" in resumed.output
-    assert finals(tmp_path / "r.csv").height == 2
 
 
 def test_a_job_preempted_for_good_is_not_waited_for_forever(tmp_path, slurm, monkeypatch):

@@ -13,7 +13,8 @@ Signals inside a job:
   submitit sends on preemption): the run stops the same way, then the job is requeued
   through submitit's protocol (`checkpoint` resubmits this same job), and the new
   attempt resumes from the checkpoint (`resume="auto"`). submitit counts timeouts:
-  after `max_num_timeout` of them the job ends instead.
+  after `max_num_timeout` of them the job ends instead. The SIGTERM that SLURM's
+  requeue sends the job is ignored: the run has already stopped.
 
 Under the local launcher the job also ends with its controller process, even by kill -9.
 A job of several tasks (SLURM, `--gpus-per-run` above 1) trains its run with DDP, one task
@@ -199,5 +200,12 @@ class _TimeoutHandler:
             stop(signal.SIGTERM, frame)
 
     def requeue(self) -> None:
+        """Hand over to submitit, which requeues the job (`scontrol requeue`) and exits.
+
+        SLURM's requeue also sends SIGTERM to the job: the run has stopped and its
+        checkpoint is saved, so it is ignored rather than raised in the middle of the
+        requeue (which it would cut short, with a traceback in the job's log).
+        """
         if callable(self.submitit_handler):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.submitit_handler(self.signum, None)

@@ -47,6 +47,12 @@ NO_TIME_LIMIT_MIN = 60 * 24 * 365  # the local launcher's jobs are not timed out
 STOP_WAIT_S = 300.0  # after a Ctrl-C, how long to wait for cancelled SLURM jobs to end
 KILL_WAIT_S = 60.0  # how long a cancelled job that was running may take to stop (SLURM's KillWait is 30 s)
 PREEMPTED_FINAL_S = 600.0  # a job PREEMPTED this long is not being requeued
+SACCT_EVERY_S = 30.0  # how often the cluster is asked about running jobs (one sacct for all)
+# the states of a job that is not over: it runs, waits or will run again (a requeue, a resume)
+UNFINISHED_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
+    | {"SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "READY", "UNKNOWN"}
+)
 ARRAY_MAX = 1000  # runs per job array (SLURM's default MaxArraySize is 1001)
 
 
@@ -267,6 +273,7 @@ class SlurmLauncher(Launcher):
         self._preempted: dict[str, float] = {}  # job id -> when it was first seen PREEMPTED
         self._done_since: dict[str, float] = {}  # job id -> when the cluster first said it ended
         self._waiting = False  # a job's result says interrupted: ask the cluster more often
+        self._queue: dict[str, str] = {}  # squeue's states of the jobs sacct does not know
         self.preempted_final_s = PREEMPTED_FINAL_S
 
     def submit(self, jobs: list[tuple[Any, int]]) -> list[Any]:
@@ -285,14 +292,52 @@ class SlurmLauncher(Launcher):
         return submitted
 
     def poll(self) -> None:
-        """Ask the cluster about every job at once (one sacct), at most every 30 s (every 2 s after a stop)."""
+        """Ask the cluster about every job at once (one sacct), every 30 s (every 2 s after a stop).
+
+        Jobs sacct does not know (accounting is off, or has not recorded them yet) are
+        asked about with squeue.
+        """
         if not self.submitted:
             return
-        every = 2.0 if self.stopped_at is not None else 5.0 if self._waiting else 30.0
+        every = 2.0 if self.stopped_at is not None else 5.0 if self._waiting else SACCT_EVERY_S
         if time.monotonic() - self._last_update >= every:
             self.submitted[0].watcher.update()
+            self._queue = self._ask_queue()
             self._last_update = time.monotonic()
         self._waiting = False  # set again by `finished` for a job whose end only the cluster can tell
+
+    def _ask_queue(self) -> dict[str, str]:
+        """squeue's states of the jobs sacct knows nothing of; `ENDED` for those squeue no longer lists."""
+        watcher = self.submitted[0].watcher
+        unknown = [job.job_id for job in self.submitted if watcher.get_state(job.job_id, mode="cache") == "UNKNOWN"]
+        if not unknown:
+            return {}
+        ids = ",".join(sorted({job_id.split("_")[0] for job_id in unknown}))
+        try:
+            asked = subprocess.run(
+                ["squeue", "-h", "-r", "--states=all", "-o", "%i|%T", "-j", ids],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        if asked.returncode != 0 and "Invalid job id" not in asked.stderr:
+            return {}  # the controller did not answer: nothing is known (squeue fails so when no id is left)
+        listed = dict(line.split("|", 1) for line in asked.stdout.splitlines() if "|" in line)
+        return {job_id: listed.get(job_id, "ENDED") for job_id in unknown}
+
+    def _state(self, job: Any) -> str:
+        """The job's state (`CANCELLED`, ...): sacct's, else squeue's, else `UNKNOWN`."""
+        state = job.watcher.get_state(job.job_id, mode="cache").upper()
+        if state == "UNKNOWN":
+            state = self._queue.get(job.job_id, state)
+        return (state.split() or ["UNKNOWN"])[0].rstrip("+")  # "CANCELLED by 12" -> CANCELLED
+
+    def _ended(self, job: Any) -> bool:
+        """Whether the job is over: not running, waiting, suspended or on its way back from a requeue."""
+        return self._state(job) not in UNFINISHED_STATES or self._preempted_for_good(job)
 
     def finished(self, job: Any) -> bool:
         from tfkit.ablate.run import RunOutcome
@@ -303,7 +348,7 @@ class SlurmLauncher(Launcher):
                 return True
             # interrupted by a preemption, say: final once the cluster says the job will not come back
             self._waiting = True
-        done = job.watcher.is_done(job.job_id, mode="cache") or self._preempted_for_good(job)
+        done = self._ended(job)
         if done and job.task(0).paths.stdout.exists() and not job.task(0).paths.result_pickle.exists():
             # ended while it ran (cancelled, preempted): it has SLURM's KillWait to stop at a step boundary
             since = self._done_since.setdefault(job.job_id, time.monotonic())
@@ -314,8 +359,7 @@ class SlurmLauncher(Launcher):
 
     def stopped_on_cluster(self, job: Any) -> bool:
         """Whether the cluster cancelled or preempted the job (by hand, by a preemption, by our Ctrl-C)."""
-        state = job.watcher.get_state(job.job_id, mode="cache").upper()
-        return state.startswith(("CANCELLED", "PREEMPTED"))
+        return self._state(job) in ("CANCELLED", "PREEMPTED")
 
     def _preempted_for_good(self, job: Any) -> bool:
         """PREEMPTED for `preempted_final_s`: preempted by cancelling (PreemptMode=CANCEL), not coming back.
@@ -323,8 +367,7 @@ class SlurmLauncher(Launcher):
         submitit counts PREEMPTED as unfinished, since a partition that preempts by
         requeueing shows it on the way back to PENDING.
         """
-        state = job.watcher.get_state(job.job_id, mode="cache").upper()
-        if not state.startswith("PREEMPTED"):
+        if self._state(job) != "PREEMPTED":
             self._preempted.pop(job.job_id, None)
             return False
         since = self._preempted.setdefault(job.job_id, time.monotonic())
