@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from tfkit.ablate.ablation import AblationSpec, prepare_ablation, run_ablation
-from tfkit.ablate.launch import SlurmOptions
 from tfkit.ablate.run import AblationCallback
+from tfkit.ablate.slurm import SlurmOptions
 from tfkit.ablate.table import read_results
 from tfkit.config import RunConfig
 from tfkit.errors import ConfigError

@@ -197,9 +197,9 @@ def test_a_job_preempted_for_good_is_not_waited_for_forever(tmp_path, slurm, mon
     """PreemptMode=CANCEL: the job gets SIGTERM and stays PREEMPTED; the ablation says so and ends."""
     import threading
 
-    from tfkit.ablate import launch
+    from tfkit.ablate import slurm as slurm_launcher
 
-    monkeypatch.setattr(launch, "PREEMPTED_FINAL_S", 0.0)
+    monkeypatch.setattr(slurm_launcher, "PREEMPTED_FINAL_S", 0.0)
 
     def preempt() -> None:
         deadline = time.time() + 60

@@ -235,10 +235,10 @@ def test_a_run_on_two_gpus_is_one_job_of_two_ddp_tasks(tmp_path, slurm: Cluster)
 
 def test_a_suspended_job_is_waited_for_not_taken_for_dead(tmp_path, slurm: Cluster, monkeypatch):
     """`scontrol suspend` stops a job's processes; the ablation waits until it is resumed and finishes."""
-    from tfkit.ablate import launch
+    from tfkit.ablate import slurm as slurm_launcher
 
-    monkeypatch.setattr(launch, "SACCT_EVERY_S", 1.0)  # the cluster sees the suspension at once
-    monkeypatch.setattr(launch, "KILL_WAIT_S", 1.0)  # an ended job would be given up on quickly
+    monkeypatch.setattr(slurm_launcher, "SACCT_EVERY_S", 1.0)  # the cluster sees the suspension at once
+    monkeypatch.setattr(slurm_launcher, "KILL_WAIT_S", 1.0)  # an ended job would be given up on quickly
     results = tmp_path / "r.csv"
 
     def suspend_then_resume() -> None:

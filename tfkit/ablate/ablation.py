@@ -28,12 +28,13 @@ from tfkit.ablate.analysis import finished_runs
 from tfkit.ablate.defaults import LAUNCHERS, MAX_RUNS
 from tfkit.ablate.grid import RunSpec
 from tfkit.ablate.kinds import kind_of
-from tfkit.ablate.launch import Launcher, LocalLauncher, SlurmLauncher, SlurmOptions, require_slurm
+from tfkit.ablate.launch import Launcher, LocalLauncher
 from tfkit.ablate.plan import AblationPlan, plan_ablation
 from tfkit.ablate.results import ResultsFile
 from tfkit.ablate.run import AblationCallback, AblationStart, RunOutcome
 from tfkit.ablate.runner import train_runs
 from tfkit.ablate.sensitivity import Sensitivity, lr_sensitivity
+from tfkit.ablate.slurm import SlurmLauncher, SlurmOptions, require_slurm
 from tfkit.ablate.summary import SettingSummary, summarize
 from tfkit.ablate.table import DONE_STATUSES, read_results
 from tfkit.config import SectionedConfig, TrainConfig

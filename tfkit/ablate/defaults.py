@@ -1,5 +1,5 @@
 """What the `tfkit ablate` command line shows before anything runs: the grid's bound, the
-launchers and the SLURM defaults (`tfkit.ablate.grid` and `tfkit.ablate.launch` use them).
+launchers and the SLURM defaults (`tfkit.ablate.grid` and `tfkit.ablate.slurm` use them).
 
 A module of constants only, so that `tfkit --help` imports no more of the ablation code.
 """

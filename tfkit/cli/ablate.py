@@ -43,7 +43,7 @@ ICL_HELP = (
 )
 LAUNCHER_PANEL = "Launcher"
 
-# the value of --launcher: one of the launchers of tfkit.ablate.launch
+# the value of --launcher: one of the launchers (tfkit.ablate.launch, tfkit.ablate.slurm)
 LauncherName = enum.StrEnum("LauncherName", {name: name for name in LAUNCHERS})  # type: ignore[misc]
 
 # the options both commands share besides the config fields
@@ -301,7 +301,7 @@ def build_spec(kind: str, options: dict[str, Any], opts: AblateOptions) -> Any:
     from tfkit.ablate.ablation import AblationSpec
     from tfkit.ablate.grid import parse_sweeps
     from tfkit.ablate.kinds import KINDS
-    from tfkit.ablate.launch import SlurmOptions, parse_sbatch_options
+    from tfkit.ablate.slurm import SlurmOptions, parse_sbatch_options
 
     experiment = KINDS[kind]
     fixed = {k: v for k, v in options.items() if not isinstance(v, list)}
