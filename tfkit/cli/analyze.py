@@ -11,7 +11,7 @@ import typer
 from tfkit.cli._errors import command
 from tfkit.cli._options import Json, Quiet
 from tfkit.cli._output import console, is_interactive, print_json, progress_bar
-from tfkit.errors import ConfigError
+from tfkit.config.fields import check_device_name
 
 analyze_app = typer.Typer(
     help="Analyses of trained runs: linear probes of the residual stream for a process's belief states.",
@@ -114,8 +114,7 @@ def beliefs(
     """
     from tfkit.analysis.beliefs import analyze_beliefs, check_options, draw_beliefs, write_beliefs
 
-    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    check_device_name(device)
     check_options(num_sequences, test_fraction, ridge, batch_size)
     show = not quiet and not json_output and is_interactive()
     progress = progress_bar("Probing") if show else None

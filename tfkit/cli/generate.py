@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tfkit.cli._output import err_console, print_json
+from tfkit.config.fields import check_device_name
 from tfkit.errors import ConfigError
 
 
@@ -42,8 +43,7 @@ def generate(
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     check_sampling(temperature, top_k, top_p)
     check_prompt(prompt)
-    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    check_device_name(device)
     from tfkit.training.device import resolve_device
     from tfkit.training.load import load_run, open_tokenizer
 

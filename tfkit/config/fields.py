@@ -281,3 +281,9 @@ def _expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int]) -> in
     sizes[key] = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
     open_nodes.discard(key)
     return sizes[key]
+
+
+def check_device_name(name: str) -> None:
+    """Refuse a `--device` that is not auto, cpu, cuda, cuda:N or mps (whether it is here: `resolve_device`)."""
+    if not (name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {shown(name)}")

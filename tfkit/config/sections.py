@@ -18,12 +18,12 @@ from tfkit.config.fields import (
     MAX_SHAPE,
     SSM_STATE,
     WARMUP_FRACTION,
+    check_device_name,
     check_fields,
     field_label,
     format_bytes,
     opt,
     option_label,
-    shown,
 )
 from tfkit.errors import ConfigError
 
@@ -398,9 +398,7 @@ class TrainConfig:
             raise ConfigError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
         if self.max_epochs_between_evals is not None and self.max_epochs_between_evals <= 0:
             raise ConfigError(f"--max-epochs-between-evals must be positive, got {self.max_epochs_between_evals}")
-        dev = self.device
-        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {shown(dev)}")
+        check_device_name(self.device)
 
 
 @dataclass(kw_only=True)
