@@ -204,10 +204,14 @@ def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
         "--depth",
         "1",
         "2",
+        "--width",
+        "32",
+        "--num-heads",
+        "2",
         "--max-steps",
-        "1500",
+        "2000",
         "--eval-every",
-        "20",
+        "100",
         "--device",
         "cpu",
         "-c",
@@ -215,7 +219,8 @@ def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
         "r.csv",
         *FAST,
     ]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread, no fight for the cores
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = tmp_path / "r.csv"
     deadline = time.time() + 60
     while time.time() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 3):
@@ -228,13 +233,13 @@ def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
     assert df["run_id"].n_unique() == 1  # the second run never started
     assert df["run_status"][-1] == "interrupted" and set(df["run_status"][:-1]) == {"running"}
 
-    resumed = subprocess.run([*args, "--append"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*args, "--append"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Re-running 1 unfinished runs" in resumed.stdout and "Training 2 runs" in resumed.stdout
     after = pl.read_csv(results)
     assert after["run_id"].n_unique() == 2
     assert after.filter(pl.col("run_status") != "running")["run_status"].to_list() == ["completed", "completed"]
-    assert (after.group_by("run_id").len()["len"] == 1500 // 20).all()  # one row per eval, no partial rows
+    assert (after.group_by("run_id").len()["len"] == 2000 // 100).all()  # one row per eval, no partial rows
 
 
 def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path, monkeypatch):
