@@ -209,9 +209,9 @@ def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
         "--num-heads",
         "2",
         "--max-steps",
-        "2000",
+        "1200",
         "--eval-every",
-        "100",
+        "60",
         "--device",
         "cpu",
         "-c",
@@ -239,7 +239,7 @@ def test_ctrl_c_marks_the_run_incomplete_and_resume_finishes_it(tmp_path):
     after = pl.read_csv(results)
     assert after["run_id"].n_unique() == 2
     assert after.filter(pl.col("run_status") != "running")["run_status"].to_list() == ["completed", "completed"]
-    assert (after.group_by("run_id").len()["len"] == 2000 // 100).all()  # one row per eval, no partial rows
+    assert (after.group_by("run_id").len()["len"] == 1200 // 60).all()  # one row per eval, no partial rows
 
 
 def test_wandb_runs_are_grouped_per_ablation_with_the_setting_as_config(tmp_path, monkeypatch):

@@ -51,7 +51,7 @@ TINY = [
     "data.val_examples=32",
 ]
 # runs long enough to be signalled while they train
-LONG = [*TINY, "--num-runs", "3", "--max-steps", "2000", "--eval-every", "200", "-c", "--logfile", "r.csv"]
+LONG = [*TINY, "--num-runs", "3", "--max-steps", "1200", "--eval-every", "150", "-c", "--logfile", "r.csv"]
 
 
 def environment(tmp_path: Path) -> dict[str, str]:

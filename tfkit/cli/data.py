@@ -246,7 +246,7 @@ def list_data(
         print_json({"presets": presets, "processes": processes})
         return
     table = Table(title="Presets (tfkit data download NAME --output-dir DIR)", title_justify="left")
-    for col in ("name", "hub id", "subset", "kind", "description"):
+    for col in ("name", "source", "subset", "kind", "description"):  # source: a Hub id, or pypi:NAME
         table.add_column(col)
     for p in presets:
         table.add_row(p["name"], p["hub_id"], p["subset"] or "-", p["kind"], p["description"])
