@@ -277,14 +277,22 @@ def crash_reference(tmp_path_factory) -> Path:
     return reference_run(CRASH, tmp_path_factory.mktemp("crash") / "reference")
 
 
-@pytest.mark.parametrize("event", range(1, 12))
+# the file events of a save that a kill -9 is tested at: a kill right after a temp file's fsync
+# (events 2, 5 and 9) leaves, as one right after its creation (1, 4, 8), a temp file not yet
+# renamed into place, so those three are left out (an fsync matters to a power cut, which a
+# kill cannot show)
+KILL_EVENTS = (1, 3, 4, 6, 7, 8, 10, 11)
+
+
+@pytest.mark.parametrize("event", KILL_EVENTS)
 def test_a_crash_at_any_point_of_a_save_leaves_a_checkpoint_to_resume_from(tmp_path, crash_reference, event):
     """Killed after each file event of a checkpoint save, `--resume auto` finds a complete checkpoint and ends the same.
 
-    The events of saving the checkpoint of step 20: temp file created, data synced, renamed
-    into place; the same three for its digest (`.pt.sha256`); folder synced; then temp file,
-    sync, rename and folder sync for the `latest` pointer. Killed before its digest is in
-    place, the checkpoint loads as one without a digest; never with a wrong one.
+    The events of saving the checkpoint of step 20: temp file created (1), data synced (2),
+    renamed into place (3); the same three for its digest (`.pt.sha256`, 4-6); folder synced
+    (7); then temp file, sync, rename and folder sync for the `latest` pointer (8-11). Killed
+    before its digest is in place, the checkpoint loads as one without a digest; never with a
+    wrong one.
     """
     out = tmp_path / "run"
     killed = tfkit(*CRASH, "--out", out, "--quiet", env={"TFKIT_KILL_AT": f"{20 * 128}:{event}"})
