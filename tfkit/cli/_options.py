@@ -38,6 +38,9 @@ Resume = Annotated[
         "may change only where and how it is logged, checkpointed and stopped by time.",
     ),
 ]
+Params = Annotated[
+    list[str] | None, typer.Option("--param", help="Process parameter name=value, e.g. x=0.2 (repeatable).")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -154,6 +157,40 @@ def config_options(
         del wrapper.__wrapped__  # typer must read the signature below, not fn's
         wrapper.__signature__ = signature.replace(parameters=own + generated)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in own + generated}
+        return wrapper
+
+    return decorate
+
+
+def option_group(
+    cls: type, name: str, exclude: tuple[str, ...] = ()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the fields of the dataclass `cls` as options of a command, which receives them as one `cls`.
+
+    Each field's annotation (an `Annotated[..., typer.Option(...)]` alias) and default make the
+    option, so commands that share options declare them once; the command's parameter `name`
+    receives the filled dataclass. Fields in `exclude` are not options (they keep their defaults).
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    group = [inspect.Parameter(f.name, keyword_only, default=f.default, annotation=hints[f.name]) for f in fields]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != name]
+        keyword = [p for p in own if p.kind is keyword_only]
+        positional = [p for p in own if p.kind is not keyword_only]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            values = cls(**{f.name: kwargs.pop(f.name) for f in fields})
+            return fn(**{name: values}, **kwargs)
+
+        del wrapper.__wrapped__  # typer must read the signature below, not fn's
+        parameters = positional + group + keyword
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         return wrapper
 
     return decorate

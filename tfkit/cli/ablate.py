@@ -20,7 +20,14 @@ import typer
 from tfkit.ablate.defaults import DEFAULT_GPUS_PER_RUN, DEFAULT_TIME_MIN, LAUNCHERS, MAX_RUNS
 from tfkit.cli._ablate_output import AblationDisplay, print_results, print_skipped, report_outcome, settings_table
 from tfkit.cli._errors import callback, command
-from tfkit.cli._options import MultiValueCommand, MultiValueGroup, config_options, options_before_subcommand
+from tfkit.cli._options import (
+    MultiValueCommand,
+    MultiValueGroup,
+    Params,
+    config_options,
+    option_group,
+    options_before_subcommand,
+)
 from tfkit.cli._output import console, is_interactive
 from tfkit.cli.icl import EXCLUDED as ICL_EXCLUDED
 from tfkit.cli.train import build_config
@@ -57,7 +64,6 @@ Sweeps = Annotated[
 ]
 FixedConfig = Annotated[Path | None, typer.Option("--config", help="YAML file of fixed options.")]
 FixedSets = Annotated[list[str] | None, typer.Option("--set", help="Fixed config field: section.field=value.")]
-Params = Annotated[list[str] | None, typer.Option("--param", help="Process parameter name=value.")]
 LogCsv = Annotated[bool, typer.Option("--log-csv", "-c", help="Write the results file (--logfile).")]
 LogWandb = Annotated[bool, typer.Option("--log-wandb", "-w", help="Log every run to wandb.")]
 Logfile = Annotated[Path, typer.Option("--logfile", help="Results CSV, one row per evaluation.")]
@@ -151,39 +157,33 @@ QuietRuns = Annotated[bool, typer.Option("--quiet", "-q", help="Only the final t
 class AblateOptions:
     """The options of `tfkit ablate` and `tfkit ablate icl` besides the config fields."""
 
-    num_runs: int
-    max_runs: int
-    sweeps: list[str] | None
-    config_file: Path | None
-    sets: list[str] | None
-    log_csv: bool
-    log_wandb: bool
-    logfile: Path
-    append: bool
-    overwrite: bool
-    runs_dir: Path
-    name: str | None
-    jobs: int | None
-    devices: str | None
-    launcher: str | None
-    slurm_partition: str | None
-    gpus_per_run: int | None
-    slurm_time: int | None
-    slurm_cpus: int | None
-    slurm_mem: str | None
-    slurm_options: list[str] | None
-    slurm_setup: list[str] | None
-    review: bool
-    yes: bool
-    dry_run: bool
-    quiet: bool
-    params: list[str] | None = None  # `tfkit ablate` only
-
-    @classmethod
-    def of(cls, parameters: dict[str, Any]) -> AblateOptions:
-        """The options among a command's parameters (its `locals()`, config fields apart)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{name: value for name, value in parameters.items() if name in names})
+    num_runs: NumRuns = 1
+    max_runs: MaxRuns = MAX_RUNS
+    sweeps: Sweeps = None
+    config_file: FixedConfig = None
+    sets: FixedSets = None
+    params: Params = None  # `tfkit ablate` only: processes take parameters, icl tasks do not
+    log_csv: LogCsv = False
+    log_wandb: LogWandb = False
+    logfile: Logfile = Path("results.csv")
+    append: Append = False
+    overwrite: Overwrite = False
+    runs_dir: RunsDir = Path("runs/ablate")
+    name: Name = None
+    jobs: Jobs = None
+    devices: Devices = None
+    launcher: Launcher = None
+    slurm_partition: SlurmPartition = None
+    gpus_per_run: GpusPerRun = None
+    slurm_time: SlurmTime = None
+    slurm_cpus: SlurmCpus = None
+    slurm_mem: SlurmMem = None
+    slurm_options: SbatchOptions = None
+    slurm_setup: SlurmSetup = None
+    review: Review = False
+    yes: Yes = False
+    dry_run: DryRun = False
+    quiet: QuietRuns = False
 
 
 ablate_app = typer.Typer(add_completion=False)
@@ -191,37 +191,8 @@ ablate_app = typer.Typer(add_completion=False)
 
 @callback(ablate_app, cls=MultiValueGroup, invoke_without_command=True, help=HELP)
 @config_options(multi=True, exclude=("out",))
-def ablate(
-    ctx: typer.Context,
-    options: dict[str, Any],
-    num_runs: NumRuns = 1,
-    max_runs: MaxRuns = MAX_RUNS,
-    sweeps: Sweeps = None,
-    config_file: FixedConfig = None,
-    sets: FixedSets = None,
-    params: Params = None,
-    log_csv: LogCsv = False,
-    log_wandb: LogWandb = False,
-    logfile: Logfile = Path("results.csv"),
-    append: Append = False,
-    overwrite: Overwrite = False,
-    runs_dir: RunsDir = Path("runs/ablate"),
-    name: Name = None,
-    jobs: Jobs = None,
-    devices: Devices = None,
-    launcher: Launcher = None,
-    slurm_partition: SlurmPartition = None,
-    gpus_per_run: GpusPerRun = None,
-    slurm_time: SlurmTime = None,
-    slurm_cpus: SlurmCpus = None,
-    slurm_mem: SlurmMem = None,
-    slurm_options: SbatchOptions = None,
-    slurm_setup: SlurmSetup = None,
-    review: Review = False,
-    yes: Yes = False,
-    dry_run: DryRun = False,
-    quiet: QuietRuns = False,
-) -> None:
+@option_group(AblateOptions, "opts")
+def ablate(ctx: typer.Context, options: dict[str, Any], opts: AblateOptions) -> None:
     """Train every combination of several values per option, with seeds repeated per setting."""
     if ctx.invoked_subcommand is not None:  # `tfkit ablate icl ...`: the subcommand does the work
         typed = options_before_subcommand(ctx)
@@ -231,42 +202,15 @@ def ablate(
                 f"put every option after it (tfkit ablate {ctx.invoked_subcommand} {typed[0]} ...)"
             )
         return
-    run_command("lm", options, AblateOptions.of(locals()))
+    run_command("lm", options, opts)
 
 
 @command(ablate_app, "icl", cls=MultiValueCommand, help=ICL_HELP)
 @config_options(multi=True, exclude=("out", *ICL_EXCLUDED), sections=ICL_SECTIONS)
-def ablate_icl(
-    options: dict[str, Any],
-    num_runs: NumRuns = 1,
-    max_runs: MaxRuns = MAX_RUNS,
-    sweeps: Sweeps = None,
-    config_file: FixedConfig = None,
-    sets: FixedSets = None,
-    log_csv: LogCsv = False,
-    log_wandb: LogWandb = False,
-    logfile: Logfile = Path("results.csv"),
-    append: Append = False,
-    overwrite: Overwrite = False,
-    runs_dir: RunsDir = Path("runs/ablate"),
-    name: Name = None,
-    jobs: Jobs = None,
-    devices: Devices = None,
-    launcher: Launcher = None,
-    slurm_partition: SlurmPartition = None,
-    gpus_per_run: GpusPerRun = None,
-    slurm_time: SlurmTime = None,
-    slurm_cpus: SlurmCpus = None,
-    slurm_mem: SlurmMem = None,
-    slurm_options: SbatchOptions = None,
-    slurm_setup: SlurmSetup = None,
-    review: Review = False,
-    yes: Yes = False,
-    dry_run: DryRun = False,
-    quiet: QuietRuns = False,
-) -> None:
+@option_group(AblateOptions, "opts", exclude=("params",))
+def ablate_icl(options: dict[str, Any], opts: AblateOptions) -> None:
     """Sweep `tfkit train icl` runs with seeds repeated per setting."""
-    run_command("icl", options, AblateOptions.of(locals()))
+    run_command("icl", options, opts)
 
 
 def run_command(kind: str, options: dict[str, Any], opts: AblateOptions) -> None:

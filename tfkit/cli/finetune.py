@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
+from tfkit.cli._options import config_options, option_group
 from tfkit.cli._output import console
-from tfkit.cli.train import ProgressDisplay, build_config, report_run, resume_point
+from tfkit.cli.train import ProgressDisplay, RunOptions, run_training
 from tfkit.config.finetune import DPO_OPTION_SECTIONS, SFT_OPTION_SECTIONS, DpoRunConfig, SftRunConfig
 
 
@@ -42,50 +43,16 @@ DPO_ROWS = (
 
 
 @config_options(sections=SFT_OPTION_SECTIONS)
-def sft(
-    options: dict[str, Any],
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    overwrite: Overwrite = False,
-    resume: Resume = None,
-    quiet: Quiet = False,
-    json_output: Json = False,
-) -> None:
+@option_group(RunOptions, "run")
+def sft(options: dict[str, Any], run: RunOptions) -> None:
     """Fine-tune a trained GPT (--init) on instruction data, with the loss on response tokens only."""
-    checkpoint, base = resume_point(resume, options, SftRunConfig)
-    config = build_config(options, config_file, sets or [], [], config_class=SftRunConfig, base=base)
-    from tfkit.training.sft import train_sft
-
-    display = FinetuneProgressDisplay(quiet or json_output, ("val_acc", "val_acc"))
-    result = train_sft(
-        config,
-        callback=display,
-        overwrite=overwrite or checkpoint == "fresh",
-        resume=None if checkpoint == "fresh" else checkpoint,
-    )
-    report_run(result, SFT_ROWS, quiet, json_output)
+    display = functools.partial(FinetuneProgressDisplay, extra=("val_acc", "val_acc"))
+    run_training(options, run, SftRunConfig, "tfkit.training.sft:train_sft", display, SFT_ROWS)
 
 
 @config_options(sections=DPO_OPTION_SECTIONS)
-def dpo(
-    options: dict[str, Any],
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    overwrite: Overwrite = False,
-    resume: Resume = None,
-    quiet: Quiet = False,
-    json_output: Json = False,
-) -> None:
+@option_group(RunOptions, "run")
+def dpo(options: dict[str, Any], run: RunOptions) -> None:
     """Preference-tune a trained GPT (--init) with DPO against a frozen reference (--ref, default --init)."""
-    checkpoint, base = resume_point(resume, options, DpoRunConfig)
-    config = build_config(options, config_file, sets or [], [], config_class=DpoRunConfig, base=base)
-    from tfkit.training.dpo import train_dpo
-
-    display = FinetuneProgressDisplay(quiet or json_output, ("val_rewards_accuracies", "reward accuracy"))
-    result = train_dpo(
-        config,
-        callback=display,
-        overwrite=overwrite or checkpoint == "fresh",
-        resume=None if checkpoint == "fresh" else checkpoint,
-    )
-    report_run(result, DPO_ROWS, quiet, json_output)
+    display = functools.partial(FinetuneProgressDisplay, extra=("val_rewards_accuracies", "reward accuracy"))
+    run_training(options, run, DpoRunConfig, "tfkit.training.dpo:train_dpo", display, DPO_ROWS)

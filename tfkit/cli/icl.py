@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
+from tfkit.cli._options import config_options, option_group
 from tfkit.cli._output import console
-from tfkit.cli.train import ProgressDisplay, build_config, report_run, resume_point
+from tfkit.cli.train import ProgressDisplay, RunOptions, run_training
 from tfkit.config.icl import (
     ICL_SECTIONS,
     SOFTMAX_FIELDS,
@@ -49,25 +49,7 @@ SUMMARY_ROWS = (
 
 
 @config_options(sections=ICL_SECTIONS, exclude=EXCLUDED)
-def icl(
-    options: dict[str, Any],
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    overwrite: Overwrite = False,
-    resume: Resume = None,
-    quiet: Quiet = False,
-    json_output: Json = False,
-) -> None:
+@option_group(RunOptions, "run")
+def icl(options: dict[str, Any], run: RunOptions) -> None:
     """Train a GPT or looped transformer to regress in context (linear, sparse, noisy, relu_2nn, decision_tree)."""
-    checkpoint, base = resume_point(resume, options, IclRunConfig)
-    config = build_config(options, config_file, sets or [], [], config_class=IclRunConfig, base=base)
-    from tfkit.training.icl import train_icl
-
-    display = IclProgressDisplay(quiet or json_output)
-    result = train_icl(
-        config,
-        callback=display,
-        overwrite=overwrite or checkpoint == "fresh",
-        resume=None if checkpoint == "fresh" else checkpoint,
-    )
-    report_run(result, SUMMARY_ROWS, quiet, json_output)
+    run_training(options, run, IclRunConfig, "tfkit.training.icl:train_icl", IclProgressDisplay, SUMMARY_ROWS)

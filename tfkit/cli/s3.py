@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from tfkit.cli._errors import command
-from tfkit.cli._options import Json
+from tfkit.cli._options import Json, option_group
 from tfkit.cli._output import console, err_console, is_interactive, print_json
 from tfkit.storage import DEFAULT_TIMEOUT, TIMEOUT_ATTEMPTS
 
@@ -122,23 +123,56 @@ class TransferDisplay:
             self.progress.stop()
 
 
+@dataclasses.dataclass
+class TransferOptions:
+    """The options `tfkit s3 push` and `pull` share besides their own."""
+
+    include: Include = None
+    exclude: Exclude = None
+    dry_run: DryRun = False
+    profile: Profile = None
+    endpoint_url: EndpointUrl = None
+    timeout: Timeout = DEFAULT_TIMEOUT
+    jobs: Jobs = 8
+    quiet: QuietTransfer = False
+    json_output: Json = False
+
+
+def _transfer(label: str, opts: TransferOptions, **kwargs: Any) -> Any:
+    """Connect, then push or pull (`label`) with a progress display; the result, or None once printed as JSON."""
+    store = _connect(opts.profile, opts.endpoint_url, opts.timeout, opts.jobs, opts.quiet)
+    display = TransferDisplay(label, opts.quiet or opts.json_output)
+    transfer = store.push if label == "push" else store.pull
+    try:
+        result = transfer(
+            include=opts.include or [], exclude=opts.exclude or [], dry_run=opts.dry_run, callback=display, **kwargs
+        )
+    finally:
+        display.close()
+    return result
+
+
+def _print_files(result: Any, opts: TransferOptions, files: list[str], verb: str) -> bool:
+    """`--json`: print the result and say so; `--dry-run`: list the files it would transfer."""
+    if opts.json_output:
+        print_json(result.to_dict())
+        return True
+    if opts.dry_run and not opts.quiet:
+        for rel in files:
+            console.print(f"would {verb} {rel}", highlight=False, soft_wrap=True)
+    return False
+
+
 @command(s3_app, "push")
+@option_group(TransferOptions, "opts")
 def push(
     local_dir: Annotated[Path, typer.Argument(help="Directory to upload, e.g. a run directory.")],
     uri: Annotated[str, typer.Argument(help="Destination prefix, s3://bucket/prefix.")],
-    include: Include = None,
-    exclude: Exclude = None,
-    dry_run: DryRun = False,
+    opts: TransferOptions,
     follow_symlinks: Annotated[
         bool,
         typer.Option("--follow-symlinks", help="Also upload the files behind symlinks that lead out of the directory."),
     ] = False,
-    profile: Profile = None,
-    endpoint_url: EndpointUrl = None,
-    timeout: Timeout = DEFAULT_TIMEOUT,
-    jobs: Jobs = 8,
-    quiet: QuietTransfer = False,
-    json_output: Json = False,
 ) -> None:
     """Upload a directory under a prefix; unchanged files are not sent again.
 
@@ -146,33 +180,16 @@ def push(
     (.tfkit-manifest.json) is uploaded last; `tfkit s3 pull` verifies against it.
     Symlinks that lead out of the directory are skipped with a warning.
     """
-    store = _connect(profile, endpoint_url, timeout, jobs, quiet)
-    display = TransferDisplay("push", quiet or json_output)
-    try:
-        result = store.push(
-            local_dir,
-            uri,
-            include=include or [],
-            exclude=exclude or [],
-            dry_run=dry_run,
-            callback=display,
-            follow_symlinks=follow_symlinks,
-        )
-    finally:
-        display.close()
+    result = _transfer("push", opts, local_dir=local_dir, uri=uri, follow_symlinks=follow_symlinks)
     if result.skipped_symlinks:
         names = ", ".join(result.skipped_symlinks)
         _warn(
             f"skipped {len(result.skipped_symlinks)} symlink(s) that lead out of {local_dir}: {names} "
             "(--follow-symlinks uploads the files they point to)"
         )
-    if json_output:
-        print_json(result.to_dict())
+    if _print_files(result, opts, result.uploaded, "upload"):
         return
-    if dry_run and not quiet:
-        for rel in result.uploaded:
-            console.print(f"would upload {rel}", highlight=False, soft_wrap=True)
-    verb = "would upload" if dry_run else "uploaded"
+    verb = "would upload" if opts.dry_run else "uploaded"
     console.print(
         f"{result.uri}: {verb} {len(result.uploaded)} files ({_size(result.bytes_uploaded)}), "
         f"{len(result.unchanged)} unchanged",
@@ -182,21 +199,14 @@ def push(
 
 
 @command(s3_app, "pull")
+@option_group(TransferOptions, "opts")
 def pull(
     uri: Annotated[str, typer.Argument(help="Source prefix, s3://bucket/prefix.")],
     local_dir: Annotated[Path, typer.Argument(help="Directory to download into (created if missing).")],
-    include: Include = None,
-    exclude: Exclude = None,
-    dry_run: DryRun = False,
+    opts: TransferOptions,
     force: Annotated[
         bool, typer.Option("--force", help="Replace local files that were changed since they were pulled.")
     ] = False,
-    profile: Profile = None,
-    endpoint_url: EndpointUrl = None,
-    timeout: Timeout = DEFAULT_TIMEOUT,
-    jobs: Jobs = 8,
-    quiet: QuietTransfer = False,
-    json_output: Json = False,
 ) -> None:
     """Download a prefix into a directory, verifying every file against the manifest.
 
@@ -205,27 +215,10 @@ def pull(
     the directory are refused. Local files that differ from the remote ones and are not
     what an earlier pull wrote (edited since) are not replaced without --force.
     """
-    store = _connect(profile, endpoint_url, timeout, jobs, quiet)
-    display = TransferDisplay("pull", quiet or json_output)
-    try:
-        result = store.pull(
-            uri,
-            local_dir,
-            include=include or [],
-            exclude=exclude or [],
-            dry_run=dry_run,
-            callback=display,
-            force=force,
-        )
-    finally:
-        display.close()
-    if json_output:
-        print_json(result.to_dict())
+    result = _transfer("pull", opts, uri=uri, dest=local_dir, force=force)
+    if _print_files(result, opts, result.downloaded, "download"):
         return
-    if dry_run and not quiet:
-        for rel in result.downloaded:
-            console.print(f"would download {rel}", highlight=False, soft_wrap=True)
-    verb = "would download" if dry_run else "downloaded"
+    verb = "would download" if opts.dry_run else "downloaded"
     check = "verified against the manifest" if result.verified else "no manifest: sizes checked only"
     console.print(
         f"{local_dir}: {verb} {len(result.downloaded)} files ({_size(result.bytes_downloaded)}), "
@@ -236,8 +229,8 @@ def pull(
     if result.unlisted:
         left_out = f"left out {len(result.unlisted)} objects the manifest does not list"
         console.print(left_out, highlight=False, soft_wrap=True)
-    if result.overwritten and not quiet:
-        verb = "would replace" if dry_run else "replaced"
+    if result.overwritten and not opts.quiet:
+        verb = "would replace" if opts.dry_run else "replaced"
         names = ", ".join(result.overwritten)
         console.print(
             f"{verb} {len(result.overwritten)} locally changed file(s) (--force): {names}",

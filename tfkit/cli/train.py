@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.markup import escape
 
 from tfkit.cli._errors import INTERRUPTED, TERMINATED, command
-from tfkit.cli._options import ConfigFile, Json, Overwrite, Quiet, Resume, Sets, config_options
+from tfkit.cli._options import (
+    ConfigFile,
+    Json,
+    Overwrite,
+    Params,
+    Quiet,
+    Resume,
+    Sets,
+    config_options,
+    option_group,
+)
 from tfkit.cli._output import (
     console,
     err_console,
@@ -191,31 +204,51 @@ def report_run(result: Any, rows: tuple[tuple[str, str], ...], quiet: bool, json
         raise typer.Exit(TERMINATED if result.stopped_by == "SIGTERM" else INTERRUPTED)
 
 
-@command(train_app, "pretrain")
-@config_options()
-def pretrain(
-    options: dict[str, Any],
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    params: Annotated[
-        list[str] | None, typer.Option("--param", help="Process parameter name=value, e.g. x=0.2 (repeatable).")
-    ] = None,
-    overwrite: Overwrite = False,
-    resume: Resume = None,
-    quiet: Quiet = False,
-    json_output: Json = False,
-) -> None:
-    """Pretrain a GPT on next-token prediction (built-in processes: --data mess3)."""
-    checkpoint, base = resume_point(resume, options, RunConfig)
-    config = build_config(options, config_file, sets or [], params or [], base=base)
-    from tfkit.training.loop import train
+@dataclasses.dataclass
+class RunOptions:
+    """The options every training command shares besides the config fields."""
 
+    config_file: ConfigFile = None
+    sets: Sets = None
+    overwrite: Overwrite = False
+    resume: Resume = None
+    quiet: Quiet = False
+    json_output: Json = False
+
+
+def run_training(
+    options: dict[str, Any],
+    run: RunOptions,
+    config_class: type,
+    train: str,
+    display: Callable[[bool], Any],
+    rows: tuple[tuple[str, str], ...],
+    params: list[str] | None = None,
+) -> None:
+    """What every `tfkit train` command does: build the config (resumed or not), train, report.
+
+    Args:
+        train: the training function as `module:name`, imported once the config is valid
+            (the training modules import torch).
+        display: makes the progress callback, given whether to stay quiet.
+    """
+    checkpoint, base = resume_point(run.resume, options, config_class)
+    config = build_config(options, run.config_file, run.sets or [], params or [], config_class=config_class, base=base)
+    module, name = train.split(":")
+    train_run = getattr(importlib.import_module(module), name)
     follower = os.environ.get("RANK", "0") not in ("", "0")  # under torchrun, rank 0 alone reports
-    display = ProgressDisplay(quiet or json_output or follower)
-    result = train(
+    result = train_run(
         config,
-        callback=display,
-        overwrite=overwrite or checkpoint == "fresh",
+        callback=display(run.quiet or run.json_output or follower),
+        overwrite=run.overwrite or checkpoint == "fresh",
         resume=None if checkpoint == "fresh" else checkpoint,
     )
-    report_run(result, SUMMARY_ROWS, quiet or follower, json_output and not follower)
+    report_run(result, rows, run.quiet or follower, run.json_output and not follower)
+
+
+@command(train_app, "pretrain")
+@config_options()
+@option_group(RunOptions, "run")
+def pretrain(options: dict[str, Any], run: RunOptions, params: Params = None) -> None:
+    """Pretrain a GPT on next-token prediction (built-in processes: --data mess3)."""
+    run_training(options, run, RunConfig, "tfkit.training.loop:train", ProgressDisplay, SUMMARY_ROWS, params)

@@ -38,7 +38,7 @@ from tfkit.storage.manifest import (
     sha256_file,
 )
 from tfkit.storage.transfers import TransferCallback, Transfers, map_parallel, run_parallel
-from tfkit.storage.uri import S3Uri
+from tfkit.storage.uri import S3Uri, as_s3_uri
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _NOT_AS_SAVED = "not as saved: "
@@ -65,7 +65,7 @@ class PullResult:
 
 def pull_directory(
     conn: Connection,
-    source: S3Uri,
+    uri: str | S3Uri,
     dest: str | Path,
     *,
     include: Iterable[str] = (),
@@ -74,7 +74,7 @@ def pull_directory(
     callback: TransferCallback | None = None,
     force: bool = False,
 ) -> PullResult:
-    """Download the files under `source` into `dest`, verified against the manifest.
+    """Download the files under `uri` into `dest`, verified against the manifest.
 
     With a manifest, exactly the files it lists are pulled and each must match its
     sha256 (objects it does not list are left out and reported); without one, every
@@ -94,6 +94,7 @@ def pull_directory(
     what an earlier pull wrote. Any other (edited since, or never pulled) makes the
     pull refuse before anything is written, naming them, unless `force`.
     """
+    source = as_s3_uri(uri)
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise StorageError(f"{dest} exists and is not a directory")

@@ -28,7 +28,7 @@ from tfkit.storage.manifest import (
     sha256_of,
 )
 from tfkit.storage.transfers import TransferCallback, Transfers, run_parallel
-from tfkit.storage.uri import S3Uri
+from tfkit.storage.uri import S3Uri, as_s3_uri
 
 HashCache = dict[str, tuple[tuple[int, int, int], str]]  # rel -> ((inode, size, mtime_ns), sha256)
 
@@ -50,7 +50,7 @@ class PushResult:
 def push_directory(
     conn: Connection,
     local_dir: str | Path,
-    target: S3Uri,
+    uri: str | S3Uri,
     *,
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
@@ -60,7 +60,7 @@ def push_directory(
     hash_cache: HashCache | None = None,
     follow_symlinks: bool = False,
 ) -> PushResult:
-    """Upload the files of `local_dir` under `target` that differ from the remote manifest.
+    """Upload the files of `local_dir` under `uri` that differ from the remote manifest.
 
     Files whose sha256 and size match the manifest (and whose object is still there)
     are not sent again. The manifest goes up last, listing every file pushed now plus
@@ -74,6 +74,7 @@ def push_directory(
         hash_cache: reused between pushes of a growing directory, so unchanged files
             (same inode, size and mtime) are not hashed again.
     """
+    target = as_s3_uri(uri)
     root = Path(local_dir)
     if not root.is_dir():
         raise StorageError(f"{root} is not a directory")

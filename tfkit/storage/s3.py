@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from pathlib import Path
 
 from tfkit.errors import StorageError
 from tfkit.storage.client import (
@@ -39,7 +38,7 @@ from tfkit.storage.client import (
 )
 from tfkit.storage.listing import RunListing, list_runs
 from tfkit.storage.pull import PullResult, pull_directory
-from tfkit.storage.push import HashCache, PushResult, push_directory
+from tfkit.storage.push import PushResult, push_directory
 from tfkit.storage.timeouts import MIN_RATE
 from tfkit.storage.transfers import TransferCallback
 from tfkit.storage.uri import S3Uri, as_s3_uri, parse_s3_uri
@@ -70,57 +69,10 @@ class S3Store(Connection):
     from several threads.
     """
 
-    def push(
-        self,
-        local_dir: str | Path,
-        uri: str | S3Uri,
-        *,
-        include: Iterable[str] = (),
-        exclude: Iterable[str] = (),
-        dry_run: bool = False,
-        callback: TransferCallback | None = None,
-        mirror: bool = False,
-        hash_cache: HashCache | None = None,
-        follow_symlinks: bool = False,
-    ) -> PushResult:
-        """Upload the files of `local_dir` under `uri` that differ from the remote manifest
-        (`tfkit.storage.push.push_directory`)."""
-        return push_directory(
-            self,
-            local_dir,
-            as_s3_uri(uri),
-            include=include,
-            exclude=exclude,
-            dry_run=dry_run,
-            callback=callback,
-            mirror=mirror,
-            hash_cache=hash_cache,
-            follow_symlinks=follow_symlinks,
-        )
-
-    def pull(
-        self,
-        uri: str | S3Uri,
-        dest: str | Path,
-        *,
-        include: Iterable[str] = (),
-        exclude: Iterable[str] = (),
-        dry_run: bool = False,
-        callback: TransferCallback | None = None,
-        force: bool = False,
-    ) -> PullResult:
-        """Download the files under `uri` into `dest`, verified against the manifest, keeping
-        local changes unless `force` (`tfkit.storage.pull.pull_directory`)."""
-        return pull_directory(
-            self,
-            as_s3_uri(uri),
-            dest,
-            include=include,
-            exclude=exclude,
-            dry_run=dry_run,
-            callback=callback,
-            force=force,
-        )
+    # (local_dir, uri, ...): upload what differs from the remote manifest (`tfkit.storage.push`)
+    push = push_directory
+    # (uri, dest, ...): download verified against the manifest, local changes kept (`tfkit.storage.pull`)
+    pull = pull_directory
 
     def list_runs(self, uri: str | S3Uri) -> list[RunListing]:
         """One entry per folder directly under `uri` (and "." for files right at it); a `uri`
