@@ -17,8 +17,7 @@ train_log.csv; the same with a `val_` prefix, and `val_loss`, in val_log.csv.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import torch
@@ -33,8 +32,7 @@ from tfkit.training.device import autocast
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.load import LoadedRun, load_run
 from tfkit.training.objectives import LENGTH_AVERAGED, dpo_loss, sequence_logps
-from tfkit.training.session import RunResult, TrainCallback
-from tfkit.training.task import Resumed
+from tfkit.training.session import RunArgs, RunResult
 
 METRICS = DPO_METRICS  # declared in tfkit.training.columns
 
@@ -196,10 +194,7 @@ class DpoObjective(Objective):
 
 def train_dpo(
     config: DpoRunConfig,
-    *,
-    callback: TrainCallback | None = None,
-    overwrite: bool = False,
-    resume: str | Path | Resumed | None = None,
+    **run: Unpack[RunArgs],
 ) -> RunResult:
     """Preference-tune the `--init` model on a DPO dataset; write the run directory.
 
@@ -247,7 +242,5 @@ def train_dpo(
         init,
         data_meta=data_meta,
         tokenizer=tokenizer_record(init, dataset),
-        callback=callback,
-        overwrite=overwrite,
-        resume=resume,
+        **run,
     )

@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
@@ -30,8 +29,8 @@ from tfkit.models.gpt import GPT
 from tfkit.training.device import autocast, resolve_device
 from tfkit.training.fit import fit
 from tfkit.training.load import LoadedRun
-from tfkit.training.session import RunResult, TrainCallback
-from tfkit.training.task import Resumed, Task
+from tfkit.training.session import RunArgs, RunResult
+from tfkit.training.task import Task
 
 
 class Objective(ABC):
@@ -175,20 +174,18 @@ def run_finetune(
     *,
     data_meta: dict[str, Any],
     tokenizer: dict[str, Any],
-    callback: TrainCallback | None = None,
-    overwrite: bool = False,
-    resume: str | Path | Resumed | None = None,
+    **run: Unpack[RunArgs],
 ) -> RunResult:
     """Train the `--init` model on `objective` as the resolved `config` says; write the run directory.
 
     Args:
         data_meta: what to record about the data in `train_config.json` (`data_source` first).
         tokenizer: `tokenizer_path` and `tokenizer_sha256` of the data, saved with the run.
-        resume: a checkpoint to continue from (`tfkit.training.fit`).
+        run: progress callback, overwrite and resume, as `fit` takes them.
     """
     device = resolve_device(config.train.device)
     task = FinetuneTask(config, objective, init, data_meta, tokenizer, device)
-    return fit(task, config, device, callback=callback, overwrite=overwrite, resume=resume)
+    return fit(task, config, device, **run)
 
 
 def prepare_finetune(config: Any) -> tuple[Any, LoadedRun, Any]:

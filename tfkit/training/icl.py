@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
@@ -46,8 +45,8 @@ from tfkit.models.looped import VectorTransformer
 from tfkit.training.columns import icl_columns
 from tfkit.training.device import autocast, resolve_device
 from tfkit.training.fit import fit
-from tfkit.training.session import RunResult, TrainCallback
-from tfkit.training.task import Resumed, Task
+from tfkit.training.session import RunArgs, RunResult
+from tfkit.training.task import Task
 
 
 def build_model(config: IclRunConfig) -> VectorTransformer:
@@ -189,10 +188,7 @@ class IclTask(Task):
 
 def train_icl(
     config: IclRunConfig,
-    *,
-    callback: TrainCallback | None = None,
-    overwrite: bool = False,
-    resume: str | Path | Resumed | None = None,
+    **run: Unpack[RunArgs],
 ) -> RunResult:
     """Train one in-context regression model as `config` says and write its run directory.
 
@@ -201,7 +197,7 @@ def train_icl(
     """
     device = resolve_device(config.train.device)
     config = config.resolved()
-    return fit(IclTask(config, device), config, device, callback=callback, overwrite=overwrite, resume=resume)
+    return fit(IclTask(config, device), config, device, **run)
 
 
 def window_loss(outs: list[torch.Tensor], ys: torch.Tensor, norm: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,8 @@ from tfkit.training.device import autocast, resolve_device
 from tfkit.training.distributed import SINGLE, Dist
 from tfkit.training.fit import fit
 from tfkit.training.objectives import z_loss
-from tfkit.training.session import RunResult, TrainCallback
-from tfkit.training.task import Resumed, Task
+from tfkit.training.session import RunArgs, RunResult, TrainCallback
+from tfkit.training.task import Task
 
 __all__ = ["PretrainTask", "RunResult", "TrainCallback", "evaluate", "train"]
 
@@ -252,10 +252,7 @@ class PretrainTask(Task):
 
 def train(
     config: RunConfig,
-    *,
-    callback: TrainCallback | None = None,
-    overwrite: bool = False,
-    resume: str | Path | Resumed | None = None,
+    **run: Unpack[RunArgs],
 ) -> RunResult:
     """Train one model as `config` says and write its run directory.
 
@@ -278,9 +275,7 @@ def train(
             PretrainTask(config, source, device, dist),
             config,
             device,
-            callback=callback,
-            overwrite=overwrite,
-            resume=resume,
+            **run,
         )
     finally:
         distributed.shutdown(dist)

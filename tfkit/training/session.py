@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -74,6 +74,18 @@ class RunResult:
     message: str | None = None
     pushed: dict[str, Any] | None = None  # the final push to --s3-uri, if any
     stopped_by: str | None = None  # SIGINT (Ctrl-C) or SIGTERM, for an interrupted run
+
+
+class RunArgs(TypedDict, total=False):
+    """How a training entry point runs besides its config (`train`, `train_icl`, `train_sft`, `train_dpo`).
+
+    callback: where progress goes; overwrite: replace a run already in `--out`; resume: a
+    checkpoint, a run directory, `auto` or a `Resumed` to continue (`tfkit.training.fit`).
+    """
+
+    callback: TrainCallback | None
+    overwrite: bool
+    resume: str | Path | Resumed | None
 
 
 def open_trackers(config: SectionedConfig, run_dir: Path, meta: dict[str, Any]) -> TrackerGroup:
@@ -182,10 +194,16 @@ class RunSession:
         that cannot be continued (its header damaged) raises `DataError`; the run is left as it was
         but for its logs cut back to the checkpoint.
         """
-        self.device = device
-        self.horizon = horizon
+        self.device, self.horizon = device, horizon
         self.num_params = model.num_params()  # type: ignore[operator]
         self.num_params_ne = model.num_params(non_embedding=True)  # type: ignore[operator]
+        self._record_start(compiled, meta, resumed, logs)
+        self.offset = resumed.state["elapsed"] if resumed is not None else 0.0
+        self.t0 = time.perf_counter()
+
+    def _record_start(self, compiled: bool, meta: dict[str, Any], resumed: Resumed | None, logs: tuple) -> None:
+        """`start`'s writing: the run's meta in `train_config.json`, the trackers, the logs cut back, the callback."""
+        device, horizon = self.device, self.horizon
         resumed_step = resumed.state["progress"]["step"] if resumed is not None else None
         earlier = _read_meta(self.run_dir) if resumed is not None else {}
         meta = {
@@ -235,8 +253,6 @@ class RunSession:
                 "resumed_step": resumed_step,
             }
         )
-        self.offset = resumed.state["elapsed"] if resumed is not None else 0.0
-        self.t0 = time.perf_counter()
 
     def _continue_logs(self, step: int, logs: tuple[Any, ...]) -> list[str]:
         """Cut every log back to `step` once all can be; one note for each side file of damage."""
@@ -391,22 +407,8 @@ class FollowerSession(RunSession):
     def __init__(self, config: Any) -> None:
         super().__init__(config, Path(config.log.out), None, TrainCallback())
 
-    def start(
-        self,
-        model: torch.nn.Module,
-        device: torch.device,
-        *,
-        compiled: bool,
-        horizon: int | None,
-        meta: dict[str, Any],
-        resumed: Resumed | None = None,
-        logs: tuple[Any, ...] = (),
-    ) -> None:
-        self.device, self.horizon = device, horizon
-        self.num_params = model.num_params()  # type: ignore[operator]
-        self.num_params_ne = model.num_params(non_embedding=True)  # type: ignore[operator]
-        self.offset = resumed.state["elapsed"] if resumed is not None else 0.0
-        self.t0 = time.perf_counter()
+    def _record_start(self, compiled: bool, meta: dict[str, Any], resumed: Resumed | None, logs: tuple) -> None:
+        pass
 
     def log_train(self, row: dict[str, Any]) -> None:
         pass

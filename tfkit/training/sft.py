@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
@@ -27,8 +26,7 @@ from tfkit.training.columns import SFT_METRICS, sft_columns
 from tfkit.training.device import autocast
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.objectives import masked_lm_loss, z_loss
-from tfkit.training.session import RunResult, TrainCallback
-from tfkit.training.task import Resumed
+from tfkit.training.session import RunArgs, RunResult
 
 
 def packed_mask(doc: torch.Tensor) -> torch.Tensor:
@@ -115,10 +113,7 @@ class SftObjective(Objective):
 
 def train_sft(
     config: SftRunConfig,
-    *,
-    callback: TrainCallback | None = None,
-    overwrite: bool = False,
-    resume: str | Path | Resumed | None = None,
+    **run: Unpack[RunArgs],
 ) -> RunResult:
     """Fine-tune the `--init` model on the response tokens of an SFT dataset; write the run directory.
 
@@ -156,7 +151,5 @@ def train_sft(
         init,
         data_meta=data_meta,
         tokenizer=tokenizer_record(init, dataset),
-        callback=callback,
-        overwrite=overwrite,
-        resume=resume,
+        **run,
     )
