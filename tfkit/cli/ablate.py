@@ -78,74 +78,52 @@ RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where each run's dire
 Name = Annotated[
     str | None, typer.Option("--name", help="Ablation name: the wandb group (default: the logfile's stem).")
 ]
+
+
+def _launcher_option(*decls: str, help: str) -> Any:
+    """An option of the Launcher panel of `--help`."""
+    return typer.Option(*decls, help=help, rich_help_panel=LAUNCHER_PANEL)
+
+
 Jobs = Annotated[
     int | None,
-    typer.Option(
-        "--jobs",
-        "-j",
-        help="Runs at once (local: separate processes; slurm: the array's cap).",
-        rich_help_panel=LAUNCHER_PANEL,
-    ),
+    _launcher_option("--jobs", "-j", help="Runs at once (local: separate processes; slurm: the array's cap)."),
 ]
 Devices = Annotated[
-    str | None,
-    typer.Option(
-        "--devices", help="Comma-separated devices for the jobs, e.g. cuda:0,cuda:1.", rich_help_panel=LAUNCHER_PANEL
-    ),
+    str | None, _launcher_option("--devices", help="Comma-separated devices for the jobs, e.g. cuda:0,cuda:1.")
 ]
 Launcher = Annotated[
     LauncherName | None,
-    typer.Option(
+    _launcher_option(
         "--launcher",
         help="local: processes on this machine (the default with --jobs above 1); slurm: one SLURM job per run.",
-        rich_help_panel=LAUNCHER_PANEL,
     ),
 ]
-SlurmPartition = Annotated[
-    str | None, typer.Option("--slurm-partition", help="SLURM partition.", rich_help_panel=LAUNCHER_PANEL)
-]
+SlurmPartition = Annotated[str | None, _launcher_option("--slurm-partition", help="SLURM partition.")]
 GpusPerRun = Annotated[
     int | None,
-    typer.Option(
-        "--gpus-per-run",
-        help=f"GPUs per SLURM job (default {DEFAULT_GPUS_PER_RUN}); above 1, one DDP process per GPU.",
-        rich_help_panel=LAUNCHER_PANEL,
+    _launcher_option(
+        "--gpus-per-run", help=f"GPUs per SLURM job (default {DEFAULT_GPUS_PER_RUN}); above 1, one DDP process per GPU."
     ),
 ]
 SlurmTime = Annotated[
     int | None,
-    typer.Option(
-        "--slurm-time",
-        help=f"Time limit per job in minutes (default {DEFAULT_TIME_MIN}); requeued at it.",
-        rich_help_panel=LAUNCHER_PANEL,
+    _launcher_option(
+        "--slurm-time", help=f"Time limit per job in minutes (default {DEFAULT_TIME_MIN}); requeued at it."
     ),
 ]
 SlurmCpus = Annotated[
     int | None,
-    typer.Option(
-        "--slurm-cpus",
-        help="CPUs per SLURM task (one task per GPU with --gpus-per-run above 1).",
-        rich_help_panel=LAUNCHER_PANEL,
-    ),
+    _launcher_option("--slurm-cpus", help="CPUs per SLURM task (one task per GPU with --gpus-per-run above 1)."),
 ]
-SlurmMem = Annotated[
-    str | None, typer.Option("--slurm-mem", help="Memory per SLURM job, e.g. 64G.", rich_help_panel=LAUNCHER_PANEL)
-]
+SlurmMem = Annotated[str | None, _launcher_option("--slurm-mem", help="Memory per SLURM job, e.g. 64G.")]
 SbatchOptions = Annotated[
     list[str] | None,
-    typer.Option(
-        "--slurm-option",
-        help="Any other sbatch option: NAME=VALUE or NAME (repeatable).",
-        rich_help_panel=LAUNCHER_PANEL,
-    ),
+    _launcher_option("--slurm-option", help="Any other sbatch option: NAME=VALUE or NAME (repeatable)."),
 ]
 SlurmSetup = Annotated[
     list[str] | None,
-    typer.Option(
-        "--slurm-setup",
-        help="A shell line run before each job, e.g. 'module load cuda' (repeatable).",
-        rich_help_panel=LAUNCHER_PANEL,
-    ),
+    _launcher_option("--slurm-setup", help="A shell line run before each job, e.g. 'module load cuda' (repeatable)."),
 ]
 Review = Annotated[bool, typer.Option("--review-settings", help="Show the settings and ask to proceed.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (with --review-settings).")]

@@ -95,6 +95,14 @@ def field_label(section: Any, name: str) -> str:
     return option_label(name) if f.metadata.get("cli") else f"{section.SECTION}.{name}"
 
 
+def check_at_least(section: Any, names: tuple[str, ...], bound: int = 1) -> None:
+    """Refuse a value of the fields `names` below `bound` (an unset field, None, passes)."""
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value < bound:
+            raise ConfigError(f"{field_label(section, name)} must be at least {bound}, got {value}")
+
+
 def shown(value: Any) -> str:
     """`repr(value)` cut to `MAX_SHOWN` characters, for error messages."""
     text = repr(value)

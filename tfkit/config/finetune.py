@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from tfkit.config.fields import DEFAULT_MAX_STEPS, check_fields, opt, option_label
+from tfkit.config.fields import DEFAULT_MAX_STEPS, check_at_least, check_fields, opt
 from tfkit.config.memory import training_memory
 from tfkit.config.run import SectionedConfig
 from tfkit.config.sections import LogConfig, ModelConfig, OptimConfig, TrainConfig
@@ -46,10 +46,7 @@ class ChatDataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("seq_len", "batch_size", "val_examples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
+        check_at_least(self, ("seq_len", "batch_size", "val_examples"))
 
 
 @dataclass(kw_only=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from tfkit.config.fields import check_fields, opt, option_label, shown
+from tfkit.config.fields import check_at_least, check_fields, opt, option_label, shown
 from tfkit.config.memory import training_memory
 from tfkit.config.run import SectionedConfig
 from tfkit.config.sections import LogConfig, ModelConfig, OptimConfig, TrainConfig
@@ -95,18 +95,19 @@ class TaskConfig:
         check_fields(self)
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {shown(self.task)}: choose one of {', '.join(TASKS)}")
-        for name in (
-            "n_dims",
-            "n_points",
-            "batch_size",
-            "sparsity",
-            "relu_hidden",
-            "tree_depth",
-            "knn_neighbours",
-            "val_examples",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
+        check_at_least(
+            self,
+            (
+                "n_dims",
+                "n_points",
+                "batch_size",
+                "sparsity",
+                "relu_hidden",
+                "tree_depth",
+                "knn_neighbours",
+                "val_examples",
+            ),
+        )
         if self.noise_std < 0:
             raise ConfigError(f"--noise-std must be >= 0, got {self.noise_std}")
         if self.tree_depth > MAX_TREE_DEPTH:
@@ -157,16 +158,9 @@ class CurriculumConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("dims_start", "points_start", "loops_start"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
-        for name in ("dims_inc", "points_inc", "loops_inc"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{option_label(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("dims_interval", "points_interval", "loops_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("dims_start", "points_start", "loops_start"))
+        check_at_least(self, ("dims_inc", "points_inc", "loops_inc"), bound=0)
+        check_at_least(self, ("dims_interval", "points_interval", "loops_interval"))
 
 
 @dataclass(kw_only=True)
@@ -194,10 +188,7 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("n_loops", "loop_window", "eval_loops"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {value}")
+        check_at_least(self, ("n_loops", "loop_window", "eval_loops"))
         if self.model == "gpt":
             given = [option_label(n) for n in ("n_loops", "loop_window", "eval_loops") if getattr(self, n) is not None]
             if given:

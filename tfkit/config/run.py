@@ -22,15 +22,7 @@ from tfkit.config.fields import (
     shown_text,
 )
 from tfkit.config.memory import MEMORY_ADVICE, device_memory, training_memory
-from tfkit.config.sections import (
-    SECTIONS,
-    DataConfig,
-    LogConfig,
-    ModelConfig,
-    OptimConfig,
-    TrainConfig,
-    scaled_shape,
-)
+from tfkit.config.sections import SECTIONS, DataConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig, scaled_shape
 from tfkit.errors import ConfigError
 
 
@@ -106,12 +98,19 @@ class SectionedConfig:
         return cls().with_yaml(path)
 
     def with_yaml(self, path: str | Path) -> Self:
+        """A copy with the options of a YAML (or JSON) file.
+
+        A run's `train_config.json` is such a file: its `meta` record (versions, device,
+        parameter counts) is no option and is left out.
+        """
         path = Path(path)
         data = read_yaml(path)
         if data is None:
             return self
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of options, got {type(data).__name__}")
+        if isinstance(data.get("meta"), dict) and "meta" not in self.SECTIONS:
+            data = {k: v for k, v in data.items() if k != "meta"}
         return self.with_updates(data, source=str(path))
 
     def with_overrides(self, assignments: list[str]) -> Self:

@@ -18,6 +18,7 @@ from tfkit.config.fields import (
     MAX_SHAPE,
     SSM_STATE,
     WARMUP_FRACTION,
+    check_at_least,
     check_device_name,
     check_fields,
     field_label,
@@ -288,9 +289,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("seq_len", "batch_size", "train_sequences", "val_examples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, ("seq_len", "batch_size", "train_sequences", "val_examples"))
         if not self.data:
             raise ConfigError("--data must not be empty")
 
@@ -375,10 +374,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("keep_last", "spike_window", "spike_min_history", "spike_max_consecutive_skips"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{field_label(self, name)} must be at least 1, got {value}")
+        check_at_least(self, ("keep_last", "spike_window", "spike_min_history", "spike_max_consecutive_skips"))
         if self.spike_max_rollbacks < 0:
             raise ConfigError(f"train.spike_max_rollbacks must be at least 0, got {self.spike_max_rollbacks}")
         if self.z_loss < 0:
@@ -391,11 +387,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{option_label(name)} must be positive, got {value}")
-        for name in ("eval_every", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{option_label(name)} must be at least 1, got {getattr(self, name)}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ConfigError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
+        check_at_least(self, ("eval_every", "max_bad_steps", "checkpoint_every"))
         if self.max_epochs_between_evals is not None and self.max_epochs_between_evals <= 0:
             raise ConfigError(f"--max-epochs-between-evals must be positive, got {self.max_epochs_between_evals}")
         check_device_name(self.device)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tfkit.data.splits import load_saved_splits
 from tfkit.data.tokenized import TOKENIZED_MANIFEST, parse_tokenized_manifest
 from tfkit.errors import DataError
 
@@ -83,8 +84,6 @@ def _ragged(dataset: Any, column: str) -> Ragged:
 
 def open_chat_dataset(path: str | Path, mode: str) -> ChatDataset:
     """Open a folder tokenized with `--mode sft` or `--mode dpo`, or say clearly what it holds instead."""
-    import datasets
-
     path = Path(path)
     command = f"`tfkit train {mode}`"
     if not path.is_dir():
@@ -96,12 +95,8 @@ def open_chat_dataset(path: str | Path, mode: str) -> ChatDataset:
     if found is not None and found != mode:
         what = "pretraining token shards" if found == "pretrain" else f"{found.upper()} data"
         raise DataError(f"--data {path} holds {what}; {command} needs data tokenized with --mode {mode}")
-    if not (path / "dataset_dict.json").is_file():
-        raise DataError(f"--data {path} is not a tokenized dataset (run `tfkit tokenizer tokenize --mode {mode}`)")
-    try:
-        splits = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise DataError(f"could not open the dataset in {path}: {str(e).splitlines()[0]}") from None
+    not_saved = f"--data {path} is not a tokenized dataset (run `tfkit tokenizer tokenize --mode {mode}`)"
+    splits = load_saved_splits(path, not_saved)
     if "train" not in splits:
         raise DataError(f"--data {path} has no train split")
     val_split = next((s for s in ("validation", "test") if s in splits), None)

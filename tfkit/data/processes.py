@@ -334,24 +334,23 @@ def _zero_one_random(p: float) -> np.ndarray:
     return transition
 
 
-def _golden_mean(p: float) -> np.ndarray:
-    _check_range("golden-mean", "p", p, 0.0, 1.0)
+def _two_states(name: str, p: float, back: int) -> np.ndarray:
+    """A stays with token 0 (probability p) or goes to B with token 1; B returns to A with token `back`."""
+    _check_range(name, "p", p, 0.0, 1.0)
     a, b = range(2)
     transition = np.zeros((2, 2, 2))
     transition[0, a, a] = p
     transition[1, a, b] = 1.0 - p
-    transition[0, b, a] = 1.0
+    transition[back, b, a] = 1.0
     return transition
+
+
+def _golden_mean(p: float) -> np.ndarray:
+    return _two_states("golden-mean", p, back=0)  # no two 1s in a row
 
 
 def _even(p: float) -> np.ndarray:
-    _check_range("even", "p", p, 0.0, 1.0)
-    a, b = range(2)
-    transition = np.zeros((2, 2, 2))
-    transition[0, a, a] = p
-    transition[1, a, b] = 1.0 - p
-    transition[1, b, a] = 1.0
-    return transition
+    return _two_states("even", p, back=1)  # 1s come in blocks of even length
 
 
 @dataclass(frozen=True)

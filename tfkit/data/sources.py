@@ -35,11 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tfkit.data.hub import PRESETS, Preset, first_line, load_hub
+from tfkit.data.hub import PRESETS, Preset, load_hub
 from tfkit.data.kinds import detect_kind, source_kind, standardise
 from tfkit.data.local import load_local, looks_local
 from tfkit.data.packaged import load_packaged
-from tfkit.data.splits import FILE_COLUMN, SPLIT_ORDER, as_splits, carve_missing
+from tfkit.data.splits import FILE_COLUMN, SPLIT_ORDER, as_splits, carve_missing, load_saved_splits
 from tfkit.errors import DataError
 from tfkit.io import write_dir_atomic
 
@@ -306,17 +306,10 @@ class RawDataset:
 
 def load_raw(path: str | Path) -> RawDataset:
     """Open a dataset folder written by `tfkit data download`."""
-    import datasets
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"dataset folder not found: {path}")
-    if not (path / "dataset_dict.json").is_file():
-        raise DataError(f"{path} is not a dataset saved by `tfkit data download` (no dataset_dict.json)")
-    try:
-        splits = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise DataError(f"could not open the dataset in {path}: {first_line(e)}") from None
+    splits = load_saved_splits(path, f"{path} is not a dataset saved by `tfkit data download` (no dataset_dict.json)")
     manifest: dict[str, Any] = {}
     if (path / DATASET_MANIFEST).is_file():
         manifest = json.loads((path / DATASET_MANIFEST).read_text())

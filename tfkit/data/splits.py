@@ -9,6 +9,7 @@ text (`carve_text`), which `tail_note` says in one line.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tfkit.errors import DataError
@@ -222,3 +223,16 @@ def tail_note(name: str, sample_by: str, files: int, val_fraction: float, test_f
         split, fraction = ("validation", val_fraction) if val_fraction > 0 else ("test", test_fraction)
         carved = f"{split} is the last {_percent(fraction)} of {whose} {unit}"
     return f"{name}: {lead}, so {carved}"
+
+
+def load_saved_splits(path: Path, not_saved: str) -> Any:
+    """The `DatasetDict` saved in the folder `path`; `DataError(not_saved)` when it holds none."""
+    import datasets
+
+    if not (path / "dataset_dict.json").is_file():
+        raise DataError(not_saved)
+    try:
+        return datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        text = str(e).strip() or type(e).__name__
+        raise DataError(f"could not open the dataset in {path}: {text.splitlines()[0]}") from None

@@ -52,6 +52,7 @@ from torch.nn import functional as F
 
 from tfkit.config import SSM_STATE, ModelConfig, check_model_fits, mlp_hidden_size
 from tfkit.models.ssm import SelectiveSSM, SSMCore, ssm_in_features
+from tfkit.models.weights import decay_groups, init_weights, scale_residual_writes
 
 if TYPE_CHECKING:
     from tfkit.models.cache import KVCache, LayerCache, StateCache
@@ -357,22 +358,8 @@ class GPT(nn.Module):
             # one matrix for both; parameters() and state_dict share its storage
             self.transformer.wte.weight = self.lm_head.weight
 
-        self.apply(self._init_weights)
-        # GPT-2's scaled init of the projections that write into the residual stream: with
-        # 2 * depth such writes the stream's variance stays O(1) at init. A parallel block
-        # writes once but its c_proj sums the attention and MLP contributions, so it also
-        # counts as two.
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.depth))
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        init_weights(self, config.init_std)
+        scale_residual_writes(self, config.init_std, config.depth)
 
     def forward(
         self,
@@ -447,21 +434,7 @@ class GPT(nn.Module):
         as an embedding) and every 1-D parameter (norm gains, biases).
         Every parameter lands in exactly one group, a tied one once.
         """
-        embedding_ids = {id(p) for p in self._embedding_params()}
-        decay, no_decay = [], []
-        for p in self.parameters():  # unique parameters, in a stable order
-            if id(p) in embedding_ids:
-                wanted = decay_embeddings
-            elif p.dim() < 2:
-                wanted = decay_norms_and_biases
-            else:
-                wanted = True
-            (decay if wanted else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        return [g for g in groups if g["params"]]
+        return decay_groups(self, self._embedding_params(), weight_decay, decay_embeddings, decay_norms_and_biases)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) per token at context length `seq_len`.

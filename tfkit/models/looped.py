@@ -25,6 +25,7 @@ from torch import nn
 
 from tfkit.config import ModelConfig
 from tfkit.models.gpt import Block, ParallelBlock, make_norm
+from tfkit.models.weights import decay_groups, init_weights, scale_residual_writes
 
 
 class LoopedBlocks(nn.Module):
@@ -95,23 +96,12 @@ class VectorTransformer(nn.Module):
         self.read_in = nn.Linear(in_dim, config.width, bias=True)
         self.blocks = LoopedBlocks(config)
         self.read_out = nn.Linear(config.width, 1, bias=True)
-        self.apply(self._init_weights)
+        init_weights(self, config.init_std)
         # the read-in gives the prompt a unit-scale embedding (each coordinate ~ N(0, |z|^2 / in_dim)), the
         # scale of the normalised state it is added to at every loop; at init_std (0.02) the injected prompt
         # is ~20x smaller than the state and a looped model sits on the zero predictor for thousands of steps
         nn.init.normal_(self.read_in.weight, mean=0.0, std=1.0 / math.sqrt(in_dim))
-        # GPT-2's scaled init of the projections that write into the residual stream (see gpt.py)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.depth))
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        scale_residual_writes(self, config.init_std, config.depth)
 
     def forward(self, z: torch.Tensor, n_loops: int = 1, window: int | None = None) -> list[torch.Tensor]:
         """z (B, T, in_dim) -> predictions (B, T) after each loop of the window, float32."""
@@ -133,15 +123,4 @@ class VectorTransformer(nn.Module):
         self, weight_decay: float, *, decay_embeddings: bool = False, decay_norms_and_biases: bool = False
     ) -> list[dict]:
         """AdamW groups as `GPT.param_groups`: matrices decayed, positions, norms and biases not unless asked."""
-        embedding_ids = {id(p) for p in self._embedding_params()}
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if id(p) in embedding_ids:
-                wanted = decay_embeddings
-            elif p.dim() < 2:
-                wanted = decay_norms_and_biases
-            else:
-                wanted = True
-            (decay if wanted else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+        return decay_groups(self, self._embedding_params(), weight_decay, decay_embeddings, decay_norms_and_biases)

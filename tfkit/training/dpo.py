@@ -28,7 +28,7 @@ from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.columns import DPO_METRICS, dpo_columns
-from tfkit.training.device import autocast
+from tfkit.training.device import autocast, evaluating
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.load import LoadedRun, load_run
 from tfkit.training.objectives import LENGTH_AVERAGED, dpo_loss, sequence_logps
@@ -174,19 +174,17 @@ class DpoObjective(Objective):
     def columns(self) -> tuple[list[str], list[str]]:
         return dpo_columns()
 
-    @torch.no_grad()
     def evaluate(self, model: GPT, device: torch.device, precision: str) -> dict[str, Any]:
-        model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        metric_sum = torch.zeros(len(METRICS), dtype=torch.float64, device=device)
-        pairs = 0
-        for batch in self.data.ordered_batches(self.data.val):
-            losses, metrics = self._losses(model, batch, self.ref_val, device, precision)
-            n = len(batch["index"])
-            loss_sum += losses.double().sum()
-            metric_sum += metrics.double() * n
-            pairs += n
-        model.train()
+        with evaluating(model):
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            metric_sum = torch.zeros(len(METRICS), dtype=torch.float64, device=device)
+            pairs = 0
+            for batch in self.data.ordered_batches(self.data.val):
+                losses, metrics = self._losses(model, batch, self.ref_val, device, precision)
+                n = len(batch["index"])
+                loss_sum += losses.double().sum()
+                metric_sum += metrics.double() * n
+                pairs += n
         row = {"val_loss": float(loss_sum.item()) / pairs}
         row.update({f"val_{name}": value / pairs for name, value in zip(METRICS, metric_sum.tolist(), strict=False)})
         return row

@@ -43,7 +43,7 @@ from tfkit.data.icl import (
 )
 from tfkit.models.looped import VectorTransformer
 from tfkit.training.columns import icl_columns
-from tfkit.training.device import autocast, resolve_device
+from tfkit.training.device import autocast, evaluating, resolve_device
 from tfkit.training.fit import fit
 from tfkit.training.session import RunArgs, RunResult
 from tfkit.training.task import Task
@@ -95,20 +95,18 @@ class ValSet:
         return cls(xs.to(device), ys.to(device), norm, baselines)
 
 
-@torch.no_grad()
 def evaluate_icl(model: VectorTransformer, val: ValSet, config: IclRunConfig, device: torch.device) -> dict[str, Any]:
     """Validation metrics: per-position normalised errors of the model and baselines, per-loop loss."""
-    model.eval()
-    loops, scored = config.loop.loops, config.loop.scored_loops
-    n = val.xs.shape[1]
-    sq = torch.zeros(scored, n, dtype=torch.float64, device=device)  # summed squared error per (loop, position)
-    for start in range(0, len(val.xs), config.task.batch_size):
-        xs, ys = val.xs[start : start + config.task.batch_size], val.ys[start : start + config.task.batch_size]
-        with autocast(device, config.train.precision):
-            outs = model(interleave(xs, ys), scored, scored)  # [(B, 2n)] after loops 1..scored
-        for k, out in enumerate(outs):
-            sq[k] += (predictions_at_x(out.float()) - ys).square().sum(0).double()
-    model.train()
+    with evaluating(model):
+        loops, scored = config.loop.loops, config.loop.scored_loops
+        n = val.xs.shape[1]
+        sq = torch.zeros(scored, n, dtype=torch.float64, device=device)  # summed squared error per (loop, position)
+        for start in range(0, len(val.xs), config.task.batch_size):
+            xs, ys = val.xs[start : start + config.task.batch_size], val.ys[start : start + config.task.batch_size]
+            with autocast(device, config.train.precision):
+                outs = model(interleave(xs, ys), scored, scored)  # [(B, 2n)] after loops 1..scored
+            for k, out in enumerate(outs):
+                sq[k] += (predictions_at_x(out.float()) - ys).square().sum(0).double()
     per_loop = (sq / (len(val.xs) * val.norm)).cpu()  # (scored, n)
     at_end = per_loop[loops - 1].tolist()
     row: dict[str, Any] = {"val_loss": float(per_loop[loops - 1].mean())}

@@ -30,7 +30,7 @@ from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
 from tfkit.training import distributed
 from tfkit.training.columns import pretrain_columns
-from tfkit.training.device import autocast, resolve_device
+from tfkit.training.device import autocast, evaluating, resolve_device
 from tfkit.training.distributed import SINGLE, Dist
 from tfkit.training.fit import fit
 from tfkit.training.objectives import z_loss
@@ -74,7 +74,6 @@ def total_steps(config: RunConfig, steps_per_epoch: int, world: int = 1) -> int 
     return min(limits) if limits else None
 
 
-@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     source: ProcessSource,
@@ -87,20 +86,19 @@ def evaluate(
     Column suffix i is the index of the predicted token: `val_loss_<i>` is the loss on token i
     given tokens 0..i-1, the same i as `tfkit data optimal-loss`.
     """
-    model.eval()
-    tokens = source.val_tokens  # (N, T+1)
-    seq_len = tokens.shape[1] - 1
-    loss_sum = torch.zeros(seq_len, dtype=torch.float64, device=device)
-    correct = torch.zeros(seq_len, dtype=torch.float64, device=device)
-    for start in range(0, len(tokens), batch_size):
-        window = torch.from_numpy(tokens[start : start + batch_size]).to(device)
-        inputs, targets = window[:, :-1], window[:, 1:]
-        with autocast(device, precision):
-            logits = model(inputs)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        loss_sum += loss.view_as(targets).sum(0)
-        correct += (logits.argmax(-1) == targets).sum(0)
-    model.train()
+    with evaluating(model):
+        tokens = source.val_tokens  # (N, T+1)
+        seq_len = tokens.shape[1] - 1
+        loss_sum = torch.zeros(seq_len, dtype=torch.float64, device=device)
+        correct = torch.zeros(seq_len, dtype=torch.float64, device=device)
+        for start in range(0, len(tokens), batch_size):
+            window = torch.from_numpy(tokens[start : start + batch_size]).to(device)
+            inputs, targets = window[:, :-1], window[:, 1:]
+            with autocast(device, precision):
+                logits = model(inputs)  # (B, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+            loss_sum += loss.view_as(targets).sum(0)
+            correct += (logits.argmax(-1) == targets).sum(0)
     count = len(tokens)
     per_pos = (loss_sum / count).cpu().numpy()  # (T,)
     val_loss = float(per_pos.mean())

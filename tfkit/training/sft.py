@@ -23,7 +23,7 @@ from tfkit.data.loaders import BatchCursor
 from tfkit.errors import DataError
 from tfkit.models.gpt import GPT
 from tfkit.training.columns import SFT_METRICS, sft_columns
-from tfkit.training.device import autocast
+from tfkit.training.device import autocast, evaluating
 from tfkit.training.finetune import Objective, prepare_finetune, run_finetune, to_device, tokenizer_record
 from tfkit.training.objectives import masked_lm_loss, z_loss
 from tfkit.training.session import RunArgs, RunResult
@@ -91,21 +91,19 @@ class SftObjective(Objective):
     def columns(self) -> tuple[list[str], list[str]]:
         return sft_columns()
 
-    @torch.no_grad()
     def evaluate(self, model: GPT, device: torch.device, precision: str) -> dict[str, Any]:
-        model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
-        count = torch.zeros((), dtype=torch.float64, device=device)
-        for batch in self.data.val_batches():
-            on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
-            with autocast(device, precision):
-                logits, targets, scored = sft_forward(model, on_device)
-            loss, right, n = masked_lm_loss(logits, targets, scored)
-            loss_sum += loss.double() * n
-            correct += right
-            count += n
-        model.train()
+        with evaluating(model):
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.float64, device=device)
+            count = torch.zeros((), dtype=torch.float64, device=device)
+            for batch in self.data.val_batches():
+                on_device = {k: to_device(v, device) for k, v in batch.items() if k != "lengths"}
+                with autocast(device, precision):
+                    logits, targets, scored = sft_forward(model, on_device)
+                loss, right, n = masked_lm_loss(logits, targets, scored)
+                loss_sum += loss.double() * n
+                correct += right
+                count += n
         n = max(float(count.item()), 1.0)
         val_loss = float(loss_sum.item()) / n
         return {"val_loss": val_loss, "val_acc": float(correct.item()) / n, "val_pplx": math.exp(min(val_loss, 700.0))}
