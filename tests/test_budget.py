@@ -29,6 +29,8 @@ def planned(**updates) -> RunConfig:
         {"depth": 2, "width": 32, "num_heads": 4, "positions": "rotary", "tie_embeddings": False},
         {"depth": 2, "width": 32, "num_heads": 2, "block": "parallel", "linear_value": True, "activation": "relu2"},
         {"depth": 1, "width": 64, "num_heads": 8, "qk_norm": True, "bias": True, "norm": "rmsnorm"},
+        {"depth": 2, "width": 64, "num_heads": 8, "num_kv_heads": 2, "positions": "rotary", "bias": True},
+        {"depth": 2, "width": 32, "num_heads": 4, "num_kv_heads": 1, "block": "parallel", "qk_norm": True},
     ],
 )
 def test_parameter_counts_equal_the_real_model(model):
@@ -143,6 +145,11 @@ def _saved_bytes(model_config, batch: int, seq_len: int, precision: str) -> int:
         {"activation": "gelu_tanh"},
         {"block": "parallel"},
         {"block": "parallel", "linear_value": True, "positions": "rotary", "activation": "relu2", "qk_norm": True},
+        {"num_kv_heads": 2},
+        {"num_kv_heads": 1, "positions": "rotary", "norm": "rmsnorm", "activation": "swiglu"},
+        {"num_kv_heads": 2, "qk_norm": True},
+        {"block": "parallel", "num_kv_heads": 1},
+        {"block": "parallel", "num_kv_heads": 2, "positions": "rotary", "linear_value": True, "activation": "relu2"},
     ],
 )
 def test_activations_per_layer_equal_what_autograd_keeps(model, precision):

@@ -67,12 +67,45 @@ def test_set_converts_by_field_type():
         ({"positions": "rotary", "width": 30, "num_heads": 2}, "even head size"),
         ({"device": "tpu"}, "--device must be"),
         ({"nosuch.width": 3}, "unknown section"),
+        ({"num_heads": 4, "num_kv_heads": 3}, "--num-kv-heads (3) must divide --num-heads (4)"),
+        ({"num_kv_heads": 0}, "--num-kv-heads (0) must divide --num-heads (2)"),
+        ({"mixer": "ssm", "num_kv_heads": 1}, "--mixer ssm has none"),
+        ({"norm_eps": 0.0}, "model.norm_eps must be positive"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2}}, "it takes --positions rotary"),
+        ({"positions": "rotary", "rope_scaling": {"rope_type": "yarn", "factor": 2}}, "rope_type must be one of"),
+        ({"positions": "rotary", "rope_scaling": {"rope_type": "linear"}}, "rope_type=linear takes factor, got"),
+        ({"positions": "rotary", "rope_scaling": {"rope_type": "linear", "factor": -1}}, "factor must be a positive"),
+        ({"positions": "rotary", "rope_scaling": "rope_type=linear,factor=x"}, "factor must be a positive number"),
     ],
 )
 def test_invalid_values_name_the_option(update, message):
     with pytest.raises(ConfigError, match=None) as info:
         RunConfig().with_updates(update)
     assert message in str(info.value)
+
+
+def test_rope_scaling_and_kv_heads_from_set_round_trip_through_json():
+    import json
+
+    config = RunConfig().with_overrides(
+        [
+            "model.positions=rotary",
+            "model.num_heads=4",
+            "model.num_kv_heads=2",
+            "model.rope_scaling=rope_type=llama3,factor=8,low_freq_factor=1,high_freq_factor=4,"
+            "original_max_position_embeddings=8192",
+        ]
+    )
+    assert config.model.kv_heads == 2 and config.model.norm_eps == 1e-6
+    assert config.model.rope_scaling == {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192.0,
+    }
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert RunConfig().model.kv_heads == 2 and RunConfig().model.rope_scaling is None  # one per query head, unscaled
 
 
 def test_set_needs_key_and_value():

@@ -111,6 +111,7 @@ class Budget:
             "depth": m.depth,
             "width": m.width,
             "num_heads": m.num_heads,
+            "num_kv_heads": m.kv_heads,
             "vocab_size": m.vocab_size,
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,

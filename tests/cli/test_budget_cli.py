@@ -160,3 +160,21 @@ def test_help_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_runs_train_config_json_is_a_config(tmp_path):
+    """`--config RUN/train_config.json` plans that run again: its `meta` record is no option and is left out."""
+    run = tmp_path / "run"
+    options = (
+        "--data mess3 --depth 1 --width 16 --num-heads 2 --seq-len 8 --batch-size 4 --max-steps 2 --eval-every 2 "
+        "--device cpu -q --set data.train_sequences=32 --set data.val_examples=8"
+    )
+    train = invoke("train", "pretrain", *options.split(), "--out", run)
+    assert train.exit_code == 0, train.output
+    record = json.loads((run / "train_config.json").read_text())
+    assert "meta" in record
+    result = invoke("budget", "--config", run / "train_config.json", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["num_params"] == record["meta"]["num_params"]
+    assert (data["depth"], data["width"], data["seq_len"], data["steps"]) == (1, 16, 8, 2)

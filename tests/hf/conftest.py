@@ -91,6 +91,32 @@ GPT2_CHECKPOINT = {
 }
 
 
+# what Llama 3.2, SmolLM and TinyLlama checkpoints carry beside their shape: fewer key/value heads than
+# query heads, rms_norm_eps 1e-5 and (Llama 3.1 on) llama3 rope scaling; with original_max_position_embeddings
+# 64 the head size 8's wavelengths 6.3, 63 and 630+ fall in the scaling's three bands (kept, smoothed, divided)
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+LLAMA_GQA = {
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 128,
+    "rope_scaling": LLAMA3_SCALING,
+}
+# the same with two key/value heads and linear scaling, given as transformers 5.x's rope_parameters
+LLAMA_LINEAR = {
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0},
+}
+
+
 def word_tokenizer(path: Path, words: int) -> Path:
     """A word-level tokenizer.json: "w0" .. "w{words-1}" are ids 0 .. words-1, then <|endoftext|> (last, as GPT-2's)."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers

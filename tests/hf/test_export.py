@@ -7,12 +7,16 @@ import json
 import pytest
 import torch
 
-from tests.hf.conftest import COMBINATIONS, invoke, saved_model
+from tests.hf.conftest import COMBINATIONS, LLAMA3_SCALING, invoke, saved_model
 from tfkit.models.generate import generate_tokens
 from tfkit.tokenizer.train import ASSISTANT, END, EOT, SYSTEM, USER
 from tfkit.training.load import load_run
 
 transformers = pytest.importorskip("transformers")
+
+
+# grouped-query attention (2 heads share 1 key/value head), RMSNorm eps 1e-5
+LLAMA_GQA = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu", "num_kv_heads": 1, "norm_eps": 1e-5}
 
 
 def _ids(vocab: int, seed: int = 0) -> torch.Tensor:
@@ -59,8 +63,18 @@ def test_trained_runs_export_to_models_transformers_computes_equally(name, train
         {"activation": "relu2", "tie_embeddings": False},
         {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu", "bias": True},
         {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu", "qk_norm": True, "rope_base": 500.0},
+        {**LLAMA_GQA, "bias": True, "rope_scaling": {**LLAMA3_SCALING, "original_max_position_embeddings": 8}},
+        {**LLAMA_GQA, "qk_norm": True, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
     ],
-    ids=["gpt2-bias", "gpt2-relu", "gpt2-relu2", "llama-bias", "qwen3-rope-base"],
+    ids=[
+        "gpt2-bias",
+        "gpt2-relu",
+        "gpt2-relu2",
+        "llama-bias",
+        "qwen3-rope-base",
+        "llama-gqa-llama3",
+        "qwen3-gqa-linear",
+    ],
 )
 def test_every_weight_lands_where_transformers_reads_it(model, tmp_path):
     """Models with every weight, bias and gain perturbed, so a misplaced tensor cannot hide at its init value."""
@@ -113,6 +127,7 @@ ROTARY = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu"}
         ({**ROTARY, "norm": "layernorm"}, "--norm layernorm"),
         ({**ROTARY, "activation": "relu2"}, "--activation relu2"),
         ({**ROTARY, "qk_norm": True, "bias": True}, "model.bias"),
+        ({"num_kv_heads": 1}, "--num-kv-heads 1"),
     ],
 )
 def test_a_model_no_architecture_holds_is_refused_naming_its_option(model, option, tmp_path):

@@ -55,10 +55,11 @@ LLAMA = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu"}
 @pytest.mark.parametrize(
     ("model", "change", "option"),
     [
-        (LLAMA, {"num_key_value_heads": 1}, "num_key_value_heads"),
-        (LLAMA, {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope_scaling"),
+        (LLAMA, {"num_key_value_heads": 3}, "num_key_value_heads"),
+        (LLAMA, {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "rope_scaling"),
         (LLAMA, {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling"),
-        (LLAMA, {"rms_norm_eps": 1e-5}, "rms_norm_eps"),
+        (LLAMA, {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
+        (LLAMA, {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
         (LLAMA, {"hidden_act": "gelu"}, "hidden_act"),
         (LLAMA, {"mlp_bias": True}, "mlp_bias"),
         (LLAMA, {"model_type": "mistral"}, "model_type"),
@@ -103,3 +104,46 @@ def test_sharded_safetensors_are_read(tmp_path):
     with torch.no_grad():
         ours = load_run(tmp_path / "run" / "checkpoints" / "0.pt").build().eval()(ids)
         assert torch.equal(load_run(tmp_path / "back").build().eval()(ids), ours)
+
+
+# Llama 3.2 1B's config.json, shape aside, without its rope fields (`ROPE`: in each form they take)
+LLAMA32 = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 131072,
+    "vocab_size": 100,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": True,
+}
+SCALING = {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
+ROPE = {
+    # as transformers 4.x writes it (Llama 3.2's own config.json): rope_scaling beside rope_theta
+    "4.x": {"rope_theta": 5e5, "rope_scaling": {**SCALING, "rope_type": "llama3"}},
+    # transformers 5.x: the scaling and the theta in rope_parameters
+    "5.x": {"rope_parameters": {**SCALING, "rope_type": "llama3", "rope_theta": 5e5}},
+    # the older `type`; rope_scaling comes before rope_parameters, as transformers 5.x reads them
+    "type": {
+        "rope_theta": 5e5,
+        "rope_scaling": {**SCALING, "type": "llama3"},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 5e5},
+    },
+}
+
+
+@pytest.mark.parametrize("form", list(ROPE))
+def test_llama3_configs_map_to_grouped_query_attention_with_scaled_rotary(form):
+    from tfkit.hf.import_ import model_config_of
+
+    config = model_config_of({**LLAMA32, **ROPE[form]}, {})
+    assert (config.num_heads, config.num_kv_heads, config.norm_eps, config.rope_base) == (8, 2, 1e-5, 5e5)
+    assert config.rope_scaling == {"rope_type": "llama3", **SCALING}
+    # as transformers does, a llama3 scaling without its original context takes max_position_embeddings
+    short = {**LLAMA32, "rope_parameters": {**SCALING, "rope_type": "llama3"}}
+    del short["rope_parameters"]["original_max_position_embeddings"]
+    assert model_config_of(short, {}).rope_scaling["original_max_position_embeddings"] == 131072

@@ -1,4 +1,7 @@
-"""An imported run works where a run does: generate (moved too), sft then dpo --init, export hf, budget, beliefs."""
+"""An imported run works where a run does: generate (moved too), sft then dpo --init, export hf, budget, beliefs.
+
+The models imported are GPT-2, Llama, and two Llamas built as Llama 3 checkpoints are:
+grouped-query attention, rms_norm_eps 1e-5, and llama3 or linear rope scaling."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 import yaml
 
 from tests.chatdata import one_torch_thread, rule_pairs, save_splits, sft_examples  # noqa: F401
-from tests.hf.conftest import invoke, transformers_model
+from tests.hf.conftest import LLAMA_GQA, LLAMA_LINEAR, invoke, transformers_model
 from tfkit.training.load import load_run
 
 transformers = pytest.importorskip("transformers")
@@ -25,15 +28,25 @@ DPO = (
 )
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+# name -> (model_type, config beside transformers_model's)
+MODELS = {
+    "gpt2": ("gpt2", {}),
+    "llama": ("llama", {}),
+    "llama-gqa": ("llama", LLAMA_GQA),
+    "llama-linear": ("llama", LLAMA_LINEAR),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
 def imported(request, tmp_path_factory):
-    """(kind, the transformers model, its folder, the run imported from it)."""
+    """(model_type, the transformers model, its folder, the run imported from it)."""
     root = tmp_path_factory.mktemp(request.param)
-    extra = {"bos_token_id": WORDS, "eos_token_id": WORDS} if request.param == "llama" else {}
-    theirs = transformers_model(root / "hf", request.param, words=WORDS, **extra)
+    kind, config = MODELS[request.param]
+    extra = {"bos_token_id": WORDS, "eos_token_id": WORDS} if kind == "llama" else {}
+    theirs = transformers_model(root / "hf", kind, words=WORDS, **extra, **config)
     result = invoke("import", "hf", root / "hf", "--out", root / "run")
     assert result.exit_code == 0, result.output
-    return request.param, theirs, root / "hf", root / "run"
+    return kind, theirs, root / "hf", root / "run"
 
 
 def read_csv(path):
@@ -54,6 +67,14 @@ def test_a_moved_imported_run_generates_what_transformers_generates(imported, tm
     result = invoke("generate", "--run", tmp_path / "there", "--prompt", "w3 w1 w4 w1 w5", *GENERATE.split())
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["token_ids"] == hf[0, 5:].tolist()
+
+
+def test_an_imported_run_computes_the_logits_transformers_computes(imported):
+    _, theirs, _, run = imported
+    ours = load_run(run).build().eval()
+    ids = torch.randint(0, WORDS + 1, (3, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids).logits).abs().max().item() < 1e-4
 
 
 def test_sft_then_dpo_from_an_imported_run_learn(imported, tmp_path):
@@ -95,7 +116,14 @@ def test_an_imported_run_exports_back_to_the_same_model(imported, tmp_path):
         "tie_word_embeddings": theirs.config.tie_word_embeddings,
     }
     assert "tfkit_data" not in config  # the source is no built-in process
+    if kind == "llama":
+        original = json.loads((folder / "config.json").read_text())
+        for key in ("num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters"):
+            assert config[key] == original[key], key
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    if kind == "llama":  # as transformers reads them: config.json has rope_scaling (4.x) and rope_parameters (5.x)
+        for key in ("num_key_value_heads", "rms_norm_eps", "rope_parameters"):
+            assert getattr(again.config, key) == getattr(theirs.config, key), key
     ids = torch.randint(0, WORDS + 1, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(again(ids).logits, theirs(ids).logits)

@@ -11,16 +11,19 @@ from tfkit.models.generate import KVCache, generate_tokens, sample_next
 from tfkit.models.gpt import GPT
 
 KINDS = [("sequential", "learned"), ("sequential", "rotary"), ("parallel", "learned"), ("parallel", "rotary")]
+# grouped-query attention: 4 query heads share 1 or 2 key/value heads, which the cache holds
+GROUPED = [("sequential", "rotary", 1), ("sequential", "learned", 2), ("parallel", "rotary", 2)]
 
 
-def tiny_model(block: str, positions: str, max_seq_len: int = 12) -> GPT:
+def tiny_model(block: str, positions: str, max_seq_len: int = 12, num_kv_heads: int | None = None) -> GPT:
     torch.manual_seed(0)
     config = ModelConfig(
         vocab_size=40,
         max_seq_len=max_seq_len,
         depth=2,
         width=32,
-        num_heads=2,
+        num_heads=2 if num_kv_heads is None else 4,
+        num_kv_heads=num_kv_heads,
         block=block,
         positions=positions,
         qk_norm=positions == "rotary",
@@ -29,9 +32,9 @@ def tiny_model(block: str, positions: str, max_seq_len: int = 12) -> GPT:
     return GPT(config).eval()
 
 
-@pytest.mark.parametrize(("block", "positions"), KINDS)
-def test_cached_greedy_generation_equals_uncached(block, positions):
-    model = tiny_model(block, positions)
+@pytest.mark.parametrize(("block", "positions", "num_kv_heads"), [(*kind, None) for kind in KINDS] + GROUPED)
+def test_cached_greedy_generation_equals_uncached(block, positions, num_kv_heads):
+    model = tiny_model(block, positions, num_kv_heads=num_kv_heads)
     # 25 new tokens after a 5-token prompt run well past the 12-token context (sliding window)
     cached = list(generate_tokens(model, [1, 2, 3, 4, 5], 25, temperature=0))
     uncached = list(generate_tokens(model, [1, 2, 3, 4, 5], 25, temperature=0, use_cache=False))
@@ -39,13 +42,15 @@ def test_cached_greedy_generation_equals_uncached(block, positions):
     assert len(cached) == 25 and len(set(cached)) > 1
 
 
-@pytest.mark.parametrize(("block", "positions"), KINDS)
+@pytest.mark.parametrize(("block", "positions", "num_kv_heads"), [(*kind, None) for kind in KINDS] + GROUPED)
 @torch.no_grad()
-def test_cached_logits_equal_a_full_forward(block, positions):
-    model = tiny_model(block, positions)
+def test_cached_logits_equal_a_full_forward(block, positions, num_kv_heads):
+    model = tiny_model(block, positions, num_kv_heads=num_kv_heads)
     idx = torch.randint(0, 40, (2, 10))
     full = model(idx)  # (2, 10, V)
     cache = KVCache(model, batch_size=2)
+    heads = model.config.num_heads if num_kv_heads is None else num_kv_heads
+    assert cache.layers[0].k.shape == cache.layers[0].v.shape == (2, heads, 12, 32 // model.config.num_heads)
     pieces = [model(idx[:, :4], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(4, 10)]
     assert cache.length == 10
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)

@@ -44,7 +44,8 @@ def _duration(seconds: float) -> str:
 
 def _tables(b: Any) -> list[Any]:
     m = b.model
-    shape = f"--depth {m.depth} --width {m.width} --num-heads {m.num_heads}, vocab {m.vocab_size:,}"
+    kv = "" if m.num_kv_heads is None else f" --num-kv-heads {m.num_kv_heads}"
+    shape = f"--depth {m.depth} --width {m.width} --num-heads {m.num_heads}{kv}, vocab {m.vocab_size:,}"
     if m.model_scale is not None:
         shape += f" (--model-scale {m.model_scale:g}, true scale {m.true_model_scale:.3g})"
     model = [

@@ -73,7 +73,8 @@ def import_hf(
         )
         return
     m = result.model
-    shape = f"--depth {m['depth']} --width {m['width']} --num-heads {m['num_heads']}, vocab {m['vocab_size']:,}"
+    kv = "" if m["num_kv_heads"] is None else f" --num-kv-heads {m['num_kv_heads']}"
+    shape = f"--depth {m['depth']} --width {m['width']} --num-heads {m['num_heads']}{kv}, vocab {m['vocab_size']:,}"
     rows = [
         ("source", result.source),
         ("architecture", result.architecture),

@@ -157,7 +157,12 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
             return None
-        return coerce(value, inner[0], name)
+        for kind in inner[:-1]:  # `float | str`: the first type that takes the value
+            try:
+                return coerce(value, kind, name)
+            except ConfigError:
+                pass
+        return coerce(value, inner[-1], name)
     if origin is Literal:
         if not isinstance(value, str | int | float | bool) or value not in args:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}, got {shown(value)}")

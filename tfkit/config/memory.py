@@ -63,6 +63,8 @@ MLP_KEPT = {"gelu": 2, "gelu_tanh": 2, "relu": 1, "relu2": 2, "swiglu": 4}
 # Parallel block: the fused input linear's output is kept whole (it holds the MLP's
 # pre-activation); beyond it, relu and relu2 keep the relu output and swiglu silu(gate).
 PARALLEL_MLP_KEPT = {"gelu": 0, "gelu_tanh": 0, "relu": 1, "relu2": 1, "swiglu": 1}
+# the activations that keep their input, which in the parallel block is a view of the fused output
+PARALLEL_MLP_KEEPS_INPUT = {"gelu", "gelu_tanh", "swiglu"}
 
 
 def activation_memory(
@@ -90,7 +92,10 @@ def activation_memory(
       sdpa's output; e·k'·H (k' = `PARALLEL_MLP_KEPT`); e·(H + h) for the concatenation
       the output linear reads;
     - qk-norm: the normalised q and k in fp32 (and their fp32 copies in bf16) and 1/rms
-      per head; dropout > 0: a one-byte mask per residual branch element.
+      per head; dropout > 0: a one-byte mask per residual branch element;
+    - grouped-query attention (k and v h_kv wide): the fused q/k/v is h + 2·h_kv wide, k and
+      v repeated to every query head are kept (e·2h, q's e·h with rotary or qk-norm), and the
+      fused output only while something keeps a view of it (`_kept_qkv`).
 
     sdpa's fused kernels keep no s×s scores, so the 5·a·s/h term only comes back where
     attention takes the math path (`fused_attention=False`: dropout on a CPU), as 3·e·a·s
@@ -110,19 +115,21 @@ def activation_memory(
     C, a = model.width, model.num_heads
     H = mlp_hidden_size(model)
     norm = 4 * C + (8 if model.norm == "layernorm" else 4 * C + 4)
-    new_qk = 2 * C if model.positions == "rotary" or model.qk_norm else 0
-    qk_norm = 2 * (4 * C + (4 * C if e == 2 else 0)) + 2 * 4 * a if model.qk_norm else 0
+    kv, kv_heads = model.kv_heads * (C // a), model.kv_heads  # the width of k and of v, and their heads
+    qk_norm = 4 * (C + kv) * (2 if e == 2 else 1) + 4 * (a + kv_heads) if model.qk_norm else 0
     ssm = model.mixer == "ssm"
     scan = 4 * C * (2 * SSM_STATE + min(SSM_CHUNK, seq_len)) if ssm else 0
-    mixer_in = 3 * C + 2 * SSM_STATE if ssm else 3 * C
+    mixer_in = 3 * C + 2 * SSM_STATE if ssm else C + 2 * kv
+    fused, new_qkv = _kept_qkv(model, e)
     if model.block == "parallel":
         mlp_in = 2 * H if model.activation == "swiglu" else H
-        value = 0 if model.linear_value else C
-        kept = e * (C + mixer_in + mlp_in + value + new_qk + C + PARALLEL_MLP_KEPT[model.activation] * H + H + C)
+        value = 0 if model.linear_value or kv_heads < a else C
+        mlp = PARALLEL_MLP_KEPT[model.activation] * H + H + C
+        kept = e * (C + fused * (mixer_in + mlp_in) + value + new_qkv + C + mlp)
         per_position = norm + kept + (scan if ssm else 4 * a) + qk_norm + (C if model.dropout > 0 else 0)
     else:
-        output = 2 * C if new_qk else C
-        attention = e * (C + mixer_in + new_qk + output) + (scan if ssm else 4 * a) + qk_norm
+        output = 2 * C if model.positions == "rotary" or model.qk_norm else C
+        attention = e * (C + fused * mixer_in + new_qkv + output) + (scan if ssm else 4 * a) + qk_norm
         mlp = e * (C + MLP_KEPT[model.activation] * H)
         per_position = 2 * norm + attention + mlp + (2 * C if model.dropout > 0 else 0)
     if not fused_attention and not ssm:
@@ -133,6 +140,22 @@ def activation_memory(
         per_layer += 4 * seq_len * (C // a // 2) * e  # the cos and sin tables cast to bf16, for q and for k
     output = positions * (norm + e * C + 12 * (model.vocab_size or 0))
     return {"per_layer": per_layer, "output": output, "total": model.depth * per_layer + output}
+
+
+def _kept_qkv(model: ModelConfig, e: int) -> tuple[bool, int]:
+    """(whether the fused linear's output, q/k/v included, is kept; the elements per position of q, k
+    and v that are kept as tensors of their own) for `activation_memory`, e bytes per activation."""
+    C = model.width
+    rotated = model.positions == "rotary" or model.qk_norm  # q and k are new tensors
+    if model.mixer == "ssm" or model.kv_heads == model.num_heads:
+        return True, 2 * C if rotated else 0  # sdpa keeps v, a view of the fused output
+    # grouped-query: sdpa keeps k and v repeated to every query head (2h) and q, new with rotary or
+    # qk-norm (h). The fused output stays while a view of it is kept: q that sdpa takes as it is,
+    # qk-norm's input in fp32, or in the parallel block GELU's values or an MLP activation's input.
+    kept = not rotated or (model.qk_norm and e == 4)
+    if model.block == "parallel":
+        kept = kept or not model.linear_value or model.activation in PARALLEL_MLP_KEEPS_INPUT
+    return kept, 2 * C + (C if rotated else 0)
 
 
 def check_model_fits(model: ModelConfig) -> None:

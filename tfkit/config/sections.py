@@ -26,6 +26,7 @@ from tfkit.config.fields import (
     opt,
     option_label,
 )
+from tfkit.config.rope import checked_rope_scaling
 from tfkit.errors import ConfigError
 
 
@@ -40,6 +41,11 @@ class ModelConfig:
     depth: int = opt(2, "Number of transformer blocks.")
     width: int = opt(64, "Residual stream width (embedding size).")
     num_heads: int = opt(2, "Attention heads per block; must divide --width.")
+    num_kv_heads: int | None = opt(
+        None,
+        "Key/value heads per block (grouped-query attention: each serves --num-heads / --num-kv-heads query "
+        "heads); must divide --num-heads (default: --num-heads, one per query head).",
+    )
     mlp_ratio: float = opt(4.0, "MLP hidden size as a multiple of --width (swiglu uses 2/3 of it).")
     activation: Literal["gelu", "gelu_tanh", "relu", "relu2", "swiglu"] = opt(
         "gelu", "MLP activation (gelu_tanh: the tanh approximation GPT-2 uses)."
@@ -61,6 +67,16 @@ class ModelConfig:
     dropout: float = opt(0.0, "Dropout on attention weights and residual branches.")
     bias: bool = opt(False, "Biases in linear and norm layers.", cli=False)
     rope_base: float = opt(10000.0, "Rotary position base frequency.", cli=False)
+    rope_scaling: dict[str, float | str] | None = opt(
+        None,
+        "Rotary frequency scaling, as transformers writes it: rope_type=linear,factor=F (every frequency "
+        "divided by F) or rope_type=llama3,factor=F,low_freq_factor=L,high_freq_factor=H,"
+        "original_max_position_embeddings=N (Llama 3.1's); unset: none.",
+        cli=False,
+    )
+    norm_eps: float = opt(
+        1e-6, "Epsilon of every RMSNorm (--norm rmsnorm's and --qk-norm's); LayerNorm keeps torch's 1e-5.", cli=False
+    )
     init_std: float = opt(0.02, "Standard deviation of the weight initialisation.", cli=False)
     model_scale: float | None = opt(
         None,
@@ -90,6 +106,11 @@ class ModelConfig:
             raise ConfigError("--positions rotary acts inside attention: --mixer ssm takes --positions learned")
         if self.mixer == "attention" and self.width % self.num_heads:
             raise ConfigError(f"--num-heads ({self.num_heads}) must divide --width ({self.width})")
+        if self.num_kv_heads is not None:
+            if self.mixer == "ssm":
+                raise ConfigError("--num-kv-heads groups attention's keys and values: --mixer ssm has none")
+            if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+                raise ConfigError(f"--num-kv-heads ({self.num_kv_heads}) must divide --num-heads ({self.num_heads})")
         if self.positions == "rotary" and (self.width // self.num_heads) % 2:
             raise ConfigError(
                 f"--positions rotary needs an even head size; --width {self.width} / "
@@ -99,6 +120,10 @@ class ModelConfig:
             raise ConfigError(f"--mlp-ratio must be positive, got {self.mlp_ratio}")
         if self.rope_base <= 0:
             raise ConfigError(f"model.rope_base must be positive, got {self.rope_base}")
+        if self.rope_scaling is not None:
+            self.rope_scaling = checked_rope_scaling(self.rope_scaling, self.positions)
+        if self.norm_eps <= 0:
+            raise ConfigError(f"model.norm_eps must be positive, got {self.norm_eps}")
         if self.init_std < 0:
             raise ConfigError(f"model.init_std must be >= 0, got {self.init_std}")
         if not 0.0 <= self.dropout < 1.0:
@@ -130,6 +155,11 @@ class ModelConfig:
                 text += f" {name} {getattr(self, name):,}"
         return text
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of every attention layer: `num_kv_heads`, or one per query head."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
     def size(self) -> tuple[int, int]:
         """(parameters, buffer elements) of the GPT this config builds, counted without building it.
 
@@ -143,8 +173,9 @@ class ModelConfig:
         norm = 2 * C if self.norm == "layernorm" and self.bias else C
         qk_norm = 2 * (C // self.num_heads) if self.qk_norm else 0
         bias = 1 if self.bias else 0
+        kv = self.kv_heads * (C // self.num_heads)  # the width of k and of v
         # the mixer's input width (q, k, v; or u, z, dt, B, C) and its other weights (qk-norm; or A_log, dt_bias, D)
-        mix_in, mix = (3 * C, qk_norm) if self.mixer == "attention" else (3 * C + 2 * SSM_STATE, 3 * C)
+        mix_in, mix = (C + 2 * kv, qk_norm) if self.mixer == "attention" else (3 * C + 2 * SSM_STATE, 3 * C)
         if self.block == "parallel":
             block = norm + (C + bias) * (mix_in + mlp_in) + (hidden + C + bias) * C + mix
         else:

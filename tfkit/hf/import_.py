@@ -15,8 +15,12 @@ there, with HF_HUB_OFFLINE=1 too). The run directory holds what `tfkit generate 
   config.json's `tfkit_data`), so `analyze beliefs` takes it back; otherwise it names the
   source, which `analyze beliefs` refuses as no process.
 
-A config option a tfkit GPT cannot express is refused with one line naming it:
-grouped-query attention, rope scaling, a norm epsilon other than tfkit's, an activation
+Grouped-query attention (`num_key_value_heads`) becomes `--num-kv-heads`, `rms_norm_eps`
+`model.norm_eps`, and linear or llama3 rope scaling `model.rope_scaling` (from
+`rope_scaling`, else transformers 5.x's `rope_parameters`, as transformers reads them).
+A config option a tfkit GPT cannot express is refused with one line naming it: other
+rope types (dynamic, yarn, longrope, ...), partial rotary, a head size other than
+hidden_size / num_attention_heads, a LayerNorm epsilon other than torch's, an activation
 other than tfkit's (GPT-2's tanh GELUs are tfkit's gelu_tanh), sliding windows, biases
 on attention but not the MLP. Dropout is not carried (the imported model has --dropout
 0). A GPT-2 whose biases are all zero (what `tfkit export hf` writes for a model without
@@ -36,9 +40,10 @@ import torch
 
 import tfkit
 from tfkit.config import ModelConfig, RunConfig, mlp_hidden_size
+from tfkit.config.rope import ROPE_SCALING
 from tfkit.data.processes import PROCESSES
 from tfkit.errors import ConfigError, DataError
-from tfkit.hf.mapping import GPT2_IMPORTS, LAYERNORM_EPS, RMS_EPS, from_hf_tensors
+from tfkit.hf.mapping import GPT2_IMPORTS, LAYERNORM_EPS, from_hf_tensors
 from tfkit.io import write_dir_atomic
 from tfkit.models.gpt import GPT
 from tfkit.tokenizer.train import load_tokenizer, tokenizer_sha256
@@ -233,22 +238,14 @@ def model_config_of(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Mod
         raise _refuse("hidden_act", act, "tfkit's gated MLP is SwiGLU (silu)")
     width, heads = hf["hidden_size"], hf["num_attention_heads"]
     kv = hf.get("num_key_value_heads") or heads
-    if kv != heads:
-        raise _refuse(
-            "num_key_value_heads", kv, f"grouped-query attention; tfkit has one key/value head per query head ({heads})"
-        )
+    if not isinstance(kv, int) or kv < 1 or heads % kv:
+        raise _refuse("num_key_value_heads", kv, f"it must divide num_attention_heads ({heads})")
     head_dim = hf.get("head_dim") or width // heads
     if head_dim * heads != width:
         raise _refuse(
             "head_dim", head_dim, f"tfkit's head size is hidden_size / num_attention_heads ({width // heads})"
         )
-    rope = hf.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    scaling = hf.get("rope_scaling")
-    if rope_type != "default" or (scaling and scaling.get("rope_type", scaling.get("type")) != "default"):
-        raise _refuse("rope_scaling", scaling or rope, "tfkit's rotary has no scaling")
-    if not math.isclose(hf.get("rms_norm_eps", RMS_EPS), RMS_EPS, rel_tol=0, abs_tol=1e-12):
-        raise _refuse("rms_norm_eps", hf.get("rms_norm_eps"), f"tfkit's RMSNorm has eps {RMS_EPS}")
+    rope_base, rope_scaling = _rope_of(hf)
     bias = bool(hf.get("attention_bias", False))
     if kind == "llama" and bool(hf.get("mlp_bias", False)) != bias:
         raise _refuse(
@@ -277,9 +274,39 @@ def model_config_of(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Mod
         qk_norm=kind == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         bias=bias,
-        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        num_kv_heads=None if kv == heads else kv,
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),  # transformers' default for Llama and Qwen3
+        rope_base=rope_base,
+        rope_scaling=rope_scaling,
         init_std=float(hf.get("initializer_range", 0.02)),
     )
+
+
+def _rope_of(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_base, rope_scaling) of a Llama or Qwen3 config.json, read as transformers reads them.
+
+    transformers 5.x takes `rope_scaling` (4.x's field, with `rope_theta` beside it) before
+    `rope_parameters`; a llama3 scaling without original_max_position_embeddings has
+    max_position_embeddings.
+    """
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise _refuse("rope_scaling", rope, "not a mapping of rope parameters")
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1):
+        raise _refuse("partial_rotary_factor", partial, "tfkit's rotary turns every dimension of a head")
+    base = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return base, None
+    if not isinstance(kind, str) or kind not in ROPE_SCALING:
+        raise _refuse("rope_scaling", rope, f"tfkit's rotary scales with rope_type {' or '.join(ROPE_SCALING)}")
+    if kind == "llama3":
+        rope = {"original_max_position_embeddings": hf.get("max_position_embeddings", 2048), **rope}
+    missing = [name for name in ROPE_SCALING[kind] if name not in rope]
+    if missing:
+        raise _refuse("rope_scaling", rope, f"rope_type {kind} needs {', '.join(missing)}")
+    return base, {"rope_type": kind, **{name: rope[name] for name in ROPE_SCALING[kind]}}
 
 
 def _gpt2_config(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelConfig:

@@ -7,9 +7,12 @@ Three architectures hold a tfkit GPT exactly, with no custom code:
   tanh approximation of OpenAI's GPT-2 weights, transformers' "gelu_new"), relu or relu2.
   GPT-2's Conv1D stores weights as (in, out), the transpose of nn.Linear's (out, in).
   GPT-2 always has biases: a model without them gets zero biases, which add nothing.
-- `LlamaForCausalLM`: the modern block, sequential, rotary, RMSNorm (eps 1e-6),
-  SwiGLU. tfkit's rotary pairs dimension i with i + hs/2 (the half split), which is
-  transformers' `rotate_half`, with the same frequencies: q and k need no permutation.
+- `LlamaForCausalLM`: the modern block, sequential, rotary, RMSNorm (`model.norm_eps` is
+  `rms_norm_eps`), SwiGLU. tfkit's rotary pairs dimension i with i + hs/2 (the half split),
+  which is transformers' `rotate_half`, with the same frequencies (`rope_base` is
+  `rope_theta`, `model.rope_scaling` its linear or llama3 `rope_scaling`): q and k need no
+  permutation. `--num-kv-heads` is `num_key_value_heads`: c_attn holds q, then k, then v,
+  and tfkit's key/value head j serves the query heads transformers' `repeat_kv` gives it.
   tfkit's c_fc yields [value, gate]: value is Llama's up_proj, gate its gate_proj.
   Biases (`model.bias`) become `attention_bias` and `mlp_bias`.
 - `Qwen3ForCausalLM`: the same with --qk-norm (RMSNorm over the head dimension of q and
@@ -26,7 +29,7 @@ import torch
 
 from tfkit.config import ModelConfig, mlp_hidden_size
 from tfkit.errors import ConfigError
-from tfkit.models.gpt import GPT, RMS_EPS
+from tfkit.models.gpt import GPT
 
 LAYERNORM_EPS = 1e-5  # torch's nn.LayerNorm default, which tfkit's make_norm keeps
 # tfkit -> transformers' ACT2FN name; gelu_tanh as "gelu_new", the name GPT-2's own config uses
@@ -61,6 +64,11 @@ def architecture(config: ModelConfig) -> str:
             )
         if config.qk_norm:
             raise ConfigError("--qk-norm with --positions learned has no transformers architecture")
+        if config.kv_heads != config.num_heads:
+            raise ConfigError(
+                f"--num-kv-heads {config.kv_heads} with --positions learned has no transformers architecture "
+                f"(GPT-2 has one key/value head per query head, {config.num_heads})"
+            )
         return "GPT2LMHeadModel"
     if config.norm != "rmsnorm":
         raise ConfigError(f"--norm {config.norm} with --positions rotary has no transformers architecture")
@@ -115,6 +123,7 @@ def _gpt2_config(config: ModelConfig) -> dict[str, Any]:
 
 
 def _llama_config(config: ModelConfig, arch: str) -> dict[str, Any]:
+    scaling = rope_scaling_json(config)
     out = {
         "architectures": [arch],
         "model_type": "qwen3" if arch == "Qwen3ForCausalLM" else "llama",
@@ -124,12 +133,12 @@ def _llama_config(config: ModelConfig, arch: str) -> dict[str, Any]:
         "intermediate_size": mlp_hidden_size(config),
         "num_hidden_layers": config.depth,
         "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_heads,
+        "num_key_value_heads": config.kv_heads,
         "head_dim": config.width // config.num_heads,
         "hidden_act": "silu",
-        "rms_norm_eps": RMS_EPS,
+        "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_base,  # read by transformers 4.x
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},  # and by 5.x
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base, **(scaling or {})},  # and by 5.x
         "attention_bias": config.bias,
         # Llama has dropout on attention weights only; tfkit's residual dropout has no place (both off at eval)
         "attention_dropout": config.dropout,
@@ -137,11 +146,23 @@ def _llama_config(config: ModelConfig, arch: str) -> dict[str, Any]:
         "tie_word_embeddings": config.tie_embeddings,
         "dtype": "float32",
     }
+    if scaling is not None:
+        out["rope_scaling"] = scaling  # transformers 4.x reads it beside rope_theta; 5.x takes it first
     if arch == "LlamaForCausalLM":
         out["mlp_bias"] = config.bias
     else:
         out["use_sliding_window"] = False
     return out
+
+
+def rope_scaling_json(config: ModelConfig) -> dict[str, Any] | None:
+    """`model.rope_scaling` as transformers writes it (original_max_position_embeddings an integer), or None."""
+    if config.rope_scaling is None:
+        return None
+    scaling = dict(config.rope_scaling)
+    if "original_max_position_embeddings" in scaling:
+        scaling["original_max_position_embeddings"] = int(scaling["original_max_position_embeddings"])
+    return scaling
 
 
 def _gpt2_tensors(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,6 +193,7 @@ def _gpt2_tensors(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[s
 
 def _llama_tensors(config: ModelConfig, state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     C, hidden = config.width, mlp_hidden_size(config)
+    kv = config.kv_heads * (C // config.num_heads)  # the width of k and of v
     out = {
         "model.embed_tokens.weight": state["transformer.wte.weight"],
         "model.norm.weight": state["transformer.ln_f.weight"],
@@ -182,7 +204,7 @@ def _llama_tensors(config: ModelConfig, state: dict[str, torch.Tensor], arch: st
         out[h + "input_layernorm.weight"] = state[t + "ln_1.weight"]
         out[h + "post_attention_layernorm.weight"] = state[t + "ln_2.weight"]
         for s in suffixes:
-            q, k, v = state[t + f"attn.c_attn.{s}"].split(C, dim=0)
+            q, k, v = state[t + f"attn.c_attn.{s}"].split([C, kv, kv], dim=0)
             out |= {h + f"self_attn.q_proj.{s}": q, h + f"self_attn.k_proj.{s}": k, h + f"self_attn.v_proj.{s}": v}
             out[h + f"self_attn.o_proj.{s}"] = state[t + f"attn.c_proj.{s}"]
             up, gate = state[t + f"mlp.c_fc.{s}"].split(hidden, dim=0)  # tfkit: [value, gate]

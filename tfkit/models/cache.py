@@ -12,7 +12,11 @@ from torch import nn
 
 
 class LayerCache:
-    """Keys and values of one attention layer: (B, nh, max_seq_len, hs) buffers filled up to `owner.length`."""
+    """Keys and values of one attention layer: (B, nkv, max_seq_len, hs) buffers filled up to `owner.length`.
+
+    nkv is the model's key/value heads (`ModelConfig.kv_heads`): with grouped-query attention
+    the cache holds each once, not once per query head.
+    """
 
     def __init__(self, owner: KVCache, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         self.owner = owner
@@ -20,12 +24,12 @@ class LayerCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, nh, T, hs) k and v at the cache's length; return every key and value so far."""
+        """Append (B, nkv, T, hs) k and v at the cache's length; return every key and value so far."""
         start = self.owner.length
         end = start + k.size(-2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, L + T, hs)
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nkv, L + T, hs)
 
 
 class StateCache:
@@ -52,7 +56,7 @@ class KVCache:
             return
         param = next(model.parameters())
         head_dim = cfg.width // cfg.num_heads
-        shape = (batch_size, cfg.num_heads, cfg.max_seq_len, head_dim)
+        shape = (batch_size, cfg.kv_heads, cfg.max_seq_len, head_dim)  # key/value heads only (grouped-query)
         self.layers = [LayerCache(self, shape, dtype or param.dtype, param.device) for _ in range(cfg.depth)]
 
     def reset(self) -> None:

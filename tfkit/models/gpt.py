@@ -13,10 +13,11 @@ What the config chooses:
 - activation gelu | gelu_tanh (GPT-2's tanh approximation) | relu | relu2 (relu squared) |
   swiglu. SwiGLU has three matrices instead of two, so its hidden size is 2/3 * mlp_ratio *
   width rounded up to a multiple of 8, which keeps its parameter count (nearly) equal to the others at the same ratio.
-- norm layernorm | rmsnorm; `bias` adds biases to linears and LayerNorms (nn.RMSNorm has
-  no bias).
+- norm layernorm | rmsnorm (eps `norm_eps`, as qk-norm's); `bias` adds biases to linears
+  and LayerNorms (nn.RMSNorm has no bias).
 - positions learned (a `wpe` table added to the token embeddings) | rotary (applied to
-  q and k in every attention layer, base `rope_base`).
+  q and k in every attention layer, base `rope_base`, scaled by `rope_scaling` if set).
+- num_kv_heads: grouped-query attention, fewer key and value heads than query heads.
 - qk_norm: RMSNorm over the head dimension of q and k, before rotary.
 - dropout: on the attention weights (through sdpa's dropout_p, training only) and on
   every residual branch.
@@ -44,27 +45,27 @@ Two optional inputs of `GPT.forward` serve fine-tuning and generation:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from tfkit.config import SSM_STATE, ModelConfig, check_model_fits, mlp_hidden_size
+from tfkit.models.rope import inverse_frequencies
 from tfkit.models.ssm import SelectiveSSM, SSMCore, ssm_in_features
 from tfkit.models.weights import decay_groups, init_weights, scale_residual_writes
 
 if TYPE_CHECKING:
     from tfkit.models.cache import KVCache, LayerCache, StateCache
 
-RMS_EPS = 1e-6  # fixed rather than nn.RMSNorm's dtype-dependent default
 # attention scores computed at once by `max_attention_logit` (64 Mi float32 elements: 256 MiB)
 ATTN_PROBE_ELEMENTS = 2**26
 
 
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=RMS_EPS)
+        return nn.RMSNorm(dim, eps=config.norm_eps)
     return nn.LayerNorm(dim, bias=config.bias)
 
 
@@ -87,10 +88,10 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
 class Rotary(nn.Module):
     """Rotary position embedding (RoFormer), half-split pairing as in GPT-NeoX / LLaMA."""
 
-    def __init__(self, head_dim: int, max_seq_len: int, base: float):
+    def __init__(self, head_dim: int, max_seq_len: int, base: float, scaling: dict[str, Any] | None = None):
         super().__init__()
         # float64 for the tables, so long positions keep their precision before the cast
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hs/2,)
+        inv_freq = inverse_frequencies(head_dim, base, scaling)  # (hs/2,), scaled as model.rope_scaling asks
         freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_T, hs/2)
         # not persistent: they are a pure function of the config, so checkpoints stay lean
         self.register_buffer("cos", freqs.cos().float(), persistent=False)
@@ -145,21 +146,25 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.num_heads = config.num_heads
+        self.num_kv_heads = config.kv_heads
         self.head_dim = config.width // config.num_heads
         self.dropout = config.dropout
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if config.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=RMS_EPS) if config.qk_norm else None
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.rotary = (
-            Rotary(self.head_dim, config.max_seq_len, config.rope_base) if config.positions == "rotary" else None
+            Rotary(self.head_dim, config.max_seq_len, config.rope_base, config.rope_scaling)
+            if config.positions == "rotary"
+            else None
         )
         self.record: list[torch.Tensor] | None = None
 
     def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None = None):
-        """(B, T, C) q, k, v -> (B, nh, T, hs) each, with qk-norm and rotary (at `positions`) applied."""
+        """(B, T, C) q and (B, T, nkv * hs) k, v -> (B, nh, T, hs) q and (B, nkv, T, hs) k, v, with qk-norm
+        and rotary (at `positions`) applied."""
         B, T, C = q.size()
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         if self.q_norm is not None:
             # before rotary: the norm's per-dimension gain should act on content features,
             # not on coordinates that rotary has already mixed by position
@@ -176,15 +181,18 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        """(B, nh, T, hs) q, k, v -> (B, T, C) attention output.
+        """(B, nh, T, hs) q and (B, nkv, T, hs) k, v -> (B, T, C) attention output.
 
         Causal unless `mask` (broadcastable to (B, nh, T, T), true = may attend) is given.
         With `cache`, k and v are appended to it and q (the last T positions) attends to
-        every cached key up to its own position.
+        every cached key up to its own position. With fewer key/value heads than query
+        heads, key/value head j serves query heads j * g .. j * g + g - 1 (g = nh / nkv,
+        transformers' `repeat_kv`): k and v are repeated to nh heads after the cache, which
+        keeps nkv. Repeated rather than sdpa's `enable_gqa`, so every sdpa kernel takes it.
         """
         B, _, T, _ = q.size()
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, nh, L + T, hs)
+            k, v = cache.update(k, v)  # (B, nkv, L + T, hs)
             S = k.size(-2)
             if mask is None and T > 1 and S > T:
                 # query i sits at position S - T + i: it sees keys 0 .. S - T + i
@@ -192,8 +200,11 @@ class Attention(nn.Module):
             causal = mask is None and T > 1 and S == T
         else:
             causal = mask is None
-            if self.record is not None:
-                self.record.append(max_attention_logit(q, k, mask))
+        if self.num_kv_heads != self.num_heads:
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
+        if cache is None and self.record is not None:
+            self.record.append(max_attention_logit(q, k, mask))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
@@ -208,14 +219,15 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.width = config.width
-        self.c_attn = nn.Linear(config.width, 3 * config.width, bias=config.bias)
+        kv = config.kv_heads * (config.width // config.num_heads)  # the width of k and of v
+        self.split_sizes = [config.width, kv, kv]
+        self.c_attn = nn.Linear(config.width, config.width + 2 * kv, bias=config.bias)  # q, then k, then v
         self.c_proj = nn.Linear(config.width, config.width, bias=config.bias)
         self.attn = Attention(config)
 
     def qkv(self, x: torch.Tensor, positions: torch.Tensor | None = None):
-        """(B, T, C) -> q, k, v of shape (B, nh, T, hs), ready to attend (the KV-cache seam)."""
-        q, k, v = self.c_attn(x).split(self.width, dim=2)  # (B, T, C) each
+        """(B, T, C) -> q (B, nh, T, hs) and k, v (B, nkv, T, hs), ready to attend (the KV-cache seam)."""
+        q, k, v = self.c_attn(x).split(self.split_sizes, dim=2)  # (B, T, C), (B, T, nkv * hs) x2
         return self.attn.heads(q, k, v, positions)
 
     def forward(
@@ -291,9 +303,12 @@ class ParallelBlock(nn.Module):
         hidden = mlp_hidden_size(config)
         mlp_in = 2 * hidden if config.activation == "swiglu" else hidden  # swiglu: value and gate
         self.mixer = config.mixer
-        mixer_in = 3 * C if config.mixer == "attention" else ssm_in_features(C)
+        kv = config.kv_heads * (C // config.num_heads)  # the width of k and of v
+        mixer_in = C + 2 * kv if config.mixer == "attention" else ssm_in_features(C)
         # q, k, v, MLP; or the ssm's u (the values), z, dt, B, C, MLP
-        self.split_sizes = [C, C, C, mlp_in] if config.mixer == "attention" else [C, C, C, SSM_STATE, SSM_STATE, mlp_in]
+        self.split_sizes = (
+            [C, kv, kv, mlp_in] if config.mixer == "attention" else [C, C, C, SSM_STATE, SSM_STATE, mlp_in]
+        )
         self.ln = make_norm(config, C)
         self.c_fc = nn.Linear(C, mixer_in + mlp_in, bias=config.bias)
         self.c_proj = nn.Linear(hidden + C, C, bias=config.bias)
@@ -304,8 +319,8 @@ class ParallelBlock(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def project(self, h: torch.Tensor, positions: torch.Tensor | None = None):
-        """(B, T, C) normed input -> (q, k, v in head layout (B, nh, T, hs), MLP pre-activation)."""
-        q, k, v, u = self.c_fc(h).split(self.split_sizes, dim=-1)  # (B, T, C) x3, (B, T, mlp_in)
+        """(B, T, C) normed input -> (q, k, v in head layout (B, nh or nkv, T, hs), MLP pre-activation)."""
+        q, k, v, u = self.c_fc(h).split(self.split_sizes, dim=-1)  # (B, T, C), (B, T, nkv * hs) x2, (B, T, mlp_in)
         if not self.linear_value:
             # hlb-gpt's nonlinear values: the attention path gets its own nonlinearity
             v = F.gelu(v)
@@ -444,7 +459,8 @@ class GPT(nn.Module):
         even when tied (its matmul runs either way); embedding lookups, norms and biases
         are not matmuls. 6 = 2 (multiply-add) * 3 (forward + two backward matmuls); the
         second term is the attention scores and weighted sum, counted without the causal
-        mask's saving, as in the original formula. The ssm mixer has no such term: its scan
+        mask's saving, as in the original formula (grouped-query attention shrinks c_attn, not
+        this term: every query head still scores every key). The ssm mixer has no such term: its scan
         costs what its recurrence does, a multiply-add per state to update it and one to read
         it (4 * width * SSM_STATE per layer forward), so the second term becomes
         12 * depth * SSM_STATE * width, independent of the context.
