@@ -118,3 +118,15 @@ def preference_records(count: int, seed: int = 0) -> list[dict]:
         {"prompt": f"What did {rng.choice(WORDS)} do?", "chosen": story(rng), "rejected": story(rng)}
         for _ in range(count)
     ]
+
+
+def yes_no_pairs(count: int, seed: int) -> list[dict]:
+    """Preference pairs with a rule a small model picks up: the chosen reply starts "yes", the rejected "no"."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        subject = " ".join(rng.choice(WORDS) for _ in range(3))
+        pairs.append(
+            {"prompt": f"Is it {subject}?", "chosen": f"yes it is {subject}.", "rejected": f"no it is {subject}."}
+        )
+    return pairs

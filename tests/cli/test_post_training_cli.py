@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.chatdata import one_torch_thread  # noqa: F401  (autouse fixture)
-from tests.textdata import WORDS, preference_records, write_jsonl, write_stories
+from tests.textdata import preference_records, write_jsonl, write_stories, yes_no_pairs
 from tfkit.cli.app import app
 
 runner = CliRunner()
@@ -82,20 +82,6 @@ def work(tmp_path_factory) -> Path:
     )
     assert pretrained.exit_code == 0, pretrained.output
     return root
-
-
-def yes_no_pairs(count: int, seed: int) -> list[dict]:
-    """Preference pairs with a rule a small model picks up: the chosen reply starts "yes", the rejected "no"."""
-    import random
-
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(count):
-        subject = " ".join(rng.choice(WORDS) for _ in range(3))
-        pairs.append(
-            {"prompt": f"Is it {subject}?", "chosen": f"yes it is {subject}.", "rejected": f"no it is {subject}."}
-        )
-    return pairs
 
 
 def test_pretrain_sft_dpo_from_init_learns_and_keeps_the_model(work, tmp_path):

@@ -131,9 +131,33 @@ def word_tokenizer(path: Path, words: int) -> Path:
     return path
 
 
-def transformers_model(folder: Path, kind: str, words: int = 16, seed: int = 0, **config):
+def gpt2_tokenizer(path: Path, texts: list[str], vocab_size: int = 300) -> Path:
+    """A byte-level BPE tokenizer.json built as OpenAI's GPT-2 one is: the 256 byte symbols and the merges learned
+    on `texts`, ByteLevel pre-tokenizer, post-processor and decoder, and <|endoftext|> its one special token, last."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from tfkit.tokenizer.train import EOT
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.add_special_tokens([AddedToken(EOT, special=True, normalized=True)])  # as GPT-2's: normalized
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def transformers_model(
+    folder: Path, kind: str, words: int = 16, seed: int = 0, tokenizer: Path | None = None, **config
+):
     """A tiny random transformers GPT-2 (OpenAI's config but its shape) or Llama, every weight moved off its init,
-    saved with `save_pretrained` beside a word-level tokenizer.json of `words` words and <|endoftext|>."""
+    saved with `save_pretrained` beside a word-level tokenizer.json of `words` words and <|endoftext|>, or a copy
+    of `tokenizer` (`words` ids, then <|endoftext|>)."""
     import transformers
 
     vocab = words + 1  # odd, as GPT-2's 50257
@@ -150,5 +174,8 @@ def transformers_model(folder: Path, kind: str, words: int = 16, seed: int = 0, 
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(folder)
-    word_tokenizer(folder / "tokenizer.json", words)
+    if tokenizer is None:
+        word_tokenizer(folder / "tokenizer.json", words)
+    else:
+        (folder / "tokenizer.json").write_bytes(tokenizer.read_bytes())
     return model.eval()

@@ -8,7 +8,7 @@ import typer
 
 from tfkit.cli._errors import command
 from tfkit.cli._options import Json
-from tfkit.cli._output import console, key_value_table, print_json
+from tfkit.cli._output import console, err_console, key_value_table, print_json
 
 export_app = typer.Typer(help="Export a trained run to another library's format.", no_args_is_help=True)
 import_app = typer.Typer(help="Import a model from another library's format as a tfkit run.", no_args_is_help=True)
@@ -53,24 +53,36 @@ def import_hf(
         ),
     ],
     out: Annotated[str, typer.Option("--out", help="Run directory to write.")],
+    chat_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--chat-tokens",
+            help="Add the chat tokens SFT and DPO data need (<|endoftext|>, <|user|>, <|assistant|>, <|end|>) "
+            "that the tokenizer lacks, as special tokens with the next ids; their embedding (and untied output) "
+            "rows are the mean of the existing rows (a common choice), and vocab_size grows by them (a padded "
+            "embedding's unused rows are taken first). A tokenizer that has them all is kept as it is.",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     json_output: Json = False,
 ) -> None:
     """Write a transformers model as a tfkit run that `generate --run`, `--init` and `export hf` take."""
     from tfkit.hf.import_ import import_hf as run_import
 
-    result = run_import(model, out, overwrite=overwrite)
+    result = run_import(model, out, overwrite=overwrite, chat_tokens=chat_tokens)
+    for note in result.notes:
+        err_console.print(f"[bold]Note:[/] {note}", highlight=False)
+    added = result.chat_tokens.added if result.chat_tokens is not None else {}
     if json_output:
-        print_json(
-            {
-                "run_dir": str(result.run_dir),
-                "source": result.source,
-                "architecture": result.architecture,
-                "checkpoint": str(result.checkpoint),
-                "num_params": result.num_params,
-                "model": result.model,
-            }
-        )
+        data = {
+            "run_dir": str(result.run_dir),
+            "source": result.source,
+            "architecture": result.architecture,
+            "checkpoint": str(result.checkpoint),
+            "num_params": result.num_params,
+            "model": result.model,
+        }
+        print_json(data if result.chat_tokens is None else {**data, "chat_tokens": added, "notes": result.notes})
         return
     m = result.model
     kv = "" if m["num_kv_heads"] is None else f" --num-kv-heads {m['num_kv_heads']}"
@@ -83,4 +95,9 @@ def import_hf(
         ("parameters", f"{result.num_params:,}"),
         ("checkpoint", str(result.checkpoint)),
     ]
+    if added:
+        tokens = ", ".join(f"{token} {i:,}" for token, i in added.items())
+        reused = result.chat_tokens.reused_rows  # type: ignore[union-attr]
+        taken = f"; {reused} in unused padding rows" if reused else ""
+        rows.insert(3, ("chat tokens", f"{tokens} (rows: the mean of the existing ones{taken})"))
     console.print(key_value_table(f"Imported into {result.run_dir}", rows))

@@ -25,14 +25,20 @@ other than tfkit's (GPT-2's tanh GELUs are tfkit's gelu_tanh), sliding windows, 
 on attention but not the MLP. Dropout is not carried (the imported model has --dropout
 0). A GPT-2 whose biases are all zero (what `tfkit export hf` writes for a model without
 them) is imported without biases.
+
+`chat_tokens=True` adds the chat tokens tfkit's SFT and DPO data need to the run's
+tokenizer.json, with embedding rows set to the mean of the existing ones
+(`tfkit.hf.chat_tokens`); the run's vocab_size grows by the rows added, and its meta
+records them (`chat_tokens`). Without it the tokenizer.json is copied byte for byte.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +49,11 @@ from tfkit.config import ModelConfig, RunConfig, mlp_hidden_size
 from tfkit.config.rope import ROPE_SCALING
 from tfkit.data.processes import PROCESSES
 from tfkit.errors import ConfigError, DataError
+from tfkit.hf.chat_tokens import CHAT_TOKENS, ChatTokens, add_chat_tokens, describe
 from tfkit.hf.mapping import GPT2_IMPORTS, LAYERNORM_EPS, from_hf_tensors
 from tfkit.io import write_dir_atomic
 from tfkit.models.gpt import GPT
-from tfkit.tokenizer.train import load_tokenizer, tokenizer_sha256
+from tfkit.tokenizer.train import load_tokenizer
 from tfkit.training.checkpoint import checkpoint_path, save_checkpoint
 
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -66,10 +73,17 @@ class ImportResult:
     num_params: int
     model: dict[str, Any]
     source: str
+    chat_tokens: ChatTokens | None = None  # what --chat-tokens did; None without it
+    notes: list[str] = field(default_factory=list)
 
 
-def import_hf(model: str | Path, out: str | Path, *, overwrite: bool = False) -> ImportResult:
-    """Write the transformers model `model` (a local folder or a Hub id) as a tfkit run directory `out`."""
+def import_hf(
+    model: str | Path, out: str | Path, *, overwrite: bool = False, chat_tokens: bool = False
+) -> ImportResult:
+    """Write the transformers model `model` (a local folder or a Hub id) as a tfkit run directory `out`.
+
+    `chat_tokens` adds the chat tokens the tokenizer lacks, with embedding rows for them.
+    """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"--out {out} exists and is not an empty folder; pass --overwrite to replace it")
@@ -83,26 +97,32 @@ def import_hf(model: str | Path, out: str | Path, *, overwrite: bool = False) ->
         raise DataError(f"MODEL {source}: its weights have no tensor {e.args[0]}") from None
     except ValueError as e:
         raise DataError(f"MODEL {source}: {e}") from None
-    with torch.device("meta"):  # every name and shape, checked without allocating a model
-        GPT(config).load_state_dict(state, assign=True)
     tokenizer_src = model_dir / TOKENIZER
     if not tokenizer_src.is_file():
         raise DataError(f"MODEL {source} has no tokenizer.json (a fast tokenizer): a tfkit run needs one")
     ids = load_tokenizer(tokenizer_src).get_vocab_size(with_added_tokens=True)
     if ids > config.vocab_size:  # type: ignore[operator]
         raise DataError(f"MODEL {source}: its tokenizer has {ids:,} ids, more than vocab_size {config.vocab_size:,}")
+    tokenizer_bytes = tokenizer_src.read_bytes()
+    grown = add_chat_tokens(tokenizer_bytes.decode(), state, config) if chat_tokens else None
+    if grown is not None and grown.added:
+        tokenizer_bytes, state, config = grown.tokenizer_json.encode(), grown.state, grown.config
+    with torch.device("meta"):  # every name and shape, checked without allocating a model
+        GPT(config).load_state_dict(state, assign=True)
     model_dict = RunConfig.from_dict({"model": vars(config)}, source=str(model_dir)).to_dict()["model"]
     # relative: `load_run` reads it against the run directory, wherever that is moved
-    record = {"tokenizer_path": TOKENIZER, "tokenizer_sha256": tokenizer_sha256(tokenizer_src)}
+    record = {"tokenizer_path": TOKENIZER, "tokenizer_sha256": hashlib.sha256(tokenizer_bytes).hexdigest()}
     arch = ARCHITECTURES[hf["model_type"]]
-    meta = {"tfkit_version": tfkit.__version__, "imported_from": source, "hf_architecture": arch}
+    meta: dict[str, Any] = {"tfkit_version": tfkit.__version__, "imported_from": source, "hf_architecture": arch}
     if revision is not None:
         meta["hf_revision"] = revision
+    if grown is not None and grown.added:
+        meta["chat_tokens"] = describe(grown)
     num_params = _num_params(state)
     data = _data_section(hf, source, config.max_seq_len)  # type: ignore[arg-type]
 
     def write(tmp: Path) -> None:
-        (tmp / TOKENIZER).write_bytes(tokenizer_src.read_bytes())
+        (tmp / TOKENIZER).write_bytes(tokenizer_bytes)
         run = {"model": model_dict, "data": data, "meta": {**meta, **record, "num_params": num_params}}
         (tmp / "train_config.json").write_text(json.dumps(run, indent=2) + "\n")
         checkpoint = {
@@ -118,7 +138,10 @@ def import_hf(model: str | Path, out: str | Path, *, overwrite: bool = False) ->
         save_checkpoint(checkpoint_path(tmp, 0), checkpoint)
 
     write_dir_atomic(out, write, replace=overwrite)
-    return ImportResult(out, arch, checkpoint_path(out, 0), num_params, model_dict, source)
+    notes = []
+    if grown is not None and not grown.added:
+        notes.append(f"the tokenizer already has {', '.join(CHAT_TOKENS)}: --chat-tokens added nothing")
+    return ImportResult(out, arch, checkpoint_path(out, 0), num_params, model_dict, source, grown, notes)
 
 
 def _data_section(hf: dict[str, Any], source: str, max_seq_len: int) -> dict[str, Any]:

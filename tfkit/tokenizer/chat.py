@@ -33,7 +33,10 @@ def _chat_tokenizer(path: str) -> tuple[Any, dict[str, int]]:
     """The tokenizer and its chat token ids, loaded once per process."""
     if path not in _CHAT_CACHE:
         tokenizer = text_tokenizer(path)
-        why = "the chat template needs (train the tokenizer with --profile chat)"
+        why = (
+            "the chat template needs (train the tokenizer with --profile chat; "
+            "`tfkit import hf MODEL --out RUN --chat-tokens` adds them to an imported model's)"
+        )
         ids = {token: special_token_id(tokenizer, token, why) for token in (EOT, USER, ASSISTANT, END)}
         _CHAT_CACHE[path] = (tokenizer, ids)
     return _CHAT_CACHE[path]
