@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tfkit.config import SSM_STATE, ModelConfig, check_model_fits, mlp_hidden_size
+from tfkit.models.fused import relu2, rotate
 from tfkit.models.rope import inverse_frequencies
 from tfkit.models.ssm import SelectiveSSM, SSMCore, ssm_in_features
 from tfkit.models.weights import decay_groups, init_weights, scale_residual_writes
@@ -78,7 +79,7 @@ def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "relu":
         return F.relu(h)
     if activation == "relu2":
-        return F.relu(h).square()
+        return relu2(h)  # relu(h)^2 with a backward of its own (tfkit.models.fused)
     if activation == "swiglu":
         value, gate = h.chunk(2, dim=-1)
         return value * F.silu(gate)
@@ -108,8 +109,8 @@ class Rotary(nn.Module):
             sin = self.sin[positions].to(x.dtype)
             if positions.dim() == 2:
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hs/2)
-        x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, nh, T, hs)
+        # cat(x1 cos - x2 sin, x1 sin + x2 cos) of the halves x1, x2, with a backward of its own
+        return rotate(x, cos, sin)  # (B, nh, T, hs)
 
 
 def max_attention_logit(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
