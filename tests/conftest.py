@@ -13,6 +13,13 @@ from tfkit.config import RunConfig
 # terminal running the suite (messages never wrap; tests/test_package.py checks a narrow one)
 os.environ["COLUMNS"] = "200"
 
+# Under pytest-xdist (`-n auto` in pyproject.toml) the workers share the cores: each worker, and
+# every process it starts, uses its share of them instead of all (torch reads OMP_NUM_THREADS
+# when it is first imported, after this file).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
 # S3 fixtures (a moto server on 127.0.0.1, clean credentials, a bucket, a fault-injecting proxy)
 pytest_plugins = ["tests.storage.s3_fixtures"]
 

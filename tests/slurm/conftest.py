@@ -1,7 +1,7 @@
 """A real SLURM cluster for the tests in this folder: the one `SLURM_CONF` names, or `scripts/slurm-local`'s.
 
     eval "$(scripts/slurm-local start)"    # a one-node cluster on this machine (Debian, root)
-    pytest -m slurm tests/slurm
+    pytest -m slurm -n 0 tests/slurm
 
 Without a cluster that answers, every test here is skipped, with the reason. The tests
 submit real jobs with sbatch and cancel what they leave behind.
