@@ -291,3 +291,26 @@ def test_true_model_scale_of_explicit_shapes_is_their_size_against_the_base(tmp_
     )
     assert plot.exit_code == 0, plot.output
     assert out.stat().st_size > 0
+
+
+def test_a_resumed_run_says_what_damage_of_its_logs_it_set_aside(tmp_path):
+    """A run continued by --append cuts its logs back to its checkpoint; damage found there is a warning line."""
+    grid = ["--depth", "1", "--width", "32", "--num-heads", "2", "--max-steps", "20", "--checkpoint-every", "10"]
+    first = ablate(tmp_path, *grid, "-c", "--logfile", "r.csv")
+    assert first.exit_code == 0, first.output
+    results = pl.read_csv(tmp_path / "r.csv")
+    # as if killed after step 20 before its last checkpoint, with a torn write at the end of its log
+    results.with_columns(pl.lit("interrupted").alias("run_status")).write_csv(tmp_path / "r.csv")
+    run = tmp_path / results["run_dir"][0]
+    newest = max((run / "checkpoints").glob("[0-9]*.pt"), key=lambda p: int(p.stem))
+    newest.unlink()
+    Path(f"{newest}.sha256").unlink()
+    (run / "summary.json").unlink()
+    with open(run / "train_log.csv", "ab") as f:
+        f.write(b"12,0.9\x00\x00garbage")
+
+    resumed = ablate(tmp_path, *grid, "-c", "--logfile", "r.csv", "--append")
+    assert resumed.exit_code == 0, resumed.output
+    warnings = [line for line in resumed.output.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and "bytes that are not whole rows" in warnings[0], resumed.output
+    assert any(p.name.startswith("train_log.csv.torn-") and p.name in warnings[0] for p in run.iterdir())

@@ -171,6 +171,9 @@ class RowRecorder(TrainCallback):
         self.on_log_values(row)
         self.forward.on_log(row)
 
+    def on_warning(self, message: str) -> None:
+        self.forward.on_warning(message)
+
     def on_eval(self, row: dict[str, Any]) -> None:
         self.on_eval_values(row)
         self.forward.on_eval(row)

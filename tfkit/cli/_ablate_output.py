@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tfkit.cli._errors import INTERRUPTED, TERMINATED
@@ -195,6 +196,10 @@ class AblationDisplay:
                 if display.progress is not None:
                     status = f"loss {row['train_loss']:.4f}"
                     display.progress.update(display.run_task, completed=row["step"], status=status)
+
+            def on_warning(self, message: str) -> None:  # e.g. damage in a resumed run's logs, set aside
+                out = display.progress.console if display.progress is not None else err_console
+                out.print(f"[bold yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
         self.train = RunProgress()
 
