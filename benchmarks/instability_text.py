@@ -25,6 +25,11 @@ logged a loss spike (`spikes.csv` of each run) or diverged. It also writes
 `sensitivity.csv` beside the results (one row per width, remedy and seed) for the
 `lr_sensitivity_by_width` plot template, and prints the plot commands.
 
+Last, the runs of the grid that logged spikes (at most `--spiked-runs`, most spikes first) are
+trained again, same setting and seed, under `--spike-action skip` and `rollback` (one more
+`tfkit ablate` each, into `spike_actions.csv`), and a table gives each one's final validation
+loss and spike count under `log` (the grid's run), `skip` and `rollback`.
+
 Results go to `--out` (default `runs/instability_text`); re-running the same command trains
 only the runs the results file lacks (`tfkit ablate --append`).
 """
@@ -68,6 +73,7 @@ GRIDS = {
 }
 REMEDIES = ("none", "qk-norm", "z-loss", "both", "qk-norm+wd")
 Z_LOSS = 1e-4
+SPIKE_ACTIONS = ("skip", "rollback")  # compared with the grid's `log` on the runs that spiked
 
 
 def tfkit(*args: str, quiet: bool = True) -> str:
@@ -222,6 +228,97 @@ def summarise(results: Path) -> tuple[list[dict], list[dict]]:
     return rows, per_seed
 
 
+def spiked_runs(results: Path, most: int) -> list[dict]:
+    """The final rows of the grid's runs that logged spikes (most spikes first), with their spike count."""
+    import polars as pl
+
+    from tfkit.ablate.sensitivity import clip_diverged
+
+    finals = clip_diverged(pl.read_csv(results, infer_schema_length=None))
+    spiked = []
+    for row in finals.iter_rows(named=True):
+        spikes = Path(row["run_dir"]) / "spikes.csv"
+        count = len(spikes.read_text().splitlines()) - 1 if spikes.is_file() else 0
+        if count > 0:
+            spiked.append({**row, "spikes": count})
+    return sorted(spiked, key=lambda r: -r["spikes"])[:most]
+
+
+def spike_action_command(grid: dict, shards: Path, out: Path, device: str, run: dict) -> list[str]:
+    """`tfkit ablate` of one spiked run's setting and seed again, under `--spike-action skip rollback`."""
+    wd = float(run["weight_decay"] or 0)
+    # fmt: skip below: each option beside its values reads as the command line it is
+    return [
+        "ablate",
+        "--data", str(shards),
+        "--depth", str(grid["depth"]),
+        "--width", str(run["width"]),
+        "--num-heads", str(grid["heads"]),
+        "--seq-len", str(grid["seq_len"]),
+        "--batch-size", str(grid["batch_size"]),
+        "--max-steps", str(grid["steps"]),
+        "--eval-every", str(max(1, grid["steps"] // 2)),
+        "--lr", f"{float(run['lr']):g}",
+        "--seed", str(run["seed"]),
+        "--qk-norm", str(bool(run["qk_norm"])).lower(),
+        "--z-loss", f"{float(run['z_loss'] or 0):g}",
+        "--weight-decay", f"{wd:g}",
+        *(["--weight-decay-mode", "independent"] if wd > 0 else []),
+        "--spike-action", *SPIKE_ACTIONS,
+        "--device", device,
+        "--set", "data.val_examples=256",
+        "--log-csv", "--logfile", str(out / "spike_actions.csv"),
+        "--runs-dir", str(out / "spike_runs"),
+        "--append", "--quiet",
+    ]  # fmt: skip
+
+
+def compare_spike_actions(spiked: list[dict], results: Path) -> list[dict]:
+    """Per spiked run: its final loss under `log` (the grid's run) and under each of `SPIKE_ACTIONS`."""
+    import polars as pl
+
+    from tfkit.ablate.sensitivity import clip_diverged
+
+    finals = clip_diverged(pl.read_csv(results, infer_schema_length=None)).iter_rows(named=True)
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for row in finals:
+        key = (row["width"], float(row["lr"]), remedy(row), row["seed"])
+        by_key.setdefault(key, {})[row["spike_action"]] = row
+    rows = []
+    for run in spiked:
+        key = (run["width"], float(run["lr"]), remedy(run), run["seed"])
+        row = dict(width=run["width"], lr=float(run["lr"]), remedy=key[2], seed=run["seed"], spikes_log=run["spikes"])
+        row["loss_log"] = float(run["val_loss"])
+        for action in SPIKE_ACTIONS:
+            other = by_key.get(key, {}).get(action)
+            row[f"loss_{action}"] = float(other["val_loss"]) if other else math.nan
+            spikes = Path(other["run_dir"]) / "spikes.csv" if other else None
+            row[f"spikes_{action}"] = (
+                len(spikes.read_text().splitlines()) - 1 if spikes is not None and spikes.is_file() else 0
+            )
+        rows.append(row)
+    return rows
+
+
+def print_spike_actions(rows: list[dict]) -> None:
+    print("\nSpiking runs of the grid again, under each --spike-action (final validation loss; spikes logged):")
+    header = ("width", "lr", "remedy", "seed", "log", *SPIKE_ACTIONS)
+    cells = [
+        (
+            str(r["width"]),
+            f"{r['lr']:g}",
+            r["remedy"],
+            str(r["seed"]),
+            f"{r['loss_log']:.4f} ({r['spikes_log']})",
+            *(f"{r[f'loss_{a}']:.4f} ({r[f'spikes_{a}']})" for a in SPIKE_ACTIONS),
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    for line in (header, tuple("-" * w for w in widths), *cells):
+        print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+
+
 def print_table(rows: list[dict]) -> None:
     header = (
         "width",
@@ -270,6 +367,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help="override the grid's seeds per setting")
     parser.add_argument("--steps", type=int, help="override the grid's steps per run")
     parser.add_argument("--weight-decay", type=float, help="independent weight decay of qk-norm+wd (default 1/steps)")
+    parser.add_argument(
+        "--spiked-runs", type=int, default=6, help="spiking runs trained again under --spike-action skip and rollback"
+    )
     args = parser.parse_args()
     grid = dict(GRIDS["quick" if args.quick else "cuda" if args.device.startswith("cuda") else "full"])
     for key in ("widths", "lrs", "seeds", "steps"):
@@ -312,6 +412,14 @@ def main() -> None:
     print(f"tfkit plot {out / 'sensitivity.csv'} -t lr_sensitivity_by_width")
     print(f"tfkit plot {out / 'results.csv'} -t lr_sweep_by_width")
     print(f"tfkit plot {out / 'results.csv'} -t attn_logit_growth --hue width qk_norm --filter 'z_loss = 0'")
+    spiked = spiked_runs(out / "results.csv", args.spiked_runs)
+    if not spiked:
+        print("\nNo run of the grid logged a spike: nothing to compare --spike-action on.")
+        return
+    for run in spiked:
+        tfkit(*spike_action_command(grid, shards, out, args.device, run))
+    print_spike_actions(compare_spike_actions(spiked, out / "spike_actions.csv"))
+    print(f"spike actions: {time.perf_counter() - start:.0f} s in all; results {out / 'spike_actions.csv'}")
 
 
 if __name__ == "__main__":

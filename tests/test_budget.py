@@ -98,6 +98,24 @@ def test_the_refusal_counts_the_activations_budget_shows(accelerator, dropout):
     assert refused_by["activations"] == shown.memory["activations"]
 
 
+def test_muon_keeps_one_momentum_for_the_hidden_matrices_and_adamw_moments_for_the_rest():
+    import torch
+
+    from tfkit.models.gpt import GPT
+    from tfkit.training.optim import build_optimizer
+
+    config = planned(**{"model.depth": 2, "model.width": 32, "model.num_heads": 2, "optim.optimizer": "muon"})
+    b = estimate_budget(config)
+    # what the optimizer really holds after a step: its state tensors, in bytes
+    model = GPT(b.model)  # the model the budget counted (vocabulary and context from the data)
+    optimizer = build_optimizer(model, config.optim, torch.device("cpu"))
+    model(torch.zeros(1, 8, dtype=torch.long)).sum().backward()
+    optimizer.step()
+    held = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.dim() > 0)
+    assert b.optimizer == "muon" and b.memory["optimizer"] == held < 8 * b.num_params
+    assert estimate_budget(config.with_updates({"optim.optimizer": "adamw"})).memory["optimizer"] == 8 * b.num_params
+
+
 def test_memory_is_the_sum_of_its_parts():
     config = planned(**{"model.depth": 3, "model.width": 64, "model.num_heads": 4, "model.positions": "rotary"})
     for gpu, precision in ((None, "fp32"), ("h100", "bf16")):

@@ -13,7 +13,8 @@ pretrain` would run it, without reading the data or allocating the model, and re
   `--max-time-seconds`, what the GPU gets through in that time at the given MFU),
   compared with the Chinchilla-optimal 20 tokens per parameter (Hoffmann et al., 2022);
 - training FLOPs: FLOPs per token x tokens;
-- memory per device: fp32 weights, fp32 gradients, AdamW's two fp32 moments, the bf16
+- memory per device: fp32 weights, fp32 gradients, the optimizer's state (AdamW's two fp32
+  moments; under `--optimizer muon`, one momentum for the hidden matrices), the bf16
   weight copies autocast keeps for the backward pass, buffers (rotary tables) and the
   activations of one micro-batch (`activation_memory`);
 - time: training FLOPs / (the GPU's bf16 dense peak x MFU), peaks from
@@ -68,6 +69,7 @@ class Budget:
     tokens: int | None
     stop: str  # the option that ends the run first
     precision: str  # bf16 or fp32, as the activations are budgeted
+    optimizer: str  # adamw or muon: what the optimizer's state holds
     memory: dict[str, int]  # bytes per device, by part; `total` is their sum
     activations_per_layer: int
     gpu: str | None = None
@@ -131,6 +133,7 @@ class Budget:
             "chinchilla_fraction": self.chinchilla_fraction,
             "train_flops": self.train_flops,
             "precision": self.precision,
+            "optimizer": self.optimizer,
             "memory_bytes": dict(self.memory),
             "activations_per_layer_bytes": self.activations_per_layer,
             "gpu": self.gpu,
@@ -205,6 +208,14 @@ def resolve_model(config: RunConfig, vocab_size: int) -> ModelConfig:
     return config.with_updates(updates).model if updates else model
 
 
+def optimizer_state(optimizer: str, params: int, hidden: int) -> int:
+    """Bytes of the optimizer's state: two fp32 moments per parameter for AdamW; Muon keeps one
+    momentum for each of the `hidden` matrix parameters it moves and AdamW's two for the rest."""
+    if optimizer == "muon":
+        return 4 * hidden + 8 * (params - hidden)
+    return 8 * params
+
+
 def count_model(model: ModelConfig, seq_len: int) -> dict[str, Any]:
     """Parameters, matmul weights, buffer elements and FLOPs per token of the real GPT, built on the meta device."""
     import torch
@@ -218,6 +229,7 @@ def count_model(model: ModelConfig, seq_len: int) -> dict[str, Any]:
         "num_params": gpt.num_params(),
         "num_params_non_embedding": gpt.num_params(non_embedding=True),
         "num_params_matmul": sum(m.weight.numel() for m in gpt.modules() if isinstance(m, nn.Linear)),
+        "num_params_hidden": sum(p.numel() for p in gpt.hidden_matrices()),  # what --optimizer muon moves
         "buffers": sum(b.numel() for b in gpt.buffers()),
         "flops_per_token": gpt.flops_per_token(seq_len),
     }
@@ -280,7 +292,7 @@ def estimate_budget(config: RunConfig, gpu: str | None = None, mfu: float = DEFA
     memory = {
         "weights": 4 * params,
         "gradients": 4 * params,
-        "optimizer": 8 * params,
+        "optimizer": optimizer_state(config.optim.optimizer, params, counts["num_params_hidden"]),
         "weight_copies": 2 * counts["num_params_matmul"] if precision == "bf16" else 0,
         "buffers": 4 * counts["buffers"],
         "activations": activations["total"],
@@ -303,6 +315,7 @@ def estimate_budget(config: RunConfig, gpu: str | None = None, mfu: float = DEFA
         tokens=None if steps is None else steps * tokens_per_step,
         stop=stop,
         precision=precision,
+        optimizer=config.optim.optimizer,
         memory=memory,
         activations_per_layer=activations["per_layer"],
         gpu=gpu_name,

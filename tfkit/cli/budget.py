@@ -20,6 +20,9 @@ Params = Annotated[
 ]
 
 
+OPTIMIZER_STATE = {"adamw": "AdamW moments (fp32)", "muon": "Muon momentum + AdamW moments (fp32)"}
+
+
 def _count(n: float) -> str:
     """1.2K, 3.4M, 5.6B, 7.8T: the order of magnitude at a glance."""
     for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
@@ -71,7 +74,7 @@ def _tables(b: Any) -> list[Any]:
     memory = [
         ("weights (fp32)", _bytes(mem["weights"])),
         ("gradients (fp32)", _bytes(mem["gradients"])),
-        ("AdamW moments (fp32)", _bytes(mem["optimizer"])),
+        (OPTIMIZER_STATE[b.optimizer], _bytes(mem["optimizer"])),
     ]
     if mem["weight_copies"]:
         memory.append(("bf16 weight copies (autocast)", _bytes(mem["weight_copies"])))
