@@ -265,6 +265,7 @@ def spike_action_command(grid: dict, shards: Path, out: Path, device: str, run: 
         "--weight-decay", f"{wd:g}",
         *(["--weight-decay-mode", "independent"] if wd > 0 else []),
         "--spike-action", *SPIKE_ACTIONS,
+        "--checkpoint-every", str(max(1, grid["steps"] // 10)),  # what rollback goes back to
         "--device", device,
         "--set", "data.val_examples=256",
         "--log-csv", "--logfile", str(out / "spike_actions.csv"),
