@@ -419,6 +419,8 @@ class TrainConfig:
             if value is not None and value <= 0:
                 raise ConfigError(f"{option_label(name)} must be positive, got {value}")
         check_at_least(self, ("eval_every", "max_bad_steps", "checkpoint_every"))
+        if self.spike_action == "rollback" and self.checkpoint_every is None:
+            raise ConfigError("--spike-action rollback goes back to the latest checkpoint: give --checkpoint-every")
         if self.max_epochs_between_evals is not None and self.max_epochs_between_evals <= 0:
             raise ConfigError(f"--max-epochs-between-evals must be positive, got {self.max_epochs_between_evals}")
         check_device_name(self.device)
