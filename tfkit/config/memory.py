@@ -80,11 +80,13 @@ def activation_memory(
     the s×s attention scores. The same count for this model, per position, with e bytes
     per activation (2 in bf16, 4 in fp32) and H the MLP's hidden size:
 
-    - each norm: its input in fp32 (the residual stream stays fp32 under autocast), 8 bytes
-      of mean and 1/std (LayerNorm) or its normalised output and 4 bytes of 1/rms (RMSNorm);
+    - each norm: LayerNorm its input in fp32 (the residual stream stays fp32 under autocast)
+      and 8 bytes of mean and 1/std; RMSNorm (`tfkit.models.fused`) its normalised output in
+      fp32 and 4 bytes of 1/rms, and under autocast (`F.rms_norm`) its input too;
     - sequential block: two norms; e·h·(1 + 3 + 1) for the attention's input, the fused
       q/k/v and sdpa's output, which the output projection reads in place (with rotary or
-      qk-norm, q and k are new tensors, e·2h, and the projection reads a copy, e·h);
+      qk-norm, q and k are new tensors, e·2h; with rotary, or qk-norm under autocast, the
+      projection reads a copy, e·h);
       4·a for sdpa's log-sum-exp; e·(h + k·H) for the MLP with k = `MLP_KEPT` (gelu: 2, as
       in 19 = 2 + 8 + 8 at H = 4h);
     - parallel block: one norm; e·(h + 3h + H_in) for the fused linear's input and output;
@@ -114,7 +116,9 @@ def activation_memory(
     e = 2 if precision == "bf16" else 4
     C, a = model.width, model.num_heads
     H = mlp_hidden_size(model)
-    norm = 4 * C + (8 if model.norm == "layernorm" else 4 * C + 4)
+    # LayerNorm: its fp32 input and 8 bytes of mean and 1/std; RMSNorm: its normalised output and 1/rms,
+    # and under autocast (F.rms_norm) its input too
+    norm = 4 * C + 8 if model.norm == "layernorm" else 4 * C + 4 + (4 * C if e == 2 else 0)
     kv, kv_heads = model.kv_heads * (C // a), model.kv_heads  # the width of k and of v, and their heads
     qk_norm = 4 * (C + kv) * (2 if e == 2 else 1) + 4 * (a + kv_heads) if model.qk_norm else 0
     ssm = model.mixer == "ssm"
@@ -128,7 +132,7 @@ def activation_memory(
         kept = e * (C + fused * (mixer_in + mlp_in) + value + new_qkv + C + mlp)
         per_position = norm + kept + (scan if ssm else 4 * a) + qk_norm + (C if model.dropout > 0 else 0)
     else:
-        output = 2 * C if model.positions == "rotary" or model.qk_norm else C
+        output = 2 * C if model.positions == "rotary" or (model.qk_norm and e == 2) else C
         attention = e * (C + fused * mixer_in + new_qkv + output) + (scan if ssm else 4 * a) + qk_norm
         mlp = e * (C + MLP_KEPT[model.activation] * H)
         per_position = 2 * norm + attention + mlp + (2 * C if model.dropout > 0 else 0)
@@ -150,9 +154,9 @@ def _kept_qkv(model: ModelConfig, e: int) -> tuple[bool, int]:
     if model.mixer == "ssm" or model.kv_heads == model.num_heads:
         return True, 2 * C if rotated else 0  # sdpa keeps v, a view of the fused output
     # grouped-query: sdpa keeps k and v repeated to every query head (2h) and q, new with rotary or
-    # qk-norm (h). The fused output stays while a view of it is kept: q that sdpa takes as it is,
-    # qk-norm's input in fp32, or in the parallel block GELU's values or an MLP activation's input.
-    kept = not rotated or (model.qk_norm and e == 4)
+    # qk-norm (h). The fused output stays while a view of it is kept: q that sdpa takes as it is, or
+    # in the parallel block GELU's values or an MLP activation's input (qk-norm keeps its output).
+    kept = not rotated
     if model.block == "parallel":
         kept = kept or not model.linear_value or model.activation in PARALLEL_MLP_KEEPS_INPUT
     return kept, 2 * C + (C if rotated else 0)

@@ -52,7 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tfkit.config import SSM_STATE, ModelConfig, check_model_fits, mlp_hidden_size
-from tfkit.models.fused import relu2, rotate
+from tfkit.models.fused import RMSNorm, relu2, rotate
 from tfkit.models.rope import inverse_frequencies
 from tfkit.models.ssm import SelectiveSSM, SSMCore, ssm_in_features
 from tfkit.models.weights import decay_groups, init_weights, scale_residual_writes
@@ -66,7 +66,7 @@ ATTN_PROBE_ELEMENTS = 2**26
 
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=config.norm_eps)
+        return RMSNorm(dim, eps=config.norm_eps)
     return nn.LayerNorm(dim, bias=config.bias)
 
 
@@ -150,8 +150,8 @@ class Attention(nn.Module):
         self.num_kv_heads = config.kv_heads
         self.head_dim = config.width // config.num_heads
         self.dropout = config.dropout
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.rotary = (
             Rotary(self.head_dim, config.max_seq_len, config.rope_base, config.rope_scaling)
             if config.positions == "rotary"
