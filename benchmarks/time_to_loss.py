@@ -1,7 +1,7 @@
 """Time to a loss: the classic recipe against candidate recipes, all trained by tfkit at one shape.
 
     python benchmarks/time_to_loss.py                      # character-level text, CPU, ~15 min on 2 busy cores
-    python benchmarks/time_to_loss.py --quick              # ~2-3 min: 150 steps, 2 recipes
+    python benchmarks/time_to_loss.py --quick              # ~1 min: 150 steps, 2 recipes
     python benchmarks/time_to_loss.py --recipes all        # all 8 recipes (~35 min on CPU)
     python benchmarks/time_to_loss.py --text book.txt      # any UTF-8 .txt file, character-level
     python benchmarks/time_to_loss.py --data mess3         # excess loss over the exact optimum
@@ -20,12 +20,14 @@ allows), the same steps and the same seeds, through `tfkit.training.loop.train`
 training only: each evaluation's time (from the row logged at its step to its result) is
 taken out.
 
-The classic recipe is nanoGPT's: AdamW at lr 1e-3, cosine decay, learned positions, LayerNorm,
-GELU, tied embeddings. For each seed its final validation loss is the target; the table gives,
-per recipe, the final loss, the first evaluated step (and training seconds) at which it is at
-or below the target, and the ratio of those seconds to the classic recipe's, means over seeds
-(a recipe that misses the target in any seed shows "-"). Recipes run interleaved (all recipes of
-seed 0, then seed 1, ...) on one thread, so a busy machine slows them alike.
+The classic recipe is nanoGPT's, `--preset nanogpt`: AdamW at lr 1e-3, cosine decay, learned
+positions, LayerNorm, GELU, tied embeddings. `preset modern` is `--preset modern`: rotary, relu^2,
+qk-norm, RMSNorm, Muon on the hidden matrices, cosine decay. For each seed its final validation
+loss is the target; the table gives, per recipe, the final loss, the first evaluated step (and
+training seconds) at which it is at or below the target, and the ratio of those seconds to the
+classic recipe's, means over seeds (a recipe that misses the target in any seed shows "-").
+Recipes run interleaved (all recipes of seed 0, then seed 1, ...) on one thread, so a busy
+machine slows them alike.
 
 With `--data mess3` the loss is the excess over the process's optimal loss, and the table also
 gives the step at which each recipe first reaches an excess of 0.001 nats.
@@ -50,18 +52,9 @@ from tfkit.data.shards import write_shard
 from tfkit.training import loop
 from tfkit.training.session import TrainCallback
 
-CLASSIC = {
-    "optim.lr": 1e-3,
-    "optim.optimizer": "adamw",
-    "optim.schedule": "cosine",
-    "model.positions": "learned",
-    "model.norm": "layernorm",
-    "model.activation": "gelu",
-    "model.qk_norm": False,
-    "model.tie_embeddings": True,
-}
-# `train pretrain`'s defaults today: the classic architecture at lr 3e-3
-DEFAULT = {**CLASSIC, "optim.lr": 3e-3}
+# nanoGPT's recipe is `--preset nanogpt`; the modern one `--preset modern` (tfkit.config.presets)
+CLASSIC = {"model.preset": "nanogpt"}
+DEFAULT: dict[str, Any] = {}  # `train pretrain` with only a shape given: today the classic architecture at lr 3e-3
 MODERN = {"model.positions": "rotary", "model.activation": "relu2", "model.qk_norm": True, "model.norm": "rmsnorm"}
 MUON = {"optim.optimizer": "muon"}
 WSD = {"optim.schedule": "wsd"}
@@ -71,12 +64,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "wsd": {**DEFAULT, **WSD},
     "muon": {**DEFAULT, **MUON},
     "modern": {**DEFAULT, **MODERN},
-    "modern+muon": {**DEFAULT, **MODERN, **MUON},
-    "modern+muon+wsd": {**DEFAULT, **MODERN, **MUON, **WSD},
-    "modern+muon+wsd+untied": {**DEFAULT, **MODERN, **MUON, **WSD, "model.tie_embeddings": False},
+    "preset modern": {"model.preset": "modern"},  # modern + muon
+    "modern+muon+wsd": {"model.preset": "modern", **WSD},
+    "modern+muon+wsd+untied": {"model.preset": "modern", **WSD, "model.tie_embeddings": False},
 }
-CHOSEN = ("classic (nanoGPT)", "default (lr 3e-3)", "muon", "modern+muon+wsd")  # `--recipes all` for every one
-QUICK = ("classic (nanoGPT)", "modern+muon+wsd")
+CHOSEN = ("classic (nanoGPT)", "default (lr 3e-3)", "muon", "preset modern")  # `--recipes all` for every one
+QUICK = ("classic (nanoGPT)", "preset modern")
 SHAPES = {
     "cpu": {"model.depth": 4, "model.width": 128, "model.num_heads": 4, "data.seq_len": 64, "data.batch_size": 12},
     "cuda": {"model.depth": 12, "model.width": 768, "model.num_heads": 12, "data.seq_len": 1024, "data.batch_size": 16},
@@ -150,7 +143,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="default: steps / 8 (mess3: / 20)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--recipes", default=None, help=f"comma-separated names, or all (default: {', '.join(CHOSEN)})")
-    parser.add_argument("--quick", action="store_true", help="~2 min: 150 steps, classic against modern+muon+wsd")
+    parser.add_argument("--quick", action="store_true", help="~2 min: 150 steps, classic against preset modern")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

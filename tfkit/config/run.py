@@ -22,6 +22,7 @@ from tfkit.config.fields import (
     shown_text,
 )
 from tfkit.config.memory import MEMORY_ADVICE, device_memory, training_memory
+from tfkit.config.presets import preset_updates
 from tfkit.config.sections import SECTIONS, DataConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig, scaled_shape
 from tfkit.errors import ConfigError
 
@@ -35,6 +36,9 @@ class SectionedConfig:
     """
 
     SECTIONS: ClassVar[dict[str, type]]
+    # the fields (bare names) given explicitly to this config or those it was built from: a
+    # preset leaves them as they are
+    _given: ClassVar[frozenset[str]] = frozenset()
 
     def has_stop_criterion(self) -> bool:
         t = self.train
@@ -88,9 +92,16 @@ class SectionedConfig:
                 touched.add(_assign(nested, section, name, value, source, sections))
             else:
                 touched.add(_assign(nested, section_of(key, source, sections), key, value, source, sections))
+        given = self._given | touched
+        self._derive(nested, touched, given)
+        config = type(self)(**{section: sections[section](**values) for section, values in nested.items()})
+        config._given = given  # type: ignore[misc]
+        return config
+
+    def _derive(self, nested: dict[str, dict[str, Any]], touched: set[str], given: frozenset[str]) -> None:
+        """Set the fields that others given in this update derive (`--model-scale`'s depth and width)."""
         if "model" in nested:
             _apply_model_scale(nested["model"], touched)
-        return type(self)(**{section: sections[section](**values) for section, values in nested.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Self:
@@ -170,6 +181,15 @@ class RunConfig(SectionedConfig):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def _derive(self, nested: dict[str, dict[str, Any]], touched: set[str], given: frozenset[str]) -> None:
+        """As every config does, and a newly given `--preset` sets its options that were not given."""
+        preset = nested["model"]["preset"]
+        if preset is not None and "preset" in touched:
+            for key, value in preset_updates(preset, given).items():
+                section, name = key.split(".", 1)
+                nested[section][name] = value
+        super()._derive(nested, touched, given)
 
     def memory_parts(self, accelerator: bool) -> dict[str, int]:
         d = self.data

@@ -85,6 +85,12 @@ class ModelConfig:
     )
     scale_base_depth: int = opt(8, "Depth of the --model-scale 1 model.", cli=False)
     scale_base_width: int = opt(384, "Width of the --model-scale 1 model.", cli=False)
+    preset: Literal["nanogpt", "modern"] | None = opt(
+        None,
+        "A recipe that sets the architecture and optimizer options: nanogpt (AdamW at lr 1e-3, cosine; learned "
+        "positions, LayerNorm, GELU) or modern (rotary, relu2, qk-norm, RMSNorm; Muon at 0.02 and AdamW at 3e-3, "
+        "cosine). An option also given (typed, in --config, by --set) keeps its value.",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
