@@ -117,6 +117,8 @@ def victim(tmp_path: Path) -> Path:
         (["--seed", str(2**64)], "--seed"),
         (["--set", "data.val_seed=-1"], "data.val_seed"),
         (["--spike-action", "rollback"], "--checkpoint-every"),  # nothing to roll back to
+        (["--optimizer", "muon", "--muon-ns-steps", "0"], "--muon-ns-steps"),
+        (["--preset", "modern", "--muon-ns-steps", "-1"], "--muon-ns-steps"),
     ],
 )
 def test_pretrain_refuses_a_bad_value_before_touching_the_old_run(victim, args, named):

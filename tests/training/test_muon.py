@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -110,6 +111,28 @@ def test_found_inf_leaves_every_parameter_and_state_unchanged_and_the_state_roun
         opt.found_inf = torch.zeros(())
         step_with(opt, ps, grads)
     assert all(torch.equal(a, b) for a, b in zip(params, clone.parameters(), strict=True))
+
+
+def test_ns_steps_reach_the_update_and_a_checkpoint_without_them_takes_five():
+    """`--muon-ns-steps` changes the update; an optimizer state saved before the option existed
+    (no `ns_steps` in its Muon group) steps as five iterations do, whatever the new run's option."""
+    models = [tiny_gpt() for _ in range(3)]
+    five = build_optimizer(models[0], MUON, CPU)
+    three = build_optimizer(models[1], dataclasses.replace(MUON, muon_ns_steps=3), CPU)
+    assert [g["ns_steps"] for g in three.param_groups if g["muon"]] == [3]
+    old = copy.deepcopy(five.state_dict())
+    for group in old["param_groups"]:
+        group.pop("ns_steps", None)
+    loaded = build_optimizer(models[2], dataclasses.replace(MUON, muon_ns_steps=3), CPU)
+    loaded.load_state_dict(old)
+    torch.manual_seed(1)
+    grads = [torch.randn_like(p) for p in models[0].parameters()]
+    for opt, model in zip((five, three, loaded), models, strict=True):
+        opt.found_inf = torch.zeros(())
+        step_with(opt, list(model.parameters()), grads)
+    weights = [dict(m.named_parameters())["transformer.h.0.mlp.c_fc.weight"] for m in models]
+    assert torch.equal(weights[0], weights[2])
+    assert not torch.allclose(weights[0], weights[1])
 
 
 def test_spike_skip_leaves_the_weights_unchanged_under_muon(tiny_config, poisoned):  # noqa: F811

@@ -243,6 +243,11 @@ class OptimConfig:
         "--schedule as --lr does.",
     )
     muon_momentum: float = opt(0.95, "--optimizer muon: Nesterov momentum of the hidden matrices.", cli=False)
+    muon_ns_steps: int = opt(
+        5,
+        "--optimizer muon: Newton-Schulz iterations that orthogonalise each update (5, as torch.optim.Muon; "
+        "fewer cost less and leave the smallest singular values lower).",
+    )
     schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
         "cosine",
         "Decay after warmup; wsd (warmup-stable-decay): the peak rate until the last --decay-fraction of the "
@@ -278,6 +283,7 @@ class OptimConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.muon_lr <= 0:
             raise ConfigError(f"--muon-lr must be positive, got {self.muon_lr}")
+        check_at_least(self, ("muon_ns_steps",))
         if not 0.0 <= self.muon_momentum < 1.0:
             raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if not 0.0 < self.decay_fraction <= 1.0:
