@@ -66,7 +66,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "classic": CLASSIC,
     "classic+muon": {**CLASSIC, **MUON},
     "modern": {**CLASSIC, **MODERN, "optim.lr": 3e-3},
-    "modern+muon": {**CLASSIC, **MODERN, **MUON, "optim.lr": 3e-3},
+    "modern+muon": {**CLASSIC, **MODERN, **MUON, "optim.lr": 3e-3},  # --preset modern
+    "modern+muon ns3": {**CLASSIC, **MODERN, **MUON, "optim.lr": 3e-3, "optim.muon_ns_steps": 3},
     "rotary": {**CLASSIC, "model.positions": "rotary"},
     "qk-norm": {**CLASSIC, "model.qk_norm": True},
     "rmsnorm": {**CLASSIC, "model.norm": "rmsnorm"},
