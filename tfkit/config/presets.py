@@ -9,9 +9,10 @@ its checkpoint, as every resumed run does.
 
 - `nanogpt`: nanoGPT's recipe (Karpathy), for work that replicates it: AdamW at lr 1e-3,
   cosine decay, learned positions, LayerNorm, GELU, tied embeddings.
-- `modern`: the recipe that reaches a loss fastest in `benchmarks/time_to_loss.py` on
-  character-level text: rotary positions, relu^2, qk-norm, RMSNorm, tied embeddings; Muon
-  (lr 0.02) on the blocks' matrices and AdamW at lr 3e-3 on the rest, cosine decay.
+- `modern`: a recipe that reaches the classic one's final loss in 29% of its steps (45% of
+  its time on a CPU) in `benchmarks/time_to_loss.py` on character-level text: rotary
+  positions, relu^2, qk-norm, RMSNorm, tied embeddings; Muon (lr 0.02) on the blocks'
+  matrices and AdamW at lr 3e-3 on the rest, cosine decay.
 """
 
 from __future__ import annotations
