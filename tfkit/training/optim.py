@@ -10,7 +10,8 @@ to wd / lr, so the fused step and every checkpoint stay as they are.
 
 `--optimizer muon` (Jordan et al. 2024, "Muon: an optimizer for hidden layers") moves the
 2-D weight matrices of the blocks by the orthogonalised Nesterov momentum of their
-gradients (five Newton-Schulz iterations, in bfloat16 on CUDA and float32 elsewhere), at `--muon-lr` times
+gradients (`--muon-ns-steps` Newton-Schulz iterations, five by default, in bfloat16 on CUDA and
+float32 elsewhere), at `--muon-lr` times
 sqrt(max(1, rows / cols)); embeddings, the output layer, norms and biases stay with AdamW
 at `--lr`. Both follow the schedule: the Muon group's `lr_scale` is `--muon-lr / --lr`.
 Its decay shrinks a matrix by what AdamW's would (lr_t * wd, or (lr_t / lr) * wd), so
