@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_loss.py                      # character-level text, CPU, ~15 min on 2 busy cores
     python benchmarks/time_to_loss.py --quick              # ~1 min: 150 steps, 2 recipes
-    python benchmarks/time_to_loss.py --recipes all        # all 11 recipes (~45 min on CPU)
+    python benchmarks/time_to_loss.py --recipes all        # all 13 recipes (~45 min on CPU)
     python benchmarks/time_to_loss.py --text book.txt      # any UTF-8 .txt file, character-level
     python benchmarks/time_to_loss.py --data mess3         # excess loss over the exact optimum
     python benchmarks/time_to_loss.py --device cuda        # GPT-2-small shape (12 x 768, context 1024)
@@ -65,6 +65,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "muon": {**DEFAULT, **MUON},
     "modern": {**DEFAULT, **MODERN},
     "preset modern": {"model.preset": "modern"},  # modern + muon
+    "modern+warmup 10": {"model.preset": "modern", "optim.warmup_steps": 10},
+    "modern+warmup 10+x0-mix": {"model.preset": "modern", "optim.warmup_steps": 10, "model.x0_mix": True},
     "modern 3 NS steps": {"model.preset": "modern", "optim.muon_ns_steps": 3},
     "modern swiglu": {"model.preset": "modern", "model.activation": "swiglu"},  # exportable (Qwen3)
     "modern no qk-norm": {"model.preset": "modern", "model.qk_norm": False},

@@ -31,6 +31,7 @@ def planned(**updates) -> RunConfig:
         {"depth": 1, "width": 64, "num_heads": 8, "qk_norm": True, "bias": True, "norm": "rmsnorm"},
         {"depth": 2, "width": 64, "num_heads": 8, "num_kv_heads": 2, "positions": "rotary", "bias": True},
         {"depth": 2, "width": 32, "num_heads": 4, "num_kv_heads": 1, "block": "parallel", "qk_norm": True},
+        {"depth": 3, "width": 32, "num_heads": 4, "positions": "rotary", "norm": "rmsnorm", "x0_mix": True},
     ],
 )
 def test_parameter_counts_equal_the_real_model(model):
@@ -168,6 +169,9 @@ def _saved_bytes(model_config, batch: int, seq_len: int, precision: str) -> int:
         {"num_kv_heads": 2, "qk_norm": True},
         {"block": "parallel", "num_kv_heads": 1},
         {"block": "parallel", "num_kv_heads": 2, "positions": "rotary", "linear_value": True, "activation": "relu2"},
+        {"x0_mix": True},
+        {"x0_mix": True, "positions": "rotary", "norm": "rmsnorm", "activation": "relu2", "qk_norm": True},
+        {"x0_mix": True, "block": "parallel"},
     ],
 )
 def test_activations_per_layer_equal_what_autograd_keeps(model, precision):

@@ -98,3 +98,11 @@ def test_ablate_sweeps_presets_and_keeps_the_fixed_options(tmp_path, monkeypatch
         for key, value in {**PRESETS[name], "optim.lr": 0.01}.items():
             expected = str(value).lower() if isinstance(value, bool) else str(value)
             assert row[key.split(".")[1]] == expected, key
+
+
+def test_x0_mix_is_an_option_that_both_presets_turn_off(tmp_path):
+    assert pretrain(tmp_path / "a", "--x0-mix")["model"]["x0_mix"] is True
+    assert pretrain(tmp_path / "b", "--preset", "modern", "--x0-mix")["model"]["x0_mix"] is True
+    config = RunConfig().with_updates({"model.x0_mix": True}).with_updates({"model.preset": "nanogpt"})
+    assert config.model.x0_mix is True  # given before the preset: kept
+    assert RunConfig().with_updates({"model.preset": "modern"}).model.x0_mix is False

@@ -128,6 +128,7 @@ ROTARY = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu"}
         ({**ROTARY, "activation": "relu2"}, "--activation relu2"),
         ({**ROTARY, "qk_norm": True, "bias": True}, "model.bias"),
         ({"num_kv_heads": 1}, "--num-kv-heads 1"),
+        ({**ROTARY, "x0_mix": True}, "--x0-mix"),
     ],
 )
 def test_a_model_no_architecture_holds_is_refused_naming_its_option(model, option, tmp_path):

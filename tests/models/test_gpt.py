@@ -366,3 +366,45 @@ def test_compiles_without_graph_breaks(overrides):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(compiled(tokens()), model(tokens()), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- --x0-mix
+
+
+@pytest.mark.parametrize("overrides", [{}, {"block": "parallel", "positions": "rotary", "qk_norm": True}], ids=case_id)
+def test_x0_mix_starts_as_the_model_without_it_and_learns_to_mix(overrides):
+    plain, mixed = make_model(**overrides), make_model(**overrides, x0_mix=True)
+    missing, unexpected = mixed.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == [f"x0_mix.{i}" for i in range(2)] and not unexpected
+    assert mixed.num_params() == plain.num_params() + 2 * 2
+    x = tokens()
+    torch.testing.assert_close(mixed(x), plain(x), atol=0, rtol=0)  # a = 1, b = 0: x itself
+    # the mix gets a gradient, AdamW's undecayed group holds it, and a step moves b off zero
+    opt = torch.optim.AdamW(mixed.param_groups(0.1), lr=1e-2)
+    undecayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert all(id(p) in undecayed for p in mixed.x0_mix)
+    assert not {id(p) for p in mixed.x0_mix} & {id(p) for p in mixed.hidden_matrices()}
+    torch.nn.functional.cross_entropy(mixed(x).flatten(0, 1), x.roll(-1, 1).flatten()).backward()
+    opt.step()
+    assert all(p[1].abs() > 1e-3 for p in mixed.x0_mix)
+    assert not torch.allclose(mixed(x), plain(x))
+
+
+@torch.no_grad()
+def test_x0_mix_is_causal_and_its_cached_logits_equal_a_full_forward():
+    from tfkit.models.cache import KVCache
+
+    model = make_model(x0_mix=True, positions="rotary").eval()
+    for mix in model.x0_mix:
+        mix.copy_(torch.tensor([0.7, 0.5]))
+    x = tokens()
+    base = model(x)
+    future = x.clone()
+    future[:, 6:] = (future[:, 6:] + 1) % VOCAB
+    torch.testing.assert_close(model(future)[:, :6], base[:, :6], atol=1e-6, rtol=0)
+    present = x.clone()
+    present[:, 5] = (present[:, 5] + 1) % VOCAB
+    assert (model(present)[:, 5] - base[:, 5]).abs().amax() > 1e-4
+    cache = KVCache(model, batch_size=2)
+    pieces = [model(x[:, :4], cache=cache)] + [model(x[:, t : t + 1], cache=cache) for t in range(4, SEQ)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), base, atol=1e-5, rtol=1e-5)

@@ -41,8 +41,8 @@ DEFAULT_DIMS_START = 2
 DEFAULT_POINTS_START = 5
 # steps of a run given no stop: the recipe's error at the last point is below 0.3 well before
 DEFAULT_ICL_STEPS = 4000
-# ModelConfig fields that mean nothing for vector inputs (no token table, no tied output)
-UNUSED_MODEL_FIELDS = ("tie_embeddings",)
+# ModelConfig fields that mean nothing for vector inputs (no token table, no tied output, no embedding to mix in)
+UNUSED_MODEL_FIELDS = ("tie_embeddings", "x0_mix")
 # TrainConfig fields that need epochs: prompts are drawn fresh every step, so there are none
 UNUSED_TRAIN_FIELDS = ("max_epochs", "max_epochs_between_evals")
 # TrainConfig fields about the output softmax of a language model: icl's read-out is a regression

@@ -99,6 +99,8 @@ def activation_memory(
       v repeated to every query head are kept (e·2h, q's e·h with rotary or qk-norm), and the
       fused output only while something keeps a view of it (`_kept_qkv`).
 
+    `--x0-mix` adds the fp32 residual stream each block mixes x0 into (4·h; the first block's is x0).
+
     sdpa's fused kernels keep no s×s scores, so the 5·a·s/h term only comes back where
     attention takes the math path (`fused_attention=False`: dropout on a CPU), as 3·e·a·s
     per position (scores, weights, dropout). On a CPU these counts equal the bytes autograd
@@ -138,6 +140,8 @@ def activation_memory(
         per_position = 2 * norm + attention + mlp + (2 * C if model.dropout > 0 else 0)
     if not fused_attention and not ssm:
         per_position += 3 * e * a * seq_len
+    if model.x0_mix:  # a x + b x0 keeps its fp32 x (the first block's is x0, kept for b's gradient)
+        per_position += 4 * C
     positions = batch_size * seq_len
     per_layer = positions * per_position
     if model.positions == "rotary" and e == 2:

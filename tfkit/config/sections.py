@@ -64,6 +64,11 @@ class ModelConfig:
     )
     qk_norm: bool = opt(False, "Normalise queries and keys per head before attention.")
     tie_embeddings: bool = opt(True, "Share the token embedding with the output layer.")
+    x0_mix: bool = opt(
+        False,
+        "Mix the embedding output x0 back into every block's input, x <- a x + b x0, with two learned scalars "
+        "per block (a = 1, b = 0 at init).",
+    )
     dropout: float = opt(0.0, "Dropout on attention weights and residual branches.")
     bias: bool = opt(False, "Biases in linear and norm layers.", cli=False)
     rope_base: float = opt(10000.0, "Rotary position base frequency.", cli=False)
@@ -186,7 +191,7 @@ class ModelConfig:
             block = norm + (C + bias) * (mix_in + mlp_in) + (hidden + C + bias) * C + mix
         else:
             block = 2 * norm + (C + bias) * (mix_in + C + mlp_in) + (hidden + bias) * C + mix
-        params = L * block + norm + vocab * C * (1 if self.tie_embeddings else 2)
+        params = L * block + norm + vocab * C * (1 if self.tie_embeddings else 2) + (2 * L if self.x0_mix else 0)
         if self.positions == "learned":
             params += context * C
         buffers = L * context * (C // self.num_heads) if self.positions == "rotary" else 0

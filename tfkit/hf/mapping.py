@@ -52,6 +52,8 @@ def architecture(config: ModelConfig) -> str:
     """The transformers class that holds `config` exactly, or a `ConfigError` naming the option it cannot."""
     if config.block != "sequential":
         raise ConfigError(f"--block {config.block} has no transformers architecture; export takes --block sequential")
+    if config.x0_mix:
+        raise ConfigError("--x0-mix has no transformers architecture; export takes --no-x0-mix")
     if config.mixer != "attention":
         raise ConfigError(f"--mixer {config.mixer} has no transformers architecture; export takes --mixer attention")
     if config.positions == "learned":

@@ -19,6 +19,9 @@ What the config chooses:
   q and k in every attention layer, base `rope_base`, scaled by `rope_scaling` if set).
 - num_kv_heads: grouped-query attention, fewer key and value heads than query heads.
 - qk_norm: RMSNorm over the head dimension of q and k, before rotary.
+- x0_mix: every block's input becomes a x + b x0, x0 the embedding output and a, b two learned
+  scalars per block (1 and 0 at init): each block can read the tokens directly (modded-nanogpt's
+  embedding skip).
 - dropout: on the attention weights (through sdpa's dropout_p, training only) and on
   every residual branch.
 - mixer attention | ssm: `ssm` puts a selective diagonal state-space layer
@@ -373,6 +376,12 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             # one matrix for both; parameters() and state_dict share its storage
             self.transformer.wte.weight = self.lm_head.weight
+        # --x0-mix: per block [a, b] of x <- a x + b x0; 1-D, so AdamW moves them, undecayed
+        self.x0_mix = (
+            nn.ParameterList(nn.Parameter(torch.tensor([1.0, 0.0])) for _ in range(config.depth))
+            if config.x0_mix
+            else None
+        )
 
         init_weights(self, config.init_std)
         scale_residual_writes(self, config.init_std, config.depth)
@@ -405,7 +414,11 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             pos = torch.arange(T, dtype=torch.long, device=idx.device) if positions is None else positions
             x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C)
+        x0 = x
         for i, block in enumerate(self.transformer.h):
+            if self.x0_mix is not None:
+                mix = self.x0_mix[i]
+                x = torch.addcmul(x0 * mix[1], x, mix[0])  # a x + b x0, (B, T, C)
             x = block(x, positions, mask, None if cache is None else cache.layers[i])  # (B, T, C)
         if cache is not None:
             cache.length += T
