@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import os
 import socket
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from tests.conftest import TINY, tiny_cli_args
 from tests.training.test_resume import assert_same_run, kill_and_resume, reference_run
 from tests.training.test_spikes import POISONED_STEP, poisoned, spike_config, spike_rows  # noqa: F401
 from tfkit.config import ModelConfig, OptimConfig, RunConfig
-from tfkit.errors import ConfigError
 from tfkit.models.gpt import GPT
 from tfkit.training import loop
 from tfkit.training.optim import MuonAdamW, build_optimizer
@@ -202,26 +200,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_fsdp_is_refused_in_one_line_naming_both_options(monkeypatch):
-    import torch.distributed as dist
-
-    from tfkit.training.distributed import shard
-
-    monkeypatch.setitem(os.environ, "MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setitem(os.environ, "MASTER_PORT", str(free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        gpt = tiny_gpt()
-        shard(gpt, list(gpt.transformer.h))  # as --parallel fsdp does under torchrun
-        with pytest.raises(ConfigError) as info:
-            build_optimizer(gpt, MUON, CPU)
-        build_optimizer(gpt, OptimConfig(), CPU)  # AdamW shards fine
-    finally:
-        dist.destroy_process_group()
-    message = str(info.value)
-    assert "--optimizer muon" in message and "--parallel fsdp" in message and "\n" not in message
-
-
 @pytest.mark.slow
 def test_two_ddp_processes_train_what_one_does_under_muon(tmp_path):
     from typer.testing import CliRunner
@@ -236,3 +214,25 @@ def test_two_ddp_processes_train_what_one_does_under_muon(tmp_path):
     assert one.exit_code == 0, one.output
     for log in ("train_log.csv", "val_log.csv"):
         assert_close(numbers(tmp_path / "two" / log), numbers(tmp_path / "one" / log), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_killed_and_resumed_trains_what_one_process_does_under_muon(tmp_path):
+    """Each rank holds a shard of every matrix; Muon orthogonalises the whole one (gathered) and
+    moves its own rows, so the sharded run logs the numbers of one process, through a kill -9."""
+    from typer.testing import CliRunner
+
+    from tests.training.test_ddp import SHAPE, assert_close, numbers, torchrun
+    from tfkit.cli.app import app
+
+    args = [*SHAPE, "--optimizer", "muon"]  # 20 steps, a checkpoint every 10
+    out = tmp_path / "fsdp"
+    sharded = [*args, "--parallel", "fsdp", "--batch-size", "8", "--out", str(out)]
+    killed = torchrun(*sharded, env={"TFKIT_KILL_AT": f"{20 * 32 * 8}:1"})  # rank 0, as step 20 saves
+    assert killed.returncode != 0 and (out / "checkpoints" / f"{10 * 32 * 8}.pt").exists()
+    resumed = torchrun(*sharded, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one = CliRunner().invoke(app, ["train", "pretrain", *args, "--batch-size", "16", "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    for log in ("train_log.csv", "val_log.csv"):
+        assert_close(numbers(out / log), numbers(tmp_path / "one" / log), rel=1e-4)

@@ -113,11 +113,6 @@ def _setup(
         )
     if task.sharded and config.train.log_layer_stats:
         raise ConfigError("--log-layer-stats is not available with --parallel fsdp (the blocks' weights are sharded)")
-    if task.sharded and config.optim.optimizer == "muon":  # refused before the run directory is touched
-        raise ConfigError(
-            "--optimizer muon is not available with --parallel fsdp (Muon orthogonalises whole matrices, "
-            "FSDP shards them): use --parallel ddp"
-        )
     horizon = task.horizon()
     if config.optim.warmup_steps is None:  # resolved here, where the run's steps are known, and recorded
         config = config.with_updates({"optim.warmup_steps": default_warmup(horizon)})

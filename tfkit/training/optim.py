@@ -26,8 +26,12 @@ at least twice as wide as tall (or tall as wide) runs them on its Gram matrix
 (`gram_newton_schulz`): the same function with a quarter to a third fewer multiply-adds, as close to
 float64's result as the plain iteration in float32 (tests/training/test_newton_schulz.py).
 On a CPU `found_inf` is read (there is no device to wait for), so a taken step updates in
-place and a skipped one returns early. One optimizer object holds both kinds of group, so
-the step, `found_inf`, the schedule and the checkpoints treat it as the AdamW it extends.
+place and a skipped one returns early. Under FSDP a matrix is a DTensor of which each process
+holds some rows: the momentum and the step stay on those rows, and only the Nesterov update is
+gathered whole for Newton-Schulz, which every process runs on the same matrix (the
+orthogonalised update of a piece is not a piece of the orthogonalised update). One optimizer
+object holds both kinds of group, so the step, `found_inf`, the schedule and the checkpoints
+treat it as the AdamW it extends.
 """
 
 from __future__ import annotations
@@ -84,11 +88,6 @@ def muon_groups(model: torch.nn.Module, groups: list[dict], config: OptimConfig,
     if hidden_matrices is None:
         raise ConfigError(f"--optimizer muon is not available for {type(model).__name__} models (GPT only)")
     hidden = hidden_matrices()
-    if any(hasattr(p, "placements") for p in hidden):  # a DTensor: FSDP holds a shard of each matrix
-        raise ConfigError(
-            "--optimizer muon is not available with --parallel fsdp (Muon orthogonalises whole matrices, FSDP "
-            "shards them): use --parallel ddp"
-        )
     muon_ids = {id(p) for p in hidden}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in muon_ids]} for g in groups]
     scale = config.muon_lr / config.lr
@@ -156,27 +155,59 @@ class MuonAdamW(torch.optim.AdamW):
             if found_inf.item():  # read without a sync on a CPU: a skipped step touches nothing
                 return
             keep = None
-        for p in group["params"]:
-            if p.grad is None:
+        for param in group["params"]:
+            if param.grad is None:
                 continue
-            grad, state = p.grad, self.state[p]
+            state = self.state[param]
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-            buf = state["momentum_buffer"]
+                state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
+            # an FSDP shard (a DTensor): the arithmetic runs on this process's rows, Newton-Schulz on the whole matrix
+            whole = _Whole(param) if hasattr(param, "placements") else None
+            tensors = (param, param.grad, state["momentum_buffer"])
+            p, grad, buf = (t.to_local() for t in tensors) if whole else tensors
             dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == "cuda" else torch.float32)
-            rows, cols = p.shape
+            rows, cols = param.shape
             alpha = -lr * math.sqrt(max(1.0, rows / cols))
             if keep is None:  # in place: the same values as the branch below takes when keep is true
                 buf.lerp_(grad, 1 - momentum)
-                update = newton_schulz(grad.lerp(buf, momentum).to(dtype), steps)  # Nesterov; a fresh tensor
+                nesterov = grad.lerp(buf, momentum)  # a fresh tensor
+                if whole:
+                    update = whole.shard(newton_schulz(whole.gather(nesterov).to(dtype), steps))
+                else:
+                    update = newton_schulz(nesterov.to(dtype), steps)
                 p.mul_(1 - lr * decay).add_(update, alpha=alpha)
                 continue
             new_buf = buf.lerp(grad, 1 - momentum)
-            update = orthogonalise(grad.lerp(new_buf, momentum), dtype, steps)  # Nesterov
+            nesterov = grad.lerp(new_buf, momentum)
+            if whole:
+                update = whole.shard(orthogonalise(whole.gather(nesterov), dtype, steps))
+            else:
+                update = orthogonalise(nesterov, dtype, steps)
             new_p = p.mul(1 - lr * decay).add_(update, alpha=alpha)
             # a skipped step keeps both, decided on the device
             buf.copy_(torch.where(keep, new_buf, buf))
             p.copy_(torch.where(keep, new_p, p))
+
+
+class _Whole:
+    """The whole matrix of an FSDP-sharded parameter (a DTensor) and back: `gather` a local piece into the
+    matrix every process then holds, `shard` such a matrix into this process's piece (no communication)."""
+
+    def __init__(self, param: torch.Tensor) -> None:
+        self.param = param
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor
+
+        p = self.param
+        return DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
+
+    def shard(self, whole: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor, Replicate
+
+        p = self.param
+        replicated = DTensor.from_local(whole, p.device_mesh, [Replicate()] * p.device_mesh.ndim)
+        return replicated.redistribute(p.device_mesh, p.placements).to_local()
 
 
 def orthogonalise(grad: torch.Tensor, dtype: torch.dtype = torch.bfloat16, steps: int = NS_STEPS) -> torch.Tensor:
