@@ -6,6 +6,8 @@
     python benchmarks/time_to_loss.py --text book.txt      # any UTF-8 .txt file, character-level
     python benchmarks/time_to_loss.py --data mess3         # excess loss over the exact optimum
     python benchmarks/time_to_loss.py --device cuda        # GPT-2-small shape (12 x 768, context 1024)
+    python benchmarks/time_to_loss.py --steps 2000 --eval-every 25 --stop-at-target \
+        --recipes "classic (nanoGPT)" --recipe "wd 0" "model.preset=modern,optim.weight_decay=0"
 
 The text: `--text PATH`, or by default the English reference text of the Python documentation
 that ships with every Python (`pydoc_data.topics`: the language reference's sections, ~465k
@@ -29,6 +31,11 @@ classic recipe's, means over seeds (a recipe that misses the target in any seed 
 Recipes run interleaved (all recipes of seed 0, then seed 1, ...) on one thread, so a busy
 machine slows them alike.
 
+`--recipe NAME SETTINGS` (repeatable) adds a recipe of dotted options, as `--set` takes them
+("model.preset=modern,optim.warmup_steps=10"; values read as YAML). `--stop-at-target` ends
+every recipe but the classic one at its first evaluation at or below the target, so trying
+recipes costs their time to the target, not the whole run; their final loss shows "-".
+
 With `--data mess3` the loss is the excess over the process's optimal loss, and the table also
 gives the step at which each recipe first reaches an excess of 0.001 nats.
 """
@@ -46,11 +53,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from tfkit.config import RunConfig
 from tfkit.data.shards import write_shard
+from tfkit.errors import ConfigError
 from tfkit.training import loop
 from tfkit.training.session import TrainCallback
+from tfkit.training.stopping import request_stop
 
 # nanoGPT's recipe is `--preset nanogpt`; the modern one `--preset modern` (tfkit.config.presets)
 CLASSIC = {"model.preset": "nanogpt"}
@@ -126,13 +136,44 @@ class Clock(TrainCallback):
         self.in_evals += now - self.logged
 
 
-def train_one(base: dict[str, Any], recipe: dict[str, Any], seed: int, out: Path) -> tuple[list, int]:
+class StopAtTarget(Clock):
+    """A `Clock` that asks the run to stop (as a SIGTERM would) once an evaluation is at or below `target`."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target = target
+
+    def on_eval(self, row: dict[str, Any]) -> None:
+        super().on_eval(row)
+        if self.points[-1][2] <= self.target:
+            request_stop("SIGTERM")
+
+
+def train_one(
+    base: dict[str, Any], recipe: dict[str, Any], seed: int, out: Path, target: float | None = None
+) -> tuple[list, int]:
+    """The (step, train seconds, loss) of each evaluation of one run, and its parameter count.
+
+    With a `target`, the run stops at its first evaluation at or below it."""
     config = RunConfig().with_updates({**base, **recipe, "train.seed": seed, "log.out": str(out)})
-    clock = Clock()
+    clock = Clock() if target is None else StopAtTarget(target)
     result = loop.train(config, callback=clock, overwrite=True)
-    if result.status != "completed":
+    stopped = target is not None and result.status == "interrupted" and clock.points[-1][2] <= target
+    if result.status != "completed" and not stopped:
         sys.exit(f"{out.name}: {result.status} {result.message}")
     return clock.points, clock.num_params
+
+
+def parse_recipe(name: str, settings: str) -> dict[str, Any]:
+    """`--recipe NAME "section.field=value,..."` as dotted overrides (values read as YAML)."""
+    recipe: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in settings.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.count(".") != 1:
+            sys.exit(f"--recipe {name}: {item!r} is not section.field=value")
+        recipe[key.strip()] = yaml.safe_load(value)
+    RunConfig().with_updates(recipe)  # an unknown option or a bad value ends here, in one line
+    return recipe
 
 
 def first_at_or_below(points: list, target: float) -> tuple[int, float] | None:
@@ -150,6 +191,17 @@ def main() -> None:
     parser.add_argument("--recipes", default=None, help=f"comma-separated names, or all (default: {', '.join(CHOSEN)})")
     parser.add_argument("--quick", action="store_true", help="~2 min: 150 steps, classic against preset modern")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--recipe",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "SETTINGS"),
+        help='another recipe: "section.field=value,..." (repeatable; run after the named ones)',
+    )
+    parser.add_argument(
+        "--stop-at-target", action="store_true", help="end each recipe but the classic one when it reaches the target"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mess3 = args.data == "mess3"
@@ -157,6 +209,12 @@ def main() -> None:
     eval_every = args.eval_every or max(1, steps // (20 if mess3 else 8))
     names = list(QUICK if args.quick else CHOSEN) if args.recipes is None else args.recipes.split(",")
     names = list(RECIPES) if names == ["all"] else names
+    for name, settings in args.recipe:
+        try:
+            RECIPES[name] = parse_recipe(name, settings)
+        except ConfigError as error:
+            sys.exit(f"--recipe {name}: {error}")
+        names.append(name)
     unknown = [n for n in names if n not in RECIPES]
     if unknown or names[0] != "classic (nanoGPT)":
         sys.exit(f"--recipes: the first must be 'classic (nanoGPT)'; known: {', '.join(RECIPES)}")
@@ -186,19 +244,26 @@ def main() -> None:
     params: dict[str, int] = {}
     started = time.perf_counter()
     for seed in range(args.seeds):
+        target = None
         for name in names:
-            points, params[name] = train_one(base, RECIPES[name], seed, work / f"{name}-{seed}".replace(" ", "_"))
+            out = work / f"{name}-{seed}".replace(" ", "_").replace("/", "_")
+            points, params[name] = train_one(base, RECIPES[name], seed, out, target)
             runs[name].append(points)
-            print(f"  seed {seed} {name}: final {points[-1][2]:.4f} in {points[-1][1]:.0f} s", flush=True)
+            what = "stopped at the target" if target is not None else "final"
+            print(f"  seed {seed} {name}: {what} {points[-1][2]:.4f} in {points[-1][1]:.0f} s", flush=True)
+            if args.stop_at_target:
+                target = runs[names[0]][seed][-1][2]  # the classic recipe's final loss, for the others
     print(f"\nall runs: {time.perf_counter() - started:.0f} s wall\n")
     reference = params[names[0]]
     for name in names:
         if abs(params[name] / reference - 1) > 0.02:
             print(f"warning: {name} has {params[name]:,} parameters, {params[name] / reference - 1:+.1%} off")
-    report(names, runs, params, mess3)
+    report(names, runs, params, mess3, stopped=args.stop_at_target)
 
 
-def report(names: list[str], runs: dict[str, list[list]], params: dict[str, int], mess3: bool) -> None:
+def report(
+    names: list[str], runs: dict[str, list[list]], params: dict[str, int], mess3: bool, stopped: bool = False
+) -> None:
     digits = 5 if mess3 else 4
     targets = [points[-1][2] for points in runs[names[0]]]
     classic_reach = [first_at_or_below(p, t) for p, t in zip(runs[names[0]], targets, strict=True)]
@@ -212,6 +277,7 @@ def report(names: list[str], runs: dict[str, list[list]], params: dict[str, int]
     print("|" + "---|" * (header.count("|") - 1))
     for name in names:
         finals = statistics.mean(p[-1][2] for p in runs[name])
+        final = "-" if stopped and name != names[0] else f"{finals:.{digits}f}"
         reached = [first_at_or_below(p, t) for p, t in zip(runs[name], targets, strict=True)]
         per_step = statistics.mean(p[-1][1] / p[-1][0] for p in runs[name])
         if all(r is not None for r in reached):
@@ -220,7 +286,7 @@ def report(names: list[str], runs: dict[str, list[list]], params: dict[str, int]
             cells = f"{step:,.0f} | {seconds:,.1f} | {seconds / classic_seconds:.2f} |"
         else:
             cells = "- | - | - |"
-        line = f"| {name} | {params[name]:,} | {finals:.{digits}f} | {cells} {per_step:.3f} |"
+        line = f"| {name} | {params[name]:,} | {final} | {cells} {per_step:.3f} |"
         if mess3:
             goal = [first_at_or_below(p, EXCESS_GOAL) for p in runs[name]]
             line += f" {statistics.mean(g[0] for g in goal):,.0f} |" if all(goal) else " - |"
