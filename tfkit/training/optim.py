@@ -170,23 +170,22 @@ class MuonAdamW(torch.optim.AdamW):
             alpha = -lr * math.sqrt(max(1.0, rows / cols))
             if keep is None:  # in place: the same values as the branch below takes when keep is true
                 buf.lerp_(grad, 1 - momentum)
-                nesterov = grad.lerp(buf, momentum)  # a fresh tensor
-                if whole:
-                    update = whole.shard(newton_schulz(whole.gather(nesterov).to(dtype), steps))
-                else:
-                    update = newton_schulz(nesterov.to(dtype), steps)
+                update = _orthogonalised(grad.lerp(buf, momentum), dtype, steps, whole)  # Nesterov
                 p.mul_(1 - lr * decay).add_(update, alpha=alpha)
                 continue
             new_buf = buf.lerp(grad, 1 - momentum)
-            nesterov = grad.lerp(new_buf, momentum)
-            if whole:
-                update = whole.shard(orthogonalise(whole.gather(nesterov), dtype, steps))
-            else:
-                update = orthogonalise(nesterov, dtype, steps)
+            update = _orthogonalised(grad.lerp(new_buf, momentum), dtype, steps, whole)  # Nesterov
             new_p = p.mul(1 - lr * decay).add_(update, alpha=alpha)
             # a skipped step keeps both, decided on the device
             buf.copy_(torch.where(keep, new_buf, buf))
             p.copy_(torch.where(keep, new_p, p))
+
+
+def _orthogonalised(nesterov: torch.Tensor, dtype: torch.dtype, steps: int, whole: _Whole | None) -> torch.Tensor:
+    """Newton-Schulz of a fresh Nesterov update (changed in place), of the whole matrix when it is a shard."""
+    if whole is None:
+        return newton_schulz(nesterov.to(dtype), steps)
+    return whole.shard(newton_schulz(whole.gather(nesterov).to(dtype), steps))
 
 
 class _Whole:
