@@ -294,6 +294,7 @@ def estimate_budget(config: RunConfig, gpu: str | None = None, mfu: float = DEFA
         "gradients": 4 * params,
         "optimizer": optimizer_state(config.optim.optimizer, params, counts["num_params_hidden"]),
         "weight_copies": 2 * counts["num_params_matmul"] if precision == "bf16" else 0,
+        "averaged_weights": 4 * params if config.optim.ema_decay > 0 else 0,
         "buffers": 4 * counts["buffers"],
         "activations": activations["total"],
     }

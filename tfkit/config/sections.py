@@ -279,6 +279,11 @@ class OptimConfig:
     eps: float = opt(1e-8, "AdamW epsilon (smaller values help against lr sensitivity at scale).")
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
     grad_accum_steps: int = opt(1, "Micro-batches accumulated per optimizer step.")
+    ema_decay: float = opt(
+        0.0,
+        "Score and save an exponential moving average of the weights, spanning about 1 / (1 - d) steps (e.g. "
+        "0.98); evaluations, checkpoints' served weights, generate, --init and export use it (0: off).",
+    )
     decay_embeddings: bool = opt(False, "Apply weight decay to embeddings too.", cli=False)
     decay_norms_and_biases: bool = opt(False, "Apply weight decay to norms and biases too.", cli=False)
 
@@ -291,6 +296,8 @@ class OptimConfig:
         check_at_least(self, ("muon_ns_steps",))
         if not 0.0 <= self.muon_momentum < 1.0:
             raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ConfigError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
         if self.eps < 0:

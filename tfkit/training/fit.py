@@ -30,6 +30,7 @@ import torch
 
 from tfkit.config import default_warmup
 from tfkit.errors import ConfigError
+from tfkit.training.average import WeightAverage
 from tfkit.training.checkpoint import (
     checkpoint_path,
     prune_checkpoints,
@@ -113,6 +114,8 @@ def _setup(
         )
     if task.sharded and config.train.log_layer_stats:
         raise ConfigError("--log-layer-stats is not available with --parallel fsdp (the blocks' weights are sharded)")
+    if task.sharded and config.optim.ema_decay > 0:
+        raise ConfigError("--ema-decay is not available with --parallel fsdp (the weights are sharded); use ddp")
     horizon = task.horizon()
     if config.optim.warmup_steps is None:  # resolved here, where the run's steps are known, and recorded
         config = config.with_updates({"optim.warmup_steps": default_warmup(horizon)})
@@ -141,6 +144,7 @@ def _setup(
         progress=Progress(epoch=task.epoch()),
         counters=StepCounters(device, len(task.metric_names)),
         detector=SpikeDetector(t.spike_window, t.spike_sigma, t.spike_min_history, device),
+        average=WeightAverage(model, config.optim.ema_decay) if config.optim.ema_decay > 0 else None,
     )
     spikes = SpikeLog(session.run_dir) if dist.main else _NOWHERE
     step_losses = StepLossLog(session.run_dir) if t.log_step_losses and dist.main else None
@@ -264,6 +268,8 @@ class _Trainer:
         optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if self.run.average is not None:
+            self.run.average.update(progress.step, skip)
         counters.count(step_loss, step_metrics if self.task.metric_names else None, grad_norm, skip)
         if measured:
             self.monitor.after_update()
@@ -394,7 +400,8 @@ class _Trainer:
             progress.last_eval_epoch = progress.epoch or 0.0
             return
         started = time.perf_counter()
-        metrics = task.evaluate()
+        with self.run.average.applied() if self.run.average is not None else contextlib.nullcontext():
+            metrics = task.evaluate()
         spent = time.perf_counter() - started
         progress.eval_time += spent
         self.throughput.exclude(spent)

@@ -7,7 +7,8 @@ order, in the checkpoint, in the run's `train_config.json` (`meta.tokenizer_path
 in the training data folder the config names (its `tfkit_tokenized.json`, or a shard
 sidecar), so a pretraining run on token shards finds the tokenizer it was trained with.
 A relative path in the checkpoint or `train_config.json` is relative to the run directory
-(an imported run keeps its tokenizer there), so the run can be moved.
+(an imported run keeps its tokenizer there), so the run can be moved. A run trained with
+`--ema-decay` gives its averaged weights (the checkpoint's `ema`), the ones its evaluations scored.
 """
 
 from __future__ import annotations
@@ -119,10 +120,11 @@ def load_run(path: str | Path, option: str = "--init") -> LoadedRun:
         tok_path = str((checkpoint.parent.parent / tok_path).absolute())
     if tok_path is None:
         tok_path, tok_sha = _tokenizer_of_data(config.get("data", {}).get("data"))
-    loaded = LoadedRun(model_config, state["model"], checkpoint, run_dir, tok_path, tok_sha)
+    weights = state.get("ema", state["model"])  # a run trained with --ema-decay serves its averaged weights
+    loaded = LoadedRun(model_config, weights, checkpoint, run_dir, tok_path, tok_sha)
     try:
         with torch.device("meta"):  # checks names and shapes without allocating a model
-            GPT(model_config).load_state_dict(_plain_state(state["model"]), assign=True)
+            GPT(model_config).load_state_dict(_plain_state(weights), assign=True)
     except RuntimeError as e:
         raise DataError(
             f"{option} {checkpoint}: its weights do not fit its model config ({' '.join(str(e).split()[:20])})"

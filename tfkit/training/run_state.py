@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import tfkit
+from tfkit.training.average import WeightAverage
 from tfkit.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state
 from tfkit.training.counters import Progress, StepCounters
 from tfkit.training.distributed import load_full_state
@@ -33,6 +34,7 @@ class RunState:
     counters: StepCounters
     detector: SpikeDetector
     rollbacks: int = 0
+    average: WeightAverage | None = None  # `--ema-decay`
 
 
 @dataclass
@@ -93,6 +95,7 @@ def checkpoint_state(
     state = progress.state_dict()
     if before is not None:
         state["tokens_seen"] = before.tokens_seen
+    averaged = {"ema": run.average.state_dict()} if run.average is not None else {}
     return {
         "model": weights[0],
         "optimizer": weights[1],
@@ -110,6 +113,7 @@ def checkpoint_state(
         "tfkit_version": tfkit.__version__,
         "world_size": world,
         **task.checkpoint_extra(),
+        **averaged,
     }
 
 
@@ -124,6 +128,10 @@ def restore_state(
 ) -> None:
     """Put a checkpoint's model, optimizer, counters and (with `data`) the task's data position back."""
     load_full_state(model, optimizer, state["model"], state["optimizer"], task.sharded)
+    if run.average is not None and "ema" in state:
+        run.average.load_state_dict(state["ema"])
+    elif run.average is not None:  # a checkpoint written without --ema-decay: the average starts afresh
+        run.average.reset()
     run.progress.load_state_dict(state["progress"])
     run.counters.load_state_dict(state["counters"])
     run.detector.load_state_dict(state["spikes"])
