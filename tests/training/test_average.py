@@ -118,6 +118,8 @@ def test_the_budget_counts_the_average():
     assert plain["averaged_weights"] == 0
     assert averaged["averaged_weights"] == plain["weights"]
     assert averaged["total"] == plain["total"] + plain["weights"]
+    shown = CliRunner().invoke(app, ["budget", "--data", "mess3", "--ema-decay", "0.9"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "averaged weights (--ema-decay, fp32)" in shown.output
 
 
 @pytest.mark.slow

@@ -78,6 +78,8 @@ def _tables(b: Any) -> list[Any]:
     ]
     if mem["weight_copies"]:
         memory.append(("bf16 weight copies (autocast)", _bytes(mem["weight_copies"])))
+    if mem["averaged_weights"]:
+        memory.append(("averaged weights (--ema-decay, fp32)", _bytes(mem["averaged_weights"])))
     if mem["buffers"]:
         memory.append(("buffers (rotary tables)", _bytes(mem["buffers"])))
     memory += [
