@@ -93,8 +93,9 @@ class ModelConfig:
     preset: Literal["nanogpt", "modern"] | None = opt(
         None,
         "A recipe that sets the architecture and optimizer options: nanogpt (AdamW at lr 1e-3, cosine; learned "
-        "positions, LayerNorm, GELU) or modern (rotary, relu2, qk-norm, RMSNorm; Muon at 0.02 and AdamW at 3e-3, "
-        "cosine). An option also given (typed, in --config, by --set) keeps its value.",
+        "positions, LayerNorm, GELU) or modern (rotary, relu2, qk-norm, RMSNorm; Muon at 0.02 with 3 Newton-Schulz "
+        "steps and AdamW at 3e-3, cosine; scored through --ema-decay 0.98). An option also given (typed, in "
+        "--config, by --set) keeps its value.",
     )
 
     def __post_init__(self) -> None:
