@@ -136,16 +136,11 @@ def test_fsdp_with_an_average_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_two_ddp_processes_score_the_average_one_process_does(tmp_path):
-    from tests.training.test_ddp import SHAPE, assert_close, numbers, torchrun
+    from tests.training.test_ddp import SHAPE, assert_two_processes_log_what_one_does
 
     # decay 0.5: past its warm-up (min(d, (1 + t) / (10 + t))) from step 8, so the evaluations see it
     args = [*SHAPE, "--ema-decay", "0.5", "--max-steps", "20", "--eval-every", "10", "--checkpoint-every", "20"]
-    two = torchrun(*args, "--batch-size", "8", "--out", str(tmp_path / "two"))
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = CliRunner().invoke(app, ["train", "pretrain", *args, "--batch-size", "16", "--out", str(tmp_path / "one")])
-    assert one.exit_code == 0, one.output
-    for log in ("train_log.csv", "val_log.csv"):
-        assert_close(numbers(tmp_path / "two" / log), numbers(tmp_path / "one" / log), rel=1e-4)
+    assert_two_processes_log_what_one_does(args, tmp_path)
     served = [load_run(tmp_path / run).state for run in ("two", "one")]
     for name, tensor in served[1].items():
         assert torch.allclose(served[0][name], tensor, rtol=1e-4, atol=1e-6), name

@@ -112,6 +112,16 @@ def assert_close(a: list[dict[str, float]], b: list[dict[str, float]], rel: floa
             assert x[key] == pytest.approx(y[key], rel=rel, abs=1e-7), (x["step"], key)
 
 
+def assert_two_processes_log_what_one_does(args: list[str], out: Path) -> None:
+    """`args` on two DDP processes at batch 8 (`out/two`) and on one at batch 16 (`out/one`): the same logs."""
+    two = torchrun(*args, "--batch-size", "8", "--out", str(out / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = CliRunner().invoke(app, ["train", "pretrain", *args, "--batch-size", "16", "--out", str(out / "one")])
+    assert one.exit_code == 0, one.output
+    for log in ("train_log.csv", "val_log.csv"):
+        assert_close(numbers(out / "two" / log), numbers(out / "one" / log), rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "run"

@@ -202,18 +202,10 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_ddp_processes_train_what_one_does_under_muon(tmp_path):
-    from typer.testing import CliRunner
-
-    from tests.training.test_ddp import SHAPE, assert_close, numbers, torchrun
-    from tfkit.cli.app import app
+    from tests.training.test_ddp import SHAPE, assert_two_processes_log_what_one_does
 
     args = [*SHAPE, "--optimizer", "muon", "--max-steps", "10", "--checkpoint-every", "10"]
-    two = torchrun(*args, "--batch-size", "8", "--out", str(tmp_path / "two"))
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = CliRunner().invoke(app, ["train", "pretrain", *args, "--batch-size", "16", "--out", str(tmp_path / "one")])
-    assert one.exit_code == 0, one.output
-    for log in ("train_log.csv", "val_log.csv"):
-        assert_close(numbers(tmp_path / "two" / log), numbers(tmp_path / "one" / log), rel=1e-4)
+    assert_two_processes_log_what_one_does(args, tmp_path)
 
 
 @pytest.mark.slow
