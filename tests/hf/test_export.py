@@ -17,6 +17,8 @@ transformers = pytest.importorskip("transformers")
 
 # grouped-query attention (2 heads share 1 key/value head), RMSNorm eps 1e-5
 LLAMA_GQA = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu", "num_kv_heads": 1, "norm_eps": 1e-5}
+# relu^2 is the gated MLP relu(gate) * up with gate = up
+RELU2 = {"positions": "rotary", "norm": "rmsnorm", "activation": "relu2"}
 
 
 def _ids(vocab: int, seed: int = 0) -> torch.Tensor:
@@ -65,6 +67,8 @@ def test_trained_runs_export_to_models_transformers_computes_equally(name, train
         {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu", "qk_norm": True, "rope_base": 500.0},
         {**LLAMA_GQA, "bias": True, "rope_scaling": {**LLAMA3_SCALING, "original_max_position_embeddings": 8}},
         {**LLAMA_GQA, "qk_norm": True, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+        {**RELU2, "qk_norm": True, "mlp_ratio": 3.0},
+        {**RELU2, "bias": True, "tie_embeddings": False},
     ],
     ids=[
         "gpt2-bias",
@@ -74,6 +78,8 @@ def test_trained_runs_export_to_models_transformers_computes_equally(name, train
         "qwen3-rope-base",
         "llama-gqa-llama3",
         "qwen3-gqa-linear",
+        "qwen3-relu2",
+        "llama-relu2-bias",
     ],
 )
 def test_every_weight_lands_where_transformers_reads_it(model, tmp_path):
@@ -125,7 +131,7 @@ ROTARY = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu"}
         ({"activation": "swiglu"}, "--activation swiglu"),
         ({"qk_norm": True}, "--qk-norm"),
         ({**ROTARY, "norm": "layernorm"}, "--norm layernorm"),
-        ({**ROTARY, "activation": "relu2"}, "--activation relu2"),
+        ({**ROTARY, "activation": "gelu"}, "--activation gelu"),
         ({**ROTARY, "qk_norm": True, "bias": True}, "model.bias"),
         ({"num_kv_heads": 1}, "--num-kv-heads 1"),
         ({**ROTARY, "x0_mix": True}, "--x0-mix"),

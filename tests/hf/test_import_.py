@@ -43,6 +43,19 @@ def test_generate_runs_on_an_imported_run(tmp_path):
     assert reply["token_ids"] == expected and reply["text"].split() == [str(i) for i in expected]
 
 
+def test_a_relu2_export_imports_back_as_relu2(tmp_path):
+    checkpoint = saved_model(tmp_path / "run", **{**QWEN3, "activation": "relu2"})
+    assert invoke("export", "hf", checkpoint, tmp_path / "hf").exit_code == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["hidden_act"] == "relu" and config["intermediate_size"] == 4 * 32
+    assert invoke("import", "hf", tmp_path / "hf", "--out", tmp_path / "back").exit_code == 0
+    before, after = load_run(checkpoint), load_run(tmp_path / "back")
+    assert after.model_config == before.model_config
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(after.build().eval()(ids), before.build().eval()(ids))
+
+
 def _exported(tmp_path, **model):
     checkpoint = saved_model(tmp_path / "run", **model)
     assert invoke("export", "hf", checkpoint, tmp_path / "hf").exit_code == 0
@@ -61,6 +74,7 @@ LLAMA = {"positions": "rotary", "norm": "rmsnorm", "activation": "swiglu"}
         (LLAMA, {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
         (LLAMA, {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
         (LLAMA, {"hidden_act": "gelu"}, "hidden_act"),
+        (LLAMA, {"hidden_act": "relu"}, "hidden_act"),  # relu with gate_proj != up_proj: no relu^2
         (LLAMA, {"mlp_bias": True}, "mlp_bias"),
         (LLAMA, {"model_type": "mistral"}, "model_type"),
         ({}, {"activation_function": "gelu_10"}, "activation_function"),

@@ -21,7 +21,8 @@ Grouped-query attention (`num_key_value_heads`) becomes `--num-kv-heads`, `rms_n
 A config option a tfkit GPT cannot express is refused with one line naming it: other
 rope types (dynamic, yarn, longrope, ...), partial rotary, a head size other than
 hidden_size / num_attention_heads, a LayerNorm epsilon other than torch's, an activation
-other than tfkit's (GPT-2's tanh GELUs are tfkit's gelu_tanh), sliding windows, biases
+other than tfkit's (GPT-2's tanh GELUs are tfkit's gelu_tanh; a Llama or Qwen3 MLP with
+relu is relu^2 where its gate_proj equals its up_proj), sliding windows, biases
 on attention but not the MLP. Dropout is not carried (the imported model has --dropout
 0). A GPT-2 whose biases are all zero (what `tfkit export hf` writes for a model without
 them) is imported without biases.
@@ -256,9 +257,7 @@ def model_config_of(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Mod
     kind = hf["model_type"]
     if kind == "gpt2":
         return _gpt2_config(hf, tensors)
-    act = hf.get("hidden_act", "silu")
-    if act != "silu":
-        raise _refuse("hidden_act", act, "tfkit's gated MLP is SwiGLU (silu)")
+    activation = _gated_activation(hf.get("hidden_act", "silu"), tensors)
     width, heads = hf["hidden_size"], hf["num_attention_heads"]
     kv = hf.get("num_key_value_heads") or heads
     if not isinstance(kv, int) or kv < 1 or heads % kv:
@@ -282,7 +281,7 @@ def model_config_of(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Mod
         if hf.get("use_sliding_window"):
             raise _refuse("use_sliding_window", True, "tfkit attention is over the whole context")
     hidden = hf["intermediate_size"]
-    if hidden % 8:
+    if activation == "swiglu" and hidden % 8:
         raise _refuse("intermediate_size", hidden, "tfkit's SwiGLU hidden size is a multiple of 8")
     return _model_config(
         vocab_size=hf["vocab_size"],
@@ -290,8 +289,8 @@ def model_config_of(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Mod
         depth=hf["num_hidden_layers"],
         width=width,
         num_heads=heads,
-        mlp_ratio=_mlp_ratio(hidden, width, "swiglu"),
-        activation="swiglu",
+        mlp_ratio=_mlp_ratio(hidden, width, activation),
+        activation=activation,
         norm="rmsnorm",
         positions="rotary",
         qk_norm=kind == "qwen3",
@@ -303,6 +302,22 @@ def model_config_of(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Mod
         rope_scaling=rope_scaling,
         init_std=float(hf.get("initializer_range", 0.02)),
     )
+
+
+def _gated_activation(act: Any, tensors: dict[str, torch.Tensor]) -> str:
+    """tfkit's activation for a Llama or Qwen3 MLP act(gate) * up: silu is swiglu; relu, with every gate
+    equal to its up (what `tfkit export hf` writes for relu^2), is relu2, as relu(a) * a = relu(a)^2."""
+    if act == "silu":
+        return "swiglu"
+    if act == "relu":
+        gates = {k: v for k, v in tensors.items() if ".mlp.gate_proj." in k or k.startswith("mlp.gate_proj.")}
+        ups = {k: tensors.get(k.replace("gate_proj", "up_proj")) for k in gates}
+        if gates and all(ups[k] is not None and torch.equal(v, ups[k]) for k, v in gates.items()):
+            return "relu2"
+        raise _refuse(
+            "hidden_act", act, "tfkit's gated MLP with relu is relu^2, whose gate_proj equals its up_proj; these differ"
+        )
+    raise _refuse("hidden_act", act, "tfkit's gated MLP is SwiGLU (silu), or relu^2 (relu with gate_proj = up_proj)")
 
 
 def _rope_of(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

@@ -8,12 +8,15 @@ Three architectures hold a tfkit GPT exactly, with no custom code:
   GPT-2's Conv1D stores weights as (in, out), the transpose of nn.Linear's (out, in).
   GPT-2 always has biases: a model without them gets zero biases, which add nothing.
 - `LlamaForCausalLM`: the modern block, sequential, rotary, RMSNorm (`model.norm_eps` is
-  `rms_norm_eps`), SwiGLU. tfkit's rotary pairs dimension i with i + hs/2 (the half split),
+  `rms_norm_eps`), SwiGLU or relu^2. tfkit's rotary pairs dimension i with i + hs/2 (the half split),
   which is transformers' `rotate_half`, with the same frequencies (`rope_base` is
   `rope_theta`, `model.rope_scaling` its linear or llama3 `rope_scaling`): q and k need no
   permutation. `--num-kv-heads` is `num_key_value_heads`: c_attn holds q, then k, then v,
   and tfkit's key/value head j serves the query heads transformers' `repeat_kv` gives it.
   tfkit's c_fc yields [value, gate]: value is Llama's up_proj, gate its gate_proj.
+  relu^2 is Llama's gated MLP with `hidden_act` relu and gate_proj equal to up_proj, since
+  relu(a) * a = relu(a)^2 for every a: c_fc is written twice, and computes exactly what it
+  does in tfkit (the file holds the MLP's input matrix twice).
   Biases (`model.bias`) become `attention_bias` and `mlp_bias`.
 - `Qwen3ForCausalLM`: the same with --qk-norm (RMSNorm over the head dimension of q and
   k, before rotary, in both), without biases.
@@ -47,6 +50,9 @@ GPT2_IMPORTS = {
     **dict.fromkeys(("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_accurate", "gelu_fast"), "gelu_tanh"),
 }
 
+# tfkit -> the `hidden_act` of Llama's and Qwen3's gated MLP act(gate) * up: relu2 is relu with gate = up
+LLAMA_ACTIVATIONS = {"swiglu": "silu", "relu2": "relu"}
+
 
 def architecture(config: ModelConfig) -> str:
     """The transformers class that holds `config` exactly, or a `ConfigError` naming the option it cannot."""
@@ -74,10 +80,10 @@ def architecture(config: ModelConfig) -> str:
         return "GPT2LMHeadModel"
     if config.norm != "rmsnorm":
         raise ConfigError(f"--norm {config.norm} with --positions rotary has no transformers architecture")
-    if config.activation != "swiglu":
+    if config.activation not in LLAMA_ACTIVATIONS:
         raise ConfigError(
             f"--activation {config.activation} with --positions rotary has no transformers architecture "
-            "(Llama takes swiglu)"
+            f"(Llama takes {' or '.join(LLAMA_ACTIVATIONS)})"
         )
     if config.qk_norm:
         if config.bias:
@@ -137,7 +143,7 @@ def _llama_config(config: ModelConfig, arch: str) -> dict[str, Any]:
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.kv_heads,
         "head_dim": config.width // config.num_heads,
-        "hidden_act": "silu",
+        "hidden_act": LLAMA_ACTIVATIONS[config.activation],
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_base,  # read by transformers 4.x
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base, **(scaling or {})},  # and by 5.x
@@ -209,7 +215,8 @@ def _llama_tensors(config: ModelConfig, state: dict[str, torch.Tensor], arch: st
             q, k, v = state[t + f"attn.c_attn.{s}"].split([C, kv, kv], dim=0)
             out |= {h + f"self_attn.q_proj.{s}": q, h + f"self_attn.k_proj.{s}": k, h + f"self_attn.v_proj.{s}": v}
             out[h + f"self_attn.o_proj.{s}"] = state[t + f"attn.c_proj.{s}"]
-            up, gate = state[t + f"mlp.c_fc.{s}"].split(hidden, dim=0)  # tfkit: [value, gate]
+            fc = state[t + f"mlp.c_fc.{s}"]
+            up, gate = fc.split(hidden, dim=0) if config.activation == "swiglu" else (fc, fc)  # swiglu: [value, gate]
             out |= {h + f"mlp.up_proj.{s}": up, h + f"mlp.gate_proj.{s}": gate}
             out[h + f"mlp.down_proj.{s}"] = state[t + f"mlp.c_proj.{s}"]
         if arch == "Qwen3ForCausalLM":
@@ -266,7 +273,8 @@ def from_hf_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> di
                 qkv = [t[h + f"self_attn.{n}_proj.{s}"] for n in "qkv"]
                 state[p + f"attn.c_attn.{s}"] = torch.cat(qkv, dim=0)
                 state[p + f"attn.c_proj.{s}"] = t[h + f"self_attn.o_proj.{s}"]
-                state[p + f"mlp.c_fc.{s}"] = torch.cat([t[h + f"mlp.up_proj.{s}"], t[h + f"mlp.gate_proj.{s}"]], dim=0)
+                up, gate = t[h + f"mlp.up_proj.{s}"], t[h + f"mlp.gate_proj.{s}"]
+                state[p + f"mlp.c_fc.{s}"] = torch.cat([up, gate], dim=0) if config.activation == "swiglu" else up
                 state[p + f"mlp.c_proj.{s}"] = t[h + f"mlp.down_proj.{s}"]
             if arch == "Qwen3ForCausalLM":
                 state[p + "attn.attn.q_norm.weight"] = t[h + "self_attn.q_norm.weight"]
