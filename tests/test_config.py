@@ -71,7 +71,7 @@ def test_set_converts_by_field_type():
         ({"num_kv_heads": 0}, "--num-kv-heads (0) must divide --num-heads (2)"),
         ({"mixer": "ssm", "num_kv_heads": 1}, "--mixer ssm has none"),
         ({"norm_eps": 0.0}, "model.norm_eps must be positive"),
-        ({"rope_scaling": {"rope_type": "linear", "factor": 2}}, "it takes --positions rotary"),
+        ({"positions": "learned", "rope_scaling": {"rope_type": "linear", "factor": 2}}, "it takes --positions rotary"),
         ({"positions": "rotary", "rope_scaling": {"rope_type": "yarn", "factor": 2}}, "rope_type must be one of"),
         ({"positions": "rotary", "rope_scaling": {"rope_type": "linear"}}, "rope_type=linear takes factor, got"),
         ({"positions": "rotary", "rope_scaling": {"rope_type": "linear", "factor": -1}}, "factor must be a positive"),

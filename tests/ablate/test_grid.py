@@ -54,8 +54,9 @@ def test_model_scale_derives_the_shape_and_conflicts_are_skipped():
     settings, _ = expand(base, {"model.model_scale": [1.0, 3.0]})
     assert [(s.config.model.depth, s.config.model.width) for s in settings] == [(2, 64), (4, 128)]
     assert settings[0].config.model.true_model_scale == 1.0  # the base model itself
-    # parameters relative to the base's (no vocabulary or context yet): blocks of 2C + 12C^2 and a final norm
-    size = (4 * (2 * 128 + 12 * 128**2) + 128) / (2 * (2 * 64 + 12 * 64**2) + 64)
+    # parameters relative to the base's (no vocabulary or context yet): blocks of two norms (2C), the
+    # qk-norm gains of two heads (2 x C/2) and 12C^2, and a final norm
+    size = (4 * (3 * 128 + 12 * 128**2) + 128) / (2 * (3 * 64 + 12 * 64**2) + 64)
     assert settings[1].config.model.true_model_scale == pytest.approx(size)
 
 

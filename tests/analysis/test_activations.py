@@ -51,7 +51,14 @@ def test_hooks_capture_the_forward_pass_layer_by_layer(block, positions):
 def test_the_random_init_control_is_the_run_at_step_0(tmp_path):
     # a learning rate far below float32 resolution: one step leaves every weight as it was built
     config = RunConfig().with_updates(
-        {**TINY, "train.max_steps": 1, "train.seed": 7, "optim.lr": 1e-30, "log.out": str(tmp_path / "run")}
+        {
+            **TINY,
+            "train.max_steps": 1,
+            "train.seed": 7,
+            "optim.optimizer": "adamw",  # Muon's matrices move at --muon-lr
+            "optim.lr": 1e-30,
+            "log.out": str(tmp_path / "run"),
+        }
     )
     assert train(config).status == "completed"
     loaded = load_run(tmp_path / "run")

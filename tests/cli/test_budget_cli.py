@@ -25,6 +25,8 @@ GPT2_SMALL = (
     "16",
     "--set",
     "model.vocab_size=50304",
+    "--preset",  # GPT-2's own block and optimizer
+    "nanogpt",
 )
 
 
@@ -77,6 +79,7 @@ def test_json_holds_the_numbers():
             "seq_len": 1024,
             "batch_size": 16,
             "vocab_size": 50304,
+            "preset": "nanogpt",
             "max_tokens": 10**9,
         }
     )

@@ -10,18 +10,20 @@ from typer.testing import CliRunner
 
 from tfkit.cli.app import app
 from tfkit.config import ModelConfig, RunConfig
+from tfkit.config.presets import preset_section
 from tfkit.models.gpt import GPT
 from tfkit.training.checkpoint import checkpoint_path, save_checkpoint
 
 runner = CliRunner()
 
-MODERN = ["--positions", "rotary", "--norm", "rmsnorm", "--activation", "swiglu"]
-# the exportable combinations trained through the CLI, as `tfkit train pretrain` options (Qwen3 and
-# the rest are built directly in test_export.py)
+SWIGLU = ["--activation", "swiglu", "--no-qk-norm"]
+# the exportable combinations trained through the CLI, as `tfkit train pretrain` options (the rest
+# are built directly in test_export.py); the default recipe (rotary, RMSNorm, relu^2, qk-norm) is Qwen3
 COMBINATIONS = {
-    "gpt2-tied": ([], "GPT2LMHeadModel"),
-    "gpt2-untied": (["--no-tie-embeddings"], "GPT2LMHeadModel"),
-    "llama-untied": ([*MODERN, "--no-tie-embeddings"], "LlamaForCausalLM"),
+    "default": ([], "Qwen3ForCausalLM"),
+    "gpt2-tied": (["--preset", "nanogpt"], "GPT2LMHeadModel"),
+    "gpt2-untied": (["--preset", "nanogpt", "--no-tie-embeddings"], "GPT2LMHeadModel"),
+    "llama-untied": ([*SWIGLU, "--no-tie-embeddings"], "LlamaForCausalLM"),
 }
 TRAIN = (
     "--data mess3 --depth 2 --width 32 --num-heads 2 --seq-len 16 --batch-size 8 --max-steps 5 --device cpu -q "
@@ -52,9 +54,11 @@ def trained(tmp_path_factory):
 def saved_model(folder: Path, vocab_size: int = 64, tokenizer: dict | None = None, **model) -> Path:
     """A checkpoint of a GPT built directly, every weight (biases, norm gains) moved off its init.
 
-    Its config names the built-in process mess3 as its data, unless `tokenizer` records one.
+    The block is GPT-2's (`--preset nanogpt`'s) where `model` does not say otherwise. Its config
+    names the built-in process mess3 as its data, unless `tokenizer` records one.
     """
-    config = ModelConfig(depth=2, width=32, num_heads=2, vocab_size=vocab_size, max_seq_len=16, **model)
+    block = {**preset_section("nanogpt", "model"), **model}
+    config = ModelConfig(depth=2, width=32, num_heads=2, vocab_size=vocab_size, max_seq_len=16, **block)
     torch.manual_seed(0)
     gpt = GPT(config)
     with torch.no_grad():

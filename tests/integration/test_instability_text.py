@@ -19,7 +19,21 @@ from typer.testing import CliRunner
 from tfkit.cli.app import app
 
 runner = CliRunner()
-MODEL = ["--depth", "1", "--width", "64", "--num-heads", "2", "--seq-len", "32", "--device", "cpu"]
+# the study's recipe: GPT-2's block and AdamW (benchmarks/instability_text.py)
+MODEL = [
+    "--preset",
+    "nanogpt",
+    "--depth",
+    "1",
+    "--width",
+    "64",
+    "--num-heads",
+    "2",
+    "--seq-len",
+    "32",
+    "--device",
+    "cpu",
+]
 
 
 def invoke(*args: str) -> None:

@@ -1,4 +1,5 @@
-"""Tests of tfkit.models.gpt on tiny models (depth 2, width 32, vocab 64, seq 16)."""
+"""Tests of tfkit.models.gpt on tiny models (depth 2, width 32, vocab 64, seq 16): GPT-2's block
+(`--preset nanogpt`'s: learned positions, LayerNorm, GELU) unless a test says otherwise."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from tfkit.config import ModelConfig
+from tfkit.config.presets import preset_section
 from tfkit.models import GPT
 
 VOCAB = 64
@@ -16,7 +18,7 @@ SEQ = 16
 
 
 def make_config(**overrides) -> ModelConfig:
-    kw = dict(vocab_size=VOCAB, max_seq_len=SEQ, depth=2, width=32, num_heads=4)
+    kw = dict(vocab_size=VOCAB, max_seq_len=SEQ, depth=2, width=32, num_heads=4, **preset_section("nanogpt", "model"))
     kw.update(overrides)
     return ModelConfig(**kw)
 

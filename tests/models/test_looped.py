@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from tfkit.config import ModelConfig
+from tfkit.config.icl import IclModelConfig
 from tfkit.models.looped import VectorTransformer
 
 
 def tiny(depth: int = 1, **kw) -> VectorTransformer:
     torch.manual_seed(0)
-    return VectorTransformer(ModelConfig(depth=depth, width=16, num_heads=2, max_seq_len=12, **kw), in_dim=3)
+    return VectorTransformer(IclModelConfig(depth=depth, width=16, num_heads=2, max_seq_len=12, **kw), in_dim=3)
 
 
 def test_one_prediction_per_window_loop():
@@ -89,7 +89,7 @@ def test_parameter_groups_cover_every_parameter_once():
 def test_the_injected_prompt_has_the_scale_of_the_state():
     """The read-in maps x ~ N(0, I) to unit-scale embeddings, the scale of the normalised state it joins."""
     torch.manual_seed(0)
-    model = VectorTransformer(ModelConfig(depth=1, width=64, num_heads=4, max_seq_len=12), in_dim=5)
+    model = VectorTransformer(IclModelConfig(depth=1, width=64, num_heads=4, max_seq_len=12), in_dim=5)
     z = torch.randn(256, 12, 5)
     e = model.read_in(z)  # (B, T, C)
     state = model.blocks.ln_f(model.blocks.h[0](e))  # (B, T, C): what the next loop adds e to

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from tests.chatdata import one_torch_thread, write_init_run  # noqa: F401  (autouse fixture)
 from tfkit.cli.app import app
 from tfkit.config import ModelConfig
+from tfkit.config.presets import preset_section
 from tfkit.models.generate import KVCache, generate_tokens
 from tfkit.models.gpt import GPT
 from tfkit.models.ssm import RESET_LOG_DECAY, chunked_scan, recurrent_scan
@@ -23,9 +24,9 @@ runner = CliRunner()
 
 def tiny_ssm(block: str, max_seq_len: int = 40, **overrides) -> GPT:
     torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=40, max_seq_len=max_seq_len, depth=2, width=32, block=block, mixer="ssm", init_std=0.3, **overrides
-    )
+    shape = dict(vocab_size=40, max_seq_len=max_seq_len, depth=2, width=32, block=block, mixer="ssm", init_std=0.3)
+    # GPT-2's block around the mixer (an ssm takes learned positions and no qk-norm)
+    config = ModelConfig(**shape, **{**preset_section("nanogpt", "model"), **overrides})
     return GPT(config).eval()
 
 
@@ -125,6 +126,7 @@ def val_rows(run: Path) -> list[dict[str, str]]:
 
 # zero-one-random repeats 0, 1, a random bit: the next token depends on the phase, which the
 # last token alone does not give (a model without its mixer stays at excess loss ~0.32 nats)
+# the classic recipe at lr 2e-2: at 100 steps the default one is still at excess 0.32 on this task
 PRETRAIN = [
     "train",
     "pretrain",
@@ -132,6 +134,8 @@ PRETRAIN = [
     "zero-one-random",
     "--mixer",
     "ssm",
+    "--preset",
+    "nanogpt",
     "--depth",
     "1",
     "--width",

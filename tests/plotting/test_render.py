@@ -229,7 +229,7 @@ def test_missing_columns_and_filters_name_what_exists(ablation):
         render(frame, load_template("loss_curves").with_overrides({"filter": ["dpeth == 4"]}))
     fig = render(frame, load_template("loss_curves").with_overrides({"filter": ["depth == 2 and width >= 32"]}))
     assert legend_texts(fig.axes[0]) == ["val_loss", "train_loss"]
-    simple = ["activation == gelu && depth = 2", "width == 32"]  # unquoted text, `&&`, `=`: the simple form
+    simple = ["activation == relu2 && depth = 2", "width == 32"]  # unquoted text, `&&`, `=`: the simple form
     fig = render(frame, load_template("loss_curves").with_overrides({"filter": simple}))
     assert legend_texts(fig.axes[0]) == ["val_loss", "train_loss"]
     assert "depth=2" in fig._suptitle.get_text() and "width=32" in fig._suptitle.get_text()

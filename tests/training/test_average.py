@@ -35,7 +35,7 @@ def val_losses(run: Path) -> list[float]:
 
 
 def test_the_average_is_what_is_scored_and_served_and_training_is_unchanged(tmp_path, one_thread):
-    plain = train(tmp_path / "plain")
+    plain = train(tmp_path / "plain", **{"optim.ema_decay": 0})
     averaged = train(tmp_path / "averaged", **{"optim.ema_decay": 0.9})
     # the optimizer never reads the average: the same training losses and the same raw weights
     assert rows(averaged / "train_log.csv") == rows(plain / "train_log.csv")
@@ -113,7 +113,7 @@ def test_the_budget_counts_the_average():
     from tfkit.budget import estimate_budget
 
     config = RunConfig().with_updates(TINY)
-    plain = estimate_budget(config).memory
+    plain = estimate_budget(config.with_updates({"optim.ema_decay": 0})).memory
     averaged = estimate_budget(config.with_updates({"optim.ema_decay": 0.99})).memory
     assert plain["averaged_weights"] == 0
     assert averaged["averaged_weights"] == plain["weights"]
@@ -123,23 +123,14 @@ def test_the_budget_counts_the_average():
 
 
 @pytest.mark.slow
-def test_fsdp_with_an_average_is_refused_in_one_line(tmp_path):
-    from tests.training.test_ddp import SHAPE, torchrun
-
-    result = torchrun(*SHAPE, "--parallel", "fsdp", "--ema-decay", "0.9", "--out", str(tmp_path / "run"))
-    # each process ends with the one line and exit code 2 (the traceback after them is torchrun's own report)
-    refusal = "Error: --ema-decay is not available with --parallel fsdp (the weights are sharded); use ddp\n"
-    assert result.returncode != 0 and result.stderr.count(refusal) == 2
-    assert "(exitcode: 2)" in result.stderr
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-def test_two_ddp_processes_score_the_average_one_process_does(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_score_and_serve_the_average_one_process_does(parallel, tmp_path):
+    """Replicated (DDP) or sharded (FSDP: each process averages its shard), the same average."""
     from tests.training.test_ddp import SHAPE, assert_two_processes_log_what_one_does
 
     # decay 0.5: past its warm-up (min(d, (1 + t) / (10 + t))) from step 8, so the evaluations see it
-    args = [*SHAPE, "--ema-decay", "0.5", "--max-steps", "20", "--eval-every", "10", "--checkpoint-every", "20"]
+    args = [*SHAPE, "--parallel", parallel, "--ema-decay", "0.5", "--max-steps", "20", "--eval-every", "10"]
+    args += ["--checkpoint-every", "20"]
     assert_two_processes_log_what_one_does(args, tmp_path)
     served = [load_run(tmp_path / run).state for run in ("two", "one")]
     for name, tensor in served[1].items():

@@ -76,7 +76,13 @@ def test_weight_decay_shrinks_a_weight_by_the_expected_factor(mode):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=5, max_seq_len=4, depth=1, width=8, num_heads=2))
     config = OptimConfig(
-        lr=0.01, weight_decay=0.1, weight_decay_mode=mode, schedule="cosine", warmup_steps=2, min_lr_ratio=0.1
+        optimizer="adamw",
+        lr=0.01,
+        weight_decay=0.1,
+        weight_decay_mode=mode,
+        schedule="cosine",
+        warmup_steps=2,
+        min_lr_ratio=0.1,
     )
     optimizer = build_optimizer(model, config, torch.device("cpu"))
     step = 7  # on the cosine, well below the peak

@@ -159,11 +159,11 @@ def test_checkpoint_round_trip_gives_the_same_val_loss(tiny_config):
     assert [int(p.stem) for p in paths] == [10 * 128, 20 * 128]
     state = load_checkpoint(paths[-1])  # weights_only=True
     assert state["step"] == 20 and state["tokens_seen"] == 20 * 128
-    assert {"model", "optimizer", "rng", "config", "progress", "counters", "spikes", "task"} <= set(state)
+    assert {"model", "optimizer", "rng", "config", "progress", "counters", "spikes", "task", "ema"} <= set(state)
     assert state["task"]["data_cursor"] == {"epoch": 0, "batch": 20}
     config = RunConfig.from_dict(state["config"])
     model = GPT(config.model)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["ema"])  # the weights evaluations score (--ema-decay, on by default)
     source = open_source(config.data, config.train.seed)
     metrics = evaluate(model, source, torch.device("cpu"), "fp32", 64)
     assert metrics["val_loss"] == pytest.approx(result.summary["val_loss"], abs=1e-6)

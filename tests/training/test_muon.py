@@ -21,18 +21,19 @@ from tests.conftest import TINY, tiny_cli_args
 from tests.training.test_resume import assert_same_run, kill_and_resume, reference_run
 from tests.training.test_spikes import POISONED_STEP, poisoned, spike_config, spike_rows  # noqa: F401
 from tfkit.config import ModelConfig, OptimConfig, RunConfig
+from tfkit.config.presets import preset_section
 from tfkit.models.gpt import GPT
 from tfkit.training import loop
 from tfkit.training.optim import MuonAdamW, build_optimizer
 
 CPU = torch.device("cpu")
-MUON = OptimConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1)
+MUON = OptimConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1, muon_ns_steps=5)
 
 
 def tiny_gpt(**model) -> GPT:
     torch.manual_seed(0)
     shape = {"depth": 2, "width": 32, "num_heads": 2, "vocab_size": 11, "max_seq_len": 8}
-    return GPT(ModelConfig(**{**shape, **model}))
+    return GPT(ModelConfig(**{**shape, **preset_section("nanogpt", "model"), **model}))  # GPT-2's block unless given
 
 
 @pytest.mark.parametrize(
@@ -56,8 +57,9 @@ def test_the_groups_partition_the_parameters_with_the_hidden_matrices_under_muon
     # Muon follows the schedule at --muon-lr, and its decay shrinks a matrix as AdamW's would (lr_t * wd)
     assert muon["lr_scale"] * MUON.lr == pytest.approx(MUON.muon_lr)
     assert muon["lr_scale"] * muon["weight_decay"] == pytest.approx(MUON.weight_decay)
-    assert isinstance(build_optimizer(gpt, OptimConfig(), CPU), torch.optim.AdamW)
-    assert not isinstance(build_optimizer(gpt, OptimConfig(), CPU), MuonAdamW)
+    assert isinstance(build_optimizer(gpt, OptimConfig(optimizer="adamw"), CPU), torch.optim.AdamW)
+    assert not isinstance(build_optimizer(gpt, OptimConfig(optimizer="adamw"), CPU), MuonAdamW)
+    assert isinstance(build_optimizer(gpt, OptimConfig(), CPU), MuonAdamW)  # the default
 
 
 def step_with(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:

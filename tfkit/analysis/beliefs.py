@@ -108,7 +108,7 @@ def open_belief_run(run_dir: str | Path, checkpoints: str = "latest") -> BeliefR
         )
     nested.pop("meta", None)
     try:
-        config = RunConfig.from_dict(nested, source=str(config_path))
+        config = RunConfig.from_stored(nested, source=str(config_path))
     except ConfigError as e:
         raise DataError(f"{config_path} is not a pretraining config: {e}") from None
     data = config.data.data

@@ -59,7 +59,7 @@ def build_config(
     Args:
         base: the config to start from instead of the defaults (a resumed run's checkpoint config).
     """
-    config = config_class() if base is None else config_class.from_dict(base, source="the checkpoint")
+    config = config_class() if base is None else config_class.from_stored(base, source="the checkpoint")
     if config_file is not None:
         config = config.with_yaml(config_file)
     config = config.with_updates(options, source="the command line")

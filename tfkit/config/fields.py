@@ -77,6 +77,12 @@ def opt(
     return field(default=default, metadata={"help": help, "cli": cli, "sweep": sweep, "identity": identity}, **kw)
 
 
+def redefault(section: type, name: str, default: Any) -> Any:
+    """`section`'s field `name` with another default (its help and flags kept): a subclass's own recipe."""
+    base = next(f for f in dataclasses.fields(section) if f.name == name)
+    return field(default=default, metadata=base.metadata)
+
+
 def default_warmup(horizon: int | None) -> int:
     """The warmup of a run whose `--warmup-steps` is unset: a share of its steps, at least 1 and never all of them."""
     if horizon is None:

@@ -1,7 +1,8 @@
 """Typed configuration of `tfkit train sft` and `tfkit train dpo`.
 
 `SftRunConfig` and `DpoRunConfig` have the API of `tfkit.config.RunConfig` (both are
-`SectionedConfig`s) and reuse its `optim`, `train` and `log` sections. They add
+`SectionedConfig`s) and reuse its `train` and `log` sections, and its `optim` section with AdamW and no weight
+average by default (`FinetuneOptimConfig`). They add
 
 - `data` (`ChatDataConfig`): the tokenized SFT or DPO folder and the batch shape,
 - `sft` (`SftConfig`): the model to start from (`--init`) and `--packing`,
@@ -22,11 +23,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from tfkit.config.fields import DEFAULT_MAX_STEPS, check_at_least, check_fields, opt
+from tfkit.config.fields import DEFAULT_MAX_STEPS, check_at_least, check_fields, opt, redefault
 from tfkit.config.memory import training_memory
 from tfkit.config.run import SectionedConfig
 from tfkit.config.sections import LogConfig, ModelConfig, OptimConfig, TrainConfig
 from tfkit.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class FinetuneOptimConfig(OptimConfig):
+    """`OptimConfig` with fine-tuning's optimizer: AdamW on every parameter, no weight average."""
+
+    optimizer: Literal["adamw", "muon"] = redefault(OptimConfig, "optimizer", "adamw")
+    ema_decay: float = redefault(OptimConfig, "ema_decay", 0.0)
 
 
 @dataclass(kw_only=True)
@@ -93,14 +102,14 @@ class DpoConfig:
 SFT_OPTION_SECTIONS: dict[str, type] = {
     "sft": SftConfig,
     "data": ChatDataConfig,
-    "optim": OptimConfig,
+    "optim": FinetuneOptimConfig,
     "train": TrainConfig,
     "log": LogConfig,
 }
 DPO_OPTION_SECTIONS: dict[str, type] = {
     "dpo": DpoConfig,
     "data": ChatDataConfig,
-    "optim": OptimConfig,
+    "optim": FinetuneOptimConfig,
     "train": TrainConfig,
     "log": LogConfig,
 }
@@ -171,7 +180,7 @@ class SftRunConfig(_FinetuneConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     data: ChatDataConfig = field(default_factory=ChatDataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -186,6 +195,6 @@ class DpoRunConfig(_FinetuneConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     data: ChatDataConfig = field(default_factory=ChatDataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from tfkit.config.fields import check_at_least, check_fields, opt, option_label, shown
+from tfkit.config.fields import check_at_least, check_fields, opt, option_label, redefault, shown
 from tfkit.config.memory import training_memory
 from tfkit.config.run import SectionedConfig
 from tfkit.config.sections import LogConfig, ModelConfig, OptimConfig, TrainConfig
@@ -53,10 +53,23 @@ MAX_TREE_DEPTH = 30
 
 @dataclass(kw_only=True)
 class IclModelConfig(ModelConfig):
-    """`ModelConfig` with the defaults of the icl recipe: one block of width 64 with 4 heads."""
+    """`ModelConfig` with the defaults of the icl recipe: one GPT-2 block (learned positions,
+    LayerNorm, GELU) of width 64 with 4 heads."""
 
     depth: int = opt(1, "Number of transformer blocks (a looped model applies them --n-loops times).")
     num_heads: int = opt(4, "Attention heads per block; must divide --width.")
+    activation: Literal["gelu", "gelu_tanh", "relu", "relu2", "swiglu"] = redefault(ModelConfig, "activation", "gelu")
+    norm: Literal["layernorm", "rmsnorm"] = redefault(ModelConfig, "norm", "layernorm")
+    positions: Literal["learned", "rotary"] = redefault(ModelConfig, "positions", "learned")
+    qk_norm: bool = redefault(ModelConfig, "qk_norm", False)
+
+
+@dataclass(kw_only=True)
+class IclOptimConfig(OptimConfig):
+    """`OptimConfig` with the icl recipe's optimizer: AdamW on every parameter, no weight average."""
+
+    optimizer: Literal["adamw", "muon"] = redefault(OptimConfig, "optimizer", "adamw")
+    ema_decay: float = redefault(OptimConfig, "ema_decay", 0.0)
 
 
 @dataclass(kw_only=True)
@@ -224,7 +237,7 @@ ICL_SECTIONS: dict[str, type] = {
     "task": TaskConfig,
     "curriculum": CurriculumConfig,
     "loop": LoopConfig,
-    "optim": OptimConfig,
+    "optim": IclOptimConfig,
     "train": IclTrainConfig,
     "log": LogConfig,
 }
@@ -240,7 +253,7 @@ class IclRunConfig(SectionedConfig):
     task: TaskConfig = field(default_factory=TaskConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: IclOptimConfig = field(default_factory=IclOptimConfig)
     train: IclTrainConfig = field(default_factory=IclTrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

@@ -56,3 +56,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset_updates(name: str, given: set[str] | frozenset[str]) -> dict[str, Any]:
     """The `section.field` values preset `name` sets, less the fields (bare names) in `given`."""
     return {key: value for key, value in PRESETS[name].items() if key.split(".", 1)[1] not in given}
+
+
+def preset_section(name: str, section: str) -> dict[str, Any]:
+    """The bare-named values preset `name` sets in `section` (`model` or `optim`), e.g. to build a `ModelConfig`."""
+    return {key.split(".", 1)[1]: value for key, value in PRESETS[name].items() if key.startswith(section + ".")}

@@ -39,6 +39,17 @@ class SectionedConfig:
     # the fields (bare names) given explicitly to this config or those it was built from: a
     # preset leaves them as they are
     _given: ClassVar[frozenset[str]] = frozenset()
+    # what a recorded config (a checkpoint's, a train_config.json) lacking these fields trained with:
+    # a field it lacks did not exist when it was written, and then every run had this value
+    STORED_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "model.positions": "learned",
+        "model.norm": "layernorm",
+        "model.activation": "gelu",
+        "model.qk_norm": False,
+        "optim.optimizer": "adamw",
+        "optim.muon_ns_steps": 5,
+        "optim.ema_decay": 0.0,
+    }
 
     def has_stop_criterion(self) -> bool:
         t = self.train
@@ -67,6 +78,17 @@ class SectionedConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Self:
         """Build from a nested ({"model": {"width": 64}}) or flat ({"width": 64}) dict."""
         return cls().with_updates(data, source=source)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any], *, source: str = "config") -> Self:
+        """Build from a config a run recorded (nested by section): the fields of its sections that it
+        lacks take `STORED_DEFAULTS`, what runs written before those fields existed trained with."""
+        filled = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+        for key, value in cls.STORED_DEFAULTS.items():
+            section, name = key.split(".", 1)
+            if isinstance(filled.get(section), dict):
+                filled[section].setdefault(name, value)
+        return cls.from_dict(filled, source=source)
 
     def with_updates(self, data: dict[str, Any], *, source: str = "config") -> Self:
         """A copy with values replaced; keys are section dicts, bare field names or `section.field`."""
@@ -99,9 +121,14 @@ class SectionedConfig:
         return config
 
     def _derive(self, nested: dict[str, dict[str, Any]], touched: set[str], given: frozenset[str]) -> None:
-        """Set the fields that others given in this update derive (`--model-scale`'s depth and width)."""
+        """Set the fields that others given derive: `--model-scale`'s depth and width, and `--mixer ssm`'s
+        learned positions without qk-norm (it has no attention), unless those are given too."""
         if "model" in nested:
             _apply_model_scale(nested["model"], touched)
+            if nested["model"]["mixer"] == "ssm":
+                for name, value in (("positions", "learned"), ("qk_norm", False)):
+                    if name not in given:
+                        nested["model"][name] = value
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Self:

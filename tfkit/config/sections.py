@@ -32,7 +32,11 @@ from tfkit.errors import ConfigError
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """The GPT family: sizes, block kind, activation, norm and positions."""
+    """The GPT family: sizes, block kind, activation, norm and positions.
+
+    The defaults are the block of the pretraining recipe (`--preset modern`'s: rotary,
+    RMSNorm, relu^2, qk-norm, tied embeddings); `--preset nanogpt` is GPT-2's block.
+    """
 
     SECTION: ClassVar[str] = "model"
 
@@ -48,10 +52,12 @@ class ModelConfig:
     )
     mlp_ratio: float = opt(4.0, "MLP hidden size as a multiple of --width (swiglu uses 2/3 of it).")
     activation: Literal["gelu", "gelu_tanh", "relu", "relu2", "swiglu"] = opt(
-        "gelu", "MLP activation (gelu_tanh: the tanh approximation GPT-2 uses)."
+        "relu2", "MLP activation (relu2: relu squared; gelu_tanh: the tanh approximation GPT-2 uses)."
     )
-    norm: Literal["layernorm", "rmsnorm"] = opt("layernorm", "Normalisation layer.")
-    positions: Literal["learned", "rotary"] = opt("learned", "Position encoding.")
+    norm: Literal["layernorm", "rmsnorm"] = opt("rmsnorm", "Normalisation layer.")
+    positions: Literal["learned", "rotary"] = opt(
+        "rotary", "Position encoding (--mixer ssm: learned unless given, as it has no attention to rotate)."
+    )
     block: Literal["sequential", "parallel"] = opt(
         "sequential",
         "Block kind: sequential (attention then MLP) or parallel (hlb-gpt's fused attention+MLP).",
@@ -62,7 +68,9 @@ class ModelConfig:
         "Sequence mixer of every block: causal attention, or ssm (a selective diagonal state-space layer, "
         f"{SSM_STATE} states per channel; --num-heads does not apply).",
     )
-    qk_norm: bool = opt(False, "Normalise queries and keys per head before attention.")
+    qk_norm: bool = opt(
+        True, "Normalise queries and keys per head before attention (--mixer ssm: off unless given, it has none)."
+    )
     tie_embeddings: bool = opt(True, "Share the token embedding with the output layer.")
     x0_mix: bool = opt(
         False,
@@ -94,8 +102,8 @@ class ModelConfig:
         None,
         "A recipe that sets the architecture and optimizer options: nanogpt (AdamW at lr 1e-3, cosine; learned "
         "positions, LayerNorm, GELU) or modern (rotary, relu2, qk-norm, RMSNorm; Muon at 0.02 with 3 Newton-Schulz "
-        "steps and AdamW at 3e-3, cosine; scored through --ema-decay 0.98). An option also given (typed, in "
-        "--config, by --set) keeps its value.",
+        "steps and AdamW at 3e-3, cosine; scored through --ema-decay 0.98), which are also the defaults. An option "
+        "also given (typed, in --config, by --set) keeps its value.",
     )
 
     def __post_init__(self) -> None:
@@ -233,12 +241,18 @@ def scaled_shape(scale: float, base_depth: int, base_width: int) -> tuple[int, i
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """AdamW (or Muon on the hidden matrices) with decoupled weight decay and a warmup + decay schedule."""
+    """Muon on the hidden matrices (or AdamW everywhere) with decoupled weight decay and a warmup + decay schedule.
+
+    The defaults are the optimizer of the pretraining recipe (`--preset modern`'s: Muon with
+    three Newton-Schulz steps, AdamW at 3e-3 on the rest, cosine, a moving average of the
+    weights at 0.98); in-context regression and fine-tuning keep AdamW (`tfkit.config.icl`,
+    `tfkit.config.finetune`).
+    """
 
     SECTION: ClassVar[str] = "optim"
 
     optimizer: Literal["adamw", "muon"] = opt(
-        "adamw",
+        "muon",
         "adamw: AdamW on every parameter; muon: Muon (orthogonalised momentum) on the blocks' 2-D weight "
         "matrices at --muon-lr, AdamW at --lr on embeddings, the output layer, norms and biases.",
     )
@@ -250,8 +264,8 @@ class OptimConfig:
     )
     muon_momentum: float = opt(0.95, "--optimizer muon: Nesterov momentum of the hidden matrices.", cli=False)
     muon_ns_steps: int = opt(
-        5,
-        "--optimizer muon: Newton-Schulz iterations that orthogonalise each update (5, as torch.optim.Muon; "
+        3,
+        "--optimizer muon: Newton-Schulz iterations that orthogonalise each update (torch.optim.Muon takes 5; "
         "fewer cost less and leave the smallest singular values lower).",
     )
     schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
@@ -281,9 +295,10 @@ class OptimConfig:
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value (0 disables).")
     grad_accum_steps: int = opt(1, "Micro-batches accumulated per optimizer step.")
     ema_decay: float = opt(
-        0.0,
-        "Score and save an exponential moving average of the weights, spanning about 1 / (1 - d) steps (e.g. "
-        "0.98): evaluations score it, and generation, fine-tuning and export load it from the run (0: off).",
+        0.98,
+        "Score and save an exponential moving average of the weights, spanning about 1 / (1 - d) steps: "
+        "evaluations score it, and generation, fine-tuning and export load it from the run (0: off; "
+        "--parallel fsdp: off unless given).",
     )
     decay_embeddings: bool = opt(False, "Apply weight decay to embeddings too.", cli=False)
     decay_norms_and_biases: bool = opt(False, "Apply weight decay to norms and biases too.", cli=False)

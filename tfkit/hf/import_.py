@@ -377,6 +377,7 @@ def _gpt2_config(hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelC
         activation=GPT2_IMPORTS[act],
         norm="layernorm",
         positions="learned",
+        qk_norm=False,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         bias=bias,
         init_std=float(hf.get("initializer_range", 0.02)),

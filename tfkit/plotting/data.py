@@ -120,7 +120,7 @@ def _run_dir_frame(path: Path, source: str) -> Any:
         raise DataError(f"{config_path} is not a run config: it holds a {type(nested).__name__}, not a mapping")
     nested.pop("meta", None)
     try:
-        config = RunConfig.from_dict(nested, source=str(config_path))
+        config = RunConfig.from_stored(nested, source=str(config_path))
     except ConfigError:  # a config of another kind of run: keep its fields as they are
         config = None
     flat: dict[str, Any] = {}

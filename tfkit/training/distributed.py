@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from tfkit.errors import ConfigError
+from tfkit.training.average import WeightAverage
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,18 @@ def shard(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> None:
     fully_shard(model)
 
 
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> tuple[dict, dict]:
-    """The model's and optimizer's whole state, as one process holds it (a collective when `sharded`).
+def full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool, average: WeightAverage | None = None
+) -> tuple[dict, dict, dict | None]:
+    """The model's, optimizer's and weight average's whole state, as one process holds it (a collective
+    when `sharded`; the average is None without `--ema-decay`).
 
     Sharded, the tensors are gathered to rank 0's CPU (the other ranks get empty dicts)
     and the optimizer state is keyed by parameter name.
     """
+    averaged = average.state_dict() if average is not None else None
     if not sharded:
-        return model.state_dict(), optimizer.state_dict()
+        return model.state_dict(), optimizer.state_dict(), averaged
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -183,7 +188,11 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded
     )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    return (
+        get_model_state_dict(model, options=options),
+        get_optimizer_state_dict(model, optimizer, options=options),
+        averaged,
+    )
 
 
 def load_full_state(

@@ -114,8 +114,6 @@ def _setup(
         )
     if task.sharded and config.train.log_layer_stats:
         raise ConfigError("--log-layer-stats is not available with --parallel fsdp (the blocks' weights are sharded)")
-    if task.sharded and config.optim.ema_decay > 0:
-        raise ConfigError("--ema-decay is not available with --parallel fsdp (the weights are sharded); use ddp")
     horizon = task.horizon()
     if config.optim.warmup_steps is None:  # resolved here, where the run's steps are known, and recorded
         config = config.with_updates({"optim.warmup_steps": default_warmup(horizon)})
@@ -360,7 +358,8 @@ class _Trainer:
         progress.skipped_steps = self.run.counters.skipped()
         _write_steps(self.pending, self.spikes, self.step_losses, self.t.spike_action)  # the steps so far, with it
         self.pending.clear()
-        weights = full_state(self.model, self.optimizer, self.task.sharded)  # sharded: gathered to rank 0
+        # sharded: gathered to rank 0
+        weights = full_state(self.model, self.optimizer, self.task.sharded, self.run.average)
         # each rank's generators (dropout masks differ between GPUs)
         rngs = dist.gather(before.rng if before is not None else rng_state())
         if dist.main:  # rank 0 writes; the others wait, so a rollback finds the file
@@ -393,14 +392,16 @@ class _Trainer:
     def evaluate(self) -> None:
         """A val row (rank 0; the others take part when the model is sharded)."""
         progress, task = self.run.progress, self.task
+        average = self.run.average.applied() if self.run.average is not None else contextlib.nullcontext()
         if not self.dist.main:  # rank 0 evaluates and logs; the others go on (sharded: they take part)
             if task.sharded:
-                task.evaluate()
+                with average:  # each rank's shard of the average
+                    task.evaluate()
             progress.last_eval_step = progress.step
             progress.last_eval_epoch = progress.epoch or 0.0
             return
         started = time.perf_counter()
-        with self.run.average.applied() if self.run.average is not None else contextlib.nullcontext():
+        with average:
             metrics = task.evaluate()
         spent = time.perf_counter() - started
         progress.eval_time += spent

@@ -105,7 +105,7 @@ def load_run(path: str | Path, option: str = "--init") -> LoadedRun:
     if "task" in config or "model" not in config:
         raise DataError(f"{option} {checkpoint} is not a GPT language model (an in-context regression run?)")
     try:
-        model_config = RunConfig.from_dict({"model": config["model"]}, source=str(checkpoint)).model
+        model_config = RunConfig.from_stored({"model": config["model"]}, source=str(checkpoint)).model
     except ConfigError as e:
         raise DataError(f"{option} {checkpoint}: {e}") from None
     if model_config.vocab_size is None or model_config.max_seq_len is None:

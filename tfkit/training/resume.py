@@ -102,7 +102,7 @@ def check_resumable(state: Any, config: Any, checkpoint: Path, world: int = 1) -
             f"resume it with torchrun --nproc-per-node {trained_on} (in all, over the nodes)"
         )
     try:
-        saved = type(config).from_dict(state["config"], source=str(checkpoint)).to_flat_dict()
+        saved = type(config).from_stored(state["config"], source=str(checkpoint)).to_flat_dict()
     except ConfigError as e:
         raise DataError(f"--resume {checkpoint}: its config is not one of this command ({e})") from None
     current = config.to_flat_dict()

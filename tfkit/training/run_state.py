@@ -79,7 +79,7 @@ def _set_generators(generators: tuple[Any, ...]) -> None:
 
 
 def checkpoint_state(
-    weights: tuple[dict, dict],
+    weights: tuple[dict, dict, dict | None],
     run: RunState,
     task: Task,
     config: Any,
@@ -95,7 +95,7 @@ def checkpoint_state(
     state = progress.state_dict()
     if before is not None:
         state["tokens_seen"] = before.tokens_seen
-    averaged = {"ema": run.average.state_dict()} if run.average is not None else {}
+    averaged = {"ema": weights[2]} if weights[2] is not None else {}
     return {
         "model": weights[0],
         "optimizer": weights[1],
