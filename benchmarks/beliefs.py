@@ -28,7 +28,8 @@ def train_run(out: Path) -> None:
 
     config = RunConfig().with_updates(
         {
-            "model": {"depth": 4, "width": 64, "num_heads": 4},
+            "model": {"depth": 4, "width": 64, "num_heads": 4, "preset": "nanogpt"},
+            "optim": {"lr": 3e-3},
             "data": {"data": "mess3", "seq_len": 10, "batch_size": 64, "val_examples": 64},
             "train": {"max_steps": 5, "eval_every": 10**6, "device": "cpu"},
             "log": {"out": str(out), "log_every": 10},

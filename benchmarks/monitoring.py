@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from tfkit.config import ModelConfig, OptimConfig
+from tfkit.config.presets import preset_section
 from tfkit.models.gpt import GPT
 from tfkit.training.monitor import Monitor
 from tfkit.training.optim import build_optimizer
@@ -72,9 +73,10 @@ def main() -> None:
         num_heads=p["num_heads"],
         vocab_size=p["vocab_size"],
         max_seq_len=p["seq_len"],
+        **preset_section("nanogpt", "model"),  # GPT-2's block
     )
     model = GPT(config).to(device)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-4), device)
+    optimizer = build_optimizer(model, OptimConfig(optimizer="adamw", lr=1e-4), device)
     batch = torch.randint(0, p["vocab_size"], (p["batch_size"], p["seq_len"] + 1), device=device)
     bf16 = device.type == "cuda"
     task = Probe(model, bf16)

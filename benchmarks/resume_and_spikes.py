@@ -39,6 +39,7 @@ def config_for(preset: dict, device: str, out: Path, steps: int) -> RunConfig:
     return RunConfig().with_updates(
         {
             "model": {
+                "preset": "nanogpt",  # GPT-2's block and AdamW, at lr 3e-3 (below): the recipe of the README's figures
                 "depth": preset["depth"],
                 "width": preset["width"],
                 "num_heads": preset["num_heads"],
@@ -51,6 +52,7 @@ def config_for(preset: dict, device: str, out: Path, steps: int) -> RunConfig:
                 "train_sequences": preset["batch_size"] * 64,
                 "val_examples": preset["batch_size"],
             },
+            "optim": {"lr": 3e-3},
             "train": {"max_steps": steps, "eval_every": 10**6, "checkpoint_every": steps, "device": device},
             "log": {"out": str(out), "log_every": 10},
         }

@@ -243,6 +243,9 @@ def main() -> int:
 
     config = RunConfig().with_updates(
         {
+            # the reference's recipe: GPT-2's block and AdamW (at the lr tfkit's default had, 3e-3)
+            "model.preset": "nanogpt",
+            "optim.lr": 3e-3,
             "model.depth": preset["depth"],
             "model.width": preset["width"],
             "model.num_heads": preset["num_heads"],
