@@ -106,3 +106,69 @@ def test_x0_mix_is_an_option_that_both_presets_turn_off(tmp_path):
     config = RunConfig().with_updates({"model.x0_mix": True}).with_updates({"model.preset": "nanogpt"})
     assert config.model.x0_mix is True  # given before the preset: kept
     assert RunConfig().with_updates({"model.preset": "modern"}).model.x0_mix is False
+
+
+def test_with_only_a_shape_pretrain_ablate_and_budget_take_the_modern_recipe(tmp_path, monkeypatch):
+    assert recipe(pretrain(tmp_path)) == PRESETS["modern"]
+    monkeypatch.chdir(tmp_path)
+    args = ["ablate", *tiny_cli_args(tmp_path / "unused")[:-2], "--max-steps", "2", "--num-runs", "1", "-q", "-c"]
+    assert runner.invoke(app, [*args, "--depth", "1", "2"]).exit_code == 0
+    with open(tmp_path / "results.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in PRESETS["modern"].items():
+                expected = str(value).lower() if isinstance(value, bool) else str(value)
+                assert row[key.split(".")[1]] == expected, key
+    budget = runner.invoke(app, ["budget", "--data", "mess3", "--json"])
+    assert budget.exit_code == 0 and json.loads(budget.stdout)["optimizer"] == "muon"
+    shown = runner.invoke(app, ["train", "pretrain", "--help"], env={"COLUMNS": "200"})
+    assert "(default: muon)" in shown.output and "(default: rotary)" in shown.output
+
+
+def test_icl_and_fine_tuning_keep_adamw_without_an_average():
+    from tfkit.config.finetune import DpoRunConfig, SftRunConfig
+    from tfkit.config.icl import IclRunConfig
+
+    for config in (IclRunConfig(), SftRunConfig(), DpoRunConfig()):
+        assert (config.optim.optimizer, config.optim.ema_decay) == ("adamw", 0.0), type(config).__name__
+    model = IclRunConfig().model
+    assert (model.positions, model.norm, model.activation, model.qk_norm) == ("learned", "layernorm", "gelu", False)
+    shown = runner.invoke(app, ["train", "icl", "--help"], env={"COLUMNS": "200"})
+    assert "(default: adamw)" in shown.output and "(default: muon)" not in shown.output
+
+
+def test_a_run_recorded_before_the_recipe_options_resumes_as_it_trained(tmp_path):
+    """A checkpoint and train_config.json without the options the default recipe changed (written by an
+    earlier tfkit) resume with the values runs had then: GPT-2's block, AdamW, no average."""
+    from tfkit.training.checkpoint import load_checkpoint, save_checkpoint
+    from tfkit.training.load import load_run
+
+    steps = ["--max-steps", "4", "--checkpoint-every", "2", "--eval-every", "2"]
+    classic = ["--preset", "nanogpt", "--lr", "3e-3"]
+    whole, old = tmp_path / "whole", tmp_path / "old"
+    args = [*tiny_cli_args(whole)[:-2], *steps]
+    for out in (whole, old):
+        assert runner.invoke(app, ["train", "pretrain", *args, *classic, "--out", str(out)]).exit_code == 0
+    newer = ("positions", "norm", "activation", "qk_norm", "preset", "optimizer", "muon_ns_steps", "ema_decay")
+
+    def strip(config: dict) -> dict:
+        return {
+            k: {n: v for n, v in s.items() if n not in newer} if isinstance(s, dict) else s for k, s in config.items()
+        }
+
+    record = json.loads((old / "train_config.json").read_text())
+    (old / "train_config.json").write_text(json.dumps(strip(record)))
+    checkpoint = min((old / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))  # step 2
+    state = load_checkpoint(checkpoint)
+    state["config"] = strip(state["config"])
+    save_checkpoint(checkpoint, state)
+    assert load_run(old).model_config.positions == "learned"  # what generate and --init build
+    # the command it was started with then: no preset (the defaults were these values)
+    resumed = runner.invoke(app, ["train", "pretrain", *args, "--out", str(old), "--resume", str(checkpoint)])
+    assert resumed.exit_code == 0, resumed.output
+    for log in ("train_log.csv", "val_log.csv"):
+        with open(whole / log) as a, open(old / log) as b:
+            columns = [k for k in next(csv.DictReader(a)) if "loss" in k]
+            a.seek(0)
+            assert [[r[k] for k in columns] for r in csv.DictReader(a)] == [
+                [r[k] for k in columns] for r in csv.DictReader(b)
+            ]

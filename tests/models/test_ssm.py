@@ -232,3 +232,14 @@ def test_attention_only_options_are_refused_with_ssm(tmp_path, flag, said):
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and said in lines[0] and "--mixer ssm" in lines[0], out.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", [[], ["--preset", "modern"]])
+def test_the_default_recipe_takes_an_ssm_with_learned_positions_and_no_qk_norm(tmp_path, preset):
+    """The default (and --preset modern) is rotary with qk-norm: `--mixer ssm` turns both off, as none is given."""
+    out = tmp_path / "run"
+    args = ["train", "pretrain", "--data", "mess3", "--mixer", "ssm", *preset, "--max-steps", "2", "-q"]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = json.loads((out / "train_config.json").read_text())["model"]
+    assert (model["mixer"], model["positions"], model["qk_norm"], model["norm"]) == ("ssm", "learned", False, "rmsnorm")
