@@ -1,7 +1,8 @@
 """Typed configuration of `tfkit train icl`: in-context regression with curricula and looped models.
 
 `IclRunConfig` has the API of `tfkit.config.RunConfig` (both are `SectionedConfig`s) and
-reuses its `model`, `optim`, `train` and `log` sections; it adds
+reuses its `model`, `optim`, `train` and `log` sections (the first two with the icl recipe's
+defaults: GPT-2's block, AdamW, no weight average); it adds
 
 - `task`: which function class the prompts come from (Garg et al.'s tasks) and their size,
 - `curriculum`: how the input dimension, the number of in-context points and the number
