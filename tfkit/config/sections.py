@@ -297,8 +297,7 @@ class OptimConfig:
     ema_decay: float = opt(
         0.98,
         "Score and save an exponential moving average of the weights, spanning about 1 / (1 - d) steps: "
-        "evaluations score it, and generation, fine-tuning and export load it from the run (0: off; "
-        "--parallel fsdp: off unless given).",
+        "evaluations score it, and generation, fine-tuning and export load it from the run (0: off).",
     )
     decay_embeddings: bool = opt(False, "Apply weight decay to embeddings too.", cli=False)
     decay_norms_and_biases: bool = opt(False, "Apply weight decay to norms and biases too.", cli=False)
