@@ -358,8 +358,9 @@ class _Trainer:
         progress.skipped_steps = self.run.counters.skipped()
         _write_steps(self.pending, self.spikes, self.step_losses, self.t.spike_action)  # the steps so far, with it
         self.pending.clear()
-        # sharded: gathered to rank 0
-        weights = full_state(self.model, self.optimizer, self.task.sharded, self.run.average)
+        # sharded: gathered to rank 0 (a collective); replicated, only rank 0 writes the average
+        average = self.run.average if dist.main or self.task.sharded else None
+        weights = full_state(self.model, self.optimizer, self.task.sharded, average)
         # each rank's generators (dropout masks differ between GPUs)
         rngs = dist.gather(before.rng if before is not None else rng_state())
         if dist.main:  # rank 0 writes; the others wait, so a rollback finds the file
