@@ -161,7 +161,7 @@ def test_a_run_recorded_before_the_recipe_options_resumes_as_it_trained(tmp_path
     state = load_checkpoint(checkpoint)
     state["config"] = strip(state["config"])
     save_checkpoint(checkpoint, state)
-    assert load_run(old).model_config.positions == "learned"  # what generate and --init build
+    assert load_run(checkpoint).model_config.positions == "learned"  # what generate and --init build
     # the command it was started with then: no preset (the defaults were these values)
     resumed = runner.invoke(app, ["train", "pretrain", *args, "--out", str(old), "--resume", str(checkpoint)])
     assert resumed.exit_code == 0, resumed.output

@@ -8,7 +8,7 @@ other field is reachable with `--set section.field=value` or a YAML file. Field 
 are unique across sections, so the flat form (`to_flat_dict`) needs no prefixes.
 
 Adding an option to `train pretrain` (and `ablate`) means adding one field to its section
-(`tfkit.config.sections`).
+(`tfkit.config.sections`; the model's in `tfkit.config.model`).
 
 Validation happens as a config is built, whether from options, YAML, `--set` or a
 checkpoint, so bad input is refused before anything is written: floats must be finite,
@@ -50,17 +50,9 @@ from tfkit.config.memory import (
     host_memory,
     training_memory,
 )
+from tfkit.config.model import ModelConfig, mlp_hidden_size, scaled_shape
 from tfkit.config.run import RunConfig, SectionedConfig, field_names, section_of
-from tfkit.config.sections import (
-    SECTIONS,
-    DataConfig,
-    LogConfig,
-    ModelConfig,
-    OptimConfig,
-    TrainConfig,
-    mlp_hidden_size,
-    scaled_shape,
-)
+from tfkit.config.sections import SECTIONS, DataConfig, LogConfig, OptimConfig, TrainConfig
 
 __all__ = [
     "DEFAULT_MAX_STEPS",

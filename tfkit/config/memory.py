@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from tfkit.config.fields import MEMORY_CHECK_FROM, SSM_CHUNK, SSM_STATE, format_bytes
-from tfkit.config.sections import ModelConfig, mlp_hidden_size
+from tfkit.config.model import ModelConfig, mlp_hidden_size
 from tfkit.errors import ConfigError
 
 # --- memory: what a run needs, what its device has ----------------------------------------

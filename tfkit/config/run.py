@@ -22,8 +22,9 @@ from tfkit.config.fields import (
     shown_text,
 )
 from tfkit.config.memory import MEMORY_ADVICE, device_memory, training_memory
+from tfkit.config.model import ModelConfig, scaled_shape
 from tfkit.config.presets import preset_updates
-from tfkit.config.sections import SECTIONS, DataConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig, scaled_shape
+from tfkit.config.sections import SECTIONS, DataConfig, LogConfig, OptimConfig, TrainConfig
 from tfkit.errors import ConfigError
 
 

@@ -41,7 +41,9 @@ class WeightAverage:
 
     def _local(self) -> list[torch.Tensor]:
         """The parameters' tensors on this process (a sharded one's local shard, sharing its storage)."""
-        return [p.to_local() if hasattr(p, "to_local") else p for p in self.params]
+        if not self.sharded:
+            return self.params
+        return [p.to_local() for p in self.params]
 
     @torch.no_grad()
     def update(self, step: int, skip: torch.Tensor) -> None:
